@@ -1,0 +1,27 @@
+"""optax-dice: randomised, game-like update scaling for JAX.
+
+A port of roll-to-train's d20 saving throw to a pure optax transformation.
+"""
+
+from optax_dice.accumulation import accumulate
+from optax_dice.dice import ability_modifier
+from optax_dice.odds import Odds, format_odds, odds
+from optax_dice.rules import original, saving_throw
+from optax_dice.sequence import RollSequence, roll_sequence
+from optax_dice.transform import DiceRollState, dice_roll
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiceRollState",
+    "Odds",
+    "RollSequence",
+    "ability_modifier",
+    "accumulate",
+    "dice_roll",
+    "format_odds",
+    "odds",
+    "original",
+    "roll_sequence",
+    "saving_throw",
+]

@@ -1,0 +1,106 @@
+"""Construction-time checks for optax_dice arguments.
+
+Everything here runs on Python values when a transformation is built; nothing
+looks at traced values. Arrays (as ``optax.inject_hyperparams`` passes them)
+are accepted as they are, checked only for what is static: shape and dtype.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_DICE_PATTERN = re.compile(r"^\s*[dD](\d+)\s*$")
+
+
+def parse_dice(dice: Any) -> int:
+    """Returns the number of sides of ``dice``, an int >= 2 or a string "dN"."""
+    if isinstance(dice, str):
+        match = _DICE_PATTERN.match(dice)
+        if match is None:
+            raise ValueError(
+                f'dice={dice!r} is not a die: write "dN" with N >= 2 sides '
+                '(e.g. "d4", "d6", "d20", "d100") or pass the number of sides as an int.'
+            )
+        sides = int(match.group(1))
+    elif isinstance(dice, (int, np.integer)) and not isinstance(dice, bool):
+        sides = int(dice)
+    else:
+        raise TypeError(
+            f'dice must be an int number of sides or a string like "d20", got '
+            f"{type(dice).__name__} {dice!r}."
+        )
+    if sides < 2:
+        raise ValueError(f"dice={dice!r} has {sides} side(s): a die needs at least 2 sides.")
+    return sides
+
+
+def check_integer(name: str, value: Any) -> Any:
+    """Checks that ``value`` is an int, or a scalar array as inject_hyperparams gives.
+
+    Returns the value unchanged (a Python int as an int) so the caller keeps it
+    static when it is static.
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (jax.Array, np.ndarray)):
+        if value.shape != ():
+            raise ValueError(f"{name} must be a scalar, got an array of shape {value.shape}.")
+        if not (
+            jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)
+        ):
+            raise TypeError(f"{name} must be an integer, got an array of dtype {value.dtype}.")
+        return value
+    raise TypeError(
+        f"{name} must be an int (the {name} of the saving throw), got "
+        f"{type(value).__name__} {value!r}."
+    )
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """Checks that ``value`` is a Python bool (it selects code, so it is static)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}.")
+    return bool(value)
+
+
+def check_key(key: Any) -> None:
+    """Checks ``key``: an int seed, a typed key, or a raw uint32[2] key."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.shape != ():
+                raise ValueError(
+                    f"key must be a single PRNG key, got an array of {key.shape} keys; "
+                    "index one out (e.g. keys[0])."
+                )
+            return
+        if key.dtype == jnp.uint32 and key.shape == (2,):
+            return
+        raise TypeError(
+            "key must be an int seed, a typed key from jax.random.key, or a raw key "
+            f"from jax.random.PRNGKey (uint32[2]); got an array of dtype {key.dtype} "
+            f"and shape {key.shape}."
+        )
+    raise TypeError(
+        "key must be an int seed, a typed key from jax.random.key, or a raw key "
+        f"from jax.random.PRNGKey; got {type(key).__name__} {key!r}."
+    )
+
+
+def canonicalize_key(key: Any) -> jax.Array:
+    """Returns ``key`` as a typed PRNG key (int seeds and raw keys are converted).
+
+    Called inside ``init``, as optax does, so a transformation can be built before
+    JAX initialises its backends.
+    """
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            return key
+        return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+    return jax.random.key(int(key))

@@ -1,0 +1,73 @@
+"""``accumulate``: roll-to-train's two modes on top of ``optax.MultiSteps``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import optax
+
+from optax_dice.transform import dice_roll
+
+MODES = ("per_mini_batch", "per_accumulation_step")
+
+
+def accumulate(
+    inner: optax.GradientTransformation,
+    every_k: int,
+    *,
+    mode: Literal["per_mini_batch", "per_accumulation_step"] = "per_mini_batch",
+    **dice_kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """Accumulates gradients over ``every_k`` micro-batches, rolling dice as the seed does.
+
+    * ``"per_mini_batch"``: every micro-batch's gradient is scaled by its own
+      roll before it is accumulated, as roll-to-train scales each mini-batch's
+      loss: ``chain(dice_roll(...), MultiSteps(inner, every_k))``. The dice key
+      advances on every micro-batch.
+    * ``"per_accumulation_step"``: one roll scales each accumulated (mean)
+      gradient before ``inner`` sees it: ``MultiSteps(chain(dice_roll(...),
+      inner), every_k)``. The dice key advances once per applied update, since
+      MultiSteps keeps the inner state only on the step that emits.
+
+    Non-emitting steps return zero updates, as ``optax.MultiSteps`` does; read
+    ``optax.tree_utils.tree_get(state, "gradient_step")`` for the number of
+    applied updates.
+
+    Args:
+      inner: the optimizer to accumulate for, e.g. ``optax.adamw(1e-3)``.
+      every_k: micro-batches per applied update (>= 1).
+      mode: ``"per_mini_batch"`` or ``"per_accumulation_step"``.
+      **dice_kwargs: arguments of :func:`dice_roll` (``key``, ``dice``,
+        ``threshold``, ...).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import optax_dice
+      >>> opt = optax_dice.accumulate(optax.sgd(1.0), 2, mode="per_accumulation_step")
+      >>> params = jnp.zeros(2)
+      >>> state = opt.init(params)
+      >>> for _ in range(4):
+      ...     updates, state = opt.update(jnp.ones(2), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> int(optax.tree_utils.tree_get(state, "gradient_step"))
+      2
+    """
+    if not isinstance(every_k, (int, np.integer)) or isinstance(every_k, bool) or every_k < 1:
+        raise ValueError(
+            f"every_k must be an int >= 1 (micro-batches per update), got {every_k!r}."
+        )
+    if mode == "per_mini_batch":
+        return optax.chain(
+            dice_roll(**dice_kwargs),
+            optax.MultiSteps(inner, every_k).gradient_transformation(),
+        )
+    if mode == "per_accumulation_step":
+        return optax.MultiSteps(
+            optax.chain(dice_roll(**dice_kwargs), inner), every_k
+        ).gradient_transformation()
+    raise ValueError(f"mode={mode!r} is unknown: use one of {list(MODES)}.")

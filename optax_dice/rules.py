@@ -1,0 +1,151 @@
+"""The rules that turn a roll into an update scale.
+
+A rule is a traceable function ``(natural, total, sides, threshold) -> scale``:
+``natural`` is the die as rolled (int32), ``total`` is natural + modifier
+(int32), ``sides`` a Python int and ``threshold`` an int32 scalar. It returns a
+float32 scale that multiplies the whole update. Rules use ``jnp.where`` only,
+so they jit-compile and never branch on traced values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Rule = Callable[[jax.Array, jax.Array, int, jax.Array], jax.Array]
+
+#: Outcome codes, as :func:`outcome` returns them.
+CRITICAL_FAILURE, FAILURE, SUCCESS, CRITICAL_SUCCESS = 0, 1, 2, 3
+OUTCOME_NAMES = ("critical failure", "failure", "success", "critical success")
+
+
+def outcome(natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Array) -> jax.Array:
+    """Classifies a roll into one of the four outcomes of a saving throw.
+
+    Critical faces are judged on the natural roll (as in D&D 5e); otherwise the
+    total (natural + modifier) is compared with the threshold.
+
+    Args:
+      natural: the face rolled, in ``[1, sides]``.
+      total: ``natural + modifier``.
+      sides: the number of faces of the die.
+      threshold: the difficulty class a total must reach to succeed.
+
+    Returns:
+      An int32 code: 0 critical failure, 1 failure, 2 success, 3 critical success.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optax_dice.rules import outcome
+      >>> outcome(jnp.array([1, 5, 15, 20]), jnp.array([3, 7, 17, 22]), 20, 15)
+      Array([0, 1, 2, 3], dtype=int32)
+    """
+    natural = jnp.asarray(natural, jnp.int32)
+    total = jnp.asarray(total, jnp.int32)
+    code = jnp.where(total >= threshold, SUCCESS, FAILURE)
+    code = jnp.where(natural == sides, CRITICAL_SUCCESS, code)
+    code = jnp.where(natural == 1, CRITICAL_FAILURE, code)
+    return code.astype(jnp.int32)
+
+
+def saving_throw(
+    natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Array
+) -> jax.Array:
+    """The seed's saving throw: the default rule.
+
+    ==================  ======================  =========================================
+    outcome             when                    scale
+    ==================  ======================  =========================================
+    critical failure    natural == 1            0 (the update is discarded)
+    critical success    natural == sides        1 (the full update)
+    success             total >= threshold      min(total, sides) / sides
+    failure             total < threshold       max(-(threshold - total) / sides, -1)
+    ==================  ======================  =========================================
+
+    Args:
+      natural: the face rolled, in ``[1, sides]``.
+      total: ``natural + modifier``.
+      sides: the number of faces of the die.
+      threshold: the difficulty class.
+
+    Returns:
+      The float32 scale of the update.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optax_dice.rules import saving_throw
+      >>> faces = jnp.array([1, 2, 14, 15, 19, 20])
+      >>> [round(float(s), 2) for s in saving_throw(faces, faces, 20, 15)]
+      [0.0, -0.65, -0.05, 0.75, 0.95, 1.0]
+    """
+    total_f = jnp.asarray(total, jnp.float32)
+    threshold_f = jnp.asarray(threshold, jnp.float32)
+    success = jnp.minimum(total_f, sides) / sides
+    failure = jnp.maximum(-(threshold_f - total_f) / sides, -1.0)
+    code = outcome(natural, total, sides, threshold)
+    scale = jnp.where(code == SUCCESS, success, failure)
+    scale = jnp.where(code == CRITICAL_SUCCESS, 1.0, scale)
+    scale = jnp.where(code == CRITICAL_FAILURE, 0.0, scale)
+    return scale.astype(jnp.float32)
+
+
+def original(natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Array) -> jax.Array:
+    """The rule of roll-to-train's own code, kept for reproducing its runs.
+
+    A natural 1 gives -1 (a full step the wrong way), a natural ``sides`` gives
+    +1, a total at or above the threshold gives ``(total - threshold) / 100``,
+    and anything else gives 0 (the update is discarded).
+
+    Args:
+      natural: the face rolled, in ``[1, sides]``.
+      total: ``natural + modifier``.
+      sides: the number of faces of the die.
+      threshold: the difficulty class.
+
+    Returns:
+      The float32 scale of the update.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optax_dice.rules import original
+      >>> faces = jnp.array([1, 14, 15, 19, 20])
+      >>> [round(float(s), 2) for s in original(faces, faces, 20, 15)]
+      [-1.0, 0.0, 0.0, 0.04, 1.0]
+    """
+    total_f = jnp.asarray(total, jnp.float32)
+    threshold_f = jnp.asarray(threshold, jnp.float32)
+    code = outcome(natural, total, sides, threshold)
+    scale = jnp.where(code == SUCCESS, (total_f - threshold_f) / 100.0, 0.0)
+    scale = jnp.where(code == CRITICAL_SUCCESS, 1.0, scale)
+    scale = jnp.where(code == CRITICAL_FAILURE, -1.0, scale)
+    return scale.astype(jnp.float32)
+
+
+RULES: dict[str, Rule] = {"saving_throw": saving_throw, "original": original}
+
+
+def resolve_rule(rule: Any) -> Rule:
+    """Returns the rule function named by ``rule``, or ``rule`` itself if callable."""
+    if isinstance(rule, str):
+        if rule not in RULES:
+            raise ValueError(
+                f"rule={rule!r} is unknown: use one of {sorted(RULES)} or a traceable "
+                "function (natural, total, sides, threshold) -> scale."
+            )
+        return RULES[rule]
+    if callable(rule):
+        return rule
+    raise TypeError(
+        f"rule must be a rule name {sorted(RULES)} or a callable "
+        f"(natural, total, sides, threshold) -> scale, got {type(rule).__name__}."
+    )
+
+
+def rule_name(rule: Any) -> str:
+    """A readable name for ``rule`` (its key in RULES, or the function's name)."""
+    if isinstance(rule, str):
+        return rule
+    return getattr(rule, "__name__", type(rule).__name__)

@@ -1,0 +1,128 @@
+"""``dice_roll``: the d20 saving throw as an optax gradient transformation."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_dice import _validation
+from optax_dice.dice import make_ruleset, roll
+
+
+class DiceRollState(NamedTuple):
+    """State of :func:`dice_roll`.
+
+    Attributes:
+      count: updates made so far (int32).
+      rng_key: the typed PRNG key for the next roll.
+      natural: the last die as rolled (int32; 0 before the first update).
+      total: the last natural + modifier (int32; 0 before the first update).
+      scale: the last scale applied (float32; 1 before the first update).
+    """
+
+    count: jax.Array
+    rng_key: jax.Array
+    natural: jax.Array
+    total: jax.Array
+    scale: jax.Array
+
+
+def dice_roll(
+    key: int | jax.Array = 0,
+    *,
+    dice: int | str = "d20",
+    threshold: int | jax.Array = 15,
+    modifier: int | jax.Array = 0,
+    advantage: bool = False,
+    disadvantage: bool = False,
+    rule: Any = "saving_throw",
+) -> optax.GradientTransformation:
+    r"""Scales each update by a saving throw rolled with an explicit PRNG key.
+
+    Every ``update`` splits the key in the state once, rolls the die with the
+    fresh half and multiplies the whole update tree by one scalar, computed by
+    ``rule`` and cast to each leaf's dtype. With the default rule:
+
+    ==================  ======================  =========================================
+    outcome             when                    scale
+    ==================  ======================  =========================================
+    critical failure    natural == 1            0 (the update is discarded)
+    critical success    natural == sides        1 (the full update)
+    success             total >= threshold      min(total, sides) / sides
+    failure             total < threshold       max(-(threshold - total) / sides, -1)
+    ==================  ======================  =========================================
+
+    where natural is the die as rolled (with advantage the higher of two rolls,
+    with disadvantage the lower) and total = natural + modifier.
+
+    Its place in a chain decides what is scaled:
+    ``optax.chain(dice_roll(), optax.adamw(lr))`` scales the gradient (as
+    roll-to-train scales the loss), ``optax.chain(optax.adamw(lr), dice_roll())``
+    scales the final step. The key is part of the state, so the transformation is
+    pure, jit-compiles, and under SPMD every device rolls the same die.
+
+    Args:
+      key: an int seed, a typed key (``jax.random.key``) or a raw key
+        (``jax.random.PRNGKey``). Turned into a typed key in ``init``.
+      dice: the die: an int number of sides >= 2, or a string ``"dN"``.
+      threshold: the difficulty class a total must reach to succeed.
+      modifier: added to every natural roll (see :func:`ability_modifier`).
+      advantage: roll twice and keep the higher.
+      disadvantage: roll twice and keep the lower.
+      rule: ``"saving_throw"`` (the default above), ``"original"`` (the rule of
+        roll-to-train's code: see :func:`optax_dice.rules.original`), or a
+        traceable ``(natural, total, sides, threshold) -> scale``.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a :class:`DiceRollState`.
+      Read the last roll from any chain with
+      ``optax.tree_utils.tree_get(opt_state, "scale")`` (or ``"natural"``,
+      ``"total"``).
+
+    Raises:
+      ValueError, TypeError: at construction, for a bad die, a non-integer
+        threshold or modifier, advantage with disadvantage, an unknown rule, or a
+        key that is neither an int nor a key array.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import optax_dice
+      >>> opt = optax.chain(optax_dice.dice_roll(key=0), optax.sgd(1.0))
+      >>> params = {"w": jnp.ones(3)}
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"w": jnp.ones(3)}, state, params)
+      >>> natural = optax.tree_utils.tree_get(state, "natural")
+      >>> scale = optax.tree_utils.tree_get(state, "scale")
+      >>> bool(jnp.allclose(updates["w"], -scale))
+      True
+      >>> int(natural) in range(1, 21)
+      True
+    """
+    _validation.check_key(key)
+    ruleset = make_ruleset(dice, threshold, modifier, advantage, disadvantage, rule)
+
+    def init_fn(params: optax.Params) -> DiceRollState:
+        del params
+        return DiceRollState(
+            count=jnp.zeros([], jnp.int32),
+            rng_key=_validation.canonicalize_key(key),
+            natural=jnp.zeros([], jnp.int32),
+            total=jnp.zeros([], jnp.int32),
+            scale=jnp.ones([], jnp.float32),
+        )
+
+    def update_fn(
+        updates: optax.Updates, state: DiceRollState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, DiceRollState]:
+        del params
+        next_key, roll_key = jax.random.split(state.rng_key)
+        natural, total, scale = roll(ruleset, roll_key)
+        updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
+        count = optax.safe_increment(state.count)
+        return updates, DiceRollState(count, next_key, natural, total, scale)
+
+    return optax.GradientTransformation(init_fn, update_fn)
