@@ -22,6 +22,17 @@ CRITICAL_FAILURE, FAILURE, SUCCESS, CRITICAL_SUCCESS = 0, 1, 2, 3
 OUTCOME_NAMES = ("critical failure", "failure", "success", "critical success")
 
 
+def _fraction(numerator: jax.Array, denominator: int) -> jax.Array:
+    """``numerator / denominator`` in float32, correctly rounded, jitted or not.
+
+    Under jit XLA rewrites a division by a constant as a multiplication by its
+    rounded reciprocal (13 / 20 -> 0.65000004); the barrier keeps the divisor a
+    run-time value so compiled and eager code give the same, exact scale.
+    """
+    divisor = jax.lax.optimization_barrier(jnp.float32(denominator))
+    return jnp.asarray(numerator, jnp.float32) / divisor
+
+
 def outcome(natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Array) -> jax.Array:
     """Classifies a roll into one of the four outcomes of a saving throw.
 
@@ -81,10 +92,9 @@ def saving_throw(
       >>> [round(float(s), 2) for s in saving_throw(faces, faces, 20, 15)]
       [0.0, -0.65, -0.05, 0.75, 0.95, 1.0]
     """
-    total_f = jnp.asarray(total, jnp.float32)
-    threshold_f = jnp.asarray(threshold, jnp.float32)
-    success = jnp.minimum(total_f, sides) / sides
-    failure = jnp.maximum(-(threshold_f - total_f) / sides, -1.0)
+    total = jnp.asarray(total, jnp.int32)
+    success = _fraction(jnp.minimum(total, sides), sides)
+    failure = _fraction(jnp.maximum(total - threshold, -sides), sides)
     code = outcome(natural, total, sides, threshold)
     scale = jnp.where(code == SUCCESS, success, failure)
     scale = jnp.where(code == CRITICAL_SUCCESS, 1.0, scale)
@@ -115,10 +125,10 @@ def original(natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Ar
       >>> [round(float(s), 2) for s in original(faces, faces, 20, 15)]
       [-1.0, 0.0, 0.0, 0.04, 1.0]
     """
-    total_f = jnp.asarray(total, jnp.float32)
-    threshold_f = jnp.asarray(threshold, jnp.float32)
     code = outcome(natural, total, sides, threshold)
-    scale = jnp.where(code == SUCCESS, (total_f - threshold_f) / 100.0, 0.0)
+    scale = jnp.where(
+        code == SUCCESS, _fraction(jnp.asarray(total, jnp.int32) - threshold, 100), 0.0
+    )
     scale = jnp.where(code == CRITICAL_SUCCESS, 1.0, scale)
     scale = jnp.where(code == CRITICAL_FAILURE, -1.0, scale)
     return scale.astype(jnp.float32)

@@ -1,0 +1,79 @@
+"""accumulate: the seed's two modes against a hand-written reference loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_dice
+
+K, UPDATES = 3, 8
+N_MICRO = K * UPDATES
+
+
+def _micro_grads():
+    # A different gradient on every micro-batch, so the weighting is visible.
+    return [jnp.array([1.0 + i, -0.5 * i], jnp.float32) for i in range(N_MICRO)]
+
+
+def _run(tx):
+    params = jnp.zeros(2)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    emitted = []
+    for g in _micro_grads():
+        updates, state = step(g, state, params)
+        emitted.append(np.asarray(updates))
+    return np.stack(emitted), state
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"threshold": 12, "modifier": 2, "advantage": True}])
+def test_per_mini_batch_rolls_every_micro_batch(kwargs):
+    tx = optax_dice.accumulate(optax.sgd(1.0), K, mode="per_mini_batch", key=5, **kwargs)
+    got, state = _run(tx)
+    scales = np.asarray(optax_dice.roll_sequence(5, N_MICRO, **kwargs).scale)
+    grads = np.stack(_micro_grads())
+    want = np.zeros_like(got)
+    for j in range(UPDATES):
+        window = slice(j * K, (j + 1) * K)
+        want[(j + 1) * K - 1] = -(scales[window, None] * grads[window]).mean(axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    dice = optax.tree_utils.tree_get(state, "DiceRollState")
+    assert int(dice.count) == N_MICRO  # one roll per micro-batch
+    assert int(optax.tree_utils.tree_get(state, "gradient_step")) == UPDATES
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"dice": "d6", "threshold": 3, "rule": "original"}])
+def test_per_accumulation_step_rolls_once_per_update(kwargs):
+    tx = optax_dice.accumulate(optax.sgd(1.0), K, mode="per_accumulation_step", key=5, **kwargs)
+    got, state = _run(tx)
+    scales = np.asarray(optax_dice.roll_sequence(5, UPDATES, **kwargs).scale)
+    grads = np.stack(_micro_grads())
+    want = np.zeros_like(got)
+    for j in range(UPDATES):
+        mean = grads[j * K : (j + 1) * K].mean(axis=0)
+        want[(j + 1) * K - 1] = -scales[j] * mean
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    dice = optax.tree_utils.tree_get(state, "DiceRollState")
+    assert int(dice.count) == UPDATES  # one roll per applied update
+    assert int(optax.tree_utils.tree_get(state, "gradient_step")) == UPDATES
+
+
+def test_every_k_one_is_plain_dice_roll():
+    a, _ = _run(optax_dice.accumulate(optax.sgd(1.0), 1, key=2))
+    b, _ = _run(optax.chain(optax_dice.dice_roll(2), optax.sgd(1.0)))
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("every_k", [0, -1, 1.5, True])
+def test_bad_every_k(every_k):
+    with pytest.raises(ValueError, match="every_k must be an int >= 1"):
+        optax_dice.accumulate(optax.sgd(1.0), every_k)
+
+
+def test_bad_mode_and_dice_kwargs():
+    with pytest.raises(ValueError, match="mode='per_epoch' is unknown"):
+        optax_dice.accumulate(optax.sgd(1.0), 2, mode="per_epoch")
+    with pytest.raises(ValueError, match="dice='d1'"):
+        optax_dice.accumulate(optax.sgd(1.0), 2, dice="d1")

@@ -1,0 +1,270 @@
+"""dice_roll: state, scaling, keys, jit, composition and bad input."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_dice
+from optax_dice import rules
+
+JIT_OR_NOT = pytest.mark.parametrize("wrap", [lambda f: f, jax.jit], ids=["eager", "jit"])
+
+
+def _run(tx, n, grads=None, wrap=jax.jit):
+    """Applies n updates of tx to constant gradients; returns per-update scales and states."""
+    params = {"w": jnp.ones((3,)), "b": jnp.ones((2, 2), jnp.bfloat16)}
+    grads = grads or jax.tree.map(jnp.ones_like, params)
+    state = tx.init(params)
+    update = wrap(tx.update)
+    out, states = [], []
+    for _ in range(n):
+        updates, state = update(grads, state, params)
+        out.append(updates)
+        states.append(state)
+    return out, states
+
+
+def test_initial_state():
+    state = optax_dice.dice_roll(7).init({"w": jnp.ones(2)})
+    assert isinstance(state, optax_dice.DiceRollState)
+    assert int(state.count) == 0 and int(state.natural) == 0 and int(state.total) == 0
+    assert float(state.scale) == 1.0
+    assert jnp.issubdtype(state.rng_key.dtype, jax.dtypes.prng_key)
+    assert state.natural.dtype == jnp.int32 and state.scale.dtype == jnp.float32
+
+
+@JIT_OR_NOT
+def test_update_is_the_scaled_gradient(wrap):
+    tx = optax_dice.dice_roll(3, threshold=12, modifier=2)
+    updates, states = _run(tx, 50, wrap=wrap)
+    for u, s in zip(updates, states, strict=True):
+        want = rules.saving_throw(s.natural, s.total, 20, 12)
+        assert float(s.scale) == float(want)
+        assert int(s.total) == int(s.natural) + 2
+        np.testing.assert_array_equal(np.asarray(u["w"]), np.full(3, float(s.scale), np.float32))
+        np.testing.assert_array_equal(
+            np.asarray(u["b"], np.float32),
+            np.full((2, 2), float(s.scale.astype(jnp.bfloat16)), np.float32),
+        )
+    assert [int(s.count) for s in states] == list(range(1, 51))
+
+
+def test_jit_and_eager_agree():
+    tx = optax_dice.dice_roll(11, advantage=True)
+    _, eager = _run(tx, 20, wrap=lambda f: f)
+    _, jitted = _run(tx, 20, wrap=jax.jit)
+    for a, b in zip(eager, jitted, strict=True):
+        assert int(a.natural) == int(b.natural) and float(a.scale) == float(b.scale)
+        chex.assert_trees_all_equal(jax.random.key_data(a.rng_key), jax.random.key_data(b.rng_key))
+
+
+def test_every_face_gets_its_exact_scale_through_the_transformation():
+    # 1,000 updates of a d20 roll every face; each applied update must equal the
+    # table's scale for the face rolled.
+    seq = optax_dice.roll_sequence(0, 1000)
+    assert set(np.asarray(seq.natural).tolist()) == set(range(1, 21))
+    updates, _states = _run(optax_dice.dice_roll(0), 1000)
+    for nat, u in zip(np.asarray(seq.natural), updates, strict=True):
+        want = rules.saving_throw(jnp.int32(nat), jnp.int32(nat), 20, 15)
+        assert float(u["w"][0]) == float(want)
+
+
+def test_roll_sequence_equals_the_transformations_rolls():
+    n = 1000
+    for kwargs in [{}, {"dice": "d6", "threshold": 4, "advantage": True}, {"rule": "original"}]:
+        seq = optax_dice.roll_sequence(42, n, **kwargs)
+        tx = optax_dice.dice_roll(42, **kwargs)
+        params = jnp.zeros(())
+
+        def body(state, _, tx=tx, params=params):
+            _, state = tx.update(params, state, params)
+            return state, (state.natural, state.total, state.scale)
+
+        _, (nat, tot, scale) = jax.lax.scan(body, tx.init(params), None, length=n)
+        np.testing.assert_array_equal(np.asarray(seq.natural), np.asarray(nat))
+        np.testing.assert_array_equal(np.asarray(seq.total), np.asarray(tot))
+        np.testing.assert_array_equal(np.asarray(seq.scale), np.asarray(scale))
+
+
+def test_key_forms_agree_and_keys_differ():
+    n = 64
+    by_int = np.asarray(optax_dice.roll_sequence(5, n).natural)
+    by_typed = np.asarray(optax_dice.roll_sequence(jax.random.key(5), n).natural)
+    by_raw = np.asarray(optax_dice.roll_sequence(jax.random.PRNGKey(5), n).natural)
+    np.testing.assert_array_equal(by_int, by_typed)
+    np.testing.assert_array_equal(by_int, by_raw)
+    again = np.asarray(optax_dice.roll_sequence(5, n).natural)
+    np.testing.assert_array_equal(by_int, again)
+    other = np.asarray(optax_dice.roll_sequence(6, n).natural)
+    assert (by_int != other).sum() > n // 2
+
+
+def test_key_is_split_once_per_update_and_never_reused():
+    tx = optax_dice.dice_roll(1)
+    _, states = _run(tx, 3)
+    key = jax.random.key(1)
+    for s in states:
+        key, _ = jax.random.split(key)
+        chex.assert_trees_all_equal(jax.random.key_data(s.rng_key), jax.random.key_data(key))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_dtype_is_preserved(dtype):
+    tx = optax_dice.dice_roll(0)
+    params = {"a": jnp.ones((4,), dtype)}
+    updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+    assert updates["a"].dtype == dtype
+
+
+def test_none_leaves_and_empty_trees_pass_through():
+    tx = optax_dice.dice_roll(0)
+    tree = {"a": jnp.ones(2), "frozen": None}
+    updates, _ = tx.update(tree, tx.init(tree))
+    assert updates["frozen"] is None
+    empty, state = tx.update({}, tx.init({}))
+    assert empty == {} and int(state.count) == 1
+
+
+def test_reads_from_a_chain_with_adamw():
+    tx = optax.chain(optax_dice.dice_roll(2), optax.adamw(1e-3))
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    _, state = jax.jit(tx.update)(params, state, params)
+    dice_state = optax.tree_utils.tree_get(state, "DiceRollState")
+    assert isinstance(dice_state, optax_dice.DiceRollState)
+    for field in ("natural", "total", "scale"):
+        assert optax.tree_utils.tree_get(state, field) == getattr(dice_state, field)
+
+
+def test_position_in_the_chain():
+    # Before adamw the gradient is scaled (Adam then normalises it); after sgd
+    # the final step is scaled exactly.
+    params = jnp.ones(())
+    after = optax.chain(optax.sgd(0.5), optax_dice.dice_roll(4))
+    updates, state = after.update(jnp.float32(2.0), after.init(params), params)
+    scale = optax.tree_utils.tree_get(state, "scale")
+    assert float(updates) == pytest.approx(-1.0 * float(scale))
+    before = optax.chain(optax_dice.dice_roll(4), optax.sgd(0.5))
+    updates_b, _state_b = before.update(jnp.float32(2.0), before.init(params), params)
+    assert float(updates_b) == pytest.approx(float(updates))  # sgd is linear
+
+
+def test_adamw_after_a_discarded_roll_keeps_params():
+    # With a rule that always discards, adamw's step is 0 (apart from weight decay).
+    tx = optax.chain(
+        optax_dice.dice_roll(0, rule=lambda n, t, s, th: jnp.float32(0.0)),
+        optax.adamw(1e-2, weight_decay=0.0),
+    )
+    params = {"w": jnp.arange(3.0)}
+    updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+    np.testing.assert_array_equal(np.asarray(updates["w"]), np.zeros(3))
+
+
+def test_custom_rule_sees_natural_total_sides_threshold():
+    seen = {}
+
+    def rule(natural, total, sides, threshold):
+        seen.update(sides=sides)
+        return (total - threshold).astype(jnp.float32) / sides
+
+    tx = optax_dice.dice_roll(9, dice="d8", threshold=5, modifier=1, rule=rule)
+    _, (state,) = _run(tx, 1)
+    assert seen["sides"] == 8
+    assert float(state.scale) == pytest.approx((int(state.natural) + 1 - 5) / 8)
+
+
+def test_apply_if_finite_and_multisteps_compose():
+    tx = optax.apply_if_finite(optax.chain(optax_dice.dice_roll(0), optax.sgd(1.0)), 3)
+    params = jnp.ones(2)
+    state = tx.init(params)
+    _, state = jax.jit(tx.update)(jnp.array([jnp.nan, 1.0]), state, params)
+    assert int(state.notfinite_count) == 1
+    assert int(optax.tree_utils.tree_get(state, "DiceRollState").count) == 0  # not applied
+    ms = optax.MultiSteps(optax.chain(optax_dice.dice_roll(0), optax.sgd(1.0)), 2)
+    ms_state = ms.init(params)
+    for _ in range(4):
+        _, ms_state = jax.jit(ms.update)(jnp.ones(2), ms_state, params)
+    assert int(optax.tree_utils.tree_get(ms_state, "DiceRollState").count) == 2
+
+
+def test_inject_hyperparams_changes_threshold_mid_training():
+    make = optax.inject_hyperparams(
+        optax_dice.dice_roll, static_args=("key", "dice", "advantage", "disadvantage", "rule")
+    )
+    tx = make(key=0, threshold=15, modifier=0)
+    params = jnp.zeros(())
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    seq_15 = optax_dice.roll_sequence(0, 20, threshold=15)
+    seq_5 = optax_dice.roll_sequence(0, 20, threshold=5)
+    scales = []
+    for i in range(20):
+        if i == 10:  # lower the DC halfway through, without recompiling
+            state.hyperparams["threshold"] = jnp.asarray(5)
+        _, state = step(params, state, params)
+        scales.append(float(optax.tree_utils.tree_get(state, "scale")))
+    np.testing.assert_array_equal(scales[:10], np.asarray(seq_15.scale[:10]))
+    np.testing.assert_array_equal(scales[10:], np.asarray(seq_5.scale[10:]))
+    assert step._cache_size() == 1
+
+
+def test_injected_float_hyperparams_are_rounded():
+    # inject_hyperparams casts float hyperparameters to the params' dtype (bf16 here).
+    make = optax.inject_hyperparams(optax_dice.dice_roll, static_args=("key",))
+    tx = make(key=3, threshold=12.0, modifier=2.0)
+    params = jnp.zeros((), jnp.bfloat16)
+    state = tx.init(params)
+    assert state.hyperparams["threshold"].dtype == jnp.bfloat16
+    _, state = jax.jit(tx.update)(params, state, params)
+    seq = optax_dice.roll_sequence(3, 1, threshold=12, modifier=2)
+    assert int(optax.tree_utils.tree_get(state, "total")) == int(seq.total[0])
+    assert float(optax.tree_utils.tree_get(state, "scale")) == float(seq.scale[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"dice": "d1"}, ValueError, "dice='d1'.*at least 2"),
+        ({"dice": "d0"}, ValueError, "dice='d0'"),
+        ({"dice": "dx"}, ValueError, "dice='dx'.*dN"),
+        ({"dice": "2d"}, ValueError, "dice='2d'"),
+        ({"dice": 1}, ValueError, "dice=1.*at least 2"),
+        ({"dice": 0}, ValueError, "dice=0"),
+        ({"dice": -4}, ValueError, "dice=-4"),
+        ({"dice": 2.5}, TypeError, "dice must be an int"),
+        ({"dice": True}, TypeError, "dice must be an int"),
+        ({"advantage": True, "disadvantage": True}, ValueError, "advantage and disadvantage"),
+        ({"threshold": 12.5}, TypeError, "threshold must be an int"),
+        ({"threshold": "15"}, TypeError, "threshold must be an int"),
+        ({"modifier": 1.5}, TypeError, "modifier must be an int"),
+        ({"modifier": jnp.ones(2)}, ValueError, "modifier must be a scalar"),
+        ({"rule": "nat20"}, ValueError, "rule='nat20'"),
+        ({"rule": 3}, TypeError, "rule must be"),
+        ({"advantage": 1}, TypeError, "advantage must be True or False"),
+        ({"key": 1.5}, TypeError, "key must be an int"),
+        ({"key": "0"}, TypeError, "key must be an int"),
+        ({"key": jnp.zeros(3, jnp.uint32)}, TypeError, "key must be an int"),
+        ({"key": jax.random.split(jax.random.key(0))}, ValueError, "single PRNG key"),
+    ],
+)
+def test_bad_input_is_refused_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        optax_dice.dice_roll(**kwargs)
+
+
+def test_ability_modifier():
+    assert [optax_dice.ability_modifier(s) for s in range(1, 21)] == [
+        (s - 10) // 2 for s in range(1, 21)
+    ]
+    assert optax_dice.ability_modifier(15) == 2
+    with pytest.raises(TypeError, match="score must be an int"):
+        optax_dice.ability_modifier(15.0)
+
+
+def test_roll_sequence_bad_n():
+    with pytest.raises(ValueError, match="n must be an int >= 0"):
+        optax_dice.roll_sequence(0, -1)
+    assert optax_dice.roll_sequence(0, 0).natural.shape == (0,)
