@@ -64,8 +64,9 @@ def test_bfloat16_compute_stays_close_to_float32(reference):
 
 
 def test_padding_does_not_change_the_outputs_of_real_tokens():
-    config = BertConfig.tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig.tiny()
     model = BertModel(config, rngs=nnx.Rngs(0))
+    model.eval()
     tokens = jax.random.randint(jax.random.key(1), (2, 10), 1, config.vocab_size)
     padding = jax.random.randint(jax.random.key(2), (2, 38), 1, config.vocab_size)
 
@@ -90,6 +91,18 @@ def test_no_mask_attends_to_every_token():
     np.testing.assert_array_equal(
         model(input_ids)[0], model(input_ids, jnp.ones_like(input_ids))[0]
     )
+
+
+def test_attention_implementation_is_an_attribute(reference):
+    model, _ = from_pretrained(FIXTURE, num_labels=3)
+    model.eval()
+
+    model.set_attributes(attention_implementation="xla")
+    np.testing.assert_allclose(model(*inputs(reference)), reference["logits"], atol=1e-5)
+    if jax.default_backend() == "cpu":  # the request reaches jax.nn.dot_product_attention
+        model.set_attributes(attention_implementation="cudnn")
+        with pytest.raises(RuntimeError, match="cuDNN"):
+            model(*inputs(reference))
 
 
 def test_dropout_only_in_training_mode(reference):

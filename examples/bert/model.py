@@ -76,14 +76,17 @@ class BertEmbeddings(nnx.Module):
 class BertSelfAttention(nnx.Module):
     """Multi-head self-attention, through ``jax.nn.dot_product_attention``.
 
-    That function has no dropout, so while training with ``attention_probs_dropout_prob > 0``
-    the attention is spelled out with dropout on its probabilities, as BERT does; set that
-    probability to 0 to train with the fused attention kernels too.
+    Its ``implementation`` is the attribute ``attention_implementation``: None (today XLA's) by
+    default; ``model.set_attributes(attention_implementation="cudnn")`` asks for cuDNN's fused
+    attention on an NVIDIA GPU (bfloat16 compute). That function has no dropout, so while
+    training with ``attention_probs_dropout_prob > 0`` the attention is spelled out with dropout
+    on its probabilities, as BERT does; set that probability to 0 to train with fused attention.
     """
 
     def __init__(self, config: BertConfig, *, dtype: DTypeLike, rngs: nnx.Rngs):
         dense = _dense(config, dtype, rngs)
         self.num_heads = config.num_attention_heads
+        self.attention_implementation: str | None = None
         self.query = dense(config.hidden_size, config.hidden_size)
         self.key = dense(config.hidden_size, config.hidden_size)
         self.value = dense(config.hidden_size, config.hidden_size)
@@ -103,7 +106,9 @@ class BertSelfAttention(nnx.Module):
         heads = (*x.shape[:-1], self.num_heads, -1)
         q, k, v = (f(x).reshape(heads) for f in (self.query, self.key, self.value))
         if self.dropout.deterministic or self.dropout.rate == 0.0:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, implementation=self.attention_implementation
+            )
         else:
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
             if mask is not None:
