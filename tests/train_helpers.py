@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
 
 POSITIVE = "great good lovely happy excellent wonderful superb fine nice awesome".split()
 NEGATIVE = "awful bad terrible sad horrible poor nasty ugly dreadful worst".split()

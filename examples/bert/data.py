@@ -145,6 +145,8 @@ def load_raw(
         try:
             train = datasets.load_dataset(builder, data_files=dataset, split="train", **kwargs)
         except Exception as err:
+            if "corresponds to no data" in str(err):  # datasets' words for no rows at all
+                raise DataError(f"The dataset file {dataset!r} is empty.") from err
             raise DataError(f"Could not read dataset file {dataset!r}: {err}") from err
         return train, None, os.path.abspath(dataset)
 

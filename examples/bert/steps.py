@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+import optax_dice
 from examples.bert import parallel
 
 Batch = dict[str, jax.Array]
@@ -76,11 +77,22 @@ def _forward(graphdef: nnx.GraphDef, params: nnx.State, model_state: nnx.State, 
     return logits, model_state
 
 
-def _dice_field(opt_state: optax.OptState, name: str) -> jax.Array:
-    try:
-        return optax.tree_utils.tree_get(opt_state, name)
-    except KeyError:
-        return jnp.zeros([], jnp.float32 if name == "scale" else jnp.int32)
+def dice_state(opt_state: optax.OptState) -> optax_dice.DiceRollState | None:
+    """The ``DiceRollState`` inside an optimizer state (None without dice).
+
+    Found by type, not with ``optax.tree_utils.tree_get(state, "scale")``: the moments of
+    AdamW hold the parameters' names, and LayerNorm's parameter is also called ``scale``.
+    """
+    found = [
+        leaf
+        for leaf in jax.tree.leaves(
+            opt_state, is_leaf=lambda x: isinstance(x, optax_dice.DiceRollState)
+        )
+        if isinstance(leaf, optax_dice.DiceRollState)
+    ]
+    if len(found) > 1:
+        raise ValueError(f"The optimizer state holds {len(found)} dice states, expected one.")
+    return found[0] if found else None
 
 
 def make_train_step(
@@ -125,14 +137,13 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step // accumulation_steps), jnp.float32),
         }
-        if uses_dice:
+        dice = dice_state(opt_state) if uses_dice else None
+        if dice is not None:
             metrics.update(
-                natural=_dice_field(opt_state, "natural"),
-                total=_dice_field(opt_state, "total"),
-                scale=_dice_field(opt_state, "scale").astype(jnp.float32),
+                natural=dice.natural, total=dice.total, scale=dice.scale.astype(jnp.float32)
             )
         else:
             metrics.update(

@@ -1,0 +1,469 @@
+"""End-to-end tests of examples/bert/train.py on a tiny BERT and a small synthetic dataset.
+
+Every run goes through ``train.main`` (the command line) or ``train.run``; the tiny model
+makes each take seconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import optax_dice
+from examples.bert import optim, train
+from tests.train_helpers import (
+    REPO,
+    make_tiny_model_dir,
+    read_jsonl,
+    run_python,
+    synthetic_rows,
+    write_csv,
+)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    model = make_tiny_model_dir(root / "tiny_bert")
+    reviews = write_csv(root / "reviews.csv", synthetic_rows(400))
+    return {"model": str(model), "data": str(reviews), "root": root}
+
+
+def base_args(assets, out, *extra: str) -> list[str]:
+    """A fast run: tiny BERT, 360 training reviews, batch 16, 16 tokens."""
+    return [
+        "--model",
+        assets["model"],
+        "--dataset",
+        assets["data"],
+        "--batch-size",
+        "16",
+        "--max-length",
+        "16",
+        "--lr",
+        "3e-3",
+        "--warmup-ratio",
+        "0",
+        "--log-every",
+        "4",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
+
+
+def train_records(out) -> list[dict]:
+    return [r for r in read_jsonl(Path(out) / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def final_checkpoint(out) -> dict:
+    """The arrays of the latest checkpoint of a run, as nested dicts of numpy arrays."""
+    manager = ocp.CheckpointManager(Path(out) / "checkpoints")
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    state = restored.state
+    return jax.tree.map(
+        lambda x: np.asarray(
+            jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+        ),
+        state,
+    )
+
+
+def assert_trees_equal(a, b) -> None:
+    leaves_a, tree_a = jax.tree.flatten_with_path(a)
+    leaves_b, tree_b = jax.tree.flatten_with_path(b)
+    assert tree_a == tree_b
+    for (path, x), (_, y) in zip(leaves_a, leaves_b, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape, path
+        assert np.array_equal(x, y), f"{jax.tree_util.keystr(path)} differs"
+
+
+# --------------------------------------------------------------------------------- training
+
+
+def test_mode_off_lowers_the_loss_and_writes_every_output(assets, tmp_path):
+    out = tmp_path / "off"
+    summary = train.main(
+        base_args(
+            assets, out, "--mode", "off", "--steps", "80", "--eval-every", "40", "--lr", "5e-3"
+        )
+    )
+    assert summary["status"] == "completed" and summary["steps"] == 80
+    losses = [r["loss"] for r in train_records(out)]
+    assert len(losses) == 80
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    assert summary["eval_accuracy"] > 0.8  # a keyword gives the label away
+    assert summary["rolls"] == 0 and summary["dice"] is None
+
+    assert sorted(os.listdir(out)) == [
+        "checkpoints",
+        "config.json",
+        "metrics.jsonl",
+        "run.png",
+        "summary.json",
+    ]
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [40, 80]
+    assert {"loss", "accuracy", "macro_f1"} <= set(evals[0])
+    assert (
+        json.loads((out / "summary.json").read_text())["eval_accuracy"] == summary["eval_accuracy"]
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["label_to_id"] == {"neg": 0, "pos": 1}
+    assert config["args"]["mode"] == "off"
+    assert (out / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("mode", "position", "k"),
+    [
+        ("per_mini_batch", "before", 2),
+        ("per_accumulation_step", "before", 2),
+        ("per_mini_batch", "after", 1),
+    ],
+)
+def test_dice_runs_log_the_rolls_of_the_seed(assets, tmp_path, mode, position, k):
+    out = tmp_path / "dice"
+    updates = 10
+    summary = train.main(
+        base_args(
+            assets,
+            out,
+            "--mode",
+            mode,
+            "--dice-position",
+            position,
+            "--accumulation-steps",
+            str(k),
+            "--steps",
+            str(updates),
+            "--seed",
+            "7",
+            "--ability-score",
+            "16",
+            "--threshold",
+            "13",
+        )
+    )
+    records = train_records(out)
+    assert len(records) == updates * k
+    assert all(np.isfinite(r["loss"]) for r in records)
+    rolls = [r for r in records if r["rolled"]]
+    # per mini-batch: a roll per micro-batch; per accumulation step: a roll per update.
+    expected_rolls = updates * k if mode == "per_mini_batch" else updates
+    assert len(rolls) == summary["rolls"] == expected_rolls
+    seq = optax_dice.roll_sequence(
+        optim.dice_key(7), expected_rolls, dice="d20", threshold=13, modifier=3
+    )
+    assert [r["natural"] for r in rolls] == np.asarray(seq.natural).tolist()
+    assert [r["total"] for r in rolls] == np.asarray(seq.total).tolist()
+    np.testing.assert_array_equal([r["scale"] for r in rolls], np.asarray(seq.scale))
+    # The loss after the roll: the rolled micro-batch's, or the accumulated update's mean.
+    for r in rolls:
+        i = r["micro_step"]
+        window = (
+            [x["loss"] for x in records[i - k : i]] if mode != "per_mini_batch" else [r["loss"]]
+        )
+        assert r["scaled_loss"] == pytest.approx(r["scale"] * np.mean(window), rel=1e-6, abs=1e-7)
+    assert summary["expected_scale"] == pytest.approx(
+        optax_dice.odds(threshold=13, modifier=3).expected_scale
+    )
+    assert summary["eval_accuracy"] is not None
+    assert (out / "run.png").exists()
+
+
+# ------------------------------------------------------------------------- no host syncs
+
+
+@contextlib.contextmanager
+def cpu_device_to_host_guard():
+    """Makes ``transfer_guard_device_to_host`` bite on CPU too.
+
+    On CPU, reading an array is zero-copy and the guard never fires (jax issue 16602), so
+    this wraps the one place every implicit read goes through (``ArrayImpl._value``) and
+    raises there under "disallow", unless ``jax.device_get`` (an explicit transfer) is
+    running. It relies on JAX internals; where they differ, only the real guard is used.
+    """
+    try:
+        from jax._src import array as jax_array
+        from jax._src import config as jax_config
+        from jax._src.lib import guard_lib
+
+        original = jax_array.ArrayImpl.__dict__["_value"]
+    except (ImportError, KeyError, AttributeError):
+        yield
+        return
+
+    def _value(self):
+        if (
+            jax_config.transfer_guard_device_to_host.value == "disallow"
+            and not guard_lib.thread_local_state().explicit_device_get
+        ):
+            raise RuntimeError(f"Disallowed device-to-host transfer of {self.shape} {self.dtype}")
+        return original.fget(self)
+
+    jax_array.ArrayImpl._value = property(_value)
+    try:
+        yield
+    finally:
+        jax_array.ArrayImpl._value = original
+
+
+def test_the_step_loop_makes_no_implicit_host_transfer(assets, tmp_path):
+    with cpu_device_to_host_guard():
+        with jax.transfer_guard_device_to_host("disallow"):
+            x = jnp.arange(3.0) * 2
+            with pytest.raises(Exception, match="Disallowed device-to-host"):
+                float(x[1])  # the guard is live
+        with jax.transfer_guard_device_to_host("disallow"):
+            summary = train.main(
+                base_args(
+                    assets,
+                    tmp_path / "guarded",
+                    "--steps",
+                    "12",
+                    "--accumulation-steps",
+                    "2",
+                    "--eval-every",
+                    "3",
+                    "--save-every",
+                    "3",
+                )
+            )
+    assert summary["status"] == "completed" and summary["micro_steps"] == 24
+
+
+# ------------------------------------------------------------------------------- resume
+
+
+RESUME_STEPS = 120
+
+
+def resume_args(assets, out) -> list[str]:
+    # Dropout is on (the tiny config's 0.1), so the RNG state must be restored too.
+    return base_args(
+        assets,
+        out,
+        "--steps",
+        str(RESUME_STEPS),
+        "--save-every",
+        "10",
+        "--eval-every",
+        "60",
+        "--accumulation-steps",
+        "2",
+        "--mode",
+        "per_mini_batch",
+        "--seed",
+        "3",
+        "--warmup-ratio",
+        "0.1",
+    )
+
+
+@pytest.fixture(scope="module")
+def unbroken_run(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "unbroken"
+    summary = train.main(resume_args(assets, out))
+    return out, summary
+
+
+def test_a_stopped_run_resumes_bit_for_bit(assets, tmp_path, unbroken_run):
+    reference, reference_summary = unbroken_run
+    out = tmp_path / "stopped"
+    first = train.run(train.parse_args(resume_args(assets, out)), stop_after=2 * 37 + 1)
+    assert first["status"] == "stopped" and first["micro_steps"] == 75  # mid-accumulation
+    second = train.main(["--resume", str(out), "--no-progress"])
+    assert second["status"] == "completed" and second["resumed_from_micro_step"] == 75
+    assert_trees_equal(final_checkpoint(out), final_checkpoint(reference))
+    assert train_records(out) == train_records(reference)
+    assert second["eval_accuracy"] == reference_summary["eval_accuracy"]
+    assert second["eval_loss"] == reference_summary["eval_loss"]
+
+
+def test_a_killed_run_resumes_bit_for_bit(assets, tmp_path, unbroken_run):
+    reference, _ = unbroken_run
+    out = tmp_path / "killed"
+    code = f"from examples.bert import train; train.main({resume_args(assets, out)!r})"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpts = out / "checkpoints"
+    deadline = time.monotonic() + 180
+    killed_after = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = (
+                [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
+            )
+            if done and max(done) >= 40:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_after = max(done)
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and killed_after is None:
+            proc.kill()
+        proc.wait()
+    assert killed_after is not None and killed_after < 2 * RESUME_STEPS, "the run was not killed"
+    summary = train.main(["--resume", str(out), "--no-progress"])
+    assert summary["status"] == "completed"
+    assert summary["resumed_from_micro_step"] >= 40
+    assert_trees_equal(final_checkpoint(out), final_checkpoint(reference))
+    assert train_records(out) == train_records(reference)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def _fake_dataset_with_unseen_validation_label(*args, **kwargs):
+    import datasets
+
+    train_split = datasets.Dataset.from_dict(
+        {"text": ["good day", "bad day"] * 20, "label": ["pos", "neg"] * 20}
+    )
+    val = datasets.Dataset.from_dict({"text": ["meh"], "label": ["neutral"]})
+    return train_split, val, "fake"
+
+
+BAD_INPUTS = {
+    "missing model folder": (["--model", "/no/such/model"], "No folder /no/such/model"),
+    "unreachable hub id": (["--model", "nobody-xyz/no-such-bert"], "Could not fetch"),
+    "unknown dataset": (["--dataset", "no_such_dataset_xyz"], "Unknown dataset"),
+    "missing dataset file": (["--dataset", "/no/such/file.csv"], "does not exist"),
+    "missing column": (["--text-column", "body"], "'body' is not in the dataset"),
+    "empty dataset": ([], "is empty"),
+    "unseen validation label": ([], "never occur in train"),
+    "zero batch size": (["--batch-size", "0"], "--batch-size must be positive"),
+    "negative batch size": (["--batch-size", "-4"], "--batch-size must be positive"),
+    "zero steps": (["--steps", "0"], "--steps must be positive"),
+    "negative epochs": (["--epochs", "-1"], "--epochs must be positive"),
+    "batch larger than the data": (["--batch-size", "4096"], "fewer than one batch"),
+    "too long for the model": (["--max-length", "512"], "exceeds the model's 128 positions"),
+    "after per mini-batch": (
+        ["--dice-position", "after", "--accumulation-steps", "2"],
+        "cannot roll per mini-batch",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_clear_error_with_no_output(
+    case, assets, tmp_path, capsys, monkeypatch, offline
+):
+    extra, message = BAD_INPUTS[case]
+    args = base_args(assets, tmp_path / "out")
+    if not {"--steps", "--epochs"} & set(extra):
+        args += ["--steps", "2"]
+    if case == "empty dataset":
+        empty = tmp_path / "empty.csv"
+        empty.write_text("review,sentiment\n")
+        args += ["--dataset", str(empty)]
+    if case == "unseen validation label":
+        from examples.bert import data
+
+        monkeypatch.setattr(data, "load_raw", _fake_dataset_with_unseen_validation_label)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args + extra)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_run_folder_is_not_overwritten_and_resume_keeps_its_settings(
+    assets, tmp_path, capsys
+):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        train.main(base_args(assets, out, "--steps", "2"))
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert os.listdir(out) == ["notes.txt"]
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(out)])
+    assert "not a run folder" in capsys.readouterr().err
+    (out / "config.json").write_text(json.dumps({"args": {}}))
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(out), "--lr", "0.5"])
+    assert "drop --lr" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- data parallel
+
+
+def test_data_parallel_over_8_cpu_devices(assets, tmp_path):
+    args = base_args(assets, tmp_path / "dp8", "--steps", "6", "--seed", "1")
+    bad = base_args(assets, tmp_path / "dp8_bad", "--steps", "6", "--batch-size", "12")
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        import jax
+        from examples.bert import train
+        assert jax.device_count() == 8, jax.devices()
+        summary = train.main({args!r})
+        print("SUMMARY", json.dumps(summary))
+        try:
+            train.main({bad!r})
+        except SystemExit as exit:
+            print("EXIT", exit.code)
+        """
+    )
+    result = run_python(
+        code,
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.split("SUMMARY ", 1)[1].splitlines()[0])
+    assert summary["devices"] == 8 and summary["status"] == "completed"
+    assert "EXIT 2" in result.stdout
+    assert "does not divide over the 8 devices" in result.stderr
+    assert not (tmp_path / "dp8_bad").exists()
+
+    # The same run on one device computes the same thing, up to float reduction order.
+    one = train.main(base_args(assets, tmp_path / "dp1", "--steps", "6", "--seed", "1"))
+    eight, single = train_records(tmp_path / "dp8"), train_records(tmp_path / "dp1")
+    assert [r["natural"] for r in eight] == [r["natural"] for r in single]
+    np.testing.assert_allclose(
+        [r["loss"] for r in eight], [r["loss"] for r in single], rtol=2e-4, atol=1e-5
+    )
+    assert summary["eval_accuracy"] == pytest.approx(one["eval_accuracy"], abs=0.05)
+
+
+# ----------------------------------------------------------------------------- default run
+
+
+@pytest.mark.slow
+def test_readme_default_run_beats_the_majority_class(tmp_path):
+    """README's first command, as is (minutes on a 2-core CPU)."""
+    summary = train.main(["--output-dir", str(tmp_path / "default"), "--no-progress"])
+    assert summary["status"] == "completed"
+    assert summary["eval_accuracy"] >= 0.60 > summary["majority_accuracy"] + 0.15
