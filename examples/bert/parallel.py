@@ -16,14 +16,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def initialize_distributed() -> None:
-    """Joins a multi-process run (``jax.distributed.initialize()``).
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Joins a multi-process run (``jax.distributed.initialize``).
 
-    It must come before any other JAX call. On Cloud TPU pods and SLURM / Open MPI clusters
-    the coordinator, process count and process id are found automatically; elsewhere set
-    ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
+    It must come before any other JAX call. On Cloud TPU pods, SLURM, Open MPI and the other
+    clusters JAX knows, the arguments are found automatically and may all be None; elsewhere
+    give all three (the same coordinator ``host:port`` to every process).
+
+    Args:
+      coordinator_address: ``host:port`` of process 0.
+      num_processes: how many processes take part.
+      process_id: this process's index, 0 .. num_processes - 1.
     """
-    jax.distributed.initialize()
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
 
 
 def make_mesh() -> Mesh:

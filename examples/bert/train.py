@@ -37,16 +37,24 @@ import optax_dice
 from examples.bert import checkpoint, data, optim, parallel, report, steps
 
 # Defaults sized for README's first command: a 2-core CPU, no network, under 10 minutes.
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 200
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 64
 DEFAULT_LR = 1e-4
 DEFAULT_MAX_EVAL_SAMPLES = 2000
+DEFAULT_EVAL_EVERY = 50
 DEFAULT_THRESHOLD = 12
 DEFAULT_ABILITY_SCORE = 15
 RUNS_DIR = "runs"
 # Flags that may differ when resuming: they change how, not what, the run computes.
-RESUME_FLAGS = ("resume", "distributed", "no_progress")
+RESUME_FLAGS = (
+    "resume",
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "no_progress",
+)
 
 
 class UsageError(ValueError):
@@ -171,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", default=None, help=f"default: a new folder under {RUNS_DIR}/")
     g.add_argument("--log-every", type=int, default=10, help="micro-steps between host syncs")
     g.add_argument(
-        "--eval-every", type=int, default=0, help="updates between evaluations (0: at the end)"
+        "--eval-every",
+        type=int,
+        default=DEFAULT_EVAL_EVERY,
+        help="updates between evaluations (0: only at the end)",
     )
     g.add_argument(
         "--save-every", type=int, default=0, help="updates between checkpoints (0: at the end)"
@@ -185,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="multi-host: call jax.distributed.initialize() first (TPU pods, GPU clusters)",
     )
+    g.add_argument(
+        "--coordinator-address",
+        default=None,
+        help="with --distributed where JAX cannot detect the cluster: host:port of process 0",
+    )
+    g.add_argument("--num-processes", type=int, default=None, help="with --coordinator-address")
+    g.add_argument("--process-id", type=int, default=None, help="with --coordinator-address")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -429,6 +447,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _model_name(args: argparse.Namespace) -> str:
+    if args.model is None:
+        return "all-MiniLM-L6-v2"
+    return os.path.basename(os.path.normpath(str(args.model))) or str(args.model)
+
+
 def _print(*parts: Any) -> None:
     if jax.process_index() == 0:
         print(*parts, flush=True)
@@ -451,7 +475,9 @@ def run(args: argparse.Namespace, *, stop_after: int | None = None) -> dict[str,
     """
     t_start = time.perf_counter()
     if args.distributed:
-        parallel.initialize_distributed()
+        parallel.initialize_distributed(
+            args.coordinator_address, args.num_processes, args.process_id
+        )
     is_main = jax.process_index() == 0
     resuming = args.resume is not None
     if args.output_dir is None:
@@ -761,8 +787,8 @@ def _train(
                 face_probs=None if odds is None else odds.face_probs,
                 expected_scale=None if odds is None else odds.expected_scale,
                 title=(
-                    f"{os.path.basename(str(config['model_dir']))} on {dataset.source}: "
-                    f"mode {spec.mode}, seed {args.seed}"
+                    f"{_model_name(args)} on {os.path.basename(dataset.source)}: "
+                    f"{spec.total_updates} updates, mode {spec.mode}, seed {args.seed}"
                 ),
                 majority_accuracy=dataset.majority_accuracy(),
             )
