@@ -42,7 +42,7 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 64
 DEFAULT_LR = 1e-4
 DEFAULT_MAX_EVAL_SAMPLES = 2000
-DEFAULT_EVAL_EVERY = 50
+DEFAULT_EVAL_EVERY = 100
 DEFAULT_THRESHOLD = 12
 DEFAULT_ABILITY_SCORE = 15
 RUNS_DIR = "runs"
@@ -61,6 +61,17 @@ class UsageError(ValueError):
     """Bad input found before training starts: ``main`` reports it as a usage error."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, unless it is None or False or the help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False
+        if "default" not in text and not hidden and action.default != argparse.SUPPRESS:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the training script."""
     p = argparse.ArgumentParser(
@@ -69,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Fine-tune a BERT for text classification with an optax-dice optimizer: every "
             "update (or micro-batch) is scaled by a d20 saving throw."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("model and data")
     g.add_argument(
@@ -89,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-column", default=None, help="default: label, sentiment, ...")
     g.add_argument("--text-pair-column", default=None, help="a second text, for sentence pairs")
     g.add_argument("--encoding", default="utf-8", help="text encoding of a local csv file")
-    g.add_argument("--max-train-samples", type=int, default=None)
+    g.add_argument(
+        "--max-train-samples", type=int, default=None, help="training examples to use (all)"
+    )
     g.add_argument(
         "--max-eval-samples",
         type=int,
@@ -137,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     luck = g.add_mutually_exclusive_group()
     luck.add_argument("--advantage", action="store_true", help="roll twice, keep the higher")
     luck.add_argument("--disadvantage", action="store_true", help="roll twice, keep the lower")
-    g.add_argument("--rule", choices=("saving_throw", "original"), default="saving_throw")
+    g.add_argument(
+        "--rule",
+        choices=("saving_throw", "original"),
+        default="saving_throw",
+        help="saving_throw: the seed's four outcomes; original: roll-to-train's own code",
+    )
     g.add_argument(
         "--dice-position",
         choices=optim.POSITIONS,
@@ -154,8 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimization")
     g.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate of AdamW")
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--warmup-ratio", type=float, default=0.1)
+    g.add_argument(
+        "--weight-decay", type=float, default=0.01, help="AdamW's, not on biases and norms"
+    )
+    g.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=0.1,
+        help="share of the updates warming up; then linear decay to 0",
+    )
     g.add_argument(
         "--batch-size",
         type=int,
