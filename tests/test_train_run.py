@@ -291,7 +291,10 @@ def test_a_stopped_run_resumes_bit_for_bit(assets, tmp_path, unbroken_run):
     assert second["eval_loss"] == reference_summary["eval_loss"]
 
 
-def test_a_killed_run_resumes_bit_for_bit(assets, tmp_path, unbroken_run):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_run_resumes_bit_for_bit(assets, tmp_path, unbroken_run, signum):
+    """SIGKILL: the run dies at once and resumes from its last complete checkpoint.
+    SIGTERM (a pre-empted job): the run saves a checkpoint where it is and stops."""
     reference, _ = unbroken_run
     out = tmp_path / "killed"
     code = f"from examples.bert import train; train.main({resume_args(assets, out)!r})"
@@ -310,15 +313,19 @@ def test_a_killed_run_resumes_bit_for_bit(assets, tmp_path, unbroken_run):
                 [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
             )
             if done and max(done) >= 20:
-                os.kill(proc.pid, signal.SIGKILL)
+                os.kill(proc.pid, signum)
                 killed_after = max(done)
                 break
             time.sleep(0.02)
     finally:
         if proc.poll() is None and killed_after is None:
             proc.kill()
-        proc.wait()
+        proc.wait(timeout=120)
     assert killed_after is not None and killed_after < 2 * RESUME_STEPS, "the run was not killed"
+    if signum == signal.SIGTERM:
+        stopped = json.loads((out / "summary.json").read_text())
+        assert stopped["status"] == "interrupted"
+        assert stopped["micro_steps"] < 2 * RESUME_STEPS
     summary = train.main(["--resume", str(out), "--no-progress"])
     assert summary["status"] == "completed"
     assert summary["resumed_from_micro_step"] >= 20
