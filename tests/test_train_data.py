@@ -79,6 +79,38 @@ def test_csv_with_string_labels(tmp_path, tokenizer):
     assert np.bincount(d.validation["labels"]).tolist() == [3, 3]
 
 
+def test_perturbed_validation_copy(tmp_path, tokenizer):
+    path = write_csv(tmp_path / "reviews.csv", synthetic_rows(80))
+    clean = data.load_classification_data(str(path), tokenizer, max_length=32)
+    same = data.load_classification_data(
+        str(path), tokenizer, max_length=32, perturbation=data.Perturbation(0.0, 0.0)
+    )
+    noisy = data.load_classification_data(
+        str(path), tokenizer, max_length=32, perturbation=data.Perturbation(0.3, 0.5, seed=1)
+    )
+    assert clean.perturbed_validation is None
+    for key in data.ARRAY_KEYS:
+        np.testing.assert_array_equal(same.perturbed_validation[key], clean.validation[key])
+    assert noisy.seq_len == clean.seq_len  # the noise never changes what training sees
+    np.testing.assert_array_equal(noisy.perturbed_validation["labels"], clean.validation["labels"])
+    assert not np.array_equal(
+        noisy.perturbed_validation["input_ids"], clean.validation["input_ids"]
+    )
+    # The same noise as perturb_texts on the validation texts, text i seeded with [seed, i].
+    from examples.bert.perturb import perturb_texts
+
+    texts = [
+        tokenizer.decode(ids, skip_special_tokens=True) for ids in clean.validation["input_ids"]
+    ]
+    expected = tokenizer(
+        perturb_texts(texts, seed=1, char_drop=0.3, word_swap=0.5),
+        padding="max_length",
+        max_length=noisy.perturbed_validation["input_ids"].shape[1],
+        truncation=True,
+    )["input_ids"]
+    np.testing.assert_array_equal(noisy.perturbed_validation["input_ids"], expected)
+
+
 def test_json_and_jsonl_with_named_columns(tmp_path, tokenizer):
     rows = [
         {"body": r["review"], "y": 1 if r["sentiment"] == "pos" else 0} for r in synthetic_rows(40)

@@ -101,7 +101,21 @@ def test_mode_off_lowers_the_loss_and_writes_every_output(assets, tmp_path):
     out = tmp_path / "off"
     summary = train.main(
         base_args(
-            assets, out, "--mode", "off", "--steps", "80", "--eval-every", "40", "--lr", "5e-3"
+            assets,
+            out,
+            "--mode",
+            "off",
+            "--steps",
+            "80",
+            "--eval-every",
+            "40",
+            "--lr",
+            "5e-3",
+            "--perturbed-eval",
+            "--char-drop",
+            "0.5",
+            "--word-swap",
+            "0.5",
         )
     )
     assert summary["status"] == "completed" and summary["steps"] == 80
@@ -110,6 +124,9 @@ def test_mode_off_lowers_the_loss_and_writes_every_output(assets, tmp_path):
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
     assert summary["eval_accuracy"] > 0.8  # a keyword gives the label away
     assert summary["rolls"] == 0 and summary["dice"] is None
+    # The perturbed copy, evaluated at the end: dropping half the letters hurts.
+    assert summary["perturbed_accuracy"] is not None
+    assert summary["perturbed_accuracy"] < summary["eval_accuracy"]
 
     assert sorted(os.listdir(out)) == [
         "checkpoints",
@@ -120,6 +137,8 @@ def test_mode_off_lowers_the_loss_and_writes_every_output(assets, tmp_path):
     ]
     evals = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [40, 80]
+    perturbed = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "eval_perturbed"]
+    assert [r["step"] for r in perturbed] == [80]
     assert {"loss", "accuracy", "macro_f1"} <= set(evals[0])
     assert (
         json.loads((out / "summary.json").read_text())["eval_accuracy"] == summary["eval_accuracy"]

@@ -53,6 +53,9 @@ class ClassificationData:
       source: where the data came from, in words (a path or a hub name).
       validation_from: ``"dataset"`` when the dataset had a validation split, otherwise
         ``"stratified split of train"``.
+      perturbed_validation: the validation split with its texts perturbed (see
+        :mod:`examples.bert.perturb`), tokenised the same way (its length may differ from
+        ``seq_len``); None unless asked for.
     """
 
     train: dict[str, np.ndarray]
@@ -63,6 +66,7 @@ class ClassificationData:
     label_column: str
     source: str
     validation_from: str
+    perturbed_validation: dict[str, np.ndarray] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -288,6 +292,21 @@ def subsample(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(indices[rng.permutation(indices.size)[:limit]])
 
 
+@dataclasses.dataclass(frozen=True)
+class Perturbation:
+    """Seeded noise for a robustness evaluation (see :func:`examples.bert.perturb.perturb_texts`).
+
+    Attributes:
+      char_drop: the probability that a letter or digit is dropped.
+      word_swap: the probability that a word changes place with the next one.
+      seed: the noise's seed; text ``i`` of the split draws from ``default_rng([seed, i])``.
+    """
+
+    char_drop: float = 0.05
+    word_swap: float = 0.1
+    seed: int = 0
+
+
 def tokenize(
     dataset: Any,
     tokenizer: Callable[..., Any],
@@ -295,6 +314,7 @@ def tokenize(
     text_column: str,
     text_pair_column: str | None,
     max_length: int,
+    perturbation: Perturbation | None = None,
 ) -> dict[str, np.ndarray]:
     """Tokenises a split once, with ``Dataset.map``, into int32 arrays of ``max_length``.
 
@@ -304,13 +324,25 @@ def tokenize(
       text_column: the text column.
       text_pair_column: the second text of sentence-pair tasks, or None.
       max_length: tokens per example, after truncation and padding.
+      perturbation: perturb each (first) text before tokenising it, or None.
 
     Returns:
       ``input_ids``, ``attention_mask`` and ``token_type_ids``, int32 ``[n, max_length]``.
     """
+    from examples.bert.perturb import perturb_text
 
-    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+    def encode(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, Any]:
         texts = ["" if t is None else str(t) for t in batch[text_column]]
+        if perturbation is not None:
+            texts = [
+                perturb_text(
+                    t,
+                    np.random.default_rng([perturbation.seed, i]),
+                    perturbation.char_drop,
+                    perturbation.word_swap,
+                )
+                for t, i in zip(texts, indices, strict=True)
+            ]
         pairs = None
         if text_pair_column is not None:
             pairs = ["" if t is None else str(t) for t in batch[text_pair_column]]
@@ -328,6 +360,7 @@ def tokenize(
     encoded = dataset.map(
         encode,
         batched=True,
+        with_indices=True,
         batch_size=2000,
         remove_columns=dataset.column_names,
         keep_in_memory=True,  # no cache files: the arrays are all kept in memory anyway
@@ -374,6 +407,7 @@ def load_classification_data(
     validation_fraction: float = 0.1,
     split_seed: int = 0,
     encoding: str = "utf-8",
+    perturbation: Perturbation | None = None,
 ) -> ClassificationData:
     """Loads, labels, splits and tokenises a text-classification dataset.
 
@@ -391,6 +425,8 @@ def load_classification_data(
       split_seed: the seed of the split and of the subsamples. It is not the run's
         ``--seed``, so runs with different seeds share one validation set.
       encoding: the text encoding of a local csv file.
+      perturbation: also tokenise a perturbed copy of the validation split, for a
+        robustness evaluation; None: no copy.
 
     Returns:
       The tokenised :class:`ClassificationData`.
@@ -449,6 +485,19 @@ def load_classification_data(
         arrays["labels"] = ids[idx].astype(np.int32)
         splits.append(arrays)
     seq_len = trim_padding(splits)
+    perturbed = None
+    if perturbation is not None:
+        # Its own length: perturbed texts may need more tokens, and must not change training.
+        perturbed = tokenize(
+            validation.select(val_idx),
+            tokenizer,
+            text_column=text_column,
+            text_pair_column=text_pair_column,
+            max_length=max_length,
+            perturbation=perturbation,
+        )
+        perturbed["labels"] = val_ids[val_idx].astype(np.int32)
+        trim_padding([perturbed])
     return ClassificationData(
         train=splits[0],
         validation=splits[1],
@@ -458,6 +507,7 @@ def load_classification_data(
         label_column=label_column,
         source=source,
         validation_from=validation_from,
+        perturbed_validation=perturbed,
     )
 
 

@@ -3,7 +3,9 @@
 ``metrics.jsonl`` holds one JSON object a line: ``{"kind": "train", ...}`` for every
 micro-step (loss before the roll, the roll's natural, total and scale, the loss after it,
 the learning rate) and ``{"kind": "eval", ...}`` for every evaluation (loss, accuracy,
-macro-F1). ``micro_step`` counts micro-batches done, ``step`` applied updates done.
+macro-F1), and ``{"kind": "eval_perturbed", ...}`` for the final evaluation on perturbed
+texts (``--perturbed-eval``). ``micro_step`` counts micro-batches done, ``step`` applied
+updates done.
 """
 
 from __future__ import annotations

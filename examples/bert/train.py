@@ -128,6 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the validation split and subsamples (fixed, so seeds share one split)",
     )
 
+    g.add_argument(
+        "--perturbed-eval",
+        action="store_true",
+        help="at the end, also evaluate on a perturbed copy of the validation split "
+        "(seeded character drops and word swaps, seeded by --split-seed)",
+    )
+    g.add_argument(
+        "--char-drop",
+        type=float,
+        default=0.05,
+        help="perturbation: the probability that a letter or digit is dropped",
+    )
+    g.add_argument(
+        "--word-swap",
+        type=float,
+        default=0.1,
+        help="perturbation: the probability that a word swaps with the next one",
+    )
+
     g = p.add_argument_group("dice")
     g.add_argument(
         "--mode",
@@ -291,6 +310,9 @@ def _check_numbers(args: argparse.Namespace) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
     if not 0 < args.validation_fraction < 1:
         problems.append(f"--validation-fraction must lie in (0, 1), got {args.validation_fraction}")
+    for name in ("char_drop", "word_swap"):
+        if not 0 <= getattr(args, name) <= 1:
+            problems.append(f"--{name.replace('_', '-')} must lie in [0, 1]")
     if not 0 <= args.warmup_ratio < 1:
         problems.append(f"--warmup-ratio must lie in [0, 1), got {args.warmup_ratio}")
     if args.weight_decay < 0:
@@ -381,6 +403,11 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
         validation_fraction=args.validation_fraction,
         split_seed=args.split_seed,
         encoding=args.encoding,
+        perturbation=(
+            data.Perturbation(args.char_drop, args.word_swap, args.split_seed)
+            if args.perturbed_eval
+            else None
+        ),
     )
     batches = data.TrainBatches(
         dataset.train,
@@ -447,6 +474,11 @@ def _run_config(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]:
             "validation_from": dataset.validation_from,
             "seq_len": dataset.seq_len,
             "majority_accuracy": dataset.majority_accuracy(),
+            "perturbation": (
+                {"char_drop": args.char_drop, "word_swap": args.word_swap, "seed": args.split_seed}
+                if args.perturbed_eval
+                else None
+            ),
         },
         "optimizer": {
             "total_updates": spec.total_updates,
@@ -602,11 +634,12 @@ def _train(
         previous = [r for r in report.read_metrics(metrics_path) if r["kind"] == "train"]
         recent_losses.extend(r["loss"] for r in previous[-(start % k) :])
 
-    def evaluate(micro_step: int) -> dict[str, Any]:
+    def evaluate(micro_step: int, split: str = "validation") -> dict[str, Any]:
         t0 = time.perf_counter()
         totals = steps.zero_totals(dataset.num_labels, mesh)
+        arrays = dataset.validation if split == "validation" else dataset.perturbed_validation
         for b in data.eval_batches(
-            dataset.validation,
+            arrays,
             s["eval_batch_size"],
             process_index=jax.process_index(),
             process_count=jax.process_count(),
@@ -615,7 +648,8 @@ def _train(
                 state.params, state.model_state, parallel.put_batch(b, data_sharding), totals
             )
         result = steps.classification_metrics(jax.device_get(totals))
-        record = {"kind": "eval", "micro_step": micro_step, "step": micro_step // k, **result}
+        kind = "eval" if split == "validation" else "eval_perturbed"
+        record = {"kind": kind, "micro_step": micro_step, "step": micro_step // k, **result}
         record["time_s"] = time.perf_counter() - t0
         return record
 
@@ -734,6 +768,16 @@ def _train(
                         f"eval @ update {record['step']}: loss {record['loss']:.4f}, accuracy "
                         f"{record['accuracy']:.4f}, macro-F1 {record['macro_f1']:.4f}"
                     )
+                    if last and dataset.perturbed_validation is not None:
+                        with _allow_transfers():
+                            perturbed = evaluate(done, "perturbed")
+                        timing["eval_s"] += perturbed["time_s"]
+                        if log is not None:
+                            log.write([perturbed])
+                        msg += (
+                            f"; perturbed: accuracy {perturbed['accuracy']:.4f}, "
+                            f"macro-F1 {perturbed['macro_f1']:.4f}"
+                        )
                     if is_main:
                         bar.write(msg)
                     t_window = time.perf_counter()
@@ -761,6 +805,8 @@ def _train(
     records = report.read_metrics(metrics_path) if is_main else []
     all_evals = [r for r in records if r["kind"] == "eval"]
     final_eval = evals[-1] if evals else (all_evals[-1] if all_evals else None)
+    perturbed_evals = [r for r in records if r["kind"] == "eval_perturbed"]
+    final_perturbed = perturbed_evals[-1] if perturbed_evals else None
     rolls = [r for r in records if r["kind"] == "train" and r.get("rolled")]
     summary: dict[str, Any] = {
         "status": status,
@@ -775,6 +821,9 @@ def _train(
         "eval_macro_f1": None if final_eval is None else final_eval["macro_f1"],
         "eval_examples": None if final_eval is None else final_eval["examples"],
         "best_eval_accuracy": max((r["accuracy"] for r in all_evals), default=None),
+        "perturbed_accuracy": None if final_perturbed is None else final_perturbed["accuracy"],
+        "perturbed_macro_f1": None if final_perturbed is None else final_perturbed["macro_f1"],
+        "perturbed_loss": None if final_perturbed is None else final_perturbed["loss"],
         "majority_accuracy": dataset.majority_accuracy(),
         "train_loss_last": last_record.get("loss"),
         "mode": spec.mode,
@@ -822,6 +871,12 @@ def _train(
             f"Validation accuracy {final_eval['accuracy']:.4f} (majority class "
             f"{dataset.majority_accuracy():.4f}), macro-F1 {final_eval['macro_f1']:.4f}, "
             f"loss {final_eval['loss']:.4f}, on {final_eval['examples']} examples."
+        )
+    if final_perturbed is not None:
+        _print(
+            f"Perturbed validation accuracy {final_perturbed['accuracy']:.4f}, macro-F1 "
+            f"{final_perturbed['macro_f1']:.4f} (char drop {args.char_drop}, word swap "
+            f"{args.word_swap})."
         )
     _print(
         f"{status}: {done // k} updates in {train_time:.1f} s"
