@@ -171,6 +171,7 @@ def plot_run(
         if majority_accuracy is not None:
             ax2.axhline(majority_accuracy, color="grey", ls=":", label="majority class")
         ax2.set_ylim(0, 1)
+        ax2.set_ylabel("accuracy, macro-F1")
         lines = ax.get_legend_handles_labels()
         lines2 = ax2.get_legend_handles_labels()
         ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)

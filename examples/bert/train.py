@@ -360,6 +360,18 @@ class _StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
 
+    def agreed(self, log_point: bool) -> bool:
+        """Whether to stop now. With several processes, they agree at log points only (a
+        collective), so that all stop at the same step and save one checkpoint together."""
+        if jax.process_count() == 1:
+            return self.requested
+        if not log_point:
+            return False
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray(self.requested))
+        return bool(np.asarray(flags).any())
+
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
@@ -746,7 +758,8 @@ def _train(
                 window_steps += 1
                 boundary = done % k == 0
                 last = done == total_micro
-                halt = stop.requested or (stop_after is not None and done >= stop_after)
+                log_point = done % args.log_every == 0 or done == start + 1
+                halt = stop.agreed(log_point) or (stop_after is not None and done >= stop_after)
                 eval_now = last or (
                     boundary and args.eval_every and (done // k) % args.eval_every == 0
                 )
@@ -755,7 +768,7 @@ def _train(
                     or halt
                     or (boundary and args.save_every and (done // k) % args.save_every == 0)
                 )
-                if done % args.log_every == 0 or done == start + 1 or eval_now or save_now:
+                if log_point or eval_now or save_now:
                     flush(done)
                 if eval_now:
                     with _allow_transfers():
@@ -785,7 +798,7 @@ def _train(
                     save(done, train_time_before + time.perf_counter() - t_loop)
                     t_window = time.perf_counter()
                 if halt and not last:
-                    status = "stopped" if not stop.requested else "interrupted"
+                    status = "interrupted" if stop.requested or stop_after is None else "stopped"
                     break
         except KeyboardInterrupt:
             status = "interrupted"
