@@ -149,6 +149,8 @@ def test_bad_inputs(tmp_path, tokenizer, offline):
         data.load_classification_data(str(odd), tokenizer)
     with pytest.raises(data.DataError, match="Unknown dataset 'no_such_dataset_xyz'"):
         data.load_classification_data("no_such_dataset_xyz", tokenizer)
+    with pytest.raises(data.DataError, match="could not be loaded from the Hugging Face hub"):
+        data.load_classification_data("zeroshot/twitter-financial-news-sentiment", tokenizer)
     path = write_csv(tmp_path / "d.csv", synthetic_rows(20))
     with pytest.raises(data.DataError, match="'body' is not in the dataset"):
         data.load_classification_data(str(path), tokenizer, text_column="body")

