@@ -103,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=120,
         help="micro-batches per run, the same for every arm (120)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--max-eval-samples", type=int, default=1500)
+    p.add_argument("--max-eval-samples", type=int, default=1000)
     p.add_argument("--char-drop", type=float, default=0.1, help="perturbation: P(drop a char)")
     p.add_argument("--word-swap", type=float, default=0.2, help="perturbation: P(swap words)")
     p.add_argument(
