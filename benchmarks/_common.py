@@ -31,6 +31,7 @@ class Samples:
 
     name: str
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -80,10 +81,22 @@ def interleave(
     for r in range(iters):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             sync(runners[name]())
             samples[name].seconds.append(time.perf_counter() - start)
+            samples[name].cpu_seconds.append(time.process_time() - cpu_start)
     return samples
+
+
+def cores_used(samples: dict[str, Samples]) -> float:
+    """CPU seconds this process used per wall second while timing (all threads together).
+
+    Close to the number of cores on a quiet machine for work that uses them all; much less
+    means other processes took the cores (the figures are then noisy).
+    """
+    cpu = sum(sum(s.cpu_seconds) for s in samples.values())
+    wall = sum(sum(s.seconds) for s in samples.values())
+    return cpu / wall if wall else float("nan")
 
 
 def paired_ratios(variant: Samples, baseline: Samples) -> np.ndarray:
@@ -149,9 +162,20 @@ def machine_line() -> str:
 
     device = jax.devices()[0]
     kind = getattr(device, "device_kind", device.platform)
+    cores = len(os.sched_getaffinity(0))
+    pinned = "" if cores == os.cpu_count() else f" (this process pinned to {cores})"
     return (
-        f"machine: {cpu_model()}, {os.cpu_count()} cores; JAX device: {device.platform} "
+        f"machine: {cpu_model()}, {os.cpu_count()} cores{pinned}; JAX device: {device.platform} "
         f"({kind}) x{jax.device_count()}; jax {jax.__version__}; python {platform.python_version()}"
+    )
+
+
+def load_line(when: str) -> str:
+    """The machine's load average (1, 5, 15 minutes): other work on the cores makes noise."""
+    one, five, fifteen = os.getloadavg()
+    return (
+        f"load average {when}: {one:.2f}, {five:.2f}, {fifteen:.2f} "
+        f"(1, 5, 15 min; {os.cpu_count()} cores)"
     )
 
 

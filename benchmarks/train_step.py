@@ -14,6 +14,11 @@ Variants (the same ``--accumulation-steps``, default 2, so that the two modes di
 * ``per_accumulation_step``: a roll for every applied update, scaling the mean gradient;
 * ``per_accumulation_step, after``: a roll for every applied update, scaling AdamW's step.
 
+Besides time, the table gives what the machine's load does not change: XLA's estimate of the
+bytes one call reads and writes, the compiled kernels that write an array as large as some
+parameter ("param-sized passes"; activations of the same size count too, alike in every
+variant) and the other compiled ops (the roll's scalar work among them).
+
 One sample is one call (a micro-batch; ``MultiSteps`` runs the same program on every call).
 The variants are interleaved call by call after a warm-up that compiles them. The table gives
 samples/s and the ratio to ``off``. With ``--dtype bfloat16`` on a GPU it also gives the
@@ -138,6 +143,7 @@ def run_config(
         for b in make_batches(4, batch_size, seq_len, config.vocab_size)
     ]
     live: dict[str, list[Any]] = {}
+    compiled_facts: dict[str, dict[str, Any]] = {}
     runners: dict[str, Callable[[], Any]] = {}
     n_params = 0
     for label, mode, position in VARIANTS:
@@ -157,8 +163,19 @@ def run_config(
         n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
         state = steps.init_train_state(params, model_state, tx, mesh)
         del model, params, model_state
-        step = steps.make_train_step(
-            graphdef, tx, schedule, accumulation_steps, mesh, uses_dice=spec.uses_dice
+        step = (
+            steps.make_train_step(
+                graphdef, tx, schedule, accumulation_steps, mesh, uses_dice=spec.uses_dice
+            )
+            .lower(state, batches[0])
+            .compile()
+        )
+        hlo = step.as_text()
+        sizes = {int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)}
+        compiled_facts[label] = dict(
+            step_bytes=_common.cost_bytes(step),
+            passes=_common.count_param_passes(hlo, sizes),
+            other_ops=_common.count_kernels(hlo) - _common.count_param_passes(hlo, sizes),
         )
         live[label] = [state, 0]
 
@@ -171,12 +188,14 @@ def run_config(
         runners[label] = run
     samples = _common.interleave(runners, iters, warmup=warmup)
     base = samples["off"]
+    cores = _common.cores_used(samples)
     rows = [
-        dict(name=label, samples=s, ratios=_common.ratio_summary(s, base))
+        dict(name=label, samples=s, ratios=_common.ratio_summary(s, base), **compiled_facts[label])
         for label, s in samples.items()
     ]
     live.clear()
     gc.collect()
+    rows[0]["cores"] = cores
     return rows, n_params
 
 
@@ -213,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("# train_step: the training script's jitted BERT train step, dice off and on")
     print(_common.machine_line())
+    print(_common.load_line("at start"))
     print(
         f"batch {batch_size} x length {seq_len} per call, {args.accumulation_steps} micro-"
         f"batches per update, compute {args.dtype} (params float32), dropout on; "
@@ -232,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             "ms/call",
             "ratio (medians)",
             "paired ratio (IQR)",
+            "XLA bytes/step",
+            "param-sized passes",
+            "other ops",
         ]
         if peak:
             headers.append("MFU")
@@ -248,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{s.median * 1e3:.1f}",
                 f"{of_medians:.3f}",
                 f"{paired:.3f} ({p25:.3f}-{p75:.3f})",
+                _common.fmt_bytes(row["step_bytes"]),
+                row["passes"],
+                row["other_ops"],
             ]
             if peak:
                 tokens_per_s = batch_size * seq_len / s.median
@@ -256,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             if row["name"] != "off" and paired > worst[0]:
                 worst = (paired, f"{name}, {row['name']}")
         print(_common.table(headers, table_rows))
+        print(f"(this process used {rows[0]['cores']:.2f} cores on average while timing)")
     print()
+    print(_common.load_line("at end"))
     print(
         f"SUMMARY train_step: dice adds at most {_common.fmt_pct(worst[0])} to the train step "
         f"({worst[1]}; target <= {_common.fmt_pct(TARGET)}): "

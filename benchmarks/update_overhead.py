@@ -7,13 +7,14 @@ one call: ``optax.MultiSteps`` runs the same compiled program on every call (it 
 inner update each time and keeps it, with ``jnp.where``, on every ``every_k``-th), so every
 call costs the same.
 
-Two groups, each with its own baseline measured in the same run, interleaved round by round:
+Three groups, each with its own baseline measured in the same run, interleaved round by round:
 
 * no accumulation: ``optax.adamw`` / ``chain(dice_roll(), adamw)`` / ``chain(adamw, dice_roll())``;
 * accumulation over 4: ``optax.MultiSteps(adamw, 4)`` / ``accumulate(adamw, 4, mode=...)`` in
-  both modes.
+  both modes;
+* the same with ``clip_by_global_norm(1.0)`` ahead of adamw, as the training script's optimizer.
 
-Only one group's states are alive at a time (about 6 GiB at peak for BERT-base).
+Only one group's states are alive at a time (about 8 GiB resident at peak for BERT-base).
 
 Besides time, the table reports what does not depend on the machine's load: the optimizer
 state's bytes, its per-parameter arrays, XLA's estimate of the bytes each step reads and writes
@@ -22,7 +23,7 @@ state's bytes, its per-parameter arrays, XLA's estimate of the bytes each step r
 threefry rounds; ops in a loop body count once). A dice scale that is fused into AdamW's
 kernels adds no pass and no bytes, only scalar ops.
 
-Run:  python -m benchmarks.update_overhead          (full, a few minutes on 2 CPU cores)
+Run:  python -m benchmarks.update_overhead          (full, ~8 minutes on 2 CPU cores)
       python -m benchmarks.update_overhead --quick  (a tiny tree, seconds)
 """
 
@@ -129,30 +130,58 @@ def make_tree(shapes: dict[str, Any], seed: int, scale: float) -> Any:
     return jax.tree.unflatten(treedef, arrays)
 
 
-def variants(lr: float, every_k: int) -> list[list[tuple[str, optax.GradientTransformation]]]:
-    """The groups of variants; the first of each group is its baseline."""
+def variants(
+    lr: float, every_k: int
+) -> list[tuple[str, list[tuple[str, optax.GradientTransformation]]]]:
+    """(title, variants) of each group; the first variant of each group is its baseline."""
 
     def adamw() -> optax.GradientTransformation:
         return optax.adamw(lr, weight_decay=0.01)
 
+    def clip_adamw() -> optax.GradientTransformation:
+        return optax.chain(optax.clip_by_global_norm(1.0), adamw())
+
     dice = dict(key=0)
     return [
-        [
-            ("adamw", adamw()),
-            ("chain(dice_roll(), adamw)", optax.chain(optax_dice.dice_roll(**dice), adamw())),
-            ("chain(adamw, dice_roll())", optax.chain(adamw(), optax_dice.dice_roll(**dice))),
-        ],
-        [
-            (f"MultiSteps(adamw, {every_k})", optax.MultiSteps(adamw(), every_k)),
-            (
-                f"accumulate(adamw, {every_k}, per_mini_batch)",
-                optax_dice.accumulate(adamw(), every_k, mode="per_mini_batch", **dice),
-            ),
-            (
-                f"accumulate(adamw, {every_k}, per_accumulation_step)",
-                optax_dice.accumulate(adamw(), every_k, mode="per_accumulation_step", **dice),
-            ),
-        ],
+        (
+            "no accumulation: ms per update",
+            [
+                ("adamw", adamw()),
+                ("chain(dice_roll(), adamw)", optax.chain(optax_dice.dice_roll(**dice), adamw())),
+                ("chain(adamw, dice_roll())", optax.chain(adamw(), optax_dice.dice_roll(**dice))),
+            ],
+        ),
+        (
+            f"accumulation over {every_k}: ms per call (micro-batch)",
+            [
+                (f"MultiSteps(adamw, {every_k})", optax.MultiSteps(adamw(), every_k)),
+                (
+                    f"accumulate(adamw, {every_k}, per_mini_batch)",
+                    optax_dice.accumulate(adamw(), every_k, mode="per_mini_batch", **dice),
+                ),
+                (
+                    f"accumulate(adamw, {every_k}, per_accumulation_step)",
+                    optax_dice.accumulate(adamw(), every_k, mode="per_accumulation_step", **dice),
+                ),
+            ],
+        ),
+        (
+            f"accumulation over {every_k} with clip_by_global_norm(1) before adamw, as the "
+            "training script builds it: ms per call",
+            [
+                (f"MultiSteps(clip+adamw, {every_k})", optax.MultiSteps(clip_adamw(), every_k)),
+                (
+                    f"accumulate(clip+adamw, {every_k}, per_mini_batch)",
+                    optax_dice.accumulate(clip_adamw(), every_k, mode="per_mini_batch", **dice),
+                ),
+                (
+                    f"accumulate(clip+adamw, {every_k}, per_accumulation_step)",
+                    optax_dice.accumulate(
+                        clip_adamw(), every_k, mode="per_accumulation_step", **dice
+                    ),
+                ),
+            ],
+        ),
     ]
 
 
@@ -218,6 +247,7 @@ def run_group(
     del params0
     samples = _common.interleave(runners, iters, warmup=warmup)
     base = samples[group[0][0]]
+    rows[0]["cores"] = _common.cores_used(samples)
     for row in rows:
         s = samples[row["name"]]
         row["samples"] = s
@@ -269,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("# update_overhead: the optimizer update alone (jitted update + apply_updates, donated)")
     print(_common.machine_line())
+    print(_common.load_line("at start"))
     print(
         f"tree: {'tiny' if args.quick else 'BERT-base'}-shaped, {n_params / 1e6:.1f} M float32 "
         f"params ({_common.fmt_bytes(4 * n_params)}), "
@@ -279,14 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     extra_state = 0
     extra_per_param = 0
     extra_passes = 0
-    for index, group in enumerate(variants(1e-4, args.every_k)):
+    for title, group in variants(1e-4, args.every_k):
         rows = run_group(group, shapes, iters, warmup)
         base = rows[0]
         print()
-        if index == 0:
-            print("## no accumulation: ms per update")
-        else:
-            print(f"## accumulation over {args.every_k}: ms per call (micro-batch)")
+        print(f"## {title}")
         table_rows = []
         for row in rows:
             s = row["samples"]
@@ -332,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 table_rows,
             )
         )
+        print(f"(this process used {rows[0]['cores']:.2f} cores on average while timing)")
     per_call = 20 if args.quick else 200
     base_s, dice_s = roll_cost(iters, per_call)
     print()
@@ -355,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     worst = overheads[worst_name]
     met = worst <= TARGET and extra_per_param == 0
     print()
+    print(_common.load_line("at end"))
     print(
         f"SUMMARY update_overhead: dice adds at most {_common.fmt_pct(worst)} to the optimizer "
         f"update ({worst_name}; target <= {_common.fmt_pct(TARGET)}), "

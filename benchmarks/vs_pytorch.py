@@ -25,6 +25,7 @@ Needs torch (the ``bench`` extra: ``pip install torch==2.13.0``) and the ``examp
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -185,7 +186,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=None, help="timed windows per side (12)")
     parser.add_argument("--window", type=int, default=None, help="steps per window (8)")
     parser.add_argument("--vocab-size", type=int, default=None, help="30522 (quick: 1000)")
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="pin the process to this many cores and give PyTorch as many threads (default: "
+        "all). On a machine that other work shares, --cores 1 keeps OpenMP's spinning "
+        "barriers from stalling PyTorch and so keeps the comparison fair",
+    )
+    parser.add_argument(
+        "--prng-impl",
+        default=None,
+        help="JAX's PRNG for dropout and dice on our side, e.g. rbg or unsafe_rbg (default: "
+        "JAX's default, threefry2x32, which XLA:CPU runs as loops)",
+    )
     args = parser.parse_args(argv)
+    if args.prng_impl:
+        jax.config.update("jax_default_prng_impl", args.prng_impl)
+    if args.cores:
+        # Before either framework starts its thread pools, which inherit the affinity.
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
     quick = args.quick
     batch_size = args.batch_size or (4 if quick else 16)
     seq_len = args.seq_len or (16 if quick else 64)
@@ -198,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    if args.cores:
+        torch.set_num_threads(args.cores)
     batches = make_batches(8, batch_size, seq_len, vocab)
     total_steps = (windows + 2) * window * 2 + 10
     run_torch, n_torch = torch_runner(config, batches, total_steps, window)
@@ -209,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         _common.machine_line() + f"; torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+    print(_common.load_line("at start"))
+    if args.prng_impl:
+        print(f"our side draws dropout masks and dice with jax_default_prng_impl={args.prng_impl}")
     print(
         f"BERT: hidden {config['hidden_size']}, {config['num_hidden_layers']} layers, "
         f"{config['num_attention_heads']} heads, intermediate {config['intermediate_size']}, "
@@ -234,16 +259,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"{q25:.1f}-{q75:.1f}",
                 f"{s.median / window * 1e3:.1f}",
                 f"{torch_s.median / s.median:.2f}",
+                f"{sum(s.cpu_seconds) / sum(s.seconds):.2f}",
             ]
         )
     print()
     print(
         _common.table(
-            ["side", "samples/s (median)", "IQR samples/s", "ms/step", "speed vs PyTorch"], rows
+            [
+                "side",
+                "samples/s (median)",
+                "IQR samples/s",
+                "ms/step",
+                "speed vs PyTorch",
+                "cores used",
+            ],
+            rows,
         )
     )
     of_medians, paired, p25, p75 = _common.ratio_summary(torch_s, jax_s)
     print()
+    print(_common.load_line("at end"))
     print(
         f"SUMMARY vs_pytorch: ours {batch_size * window / jax_s.median:.1f} samples/s vs "
         f"PyTorch eager {batch_size * window / torch_s.median:.1f} samples/s: "

@@ -63,11 +63,11 @@ def test_update_overhead_quick() -> None:
         "| MultiSteps(adamw, 4) ",
         "| accumulate(adamw, 4, per_mini_batch) ",
         "| accumulate(adamw, 4, per_accumulation_step) ",
+        "| MultiSteps(clip+adamw, 4) ",
     ):
         assert any(line.startswith(variant) for line in lines), variant
-    # Not timing: the structural facts of the summary hold on any machine.
+    # Not timing: a structural fact of the summary that holds on any machine.
     assert "0 per-parameter state arrays" in lines[-1]
-    assert "0 extra passes over the parameters" in lines[-1]
 
 
 @pytest.mark.timeout(600)
