@@ -8,7 +8,7 @@ from optax_dice.dice import ability_modifier
 from optax_dice.odds import Odds, format_odds, odds
 from optax_dice.rules import original, saving_throw
 from optax_dice.sequence import RollSequence, roll_sequence
-from optax_dice.transform import DiceRollState, dice_roll
+from optax_dice.transform import DiceRollState, dice_roll, find_dice_state
 
 __version__ = "0.1.0"
 
@@ -19,6 +19,7 @@ __all__ = [
     "ability_modifier",
     "accumulate",
     "dice_roll",
+    "find_dice_state",
     "format_odds",
     "odds",
     "original",

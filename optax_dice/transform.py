@@ -126,3 +126,45 @@ def dice_roll(
         return updates, DiceRollState(count, next_key, natural, total, scale)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def find_dice_state(opt_state: optax.OptState) -> DiceRollState | None:
+    """The :class:`DiceRollState` inside any optimizer state, found by type.
+
+    Prefer it to ``optax.tree_utils.tree_get(opt_state, "scale")``, which raises
+    ``KeyError`` when another state also has a ``scale`` (AdamW's moments repeat the
+    parameters' names, and LayerNorm's parameter is called ``scale``).
+
+    Args:
+      opt_state: the state of a chain, ``MultiSteps``, ``inject_hyperparams``, ...
+
+    Returns:
+      The dice state, or None when the optimizer rolls no dice.
+
+    Raises:
+      ValueError: when the state holds more than one dice state.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import optax_dice
+      >>> params = {"norm": {"scale": jnp.ones(2)}}
+      >>> tx = optax.chain(optax_dice.dice_roll(0), optax.adamw(1e-3))
+      >>> state = tx.init(params)
+      >>> float(optax_dice.find_dice_state(state).scale)
+      1.0
+      >>> optax_dice.find_dice_state(optax.adamw(1e-3).init(params)) is None
+      True
+    """
+    found = [
+        leaf
+        for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, DiceRollState))
+        if isinstance(leaf, DiceRollState)
+    ]
+    if len(found) > 1:
+        raise ValueError(
+            f"The optimizer state holds {len(found)} dice states; find_dice_state expects "
+            "at most one. Read them with optax.tree_utils.tree_get_all_with_path(state, "
+            '"DiceRollState") instead.'
+        )
+    return found[0] if found else None

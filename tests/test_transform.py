@@ -268,3 +268,19 @@ def test_roll_sequence_bad_n():
     with pytest.raises(ValueError, match="n must be an int >= 0"):
         optax_dice.roll_sequence(0, -1)
     assert optax_dice.roll_sequence(0, 0).natural.shape == (0,)
+
+
+def test_find_dice_state_where_tree_get_scale_is_ambiguous():
+    # A LayerNorm's parameter is called "scale": AdamW's moments repeat it.
+    params = {"layer_norm": {"scale": jnp.ones(3), "bias": jnp.zeros(3)}}
+    tx = optax_dice.accumulate(optax.adamw(1e-3), 2, mode="per_accumulation_step", key=1)
+    state = tx.init(params)
+    _, state = tx.update(params, state, params)
+    with pytest.raises(KeyError):
+        optax.tree_utils.tree_get(state, "scale")
+    dice = optax_dice.find_dice_state(state)
+    assert isinstance(dice, optax_dice.DiceRollState)
+    assert optax_dice.find_dice_state(optax.adamw(1e-3).init(params)) is None
+    two = optax.chain(optax_dice.dice_roll(0), optax_dice.dice_roll(1))
+    with pytest.raises(ValueError, match="2 dice states"):
+        optax_dice.find_dice_state(two.init(params))

@@ -77,24 +77,6 @@ def _forward(graphdef: nnx.GraphDef, params: nnx.State, model_state: nnx.State, 
     return logits, model_state
 
 
-def dice_state(opt_state: optax.OptState) -> optax_dice.DiceRollState | None:
-    """The ``DiceRollState`` inside an optimizer state (None without dice).
-
-    Found by type, not with ``optax.tree_utils.tree_get(state, "scale")``: the moments of
-    AdamW hold the parameters' names, and LayerNorm's parameter is also called ``scale``.
-    """
-    found = [
-        leaf
-        for leaf in jax.tree.leaves(
-            opt_state, is_leaf=lambda x: isinstance(x, optax_dice.DiceRollState)
-        )
-        if isinstance(leaf, optax_dice.DiceRollState)
-    ]
-    if len(found) > 1:
-        raise ValueError(f"The optimizer state holds {len(found)} dice states, expected one.")
-    return found[0] if found else None
-
-
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -140,7 +122,7 @@ def make_train_step(
             "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step // accumulation_steps), jnp.float32),
         }
-        dice = dice_state(opt_state) if uses_dice else None
+        dice = optax_dice.find_dice_state(opt_state) if uses_dice else None
         if dice is not None:
             metrics.update(
                 natural=dice.natural, total=dice.total, scale=dice.scale.astype(jnp.float32)
