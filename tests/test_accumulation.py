@@ -55,8 +55,15 @@ def test_per_accumulation_step_rolls_once_per_update(kwargs):
         mean = grads[j * K : (j + 1) * K].mean(axis=0)
         want[(j + 1) * K - 1] = -scales[j] * mean
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    dice = optax.tree_utils.tree_get(state, "DiceRollState")
-    assert int(dice.count) == UPDATES  # one roll per applied update
+    dice = optax_dice.find_dice_state(state)
+    # One roll per applied update: the key advanced UPDATES times (the state's count
+    # counts micro-batches, the roll being held through each cycle).
+    key = jax.random.key(5)
+    for _ in range(UPDATES):
+        key, _ = jax.random.split(key)
+    np.testing.assert_array_equal(jax.random.key_data(dice.rng_key), jax.random.key_data(key))
+    assert int(dice.count) == N_MICRO
+    assert float(dice.scale) == scales[-1]
     assert int(optax.tree_utils.tree_get(state, "gradient_step")) == UPDATES
 
 
@@ -77,3 +84,15 @@ def test_bad_mode_and_dice_kwargs():
         optax_dice.accumulate(optax.sgd(1.0), 2, mode="per_epoch")
     with pytest.raises(ValueError, match="dice='d1'"):
         optax_dice.accumulate(optax.sgd(1.0), 2, dice="d1")
+
+
+def test_per_accumulation_step_equals_rolling_inside_multisteps_with_clipping():
+    # The held roll outside MultiSteps applies the same updates as the plain
+    # composition MultiSteps(chain(dice_roll, inner)), up to float rounding.
+    def inner():
+        return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(0.1))
+
+    ours, _ = _run(optax_dice.accumulate(inner(), K, mode="per_accumulation_step", key=9))
+    plain = optax.MultiSteps(optax.chain(optax_dice.dice_roll(9), inner()), K)
+    theirs, _ = _run(plain.gradient_transformation())
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
