@@ -42,12 +42,19 @@ def _add_ruleset_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _dice_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    if args.ability_score is not None:
+def dice_kwargs_from_args(args: argparse.Namespace, *, default_modifier: int = 0) -> dict[str, Any]:
+    """The ``dice_roll`` keywords (no key) of parsed ``--dice ... --rule`` flags.
+
+    The modifier is ``--modifier`` if given, else the D&D modifier of ``--ability-score``
+    if given, else ``default_modifier``. Also used by examples/bert/train.py.
+    """
+    if args.modifier is not None:
+        modifier = args.modifier
+    elif args.ability_score is not None:
         modifier = ability_modifier(args.ability_score)
     else:
-        modifier = 0 if args.modifier is None else args.modifier
-    dice: Any = int(args.dice) if args.dice.isdigit() else args.dice
+        modifier = default_modifier
+    dice: Any = int(args.dice) if str(args.dice).isdigit() else args.dice
     return dict(
         dice=dice,
         threshold=args.threshold,
@@ -86,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        kwargs = _dice_kwargs(args)
+        kwargs = dice_kwargs_from_args(args)
         if args.command == "odds":
             print(odds(**kwargs))
             return 0

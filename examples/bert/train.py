@@ -35,6 +35,7 @@ import numpy as np
 
 import optax_dice
 from examples.bert import checkpoint, data, optim, parallel, report, steps
+from optax_dice.cli import dice_kwargs_from_args
 
 # Defaults sized for README's first command: a 2-core CPU, no network, under 10 minutes.
 DEFAULT_STEPS = 200
@@ -322,20 +323,8 @@ def _check_numbers(args: argparse.Namespace) -> list[str]:
 
 def dice_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The ruleset of the command line, as ``optax_dice.dice_roll`` keywords (no key)."""
-    if args.modifier is not None:
-        modifier = args.modifier
-    else:
-        score = DEFAULT_ABILITY_SCORE if args.ability_score is None else args.ability_score
-        modifier = optax_dice.ability_modifier(score)
-    dice: Any = int(args.dice) if str(args.dice).isdigit() else args.dice
-    return dict(
-        dice=dice,
-        threshold=args.threshold,
-        modifier=modifier,
-        advantage=args.advantage,
-        disadvantage=args.disadvantage,
-        rule=args.rule,
-    )
+    default_modifier = optax_dice.ability_modifier(DEFAULT_ABILITY_SCORE)
+    return dice_kwargs_from_args(args, default_modifier=default_modifier)
 
 
 def default_output_dir(args: argparse.Namespace) -> str:
