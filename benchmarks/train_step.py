@@ -14,25 +14,44 @@ Variants (the same ``--accumulation-steps``, default 2, so that the two modes di
 * ``per_accumulation_step``: a roll for every applied update, scaling the mean gradient;
 * ``per_accumulation_step, after``: a roll for every applied update, scaling AdamW's step.
 
+With ``--attention`` two more, both without dice and without attention dropout (the fused
+kernels have none), so that the attention paths can be compared with each other:
+
+* ``off, fused attention (xla)``: ``jax.nn.dot_product_attention``, XLA's implementation;
+* ``off, fused attention (cudnn)``: the same through cuDNN's fused kernel (an NVIDIA GPU).
+
+(``off`` itself trains as BERT does, with dropout on the attention probabilities, so its
+attention is spelled out: two einsums, a softmax and a dropout mask.)
+
 Besides time, the table gives what the machine's load does not change: XLA's estimate of the
 bytes one call reads and writes, the compiled kernels that write an array as large as some
 parameter ("param-sized passes"; activations of the same size count too, alike in every
 variant) and the other compiled ops (the roll's scalar work among them).
 
-One sample is one call (a micro-batch; ``MultiSteps`` runs the same program on every call).
-The variants are interleaved call by call after a warm-up that compiles them. The table gives
+One sample is ``--window`` calls (micro-batches; ``MultiSteps`` runs the same program on
+every call), dispatched back to back and then waited for, as a training loop runs them. The
+variants are interleaved sample by sample after a warm-up that compiles them. The table gives
 samples/s and the ratio to ``off``. With ``--dtype bfloat16`` on a GPU it also gives the
-model FLOPs utilisation: 6 x params x tokens/s over the device's peak (dense bf16).
+model FLOPs utilisation (MFU): the model's FLOPs per second over the device's dense bf16 peak,
+the FLOPs counted as :func:`train_flops_per_token` says (the convention of the PaLM paper,
+appendix B: 6 per weight of every matmul and 12 x layers x hidden x sequence for attention,
+per token; embeddings, norms, softmax, dropout and the optimizer count nothing).
+
+Several ``--batch-size`` values (``--batch-size 64,128,256``) first time ``off`` alone at each
+(a short run) and then measure every variant at the fastest in samples/s.
 
 Run:  python -m benchmarks.train_step                       (both configs, CPU: ~15 minutes)
       python -m benchmarks.train_step --configs minilm      (one config)
       python -m benchmarks.train_step --dtype bfloat16      (on a GPU: adds MFU)
+      python -m benchmarks.train_step --configs bert-base --dtype bfloat16 \
+          --batch-size 128,256 --window 5 --attention            (the GPU check's run)
       python -m benchmarks.train_step --quick               (a tiny BERT, seconds)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 from collections.abc import Callable
@@ -78,11 +97,18 @@ PEAK_BF16_TFLOPS = {
     "tpu v6": 918.0,
 }
 
+#: (label, dice mode, dice position, attention): attention None trains as BERT does, with
+#: dropout on the attention probabilities; "xla" or "cudnn" drops that dropout and calls
+#: jax.nn.dot_product_attention with that implementation.
 VARIANTS = (
-    ("off", "off", "before"),
-    ("per_mini_batch", "per_mini_batch", "before"),
-    ("per_accumulation_step", "per_accumulation_step", "before"),
-    ("per_accumulation_step, after", "per_accumulation_step", "after"),
+    ("off", "off", "before", None),
+    ("per_mini_batch", "per_mini_batch", "before", None),
+    ("per_accumulation_step", "per_accumulation_step", "before", None),
+    ("per_accumulation_step, after", "per_accumulation_step", "after", None),
+)
+ATTENTION_VARIANTS = (
+    ("off, fused attention (xla)", "off", "before", "xla"),
+    ("off, fused attention (cudnn)", "off", "before", "cudnn"),
 )
 
 
@@ -95,6 +121,23 @@ def peak_flops(override_tflops: float | None) -> float | None:
         if name in kind:
             return tflops * 1e12
     return None
+
+
+def train_flops_per_token(config: Any, seq_len: int, num_labels: int = NUM_LABELS) -> float:
+    """The FLOPs of one training token (forward and backward), as MFU counts them.
+
+    6 per weight of every matmul (2 forward, 4 backward): the encoder's query, key, value,
+    attention output, intermediate and output kernels, the pooler and the classifier (the last
+    two run on one token per sequence but are counted per token, a rounding that overstates
+    BERT-base's FLOPs by 0.5%); plus 12 x layers x hidden x sequence for the attention scores
+    and their weighted sum (2 x 2 x seq x hidden forward per layer, times 3). Embedding
+    lookups, norms, softmax, dropout and the optimizer count nothing (the PaLM paper's
+    convention, appendix B).
+    """
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    per_layer = 4 * hidden * hidden + 2 * hidden * config.intermediate_size
+    matmul_weights = layers * per_layer + hidden * hidden + hidden * num_labels
+    return 6.0 * matmul_weights + 12.0 * layers * hidden * seq_len
 
 
 def make_batches(
@@ -126,8 +169,14 @@ def run_config(
     dtype: Any,
     iters: int,
     warmup: int,
-) -> tuple[list[dict[str, Any]], int]:
-    """Measures every variant on one config; returns (a row per variant, the param count)."""
+    window: int = 1,
+    variants: tuple[tuple[str, str, str, str | None], ...] = VARIANTS,
+) -> tuple[list[dict[str, Any]], Any]:
+    """Measures ``variants`` on one config; returns (a row per variant, the BertConfig).
+
+    The first variant is the baseline of the ratios; a later one that does not compile (cuDNN's
+    attention where cuDNN has no kernel for it, say) gets a row with its error instead.
+    """
     from flax import nnx
 
     from examples.bert import optim, parallel, steps
@@ -145,9 +194,18 @@ def run_config(
     live: dict[str, list[Any]] = {}
     compiled_facts: dict[str, dict[str, Any]] = {}
     runners: dict[str, Callable[[], Any]] = {}
-    n_params = 0
-    for label, mode, position in VARIANTS:
-        model = BertForSequenceClassification(config, NUM_LABELS, dtype=dtype, rngs=nnx.Rngs(0))
+    failed: dict[str, str] = {}
+    for label, mode, position, attention in variants:
+        variant_config = (
+            config
+            if attention is None
+            else dataclasses.replace(config, attention_probs_dropout_prob=0.0)
+        )
+        model = BertForSequenceClassification(
+            variant_config, NUM_LABELS, dtype=dtype, rngs=nnx.Rngs(0)
+        )
+        if attention is not None:
+            model.set_attributes(attention_implementation=attention)
         spec = optim.OptimizerSpec(
             lr=5e-5,
             weight_decay=0.01,
@@ -160,16 +218,22 @@ def run_config(
         )
         tx, schedule = optim.build_optimizer(spec)
         graphdef, _, params, model_state = steps.split_model(model)
-        n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
         state = steps.init_train_state(params, model_state, tx, mesh)
         del model, params, model_state
-        step = (
-            steps.make_train_step(
-                graphdef, tx, schedule, accumulation_steps, mesh, uses_dice=spec.uses_dice
+        try:
+            step = (
+                steps.make_train_step(
+                    graphdef, tx, schedule, accumulation_steps, mesh, uses_dice=spec.uses_dice
+                )
+                .lower(state, batches[0])
+                .compile()
             )
-            .lower(state, batches[0])
-            .compile()
-        )
+        except Exception as error:  # e.g. no cuDNN fused attention for this shape or device
+            if not failed and not runners:
+                raise  # the baseline must run
+            failed[label] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            print(f"{label}: could not compile ({failed[label]})")
+            continue
         hlo = step.as_text()
         sizes = {int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)}
         compiled_facts[label] = dict(
@@ -181,13 +245,14 @@ def run_config(
 
         def run(label: str = label, step: Callable[..., Any] = step) -> Any:
             box = live[label]
-            box[0], metrics = step(box[0], batches[box[1] % len(batches)])
-            box[1] += 1
+            for _ in range(window):
+                box[0], metrics = step(box[0], batches[box[1] % len(batches)])
+                box[1] += 1
             return box[0], metrics
 
         runners[label] = run
     samples = _common.interleave(runners, iters, warmup=warmup)
-    base = samples["off"]
+    base = samples[variants[0][0]]
     cores = _common.cores_used(samples)
     rows = [
         dict(name=label, samples=s, ratios=_common.ratio_summary(s, base), **compiled_facts[label])
@@ -196,7 +261,37 @@ def run_config(
     live.clear()
     gc.collect()
     rows[0]["cores"] = cores
-    return rows, n_params
+    rows += [dict(name=label, error=error) for label, error in failed.items()]
+    return rows, config
+
+
+def n_params_of(config: Any) -> int:
+    """The parameter count of a BertForSequenceClassification with this config."""
+    from flax import nnx
+
+    from examples.bert.model import BertForSequenceClassification
+
+    abstract = nnx.eval_shape(
+        lambda: BertForSequenceClassification(config, NUM_LABELS, rngs=nnx.Rngs(0))
+    )
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def pick_batch_size(
+    name: str, sizes: list[int], seq_len: int, accumulation_steps: int, dtype: Any, window: int
+) -> int:
+    """Times ``off`` alone at each batch size (a short run); returns the fastest in samples/s."""
+    best, best_rate = sizes[0], 0.0
+    for size in sizes:
+        rows, _ = run_config(
+            name, size, seq_len, accumulation_steps, dtype, 3, 1, window, VARIANTS[:1]
+        )
+        rate = size * window / rows[0]["samples"].median
+        print(f"batch {size}: {rate:.1f} samples/s (off, {3} samples of {window} calls)")
+        if rate > best_rate:
+            best, best_rate = size, rate
+    print(f"-> batch {best}")
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,12 +303,22 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated, of " + ", ".join(CONFIGS) + " (default: minilm,bert-base)",
     )
-    parser.add_argument("--batch-size", type=int, default=None, help="per call (16; quick: 4)")
+    parser.add_argument(
+        "--batch-size",
+        default=None,
+        help="per call (16; quick: 4); several, comma-separated: the fastest of them",
+    )
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (128)")
     parser.add_argument("--accumulation-steps", type=int, default=2, help="micro-batches (2)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--iters", type=int, default=None, help="timed calls per variant (20)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (2)")
+    parser.add_argument("--iters", type=int, default=None, help="timed samples per variant (20)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed samples first (2)")
+    parser.add_argument("--window", type=int, default=1, help="calls per timed sample (1)")
+    parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="also time the fused attention paths, XLA's and cuDNN's (needs an NVIDIA GPU)",
+    )
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="the device's bf16 peak, for MFU"
     )
@@ -223,28 +328,57 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name not in CONFIGS:
             parser.error(f"unknown config {name!r}: use one of {list(CONFIGS)}")
-    batch_size = args.batch_size or (4 if quick else 16)
+    try:
+        batch_sizes = [int(b) for b in (args.batch_size or ("4" if quick else "16")).split(",")]
+    except ValueError:
+        parser.error(f"--batch-size takes integers separated by commas, got {args.batch_size!r}")
+    if min(batch_sizes) < 1 or args.window < 1:
+        parser.error("--batch-size and --window must be positive")
     seq_len = args.seq_len or (16 if quick else 128)
     iters = args.iters or (3 if quick else 20)
     warmup = args.warmup or (1 if quick else 2)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     peak = peak_flops(args.peak_tflops) if args.dtype == "bfloat16" else None
+    variants = VARIANTS + (ATTENTION_VARIANTS if args.attention else ())
 
     print("# train_step: the training script's jitted BERT train step, dice off and on")
     print(_common.machine_line())
     print(_common.load_line("at start"))
-    print(
-        f"batch {batch_size} x length {seq_len} per call, {args.accumulation_steps} micro-"
-        f"batches per update, compute {args.dtype} (params float32), dropout on; "
-        f"{iters} timed calls per variant after {warmup} warm-up, interleaved"
-    )
+    if peak:
+        print(f"MFU against a dense bf16 peak of {peak / 1e12:.0f} TFLOP/s")
     worst: tuple[float, str] = (0.0, "")
     for name in names:
-        rows, n_params = run_config(
-            name, batch_size, seq_len, args.accumulation_steps, dtype, iters, warmup
+        batch_size = (
+            batch_sizes[0]
+            if len(batch_sizes) == 1
+            else pick_batch_size(
+                name, batch_sizes, seq_len, args.accumulation_steps, dtype, args.window
+            )
         )
+        print(
+            f"batch {batch_size} x length {seq_len} per call, {args.accumulation_steps} micro-"
+            f"batches per update, compute {args.dtype} (params float32), dropout on; "
+            f"{iters} timed samples of {args.window} call(s) per variant after {warmup} "
+            "warm-up, interleaved"
+        )
+        rows, config = run_config(
+            name,
+            batch_size,
+            seq_len,
+            args.accumulation_steps,
+            dtype,
+            iters,
+            warmup,
+            args.window,
+            variants,
+        )
+        n_params = n_params_of(config)
+        flops_per_token = train_flops_per_token(config, seq_len)
         print()
-        print(f"## {name}: {n_params / 1e6:.1f} M params")
+        print(
+            f"## {name}: {n_params / 1e6:.1f} M params, "
+            f"{flops_per_token / 1e9:.3f} GFLOP per training token (forward and backward)"
+        )
         headers = [
             "variant",
             "samples/s",
@@ -260,15 +394,20 @@ def main(argv: list[str] | None = None) -> int:
             headers.append("MFU")
         table_rows = []
         for row in rows:
+            if "error" in row:
+                table_rows.append(
+                    [row["name"], f"failed: {row['error']}"] + [""] * (len(headers) - 2)
+                )
+                continue
             s = row["samples"]
-            rates = batch_size / np.asarray(s.seconds)
+            rates = batch_size * args.window / np.asarray(s.seconds)
             q25, q75 = np.percentile(rates, [25, 75])
             of_medians, paired, p25, p75 = row["ratios"]
             cells = [
                 row["name"],
-                f"{batch_size / s.median:.1f}",
+                f"{batch_size * args.window / s.median:.1f}",
                 f"{q25:.1f}-{q75:.1f}",
-                f"{s.median * 1e3:.1f}",
+                f"{s.median / args.window * 1e3:.2f}",
                 f"{of_medians:.3f}",
                 f"{paired:.3f} ({p25:.3f}-{p75:.3f})",
                 _common.fmt_bytes(row["step_bytes"]),
@@ -276,10 +415,11 @@ def main(argv: list[str] | None = None) -> int:
                 row["other_ops"],
             ]
             if peak:
-                tokens_per_s = batch_size * seq_len / s.median
-                cells.append(f"{6 * n_params * tokens_per_s / peak:.1%}")
+                tokens_per_s = batch_size * args.window * seq_len / s.median
+                cells.append(f"{flops_per_token * tokens_per_s / peak:.1%}")
             table_rows.append(cells)
-            if row["name"] != "off" and paired > worst[0]:
+            is_dice = row["name"] in {v[0] for v in VARIANTS[1:]}
+            if is_dice and paired > worst[0]:
                 worst = (paired, f"{name}, {row['name']}")
         print(_common.table(headers, table_rows))
         print(f"(this process used {rows[0]['cores']:.2f} cores on average while timing)")
@@ -288,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"SUMMARY train_step: dice adds at most {_common.fmt_pct(worst[0])} to the train step "
         f"({worst[1]}; target <= {_common.fmt_pct(TARGET)}): "
-        f"target {'met' if worst[0] <= TARGET else 'NOT met'}"
+        + (
+            "quick: a smoke test, no verdict"
+            if quick
+            else f"target {'met' if worst[0] <= TARGET else 'NOT met'}"
+        )
     )
     return 0
 

@@ -78,3 +78,25 @@ def test_sweep_writes_tables_and_figures_and_resumes(assets, tmp_path, capsys):
 def test_unknown_arm_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown arm"):
         sweep.main(["--arms", "d30", "--runs-dir", str(tmp_path)])
+
+
+def test_parallel_jobs_give_the_runs_one_process_gives(assets, tmp_path):
+    serial = sweep.main(_argv(assets, tmp_path / "serial", "--seeds", "0"))
+    parallel = sweep.main(_argv(assets, tmp_path / "parallel", "--seeds", "0", "--jobs", "2"))
+
+    # Each run is a pure function of its seed and flags, in whichever process it runs.
+    for s, p in zip(serial, parallel, strict=True):
+        assert s["arm"] == p["arm"]
+        assert p["accuracy_mean"] == pytest.approx(s["accuracy_mean"], abs=1e-6)
+        assert p["train_loss_mean"] == pytest.approx(s["train_loss_mean"], rel=1e-5)
+    for arm in ("dc-15-disadvantage", "dc-12-2-per-accumulation-step-x4"):
+        log = tmp_path / "parallel" / "runs" / arm / "seed0.log"
+        assert "Validation accuracy" in log.read_text()
+
+
+def test_a_failed_parallel_run_names_its_log(assets, tmp_path):
+    argv = _argv(assets, tmp_path, "--seeds", "0", "--jobs", "2")
+    argv[argv.index("--lr") + 1] = "-1"  # the training script refuses it
+
+    with pytest.raises(SystemExit, match=r"2 run\(s\) failed; see their logs: .*seed0\.log"):
+        sweep.main(argv)

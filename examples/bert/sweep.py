@@ -13,7 +13,12 @@ robustness. Then it writes, under ``--results-dir``:
 * ``accuracy_vs_expected_scale.png`` and ``loss_curves.png``.
 
 The sweep resumes: a run whose ``summary.json`` exists is not run again, so it can be spread
-over several sittings, and it runs unchanged on a GPU (pass a bigger ``--steps``).
+over several sittings, and it runs unchanged on a GPU (pass a bigger ``--micro-steps``).
+``--jobs N`` runs N training processes at once (a GPU that one small run leaves mostly idle
+is shared by several; each child process gets ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless
+set, so that none takes most of the device's memory), launching seed by seed so that
+the later seeds of an arm find its compiled step in JAX's persistent cache where one is set
+(``JAX_COMPILATION_CACHE_DIR``).
 
 Run ``python examples/bert/sweep.py`` (``--help`` for the budget flags).
 """
@@ -21,9 +26,11 @@ Run ``python examples/bert/sweep.py`` (``--help`` for the budget flags).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -90,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="tables and figures (benchmarks/results)",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (0 1 2)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="training runs at once, each in its own process (1: one after another, in this "
+        "process)",
+    )
     p.add_argument(
         "--arms",
         nargs="+",
@@ -176,27 +190,65 @@ def final_train_loss(run_dir: str, last: int = 20) -> float:
     return float(np.mean(losses))
 
 
+def _run_in_subprocesses(todo: list[tuple[str, list[str]]], jobs: int) -> None:
+    """Runs the training script once per ``(out, argv)``, ``jobs`` at a time, each logging to
+    ``out + ".log"``; raises if any run fails, naming its log."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+    env = dict(os.environ)
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+    def one(out: str, argv: list[str]) -> tuple[str, int]:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out + ".log", "w") as log:
+            proc = subprocess.run(
+                [sys.executable, script, *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                check=False,
+            )
+        print(f"[sweep] {out}: exit {proc.returncode}", flush=True)
+        return out, proc.returncode
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(lambda job: one(*job), todo))
+    failed = [out for out, rc in results if rc != 0]
+    if failed:
+        raise SystemExit(
+            f"{len(failed)} run(s) failed; see their logs: "
+            + ", ".join(out + ".log" for out in failed)
+        )
+
+
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Runs (or, where summary.json exists, reads) every run; returns their rows."""
     from examples.bert import report, train
 
+    arms = _arms(args.arms)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be positive, got {args.jobs}")
+    todo: list[tuple[str, list[str]]] = []
+    for seed in args.seeds:  # seed by seed: every arm's first run comes first
+        for name, (flags, _) in arms.items():
+            out = os.path.join(args.runs_dir, slug(name), f"seed{seed}")
+            if os.path.exists(os.path.join(out, report.SUMMARY_FILE)):
+                print(f"[sweep] {name}, seed {seed}: done already, skipped")
+                continue
+            # An unfinished run continues where it stopped.
+            argv = ["--resume", out] if os.path.isdir(out) else run_argv(args, flags, seed, out)
+            print(f"[sweep] {name}, seed {seed}: python examples/bert/train.py {' '.join(argv)}")
+            todo.append((out, argv))
+    if args.jobs == 1:
+        for _, argv in todo:
+            train.main(argv)
+    elif todo:
+        _run_in_subprocesses(todo, args.jobs)
+
     rows = []
-    for name, (flags, dice) in _arms(args.arms).items():
+    for name, (_, dice) in arms.items():
         for seed in args.seeds:
             out = os.path.join(args.runs_dir, slug(name), f"seed{seed}")
-            summary_path = os.path.join(out, report.SUMMARY_FILE)
-            if os.path.exists(summary_path):
-                print(f"[sweep] {name}, seed {seed}: done already, skipped")
-                summary = report.read_json(summary_path)
-            else:
-                if os.path.isdir(out):  # an unfinished run: continue it
-                    argv = ["--resume", out]
-                else:
-                    argv = run_argv(args, flags, seed, out)
-                print(
-                    f"[sweep] {name}, seed {seed}: python examples/bert/train.py {' '.join(argv)}"
-                )
-                summary = train.main(argv)
+            summary = report.read_json(os.path.join(out, report.SUMMARY_FILE))
             odds = optax_dice.odds(**dice) if dice is not None else None
             rows.append(
                 {

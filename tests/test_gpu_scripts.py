@@ -1,0 +1,109 @@
+"""The GPU check and the GPU study run on a CPU with --quick, so that they cannot rot."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import gpu
+from examples.bert import gpu_study
+from tests.train_helpers import make_tiny_model_dir, synthetic_rows, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_runs_its_tests_part_and_reports_it(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--quick", "--parts", "tests", "--out",
+         str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (tmp_path / "summary-tests.md").read_text()
+    assert "| tests (GPU only) | passed |" in summary
+    assert "| tests (float32) | passed |" in summary
+    assert "train_step" not in summary
+    assert "5 skipped" in (tmp_path / "tests_GPU_only.log").read_text()  # no GPU here
+
+
+def test_gpu_check_reports_a_part_that_runs_out_of_time(tmp_path):
+    part = gpu.Part("sleeper", [sys.executable, "-c", "import time; time.sleep(30)"], 1.0)
+
+    gpu.run_part(part, tmp_path, {})
+
+    assert part.returncode is None and part.seconds < 10
+    assert "| sleeper | stopped at its 1 s limit |" in gpu.summary([part], "# check")
+
+
+def test_gpu_check_full_parts_are_the_issue_s_runs():
+    args = argparse.Namespace(
+        quick=False, batch_sizes="128,256", vs_batch=128, small_batch=32, iters=10,
+        tests_timeout=1, step_timeout=1, vs_timeout=1, overhead_timeout=1,
+    )  # fmt: skip
+    parts = {p.name: p for p in gpu.parts(args)}
+
+    step = " ".join(parts["train_step"].argv)
+    assert "--configs bert-base --dtype bfloat16 --seq-len 128 --batch-size 128,256" in step
+    assert "--attention" in step
+    for name, batch in (("vs_pytorch 1", "128"), ("vs_pytorch 2", "32")):
+        argv = " ".join(parts[name].argv)
+        assert f"--config bert-base --dtype bfloat16 --seq-len 128 --batch-size {batch}" in argv
+    assert parts["tests (float32)"].env == {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+    assert "tests/test_gpu.py" in parts["tests (GPU only)"].argv
+    assert "benchmarks.update_overhead" in parts["update_overhead"].argv
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_runs_every_part(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+
+    summary = (tmp_path / "summary-all.md").read_text()
+    for name in ("train_step", "update_overhead"):  # vs_pytorch also needs torch
+        assert f"| {name} | passed |" in summary, summary
+    assert "SUMMARY train_step" in summary
+
+
+def test_gpu_study_quick(tmp_path):
+    model = make_tiny_model_dir(tmp_path / "tiny_bert")
+    data = write_csv(tmp_path / "reviews.csv", synthetic_rows(240))
+    out = tmp_path / "out"
+
+    rc = gpu_study.main(
+        ["--quick", "--model", str(model), "--dataset", str(data), "--out", str(out),
+         "--runs-dir", str(tmp_path / "runs"), "--arms", "dc-15-disadvantage", "--seeds", "0",
+         "--jobs", "1"]
+    )  # fmt: skip
+
+    assert rc == 0
+    rows = json.loads((out / "main_job.json").read_text())
+    assert [r["run"] for r in rows] == ["dice (default: DC 12, +2)", "off"]
+    assert all(r["status"] == "completed" and r["steps"] == 4 for r in rows)
+    assert all(r["steady_examples_per_s"] > 0 and r["wall_time_s"] > 0 for r in rows)
+    assert "| off | completed | 4 |" in (out / "main_job.md").read_text()
+    off = json.loads((tmp_path / "runs" / "main-off" / "summary.json").read_text())
+    assert off["mode"] == "off" and off["rolls"] == 0
+    results = (out / "sweep" / "results.md").read_text()
+    assert "| DC 15, disadvantage | -0.2555" in results
+    assert "--micro-steps 8" in results
+
+
+def test_gpu_study_stops_adding_seeds_at_its_budget(tmp_path, monkeypatch, capsys):
+    sittings = []
+    monkeypatch.setattr(gpu_study.sweep, "main", lambda argv: sittings.append(argv) or [])
+    clock = iter([0.0, 0.0, 100.0, 100.0, 200.0, 250.0])  # a sitting takes 100 s
+    monkeypatch.setattr(gpu_study.time, "perf_counter", lambda: next(clock))
+
+    gpu_study.main(
+        ["--only", "sweep", "--out", str(tmp_path), "--seeds", "0", "1", "2",
+         "--sweep-budget", "150"]
+    )  # fmt: skip
+
+    assert len(sittings) == 1  # 100 s used + 100 s more > 150 s
+    assert "stopped at 1 seed(s)" in capsys.readouterr().out
