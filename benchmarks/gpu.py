@@ -13,12 +13,16 @@ stopped and reported; the others still run), and writes every part's log and a
    accumulation and Flax tests at float32 matmul precision
    (``JAX_DEFAULT_MATMUL_PRECISION=highest``: XLA may otherwise use TF32 on a GPU). The
    sharding tests fake 8 CPU devices and are left to the CPU suite.
-2. ``train_step``: BERT-base, 128 tokens, bfloat16, the fastest of ``--batch-sizes``; dice off
-   and on in both modes, the fused XLA and cuDNN attention paths; samples/s and MFU.
+2. ``train_step``: BERT-base, 128 tokens, bfloat16, ``--batch-size``; dice off and on in
+   both modes, the fused XLA and cuDNN attention paths; samples/s and MFU.
 3. ``vs_pytorch``: roll-to-train's loop in eager PyTorch (AMP bfloat16, host roll,
    ``GradScaler``, ``.item()`` every step), the same without host syncs, and our jitted step,
-   BERT-base at the same batch, then at ``--small-batch``, where launches dominate.
+   BERT-base at the same batch.
 4. ``update_overhead``: the optimizer update alone on a BERT-base-sized tree.
+5. ``vs_pytorch`` again at ``--small-batch``, where launches and syncs weigh most.
+6. ``train_step`` with dice off at ``--large-batch``: does a larger batch fill the GPU better?
+
+With ``--deadline`` the parts share the time left, in this order (the most important first).
 
 JAX's persistent compilation cache (``JAX_COMPILATION_CACHE_DIR``, a folder under ``--out``
 unless set) lets a part reuse the programs an earlier part compiled. ``--quick`` runs every
@@ -65,15 +69,13 @@ class Part:
 
 
 def parts(args: argparse.Namespace) -> list[Part]:
-    """The check's parts, in order."""
+    """The check's parts, most important first."""
     py = sys.executable
     pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
     highest = {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+    shared = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.45"}  # vs_pytorch: PyTorch needs the rest
     if args.quick:
-        step = ["--quick", "--batch-size", "4,8", "--window", "2"]
-        vs = [["--quick"]]
-        overhead = ["--quick"]
-        tests = [
+        return [
             Part("tests (GPU only)", [*pytest, *GPU_TESTS], args.tests_timeout),
             Part(
                 "tests (float32)",
@@ -81,40 +83,71 @@ def parts(args: argparse.Namespace) -> list[Part]:
                 args.tests_timeout,
                 highest,
             ),
-        ]
-    else:
-        step = [
-            "--configs", "bert-base", "--dtype", "bfloat16", "--seq-len", "128",
-            "--batch-size", args.batch_sizes, "--window", "4", "--iters", str(args.iters),
-            "--warmup", "1", "--attention",
-        ]  # fmt: skip
-        common = ["--config", "bert-base", "--dtype", "bfloat16", "--seq-len", "128"]
-        vs = [
-            [*common, "--batch-size", str(b), "--windows", "8", "--window", "10"]
-            for b in dict.fromkeys([args.vs_batch, args.small_batch])
-        ]
-        overhead = ["--iters", "20", "--warmup", "2"]
-        tests = [
-            Part("tests (GPU only)", [*pytest, *GPU_TESTS], args.tests_timeout),
-            Part("tests (float32)", [*pytest, *FLOAT32_TESTS], args.tests_timeout, highest),
-        ]
-    bench = [py, "-m"]
-    return [
-        *tests,
-        Part("train_step", [*bench, "benchmarks.train_step", *step], args.step_timeout),
-        *(
             Part(
-                f"vs_pytorch {i + 1}",
-                [*bench, "benchmarks.vs_pytorch", *v],
-                args.vs_timeout,
-                {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.45"},  # PyTorch needs the rest
-            )
-            for i, v in enumerate(vs)
+                "train_step",
+                [
+                    py,
+                    "-m",
+                    "benchmarks.train_step",
+                    "--quick",
+                    "--batch-size",
+                    "4,8",
+                    "--window",
+                    "2",
+                    "--attention",
+                ],
+                args.step_timeout,
+            ),
+            Part("vs_pytorch", [py, "-m", "benchmarks.vs_pytorch", "--quick"], args.vs_timeout),
+            Part(
+                "update_overhead",
+                [py, "-m", "benchmarks.update_overhead", "--quick"],
+                args.overhead_timeout,
+            ),
+        ]
+    step = [
+        py, "-m", "benchmarks.train_step", "--configs", "bert-base", "--dtype", "bfloat16",
+        "--seq-len", "128", "--window", "4", "--iters", str(args.iters), "--warmup", "1",
+    ]  # fmt: skip
+    vs = [
+        py, "-m", "benchmarks.vs_pytorch", "--config", "bert-base", "--dtype", "bfloat16",
+        "--seq-len", "128", "--windows", "6", "--window", "5",
+    ]  # fmt: skip
+    return [
+        Part("tests (GPU only)", [*pytest, *GPU_TESTS], args.tests_timeout),
+        Part("tests (float32)", [*pytest, *FLOAT32_TESTS], args.tests_timeout, highest),
+        Part(
+            "train_step",
+            [
+                *step,
+                "--batch-size",
+                str(args.batch_size),
+                "--variants",
+                "off,per_mini_batch,per_accumulation_step,xla,cudnn",
+            ],
+            args.step_timeout,
+        ),
+        Part(
+            "vs_pytorch",
+            [*vs, "--batch-size", str(args.batch_size)],
+            args.vs_timeout,
+            shared,
         ),
         Part(
             "update_overhead",
-            [*bench, "benchmarks.update_overhead", *overhead],
+            [py, "-m", "benchmarks.update_overhead", "--iters", "20", "--warmup", "2"],
             args.overhead_timeout,
+        ),
+        Part(
+            "vs_pytorch (small batch)",
+            [*vs, "--batch-size", str(args.small_batch)],
+            args.vs_timeout,
+            shared,
+        ),
+        Part(
+            "train_step (large batch)",
+            [*step, "--batch-size", str(args.large_batch), "--variants", "off"],
+            args.step_timeout,
         ),
     ]
 
@@ -145,7 +178,9 @@ def summary(results: Sequence[Part], header: str) -> str:
     """The check's results in Markdown."""
     lines = [header, "", "| part | result | seconds |", "|---|---|---|"]
     for part in results:
-        if part.returncode is None:
+        if part.returncode is None and part.seconds == 0:
+            result = "skipped (deadline)"
+        elif part.returncode is None:
             result = f"stopped at its {part.timeout:.0f} s limit"
         else:
             result = "passed" if part.returncode == 0 else f"FAILED (exit {part.returncode})"
@@ -170,11 +205,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the tests, the benchmarks, or both (all)",
     )
     parser.add_argument(
-        "--batch-sizes", default="128,256", help="train_step's candidates (128,256)"
+        "--batch-size", type=int, default=128, help="train_step's and vs_pytorch's (128)"
     )
-    parser.add_argument("--vs-batch", type=int, default=128, help="vs_pytorch's batch (128)")
     parser.add_argument(
         "--small-batch", type=int, default=32, help="vs_pytorch's second batch (32)"
+    )
+    parser.add_argument(
+        "--large-batch",
+        type=int,
+        default=256,
+        help="a last train_step run, dice off only, to see whether a larger batch fills the "
+        "GPU better (256)",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="a Unix time: a part gets at most the time left until then, and none is started "
+        "with under 20 s left",
     )
     parser.add_argument("--iters", type=int, default=10, help="train_step's samples (10)")
     parser.add_argument("--tests-timeout", type=float, default=150.0)
@@ -199,8 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.parts == "all" or p.name.startswith("tests") == (args.parts == "tests")
     ]
     for part in selected:
-        print(f"[gpu] {part.name}: {' '.join(part.argv[1:])}", flush=True)
-        run_part(part, out, env)
+        left = None if args.deadline is None else args.deadline - time.time()
+        if left is not None and left < 20:
+            part.last_lines = (f"skipped: {left:.0f} s left before the deadline",)
+        else:
+            if left is not None:
+                part.timeout = min(part.timeout, left - 5)
+            print(f"[gpu] {part.name}: {' '.join(part.argv[1:])}", flush=True)
+            run_part(part, out, env)
         results.append(part)
         (out / f"summary-{args.parts}.md").write_text(summary(results, header))
         print(f"[gpu] {part.name}: exit {part.returncode} in {part.seconds:.0f} s", flush=True)

@@ -110,6 +110,14 @@ ATTENTION_VARIANTS = (
     ("off, fused attention (xla)", "off", "before", "xla"),
     ("off, fused attention (cudnn)", "off", "before", "cudnn"),
 )
+#: Short names for --variants.
+VARIANT_NAMES = dict(
+    zip(
+        ("off", "per_mini_batch", "per_accumulation_step", "after", "xla", "cudnn"),
+        VARIANTS + ATTENTION_VARIANTS,
+        strict=True,
+    )
+)
 
 
 def peak_flops(override_tflops: float | None) -> float | None:
@@ -320,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the fused attention paths, XLA's and cuDNN's (needs an NVIDIA GPU)",
     )
     parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated, of " + ", ".join(VARIANT_NAMES) + ", off first (default: the "
+        "first four, and xla and cudnn with --attention)",
+    )
+    parser.add_argument(
         "--peak-tflops", type=float, default=None, help="the device's bf16 peak, for MFU"
     )
     args = parser.parse_args(argv)
@@ -340,6 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     peak = peak_flops(args.peak_tflops) if args.dtype == "bfloat16" else None
     variants = VARIANTS + (ATTENTION_VARIANTS if args.attention else ())
+    if args.variants:
+        chosen = args.variants.split(",")
+        unknown = [v for v in chosen if v not in VARIANT_NAMES]
+        if unknown or chosen[0] != "off":
+            parser.error(
+                f"--variants takes {', '.join(VARIANT_NAMES)}, comma-separated, off first "
+                f"(the baseline); got {args.variants!r}"
+            )
+        variants = tuple(VARIANT_NAMES[v] for v in dict.fromkeys(chosen))
 
     print("# train_step: the training script's jitted BERT train step, dice off and on")
     print(_common.machine_line())

@@ -41,20 +41,33 @@ def test_gpu_check_reports_a_part_that_runs_out_of_time(tmp_path):
 
 def test_gpu_check_full_parts_are_the_issue_s_runs():
     args = argparse.Namespace(
-        quick=False, batch_sizes="128,256", vs_batch=128, small_batch=32, iters=10,
+        quick=False, batch_size=128, small_batch=32, large_batch=256, iters=10,
         tests_timeout=1, step_timeout=1, vs_timeout=1, overhead_timeout=1,
     )  # fmt: skip
-    parts = {p.name: p for p in gpu.parts(args)}
+    parts = {p.name: " ".join(p.argv) for p in gpu.parts(args)}
 
-    step = " ".join(parts["train_step"].argv)
-    assert "--configs bert-base --dtype bfloat16 --seq-len 128 --batch-size 128,256" in step
-    assert "--attention" in step
-    for name, batch in (("vs_pytorch 1", "128"), ("vs_pytorch 2", "32")):
-        argv = " ".join(parts[name].argv)
-        assert f"--config bert-base --dtype bfloat16 --seq-len 128 --batch-size {batch}" in argv
-    assert parts["tests (float32)"].env == {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
-    assert "tests/test_gpu.py" in parts["tests (GPU only)"].argv
-    assert "benchmarks.update_overhead" in parts["update_overhead"].argv
+    assert list(parts)[:3] == ["tests (GPU only)", "tests (float32)", "train_step"]
+    assert "--configs bert-base --dtype bfloat16 --seq-len 128" in parts["train_step"]
+    assert (
+        "--batch-size 128 --variants off,per_mini_batch,per_accumulation_step,xla,cudnn"
+        in (parts["train_step"])
+    )
+    assert parts["train_step (large batch)"].endswith("--batch-size 256 --variants off")
+    for name, batch in (("vs_pytorch", "128"), ("vs_pytorch (small batch)", "32")):
+        assert "--config bert-base --dtype bfloat16 --seq-len 128" in parts[name]
+        assert parts[name].endswith(f"--batch-size {batch}")
+    assert "tests/test_gpu.py" in parts["tests (GPU only)"]
+    assert "benchmarks.update_overhead" in parts["update_overhead"]
+
+
+def test_gpu_check_skips_what_the_deadline_leaves_no_time_for(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(gpu, "run_part", lambda part, out, env: ran.append(part.name))
+
+    rc = gpu.main(["--quick", "--out", str(tmp_path), "--deadline", "0"])
+
+    assert rc == 1 and ran == []
+    assert "| train_step | skipped (deadline) |" in (tmp_path / "summary-all.md").read_text()
 
 
 @pytest.mark.slow
