@@ -78,7 +78,9 @@ class BertSelfAttention(nnx.Module):
 
     Its ``implementation`` is the attribute ``attention_implementation``: None (today XLA's) by
     default; ``model.set_attributes(attention_implementation="cudnn")`` asks for cuDNN's fused
-    attention on an NVIDIA GPU (bfloat16 compute). That function has no dropout, so while
+    attention on an NVIDIA GPU (bfloat16 compute), which takes the padding as key lengths: the
+    mask must then hide only a suffix of each sequence (right padding, as BERT's tokenizers
+    pad). That function has no dropout, so while
     training with ``attention_probs_dropout_prob > 0`` the attention is spelled out with dropout
     on its probabilities, as BERT does; set that probability to 0 to train with fused attention.
     """
@@ -106,6 +108,13 @@ class BertSelfAttention(nnx.Module):
         heads = (*x.shape[:-1], self.num_heads, -1)
         q, k, v = (f(x).reshape(heads) for f in (self.query, self.key, self.value))
         if self.dropout.deterministic or self.dropout.rate == 0.0:
+            if self.attention_implementation == "cudnn" and mask is not None:
+                # cuDNN takes padding as key lengths (it refuses a (batch, 1, 1, seq) mask):
+                # the real tokens come first, as BERT's tokenizers pad on the right.
+                lengths = mask.reshape(mask.shape[0], -1).sum(-1, dtype=jnp.int32)
+                return jax.nn.dot_product_attention(
+                    q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
+                ).reshape(x.shape)
             out = jax.nn.dot_product_attention(
                 q, k, v, mask=mask, implementation=self.attention_implementation
             )
