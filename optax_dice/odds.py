@@ -12,7 +12,6 @@ from optax_dice import _validation
 from optax_dice.dice import _as_int32, make_ruleset
 from optax_dice.rules import OUTCOME_NAMES, outcome, rule_name
 
-
 #: The most faces :func:`odds` enumerates (a few float64 arrays of this length: ~50 MB).
 MAX_ODDS_SIDES = 1_000_000
 

@@ -6,7 +6,6 @@ import sys
 
 import optax_dice
 
-
 HEAVY = ("flax", "transformers", "torch", "datasets", "orbax")
 
 # Records every attempt to import a heavy module, whether or not it is installed: checking
