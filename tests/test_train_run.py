@@ -149,6 +149,21 @@ def test_mode_off_lowers_the_loss_and_writes_every_output(assets, tmp_path):
     assert config["args"]["no_progress"] is True  # kept, so that --resume keeps it
     assert (out / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # The logged loss is the model's own: the first micro-step's, recomputed here without the
+    # script (the packaged tokenizer, the seed-0 head and dropout, batch 0 of seed 0).
+    import optax
+
+    from examples.bert import data, weights
+
+    tokenizer = weights.load_tokenizer(assets["model"])
+    dataset = data.load_classification_data(assets["data"], tokenizer, max_length=16)
+    batch = {k: jnp.asarray(v) for k, v in data.TrainBatches(dataset.train, 16, seed=0)(0).items()}
+    model, _ = weights.from_pretrained(assets["model"], num_labels=2, seed=0)
+    model.train()
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    want = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+    assert losses[0] == pytest.approx(float(want), rel=1e-5)
+
 
 # ------------------------------------------------------------------------- no host syncs
 
@@ -601,10 +616,25 @@ def test_data_parallel_over_8_cpu_devices(assets, tmp_path):
         f"""
         import json, sys
         import jax
-        from examples.bert import train
+        from examples.bert import parallel, train
         assert jax.device_count() == 8, jax.devices()
+        put_batch, placed = parallel.put_batch, []
+
+        def spy(batch, sharding):
+            # Record how every batch the step gets is laid out over the devices.
+            out = put_batch(batch, sharding)
+            placed.append({{
+                k: sorted((s.device.id, s.index[0].start, s.index[0].stop)
+                          for s in v.addressable_shards)
+                for k, v in out.items()
+            }})
+            return out
+
+        parallel.put_batch = spy
         summary = train.main({args!r})
         print("SUMMARY", json.dumps(summary))
+        print("PLACED", json.dumps(placed))
+        parallel.put_batch = put_batch
         try:
             train.main({bad!r})
         except SystemExit as exit:
@@ -618,6 +648,17 @@ def test_data_parallel_over_8_cpu_devices(assets, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.split("SUMMARY ", 1)[1].splitlines()[0])
     assert summary["devices"] == 8 and summary["status"] == "completed"
+    # Every batch (train and eval) is split over the 8 devices: device i holds rows
+    # [2i, 2i + 2) of the 16, for every array of the batch.
+    placed = json.loads(result.stdout.split("PLACED ", 1)[1].splitlines()[0])
+    assert len(placed) >= 6  # 6 train steps, then the evaluation's batches
+    for batch in placed:
+        assert {"input_ids", "labels"} <= set(batch)
+        for shards in batch.values():
+            assert sorted(device for device, _, _ in shards) == list(range(8))
+            assert sorted((start, stop) for _, start, stop in shards) == [
+                (2 * i, 2 * i + 2) for i in range(8)
+            ]
     assert "EXIT 2" in result.stdout
     assert "does not divide over the 8 devices" in result.stderr
     assert not (tmp_path / "dp8_bad").exists()

@@ -985,8 +985,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the command line and returns the run's summary.
 
     Bad input (a missing model folder, an unreachable hub id, an unknown dataset, a missing
-    column, an empty split, unseen validation labels, a bad number) ends with a usage error
-    (``SystemExit``) and leaves no output folder behind.
+    column, an empty split or file, a single class, unseen validation labels, a bad or
+    non-finite number, an --output-dir that is a file) ends with a usage error
+    (``SystemExit``) and leaves no output folder behind. A run whose training loss becomes
+    non-finite stops with status ``"diverged"``; run as a script, any status but
+    ``"completed"`` exits with 1.
     """
     args = parse_args(argv)
     try:
