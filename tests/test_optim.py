@@ -125,5 +125,9 @@ def test_rolls_at_and_rolls_before():
 def test_bad_specs_are_refused():
     with pytest.raises(ValueError, match="cannot roll per mini-batch"):
         optim.build_optimizer(_spec(position="after", accumulation_steps=2))
-    with pytest.raises(ValueError, match="learning rate must be positive"):
-        optim.build_optimizer(_spec(lr=0.0))
+    for lr in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="learning rate must be positive and finite"):
+            optim.build_optimizer(_spec(lr=lr))
+    for wd in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="weight decay must be >= 0 and finite"):
+            optim.build_optimizer(_spec(weight_decay=wd))
