@@ -16,6 +16,12 @@ import numpy as np
 
 _DICE_PATTERN = re.compile(r"^\s*[dD](\d+)\s*$")
 
+#: The largest die, |threshold| and |modifier| accepted: 2**29, so that natural + modifier
+#: and total - threshold (at most 3 * 2**29) always fit in the int32 the roll is made in.
+MAX_MAGNITUDE = 2**29
+#: Int seeds that ``jax.random.key`` takes: the int64 range.
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
+
 
 def parse_dice(dice: Any) -> int:
     """Returns the number of sides of ``dice``, an int >= 2 or a string "dN"."""
@@ -36,6 +42,11 @@ def parse_dice(dice: Any) -> int:
         )
     if sides < 2:
         raise ValueError(f"dice={dice!r} has {sides} side(s): a die needs at least 2 sides.")
+    if sides > MAX_MAGNITUDE:
+        raise ValueError(
+            f"dice={dice!r} has {sides:,} sides, more than the {MAX_MAGNITUDE:,} (2**29) a "
+            "die may have (rolls and totals are int32): use a smaller die."
+        )
     return sides
 
 
@@ -46,6 +57,11 @@ def check_integer(name: str, value: Any) -> Any:
     static when it is static.
     """
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if abs(int(value)) > MAX_MAGNITUDE:
+            raise ValueError(
+                f"{name}={value} is out of range: keep it within +-{MAX_MAGNITUDE:,} (2**29), "
+                "so that natural + modifier and total - threshold fit in int32."
+            )
         return int(value)
     if isinstance(value, (jax.Array, np.ndarray)):
         if value.shape != ():
@@ -71,6 +87,11 @@ def check_flag(name: str, value: Any) -> bool:
 def check_key(key: Any) -> None:
     """Checks ``key``: an int seed, a typed key, or a raw uint32[2] key."""
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if not MIN_SEED <= int(key) <= MAX_SEED:
+            raise ValueError(
+                f"key={key} is out of range: an int seed must lie in [-2**63, 2**63 - 1], "
+                "as jax.random.key takes it (reduce it, e.g. key % 2**63)."
+            )
         return
     if isinstance(key, (jax.Array, np.ndarray)):
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -104,3 +125,29 @@ def canonicalize_key(key: Any) -> jax.Array:
             return key
         return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
     return jax.random.key(int(key))
+
+
+def check_rule_output(rule: Any, sides: int) -> None:
+    """Traces ``rule`` once (``jax.eval_shape``, no computation) and checks that it gives
+    a scalar float for scalar int32 ``natural``, ``total`` and ``threshold``."""
+    name = getattr(rule, "__name__", type(rule).__name__)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    try:
+        out = jax.eval_shape(lambda n, t, th: rule(n, t, sides, th), scalar, scalar, scalar)
+    except Exception as err:
+        raise TypeError(
+            f"rule {name!r} failed when traced with int32 scalars natural, total, threshold "
+            f"and sides={sides}: {type(err).__name__}: {err}. A rule must be a traceable "
+            "function (natural, total, sides, threshold) -> scale: use jnp.where, not if."
+        ) from err
+    leaves = jax.tree.leaves(out)
+    if (
+        len(leaves) != 1
+        or leaves[0].shape != ()
+        or not jnp.issubdtype(leaves[0].dtype, jnp.floating)
+    ):
+        got = ", ".join(f"{x.dtype}{list(x.shape)}" for x in leaves) or "nothing"
+        raise TypeError(
+            f"rule {name!r} must return one scalar float scale (e.g. jnp.float32(...)) for "
+            f"scalar inputs; it returned {got}."
+        )

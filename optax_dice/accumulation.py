@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_dice.transform import DiceRollState, dice_roll
+from optax_dice.transform import DiceRollState, dice_roll, scale_updates
 
 MODES = ("per_mini_batch", "per_accumulation_step")
 
@@ -96,7 +96,7 @@ def _held_dice_roll(every_k: int, **dice_kwargs: Any) -> optax.GradientTransform
         _, rolled = base.update((), state)
         held = jax.tree.map(lambda new, old: jnp.where(fresh, new, old), rolled, state)
         state = held._replace(count=rolled.count)
-        updates = jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates)
+        updates = scale_updates(updates, state.scale)
         return updates, state
 
     return optax.GradientTransformation(base.init, update_fn)

@@ -54,7 +54,10 @@ def make_ruleset(
         raise ValueError(
             "advantage and disadvantage cancel out (D&D 5e): pass at most one of them."
         )
-    return Ruleset(sides, threshold, modifier, advantage, disadvantage, resolve_rule(rule))
+    resolved = resolve_rule(rule)
+    if not isinstance(rule, str):  # the built-in rules are known to give a scalar float
+        _validation.check_rule_output(resolved, sides)
+    return Ruleset(sides, threshold, modifier, advantage, disadvantage, resolved)
 
 
 def ability_modifier(score: int) -> int:

@@ -8,8 +8,12 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from optax_dice import _validation
 from optax_dice.dice import _as_int32, make_ruleset
 from optax_dice.rules import OUTCOME_NAMES, outcome, rule_name
+
+#: The most faces :func:`odds` enumerates (a few float64 arrays of this length: ~50 MB).
+MAX_ODDS_SIDES = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,10 @@ def odds(**dice_kwargs: Any) -> Odds:
     Returns:
       An :class:`Odds`; ``print`` it for a table.
 
+    Raises:
+      ValueError, TypeError: for bad dice arguments, as :func:`dice_roll`, and for a die
+        of more than ``MAX_ODDS_SIDES`` (1,000,000) faces, too many to enumerate.
+
     Example:
       >>> import optax_dice
       >>> o = optax_dice.odds(dice="d20", threshold=15)
@@ -89,8 +97,14 @@ def odds(**dice_kwargs: Any) -> Odds:
       >>> round(optax_dice.odds(threshold=15, advantage=True).expected_scale, 4)
       0.3255
     """
+    sides = _validation.parse_dice(dice_kwargs.get("dice", "d20"))
+    if sides > MAX_ODDS_SIDES:
+        raise ValueError(
+            f"odds enumerates every face, and a d{sides} has {sides:,}: more than its limit "
+            f"of {MAX_ODDS_SIDES:,} faces. Estimate a larger die from seeded rolls instead "
+            "(roll_sequence)."
+        )
     ruleset = make_ruleset(**dice_kwargs)
-    sides = ruleset.sides
     threshold = _concrete_int("threshold", ruleset.threshold)
     modifier = _concrete_int("modifier", ruleset.modifier)
     faces = np.arange(1, sides + 1, dtype=np.int32)

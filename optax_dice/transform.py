@@ -85,7 +85,11 @@ def dice_roll(
     Raises:
       ValueError, TypeError: at construction, for a bad die, a non-integer
         threshold or modifier, advantage with disadvantage, an unknown rule, or a
-        key that is neither an int nor a key array.
+        key that is neither an int nor a key array; for a die of more than 2**29
+        sides, a threshold or modifier beyond +-2**29, an int seed outside the
+        int64 range, or a custom rule that does not return a scalar float (it is
+        traced once with ``jax.eval_shape`` to check). ``update`` raises TypeError
+        for integer update leaves, which a fractional scale would truncate.
 
     Example:
       >>> import jax.numpy as jnp
@@ -121,11 +125,33 @@ def dice_roll(
         del params
         next_key, roll_key = jax.random.split(state.rng_key)
         natural, total, scale = roll(ruleset, roll_key)
-        updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
+        updates = scale_updates(updates, scale)
         count = optax.safe_increment(state.count)
         return updates, DiceRollState(count, next_key, natural, total, scale)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_updates(updates: optax.Updates, scale: jax.Array) -> optax.Updates:
+    """Multiplies every leaf of ``updates`` by ``scale``, cast to the leaf's dtype.
+
+    Raises:
+      TypeError: while tracing, for a leaf that is not floating point (or complex): a
+        negative fraction cast to an integer dtype would truncate to 0 or flip signs
+        silently.
+    """
+
+    def scale_leaf(path: Any, u: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(u.dtype, jnp.inexact):
+            raise TypeError(
+                f"dice_roll scales updates by fractions such as -0.35, but the update leaf "
+                f"{jax.tree_util.keystr(path) or '(root)'} has dtype {u.dtype}, which would "
+                "truncate them: give float updates (cast integer leaves, or keep them out "
+                "of the optimizer, e.g. with optax.partition and optax.set_to_zero)."
+            )
+        return u * scale.astype(u.dtype)
+
+    return jax.tree_util.tree_map_with_path(scale_leaf, updates)
 
 
 def find_dice_state(opt_state: optax.OptState) -> DiceRollState | None:

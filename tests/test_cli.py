@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import optax_dice
-from optax_dice import cli
+from optax_dice import cli, rules
 
 
 def test_odds_table(capsys):
@@ -32,11 +32,25 @@ def test_ability_score_sets_the_modifier(capsys):
     assert "modifier +2" in capsys.readouterr().out
 
 
-def test_roll_prints_the_roll_sequence(capsys):
-    cli.main(["roll", "--seed", "3", "-n", "4", "--dice", "d6", "--threshold", "4"])
-    lines = capsys.readouterr().out.strip().splitlines()[1:]
-    seq = optax_dice.roll_sequence(3, 4, dice="d6", threshold=4)
-    assert [int(line.split()[1]) for line in lines] == np.asarray(seq.natural).tolist()
+@pytest.mark.parametrize("seed", ["3", "-1"])
+def test_roll_prints_the_roll_sequence(capsys, seed):
+    n = 40
+    argv = ["roll", "--seed", seed, "-n", str(n), "--dice", "d6", "--threshold", "4"]
+    assert cli.main([*argv, "--modifier", "1"]) == 0
+    header, *lines = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["update", "natural", "total", "outcome", "scale"]
+    seq = optax_dice.roll_sequence(int(seed), n, dice="d6", threshold=4, modifier=1)
+    codes = np.asarray(rules.outcome(seq.natural, seq.total, 6, 4))
+    assert len(lines) == n
+    for i, line in enumerate(lines):
+        update, natural, total, *outcome, scale = line.split()
+        assert int(update) == i
+        assert int(natural) == int(seq.natural[i])
+        assert int(total) == int(seq.total[i])
+        assert " ".join(outcome) == rules.OUTCOME_NAMES[codes[i]]
+        assert float(scale) == pytest.approx(float(seq.scale[i]), abs=5e-4)
+    # Every outcome shows up in 40 rolls of a d6 against 4 with +1.
+    assert {" ".join(line.split()[3:-1]) for line in lines} == set(rules.OUTCOME_NAMES)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +59,13 @@ def test_roll_prints_the_roll_sequence(capsys):
         (["odds", "--dice", "d1"], "at least 2 sides"),
         (["odds", "--advantage", "--disadvantage"], "not allowed with"),
         (["odds", "--rule", "nat20"], "invalid choice"),
+        (["roll", "--seed", "1" * 23], "out of range"),
+        (["roll", "--dice", "2147483647"], "more than the 536,870,912"),
+        (["roll", "--threshold", "99999999999"], "threshold=99999999999 is out of range"),
+        (["odds", "--modifier", "2147483647"], "modifier=2147483647 is out of range"),
+        (["odds", "--dice", "d1000000000"], "more than the 536,870,912"),
+        (["odds", "--dice", "d5000000"], "limit of 1,000,000 faces"),
+        (["roll", "--rule", "original", "--dice", "d0"], "at least 2 sides"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv, match, capsys):

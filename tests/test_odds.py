@@ -37,11 +37,27 @@ def test_outcome_probabilities_d20_15():
 
 
 @pytest.mark.parametrize("sides", [2, 6, 20, 100])
-def test_advantage_face_probabilities_sum_to_one(sides):
-    for kw in ({}, {"advantage": True}, {"disadvantage": True}):
+def test_face_probabilities_are_those_of_two_dice_enumerated(sides):
+    # Every pair of faces, counted: the higher face for advantage, the lower for
+    # disadvantage. Swapping the two (or using one die) fails this exactly.
+    a, b = np.meshgrid(np.arange(1, sides + 1), np.arange(1, sides + 1))
+    high = np.bincount(np.maximum(a, b).ravel(), minlength=sides + 1)[1:] / sides**2
+    low = np.bincount(np.minimum(a, b).ravel(), minlength=sides + 1)[1:] / sides**2
+    for kw, want in (
+        ({}, np.full(sides, 1 / sides)),
+        ({"advantage": True}, high),
+        ({"disadvantage": True}, low),
+    ):
         probs = optax_dice.odds(dice=sides, threshold=2, **kw).face_probs
+        np.testing.assert_allclose(probs, want, rtol=1e-12, atol=0)
         assert probs.sum() == pytest.approx(1.0)
-        assert (probs > 0).all()
+
+
+def test_advantage_favours_the_top_face_exactly():
+    adv = optax_dice.odds(threshold=15, advantage=True).face_probs
+    dis = optax_dice.odds(threshold=15, disadvantage=True).face_probs
+    assert (adv[19], adv[0]) == (pytest.approx(39 / 400), pytest.approx(1 / 400))
+    assert (dis[0], dis[19]) == (pytest.approx(39 / 400), pytest.approx(1 / 400))
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"advantage": True}, {"disadvantage": True}])
@@ -76,3 +92,13 @@ def test_custom_rule_is_enumerated():
 def test_odds_refuses_bad_input():
     with pytest.raises(ValueError, match="dice='d0'"):
         optax_dice.odds(dice="d0")
+
+
+def test_odds_refuses_a_die_too_large_to_enumerate_and_names_the_limit():
+    # d100000000 is a valid die for dice_roll, but enumerating it took gigabytes.
+    optax_dice.dice_roll(dice="d100000000")
+    with pytest.raises(ValueError, match=r"limit of 1,000,000 faces"):
+        optax_dice.odds(dice="d100000000")
+    with pytest.raises(ValueError, match="limit of 1,000,000 faces"):
+        optax_dice.odds(dice=1_000_001)
+    assert optax_dice.odds(dice=1_000_000, threshold=2).face_probs.shape == (1_000_000,)

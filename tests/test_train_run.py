@@ -146,7 +146,23 @@ def test_mode_off_lowers_the_loss_and_writes_every_output(assets, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["data"]["label_to_id"] == {"neg": 0, "pos": 1}
     assert config["args"]["mode"] == "off"
+    assert config["args"]["no_progress"] is True  # kept, so that --resume keeps it
     assert (out / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The logged loss is the model's own: the first micro-step's, recomputed here without the
+    # script (the packaged tokenizer, the seed-0 head and dropout, batch 0 of seed 0).
+    import optax
+
+    from examples.bert import data, weights
+
+    tokenizer = weights.load_tokenizer(assets["model"])
+    dataset = data.load_classification_data(assets["data"], tokenizer, max_length=16)
+    batch = {k: jnp.asarray(v) for k, v in data.TrainBatches(dataset.train, 16, seed=0)(0).items()}
+    model, _ = weights.from_pretrained(assets["model"], num_labels=2, seed=0)
+    model.train()
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    want = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+    assert losses[0] == pytest.approx(float(want), rel=1e-5)
 
 
 # ------------------------------------------------------------------------- no host syncs
@@ -248,13 +264,15 @@ def test_dice_runs_log_the_rolls_of_the_seed_with_no_host_sync(assets, tmp_path,
     assert [r["natural"] for r in rolls] == np.asarray(seq.natural).tolist()
     assert [r["total"] for r in rolls] == np.asarray(seq.total).tolist()
     np.testing.assert_array_equal([r["scale"] for r in rolls], np.asarray(seq.scale))
-    # The loss after the roll: the rolled micro-batch's, or the accumulated update's mean.
-    for r in rolls:
+    # The loss after the roll: the rolled micro-batch's, or the accumulated update's mean,
+    # times the scale of the seed's roll (from roll_sequence, not from the log).
+    for j, r in enumerate(rolls):
         i = r["micro_step"]
         window = (
             [x["loss"] for x in records[i - k : i]] if mode != "per_mini_batch" else [r["loss"]]
         )
-        assert r["scaled_loss"] == pytest.approx(r["scale"] * np.mean(window), rel=1e-6, abs=1e-7)
+        want = float(seq.scale[j]) * np.mean(window)
+        assert r["scaled_loss"] == pytest.approx(want, rel=1e-6, abs=1e-7)
     assert summary["expected_scale"] == pytest.approx(
         optax_dice.odds(threshold=13, modifier=3).expected_scale
     )
@@ -341,13 +359,17 @@ def test_a_killed_run_resumes_bit_for_bit(assets, tmp_path, unbroken_run, signum
             proc.kill()
         proc.wait(timeout=120)
     assert killed_after is not None and killed_after < 2 * RESUME_STEPS, "the run was not killed"
+    saved = sorted(int(p.name) for p in ckpts.glob("*") if p.name.isdigit())
     if signum == signal.SIGTERM:
         stopped = json.loads((out / "summary.json").read_text())
         assert stopped["status"] == "interrupted"
         assert stopped["micro_steps"] < 2 * RESUME_STEPS
+        # It saved where it stopped (not only at the last --save-every point) ...
+        assert saved[-1] == stopped["micro_steps"], (saved, stopped["micro_steps"])
     summary = train.main(["--resume", str(out), "--no-progress"])
     assert summary["status"] == "completed"
-    assert summary["resumed_from_micro_step"] >= 20
+    # ... and resumed from there.
+    assert summary["resumed_from_micro_step"] == saved[-1] >= 20
     assert_trees_equal(final_checkpoint(out), final_checkpoint(reference))
     assert train_records(out) == train_records(reference)
 
@@ -392,6 +414,18 @@ BAD_INPUTS = {
         ["--dice-position", "after", "--accumulation-steps", "2"],
         "cannot roll per mini-batch",
     ),
+    "infinite lr": (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    "nan lr": (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    "nan weight decay": (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
+    "infinite weight decay": (["--weight-decay", "inf"], "--weight-decay must be a finite"),
+    "infinite epochs": (["--epochs", "inf"], "--epochs must be a finite number, got inf"),
+    "nan warmup": (["--warmup-ratio", "nan"], "--warmup-ratio must be a finite number"),
+    "seed too large": (["--seed", str(2**63)], "--seed must lie in [-2**63, 2**63 - 1]"),
+    "split seed too small": (["--split-seed", str(-(2**63) - 1)], "--split-seed must lie"),
+    "huge threshold": (["--threshold", "99999999999"], "threshold=99999999999 is out of range"),
+    "huge die": (["--dice", "d2147483647"], "more than the 536,870,912"),
+    "single class": ([], "hold a single class, ['pos']: a classifier needs at least two"),
+    "0-byte csv": ([], "is empty (0 bytes)"),
 }
 
 
@@ -407,6 +441,12 @@ def test_bad_input_is_a_clear_error_with_no_output(
         empty = tmp_path / "empty.csv"
         empty.write_text("review,sentiment\n")
         args += ["--dataset", str(empty)]
+    if case == "single class":
+        rows = [{"review": f"good film {i}", "sentiment": "pos"} for i in range(60)]
+        args += ["--dataset", str(write_csv(tmp_path / "one_class.csv", rows))]
+    if case == "0-byte csv":
+        (tmp_path / "nothing.csv").write_bytes(b"")
+        args += ["--dataset", str(tmp_path / "nothing.csv")]
     if case == "unseen validation label":
         from examples.bert import data
 
@@ -432,9 +472,138 @@ def test_an_existing_run_folder_is_not_overwritten_and_resume_keeps_its_settings
         train.main(["--resume", str(out)])
     assert "not a run folder" in capsys.readouterr().err
     (out / "config.json").write_text(json.dumps({"args": {}}))
+    (out / "checkpoints" / "2").mkdir(parents=True)
     with pytest.raises(SystemExit):
         train.main(["--resume", str(out), "--lr", "0.5"])
     assert "drop --lr" in capsys.readouterr().err
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as strict JSON readers do."""
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverged_run_stops_with_its_own_status_and_strict_json(assets, tmp_path):
+    """--lr 1e30 passes every flag check, and the loss becomes NaN within a few steps: the
+    script must say so, stop, exit 1 and write only strict JSON (null for NaN)."""
+    out = tmp_path / "diverged"
+    argv = base_args(assets, out, "--mode", "off", "--lr", "1e30", "--steps", "40")
+    argv += ["--save-every", "2", "--eval-every", "2"]
+    proc = subprocess.run(
+        [sys.executable, "examples/bert/train.py", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "the run diverged and stopped" in proc.stdout
+    summary = _strict_json((out / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    first_bad = summary["diverged_at_micro_step"]
+    assert 1 <= first_bad <= summary["micro_steps"] < 40
+    assert summary["micro_steps"] - first_bad < 4  # stopped at the next log point
+    assert summary["eval_accuracy"] is None and summary["train_loss_last"] is None
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    records = [_strict_json(line) for line in lines]
+    train_losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert train_losses[first_bad - 1] is None  # NaN or inf, written as null
+    assert all(x is not None for x in train_losses[: first_bad - 1])
+    # No checkpoint of the diverged model: the last one is from before the divergence.
+    saved = [int(p.name) for p in (out / "checkpoints").glob("*") if p.name.isdigit()]
+    assert max(saved, default=0) < first_bad
+    _strict_json((out / "config.json").read_text())
+    # A diverged run is final: resuming it leaves it as it is.
+    before = {name: (out / name).read_bytes() for name in ("summary.json", "metrics.jsonl")}
+    again = train.main(["--resume", str(out), "--no-progress"])
+    assert again["status"] == "diverged"
+    assert before == {name: (out / name).read_bytes() for name in before}
+
+
+def test_a_negative_seed_trains(assets, tmp_path):
+    # numpy's generators refuse negative seeds: the data order maps them mod 2**64.
+    summary = train.main(base_args(assets, tmp_path / "neg", "--steps", "2", "--seed", "-1"))
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    rolls = [r["natural"] for r in train_records(tmp_path / "neg")]
+    want = optax_dice.roll_sequence(optim.dice_key(-1), 2, threshold=12, modifier=2).natural
+    assert rolls == np.asarray(want).tolist()
+
+
+def test_output_dir_naming_a_file_is_a_usage_error(assets, tmp_path, capsys):
+    taken = tmp_path / "a_file"
+    taken.write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(base_args(assets, taken, "--steps", "2"))
+    assert exit_info.value.code == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "mine"
+
+
+def _fake_run(folder, args, *, checkpoint=True, metrics="keep me\n"):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"args": args}))
+    (folder / "metrics.jsonl").write_text(metrics)
+    if checkpoint:
+        (folder / "checkpoints" / "6").mkdir(parents=True)
+    return folder
+
+
+def test_resume_compares_typed_flags_with_the_saved_run_not_the_defaults(tmp_path, capsys):
+    run = _fake_run(tmp_path / "run", {"threshold": 99, "batch_size": 3, "lr": 0.5})
+    # 12 and 32 are the parser's defaults: typed, they still differ from the saved run.
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--resume", str(run), "--threshold", "12", "--batch-size", "32"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "drop --threshold (the run has 99, not 12), --batch-size (the run has 3, not 32)" in err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--resume", str(run), "--lr", "0.25"])
+    assert "--lr (the run has 0.5, not 0.25)" in capsys.readouterr().err
+    # Typing the saved values is harmless; the saved settings are what the run continues.
+    args = train.parse_args(["--resume", str(run), "--threshold", "99", "--lr", "0.5"])
+    assert (args.threshold, args.batch_size, args.lr) == (99, 3, 0.5)
+    assert args.output_dir == str(run)
+
+
+def test_resume_keeps_no_progress(tmp_path):
+    quiet = _fake_run(tmp_path / "quiet", {"no_progress": True})
+    assert train.parse_args(["--resume", str(quiet)]).no_progress is True
+    loud = _fake_run(tmp_path / "loud", {"no_progress": False})
+    assert train.parse_args(["--resume", str(loud)]).no_progress is False
+    assert train.parse_args(["--resume", str(loud), "--no-progress"]).no_progress is True
+
+
+def test_resume_without_checkpoints_is_refused_and_erases_nothing(tmp_path, capsys):
+    run = _fake_run(tmp_path / "run", {}, checkpoint=False, metrics='{"kind": "train"}\n')
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", str(run)])
+    assert exit_info.value.code == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == '{"kind": "train"}\n'
+    (run / "checkpoints").mkdir()  # an empty folder, or one with an unfinished save
+    (run / "checkpoints" / "8.orbax-checkpoint-tmp-1").mkdir()
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(run)])
+    assert "nothing to resume from" in capsys.readouterr().err
+
+
+def test_resuming_a_completed_run_leaves_its_outputs_intact(unbroken_run, capsys):
+    out, summary = unbroken_run
+    files = ("summary.json", "metrics.jsonl", "config.json", "run.png")
+    before = {name: (out / name).read_bytes() for name in files}
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    capsys.readouterr()
+    again = train.main(["--resume", str(out)])
+    assert "has completed" in capsys.readouterr().out
+    assert again == json.loads(before["summary.json"])
+    assert again["train_loss_last"] == summary["train_loss_last"] is not None
+    assert {name: (out / name).read_bytes() for name in files} == before
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == checkpoints
 
 
 # ------------------------------------------------------------------------- data parallel
@@ -447,10 +616,25 @@ def test_data_parallel_over_8_cpu_devices(assets, tmp_path):
         f"""
         import json, sys
         import jax
-        from examples.bert import train
+        from examples.bert import parallel, train
         assert jax.device_count() == 8, jax.devices()
+        put_batch, placed = parallel.put_batch, []
+
+        def spy(batch, sharding):
+            # Record how every batch the step gets is laid out over the devices.
+            out = put_batch(batch, sharding)
+            placed.append({{
+                k: sorted((s.device.id, s.index[0].start, s.index[0].stop)
+                          for s in v.addressable_shards)
+                for k, v in out.items()
+            }})
+            return out
+
+        parallel.put_batch = spy
         summary = train.main({args!r})
         print("SUMMARY", json.dumps(summary))
+        print("PLACED", json.dumps(placed))
+        parallel.put_batch = put_batch
         try:
             train.main({bad!r})
         except SystemExit as exit:
@@ -464,6 +648,17 @@ def test_data_parallel_over_8_cpu_devices(assets, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.split("SUMMARY ", 1)[1].splitlines()[0])
     assert summary["devices"] == 8 and summary["status"] == "completed"
+    # Every batch (train and eval) is split over the 8 devices: device i holds rows
+    # [2i, 2i + 2) of the 16, for every array of the batch.
+    placed = json.loads(result.stdout.split("PLACED ", 1)[1].splitlines()[0])
+    assert len(placed) >= 6  # 6 train steps, then the evaluation's batches
+    for batch in placed:
+        assert {"input_ids", "labels"} <= set(batch)
+        for shards in batch.values():
+            assert sorted(device for device, _, _ in shards) == list(range(8))
+            assert sorted((start, stop) for _, start, stop in shards) == [
+                (2 * i, 2 * i + 2) for i in range(8)
+            ]
     assert "EXIT 2" in result.stdout
     assert "does not divide over the 8 devices" in result.stderr
     assert not (tmp_path / "dp8_bad").exists()

@@ -135,18 +135,49 @@ def test_reads_from_a_chain_with_adamw():
     _, state = jax.jit(tx.update)(params, state, params)
     dice_state = optax.tree_utils.tree_get(state, "DiceRollState")
     assert isinstance(dice_state, optax_dice.DiceRollState)
-    for field in ("natural", "total", "scale"):
-        assert optax.tree_utils.tree_get(state, field) == getattr(dice_state, field)
+    assert optax_dice.find_dice_state(state) is dice_state
+    # Each field, read by name from the chain, is the first roll of seed 2.
+    seq = optax_dice.roll_sequence(2, 1)
+    assert int(optax.tree_utils.tree_get(state, "natural")) == int(seq.natural[0])
+    assert int(optax.tree_utils.tree_get(state, "total")) == int(seq.total[0])
+    assert float(optax.tree_utils.tree_get(state, "scale")) == float(seq.scale[0])
+    assert int(dice_state.count) == 1
 
 
-def test_position_in_the_chain():
-    # Before adamw the gradient is scaled (Adam then normalises it); after sgd
-    # the final step is scaled exactly.
+def _always_half(natural, total, sides, threshold):
+    return jnp.float32(0.5)
+
+
+def test_position_in_the_chain_with_adamw():
+    """After AdamW the dice halve the final step exactly; before it, Adam normalises the
+    halved gradient away and the step is AdamW's own to within eps (1e-8 against |g| = 2)."""
+    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array([0.5, 0.25])}
+    grads = {"w": jnp.array([2.0, -2.0, 2.0]), "b": jnp.array([-2.0, 2.0])}
+
+    def adamw():
+        return optax.adamw(0.1, weight_decay=0.1)
+
+    def first_step(tx):
+        updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+        return jax.tree.map(np.asarray, updates)
+
+    plain = first_step(adamw())
+    after = first_step(optax.chain(adamw(), optax_dice.dice_roll(4, rule=_always_half)))
+    before = first_step(optax.chain(optax_dice.dice_roll(4, rule=_always_half), adamw()))
+    for name in params:
+        assert np.abs(plain[name]).min() > 0.09  # a real step: lr 0.1 plus weight decay
+        np.testing.assert_array_equal(after[name], 0.5 * plain[name])  # exact: x 0.5
+        np.testing.assert_allclose(before[name], plain[name], rtol=1e-6)
+        assert not np.allclose(before[name], after[name], rtol=0.1)
+
+
+def test_position_in_the_chain_with_sgd_is_the_same_by_linearity():
     params = jnp.ones(())
     after = optax.chain(optax.sgd(0.5), optax_dice.dice_roll(4))
     updates, state = after.update(jnp.float32(2.0), after.init(params), params)
-    scale = optax.tree_utils.tree_get(state, "scale")
-    assert float(updates) == pytest.approx(-1.0 * float(scale))
+    scale = float(optax_dice.roll_sequence(4, 1).scale[0])
+    assert float(optax_dice.find_dice_state(state).scale) == scale
+    assert float(updates) == pytest.approx(-1.0 * scale)
     before = optax.chain(optax_dice.dice_roll(4), optax.sgd(0.5))
     updates_b, _state_b = before.update(jnp.float32(2.0), before.init(params), params)
     assert float(updates_b) == pytest.approx(float(updates))  # sgd is linear
@@ -212,16 +243,28 @@ def test_inject_hyperparams_changes_threshold_mid_training():
 
 
 def test_injected_float_hyperparams_are_rounded():
-    # inject_hyperparams casts float hyperparameters to the params' dtype (bf16 here).
+    # inject_hyperparams casts float hyperparameters to the params' dtype (bf16 here):
+    # 11.6 becomes 11.625 and 2.6 becomes 2.59375, which must round to 12 and 3 (a
+    # truncating cast would give 11 and 2, and other scales).
     make = optax.inject_hyperparams(optax_dice.dice_roll, static_args=("key",))
-    tx = make(key=3, threshold=12.0, modifier=2.0)
+    tx = make(key=3, threshold=11.6, modifier=2.6)
     params = jnp.zeros((), jnp.bfloat16)
     state = tx.init(params)
     assert state.hyperparams["threshold"].dtype == jnp.bfloat16
-    _, state = jax.jit(tx.update)(params, state, params)
-    seq = optax_dice.roll_sequence(3, 1, threshold=12, modifier=2)
-    assert int(optax.tree_utils.tree_get(state, "total")) == int(seq.total[0])
-    assert float(optax.tree_utils.tree_get(state, "scale")) == float(seq.scale[0])
+    assert float(state.hyperparams["threshold"]) == 11.625
+
+    def body(state, _):
+        _, state = tx.update(params, state, params)
+        dice = optax_dice.find_dice_state(state)
+        return state, (dice.total, dice.scale)
+
+    n = 200
+    _, (total, scale) = jax.jit(lambda s: jax.lax.scan(body, s, None, length=n))(state)
+    rounded = optax_dice.roll_sequence(3, n, threshold=12, modifier=3)
+    truncated = optax_dice.roll_sequence(3, n, threshold=11, modifier=2)
+    np.testing.assert_array_equal(np.asarray(total), np.asarray(rounded.total))
+    np.testing.assert_array_equal(np.asarray(scale), np.asarray(rounded.scale))
+    assert not np.array_equal(np.asarray(scale), np.asarray(truncated.scale))
 
 
 @pytest.mark.parametrize(
@@ -248,6 +291,18 @@ def test_injected_float_hyperparams_are_rounded():
         ({"key": "0"}, TypeError, "key must be an int"),
         ({"key": jnp.zeros(3, jnp.uint32)}, TypeError, "key must be an int"),
         ({"key": jax.random.split(jax.random.key(0))}, ValueError, "single PRNG key"),
+        ({"key": 2**63}, ValueError, r"key=9223372036854775808 is out of range.*2\*\*63"),
+        ({"key": 2**70}, ValueError, "key=.* is out of range"),
+        ({"key": -(2**63) - 1}, ValueError, "key=.* is out of range"),
+        ({"dice": 2**31 - 1}, ValueError, "more than the 536,870,912"),
+        ({"dice": "d1000000000"}, ValueError, "more than the 536,870,912"),
+        ({"threshold": 99_999_999_999}, ValueError, "threshold=99999999999 is out of range"),
+        ({"modifier": 2**31 - 1}, ValueError, "modifier=2147483647 is out of range"),
+        ({"modifier": -(2**29) - 1}, ValueError, "modifier=-536870913 is out of range"),
+        ({"rule": lambda n, t, s, th: jnp.full(3, 0.5)}, TypeError, r"float32\[3\]"),
+        ({"rule": lambda n, t, s, th: n - 1}, TypeError, r"scalar float.*int32\[\]"),
+        ({"rule": lambda n, t, s, th: 0.5 if n > 10 else 0.0}, TypeError, "use jnp.where"),
+        ({"rule": lambda n, t, s, th: (0.5, 0.5)}, TypeError, "one scalar float"),
     ],
 )
 def test_bad_input_is_refused_at_construction(kwargs, error, match):
@@ -284,3 +339,106 @@ def test_find_dice_state_where_tree_get_scale_is_ambiguous():
     two = optax.chain(optax_dice.dice_roll(0), optax_dice.dice_roll(1))
     with pytest.raises(ValueError, match="2 dice states"):
         optax_dice.find_dice_state(two.init(params))
+
+
+def test_extreme_values_within_range_are_exact():
+    # The largest accepted magnitudes never wrap int32 (2**31 - 1 as a modifier used to
+    # wrap the total and give E[scale] = +75,161,928).
+    big = 2**29
+    seq = optax_dice.roll_sequence(0, 50, modifier=big, threshold=-big)
+    np.testing.assert_array_equal(np.asarray(seq.total), np.asarray(seq.natural) + big)
+    assert set(np.asarray(seq.scale).tolist()) <= {0.0, 1.0}  # capped successes
+    assert optax_dice.odds(modifier=big, threshold=15).expected_scale == pytest.approx(0.95)
+    # faces 2-19 capped at -1, a natural 20 still +1: (-18 + 1) / 20
+    assert optax_dice.odds(modifier=-big, threshold=15).expected_scale == pytest.approx(-0.85)
+    for seed in (-(2**63), -1, 2**63 - 1):
+        got = optax_dice.roll_sequence(seed, 3).natural
+        want = optax_dice.roll_sequence(jax.random.key(seed), 3).natural
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert int(optax_dice.dice_roll(dice=big).init(()).count) == 0
+
+
+def test_custom_rule_returning_a_python_float_or_float_scalar_is_accepted():
+    for rule in (lambda n, t, s, th: 0.5, lambda n, t, s, th: jnp.float16(0.5) * (n > 0)):
+        _, (state,) = _run(optax_dice.dice_roll(0, rule=rule), 1)
+        assert float(state.scale) == 0.5
+
+
+def test_custom_rule_with_a_vector_output_is_refused_before_scaling_anything():
+    # Without the check, a (3,) scale silently multiplied a 3-element leaf element-wise.
+    def per_element(natural, total, sides, threshold):
+        return jnp.array([1.0, 0.0, -1.0])
+
+    with pytest.raises(TypeError, match=r"per_element.*one scalar float.*float32\[3\]"):
+        optax_dice.dice_roll(0, rule=per_element)
+    with pytest.raises(TypeError, match="one scalar float"):
+        optax_dice.roll_sequence(0, 3, rule=per_element)
+    with pytest.raises(TypeError, match="one scalar float"):
+        optax_dice.accumulate(optax.sgd(1.0), 2, rule=per_element)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.int8, jnp.uint8, jnp.bool_])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optax_dice.dice_roll(0),
+        lambda: optax_dice.accumulate(optax.sgd(1.0), 2, mode="per_accumulation_step"),
+    ],
+    ids=["dice_roll", "per_accumulation_step"],
+)
+def test_integer_update_leaves_are_refused_with_a_message(dtype, make):
+    # [10, 10] * -0.35 cast to int was [0, 0]: a silent wrong update.
+    tx = make()
+    tree = {"w": jnp.ones(2), "steps": jnp.array([10, 10], dtype)}
+    state = tx.init(tree)
+    with pytest.raises(TypeError, match=r"\['steps'\] has dtype .*give float updates"):
+        jax.jit(tx.update)(tree, state, tree)
+
+
+def test_complex_update_leaves_are_scaled():
+    tx = optax_dice.dice_roll(0)
+    tree = {"z": jnp.array([1 + 2j], jnp.complex64)}
+    updates, state = tx.update(tree, tx.init(tree))
+    assert updates["z"].dtype == jnp.complex64
+    np.testing.assert_allclose(np.asarray(updates["z"]), [(1 + 2j) * float(state.scale)])
+
+
+def _naturals_from_jax_random(seed, n, sides=20):
+    """The rolls of dice_roll(seed), written with jax.random directly: each update splits
+    the key into (next key, roll key) and draws one randint from the roll key."""
+    key = jax.random.key(seed)
+    out = []
+    for _ in range(n):
+        key, roll_key = jax.random.split(key)
+        out.append(int(jax.random.randint(roll_key, (), 1, sides + 1, dtype=jnp.int32)))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 2026])
+def test_which_key_each_roll_uses_is_pinned(seed):
+    n = 40
+    want = _naturals_from_jax_random(seed, n)
+    assert len(set(want)) > 10
+    seq = optax_dice.roll_sequence(seed, n)
+    assert np.asarray(seq.natural).tolist() == want
+    _, states = _run(optax_dice.dice_roll(seed), n)
+    assert [int(s.natural) for s in states] == want
+    # advantage: the higher of the two faces that one randint of shape (2,) draws.
+    _, roll_key = jax.random.split(jax.random.key(seed))
+    two = jax.random.randint(roll_key, (2,), 1, 21, dtype=jnp.int32)
+    assert int(optax_dice.roll_sequence(seed, 1, advantage=True).natural[0]) == int(two.max())
+    assert int(optax_dice.roll_sequence(seed, 1, disadvantage=True).natural[0]) == int(two.min())
+
+
+def test_consecutive_rolls_are_independent():
+    # Face counts alone pass a sorted sequence or one with every roll repeated; the 400
+    # cells of (roll i, roll i + 1) pairs do not. Seeded, so deterministic; p > 1e-3.
+    from scipy import stats
+
+    n = 100_001
+    natural = np.asarray(optax_dice.roll_sequence(jax.random.key(7), n).natural)
+    pairs = np.zeros((20, 20))
+    np.add.at(pairs, (natural[:-1] - 1, natural[1:] - 1), 1)
+    result = stats.chisquare(pairs.ravel(), np.full(400, (n - 1) / 400))
+    assert result.pvalue > 1e-3, result
+    assert (natural[:-1] == natural[1:]).mean() == pytest.approx(1 / 20, abs=0.004)

@@ -142,6 +142,8 @@ def load_raw(
                 f"Dataset file {dataset!r} has an unknown format {ext!r}: "
                 f"use one of {sorted(LOCAL_FORMATS)}."
             )
+        if os.path.getsize(dataset) == 0:
+            raise DataError(f"The dataset file {dataset!r} is empty (0 bytes).")
         builder = LOCAL_FORMATS[ext]
         kwargs: dict[str, Any] = {}
         if builder == "csv":
@@ -259,6 +261,19 @@ def label_ids(
     return train_ids, val_ids, [str(v) for v in values.tolist()]
 
 
+def numpy_seed(seed: int) -> int:
+    """``seed`` as numpy's generators take it: any int, mapped to ``seed mod 2**64``.
+
+    numpy refuses negative seeds; non-negative seeds below 2**64 are kept as they are, and
+    every int64 seed (the range ``jax.random.key`` takes) maps to a distinct one.
+
+    Example:
+      >>> numpy_seed(3), numpy_seed(-1)
+      (3, 18446744073709551615)
+    """
+    return int(seed) % 2**64
+
+
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -275,7 +290,7 @@ def stratified_split(
     Returns:
       ``(train indices, validation indices)``, each sorted.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(numpy_seed(seed))
     train_idx, val_idx = [], []
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
@@ -290,7 +305,7 @@ def subsample(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     """Keeps at most ``limit`` of ``indices``, chosen by a seeded permutation, in order."""
     if limit is None or limit >= indices.size:
         return indices
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(numpy_seed(seed))
     return np.sort(indices[rng.permutation(indices.size)[:limit]])
 
 
@@ -339,7 +354,7 @@ def tokenize(
             texts = [
                 perturb_text(
                     t,
-                    np.random.default_rng([perturbation.seed, i]),
+                    np.random.default_rng([numpy_seed(perturbation.seed), i]),
                     perturbation.char_drop,
                     perturbation.word_swap,
                 )
@@ -459,6 +474,11 @@ def load_classification_data(
         None if validation is None else validation[label_column],
         class_names,
     )
+    if len(names) < 2:
+        raise DataError(
+            f"The labels of {source} (column {label_column!r}) hold a single class, "
+            f"{names}: a classifier needs at least two. Check --label-column, or the data."
+        )
     if validation is None:
         if len(train) < 2:
             raise DataError(f"The dataset {source} has {len(train)} example: too few to split.")
@@ -574,7 +594,9 @@ class TrainBatches:
     def permutation(self, epoch: int) -> np.ndarray:
         """The order of the examples in one epoch."""
         if epoch != self._epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+            self._perm = np.random.default_rng([numpy_seed(self.seed), epoch]).permutation(
+                self.size
+            )
             self._epoch = epoch
         return self._perm
 

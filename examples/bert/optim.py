@@ -14,6 +14,7 @@ Three knobs decide where the dice sit:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -121,10 +122,10 @@ def check_spec(spec: OptimizerSpec) -> None:
         raise ValueError(f"accumulation steps must be >= 1, got {spec.accumulation_steps}.")
     if spec.total_updates < 1:
         raise ValueError(f"the number of steps must be positive, got {spec.total_updates}.")
-    if not spec.lr > 0:
-        raise ValueError(f"the learning rate must be positive, got {spec.lr}.")
-    if spec.weight_decay < 0:
-        raise ValueError(f"weight decay must be >= 0, got {spec.weight_decay}.")
+    if not (spec.lr > 0 and math.isfinite(spec.lr)):
+        raise ValueError(f"the learning rate must be positive and finite, got {spec.lr}.")
+    if not (spec.weight_decay >= 0 and math.isfinite(spec.weight_decay)):
+        raise ValueError(f"weight decay must be >= 0 and finite, got {spec.weight_decay}.")
     if not 0 <= spec.warmup_ratio < 1:
         raise ValueError(f"warmup ratio must lie in [0, 1), got {spec.warmup_ratio}.")
     if (

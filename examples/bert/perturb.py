@@ -50,8 +50,8 @@ def perturb_texts(
 ) -> list[str]:
     """Perturbs every text with its own seeded generator.
 
-    Text ``i`` draws from ``np.random.default_rng([seed, i])``, so its noise does not depend
-    on the other texts or their order.
+    Text ``i`` draws from ``np.random.default_rng([seed mod 2**64, i])``, so its noise does not
+    depend on the other texts or their order (any int seed works).
 
     Args:
       texts: the texts.
@@ -73,6 +73,6 @@ def perturb_texts(
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {p}.")
     return [
-        perturb_text(t, np.random.default_rng([seed, i]), char_drop, word_swap)
+        perturb_text(t, np.random.default_rng([seed % 2**64, i]), char_drop, word_swap)
         for i, t in enumerate(texts)
     ]

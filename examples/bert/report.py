@@ -24,11 +24,38 @@ CONFIG_FILE = "config.json"
 FIGURE_FILE = "run.png"
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None.
+
+    Python's json writes them as bare ``NaN`` / ``Infinity``, which strict JSON readers
+    refuse; a diverged run's loss is recorded as ``null`` instead.
+
+    Example:
+      >>> strict_json({"loss": float("nan"), "xs": [1.0, float("inf")], "n": 3})
+      {'loss': None, 'xs': [1.0, None], 'n': 3}
+    """
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    return value
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`strict_json` of ``value``: always valid, strict JSON."""
+    return json.dumps(strict_json(value), allow_nan=False, default=_jsonable, **kwargs)
+
+
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Writes ``data`` as indented JSON, atomically (a temporary file, then a rename)."""
+    """Writes ``data`` as indented, strict JSON (NaN and infinities as null), atomically
+    (a temporary file, then a rename)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=_jsonable)
+        f.write(dumps(data, indent=2, sort_keys=False))
         f.write("\n")
     os.replace(tmp, path)
 
@@ -78,12 +105,12 @@ class MetricsLog:
         if resume_micro_step is not None:
             kept = [r for r in read_metrics(self.path) if r["micro_step"] <= resume_micro_step]
             with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
+                f.writelines(dumps(r) + "\n" for r in kept)
         self._file = open(self.path, "a")
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
         """Appends records and flushes."""
-        self._file.writelines(json.dumps(r, default=_jsonable) + "\n" for r in records)
+        self._file.writelines(dumps(r) + "\n" for r in records)
         self._file.flush()
 
     def close(self) -> None:

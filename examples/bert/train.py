@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -56,6 +57,10 @@ RESUME_FLAGS = (
     "process_id",
     "no_progress",
 )
+# A run that ended in one of these is final: --resume leaves its outputs as they are.
+FINAL_STATUSES = ("completed", "diverged")
+# What --seed and --split-seed take: the int seeds of jax.random.key (numpy gets them mod 2**64).
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
 
 
 class UsageError(ValueError):
@@ -257,39 +262,92 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume is not None:
-        args = _resume_args(parser, args)
+        args = _resume_args(parser, args, _explicit_flags(argv))
     problems = _check_numbers(args)
     if problems:
         parser.error("; ".join(problems))
     return args
 
 
-def _resume_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+def _explicit_flags(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The options the user typed, with their values (none of the parser's defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def finished_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The summary of a run that ended for good (completed or diverged), else None."""
+    path = os.path.join(run_dir, report.SUMMARY_FILE)
+    if not os.path.isfile(path):
+        return None
+    summary = report.read_json(path)
+    return summary if summary.get("status") in FINAL_STATUSES else None
+
+
+def _has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    folder = os.path.join(run_dir, checkpoint.CHECKPOINT_DIR)
+    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
+def _resume_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, explicit: dict[str, Any]
+) -> argparse.Namespace:
     path = os.path.join(args.resume, report.CONFIG_FILE)
     if not os.path.isfile(path):
         parser.error(f"--resume {args.resume}: no {report.CONFIG_FILE} there, not a run folder.")
+    saved = report.read_json(path)["args"]
+    # Compare what the user typed with the saved run, not with the parser's defaults: an
+    # explicit --threshold 12 against a run saved with 99 is a change, even though 12 is
+    # the default.
     changed = [
-        "--" + k.replace("_", "-")
-        for k, v in vars(args).items()
-        if k not in RESUME_FLAGS and v != parser.get_default(k)
+        f"--{k.replace('_', '-')} (the run has {saved.get(k, parser.get_default(k))!r}, not {v!r})"
+        for k, v in explicit.items()
+        if k not in RESUME_FLAGS and v != saved.get(k, parser.get_default(k))
     ]
     if changed:
         parser.error(
             f"--resume continues a run with its saved settings; drop {', '.join(changed)} "
             "(start a new run to change them)."
         )
-    saved = report.read_json(path)["args"]
+    if finished_summary(args.resume) is None and not _has_checkpoint(args.resume):
+        parser.error(
+            f"--resume {args.resume}: no checkpoint in "
+            f"{os.path.join(args.resume, checkpoint.CHECKPOINT_DIR)} (it was deleted, or the "
+            "run stopped before its first save), so there is nothing to resume from; start "
+            "a new run with another --output-dir."
+        )
     resumed = argparse.Namespace(**{**vars(args), **saved})
     for k in RESUME_FLAGS:
         setattr(resumed, k, getattr(args, k))
+    # --no-progress is how, not what, but a run started with it keeps it.
+    resumed.no_progress = args.no_progress or bool(saved.get("no_progress", False))
     resumed.output_dir = args.resume
     return resumed
 
 
 def _check_numbers(args: argparse.Namespace) -> list[str]:
     problems = []
+    # nan passes no comparison and inf passes "positive": refuse both first.
+    non_finite = set()
+    for name in ("lr", "weight_decay", "epochs", "warmup_ratio", "validation_fraction",
+                 "char_drop", "word_swap"):  # fmt: skip
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            non_finite.add(name)
+            problems.append(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    for name in ("seed", "split_seed"):
+        value = getattr(args, name)
+        if not MIN_SEED <= value <= MAX_SEED:
+            problems.append(
+                f"--{name.replace('_', '-')} must lie in [-2**63, 2**63 - 1] (what "
+                f"jax.random.key takes), got {value}"
+            )
 
     def positive(name: str, value: float | None) -> None:
+        if name.replace("-", "_") in non_finite:
+            return
         if value is not None and not value > 0:
             problems.append(f"--{name} must be positive, got {value}")
 
@@ -309,14 +367,14 @@ def _check_numbers(args: argparse.Namespace) -> list[str]:
     for name in ("eval_every", "save_every"):
         if getattr(args, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
-    if not 0 < args.validation_fraction < 1:
+    if "validation_fraction" not in non_finite and not 0 < args.validation_fraction < 1:
         problems.append(f"--validation-fraction must lie in (0, 1), got {args.validation_fraction}")
     for name in ("char_drop", "word_swap"):
         if not 0 <= getattr(args, name) <= 1:
             problems.append(f"--{name.replace('_', '-')} must lie in [0, 1]")
     if not 0 <= args.warmup_ratio < 1:
         problems.append(f"--warmup-ratio must lie in [0, 1), got {args.warmup_ratio}")
-    if args.weight_decay < 0:
+    if "weight_decay" not in non_finite and args.weight_decay < 0:
         problems.append(f"--weight-decay must be >= 0, got {args.weight_decay}")
     return problems
 
@@ -460,7 +518,9 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
 def _run_config(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]:
     dataset: data.ClassificationData = s["dataset"]
     spec: optim.OptimizerSpec = s["spec"]
-    saved_args = {k: v for k, v in vars(args).items() if k not in RESUME_FLAGS}
+    saved_args = {
+        k: v for k, v in vars(args).items() if k not in RESUME_FLAGS or k == "no_progress"
+    }
     return {
         "args": saved_args,
         "model_dir": str(s["model_dir"]),
@@ -532,6 +592,16 @@ def run(args: argparse.Namespace, *, stop_after: int | None = None) -> dict[str,
         usage error).
     """
     t_start = time.perf_counter()
+    if args.resume is not None:
+        finished = finished_summary(args.resume)
+        if finished is not None:
+            # Leave a finished run's outputs as they are: nothing to train, nothing to write.
+            _print(
+                f"The run in {args.resume} has {finished['status']} "
+                f"({finished.get('steps')} of {finished.get('total_steps')} updates); nothing "
+                "to resume, its outputs are left as they are. Start a new run to train more."
+            )
+            return finished
     if args.distributed:
         parallel.initialize_distributed(
             args.coordinator_address, args.num_processes, args.process_id
@@ -543,6 +613,8 @@ def run(args: argparse.Namespace, *, stop_after: int | None = None) -> dict[str,
             raise UsageError("multi-host runs need --output-dir, on a shared filesystem.")
         args.output_dir = default_output_dir(args)
     out = args.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--output-dir {out} is a file, not a folder: name a folder.")
     if not resuming and os.path.isdir(out) and os.listdir(out):
         raise UsageError(
             f"--output-dir {out} exists and is not empty: choose another, or continue that "
@@ -674,6 +746,7 @@ def _train(
     t_loop = time.perf_counter()
     t_window, window_steps, steady_time, steady_steps = t_loop, 0, 0.0, 0
     last_record: dict[str, Any] = {}
+    diverged: dict[str, Any] = {}  # the first non-finite loss seen at a log point
     bar = tqdm(
         total=total_micro,
         initial=start,
@@ -697,6 +770,8 @@ def _train(
         for i, m in enumerate(fetched):
             micro = done - n + i  # 0-based index of the micro-step
             loss = float(m["loss"])
+            if not math.isfinite(loss) and not diverged:
+                diverged.update(micro_step=micro + 1, loss=loss)
             recent_losses.append(loss)
             r = {
                 "kind": "train",
@@ -759,6 +834,17 @@ def _train(
                 )
                 if log_point or eval_now or save_now:
                     flush(done)
+                if diverged:
+                    # No evaluation and no checkpoint of a model whose loss is NaN or inf:
+                    # the last checkpoint stays the last sound state.
+                    status = "diverged"
+                    _print(
+                        f"\nThe training loss became {diverged['loss']} at micro-step "
+                        f"{diverged['micro_step']} (update {diverged['micro_step'] // k}): the "
+                        f"run diverged and stopped at micro-step {done}. Lower --lr (now "
+                        f"{args.lr}) or check the data."
+                    )
+                    break
                 if eval_now:
                     with _allow_transfers():
                         record = evaluate(done)
@@ -807,6 +893,8 @@ def _train(
     records = report.read_metrics(metrics_path) if is_main else []
     all_evals = [r for r in records if r["kind"] == "eval"]
     final_eval = evals[-1] if evals else (all_evals[-1] if all_evals else None)
+    if status == "diverged":  # an earlier evaluation is not the result of this run
+        final_eval = None
     perturbed_evals = [r for r in records if r["kind"] == "eval_perturbed"]
     final_perturbed = perturbed_evals[-1] if perturbed_evals else None
     rolls = [r for r in records if r["kind"] == "train" and r.get("rolled")]
@@ -818,6 +906,7 @@ def _train(
         "total_steps": spec.total_updates,
         "epochs": done * args.batch_size / len(dataset.train["labels"]),
         "resumed_from_micro_step": start if args.resume is not None else None,
+        "diverged_at_micro_step": diverged.get("micro_step"),
         "eval_loss": None if final_eval is None else final_eval["loss"],
         "eval_accuracy": None if final_eval is None else final_eval["accuracy"],
         "eval_macro_f1": None if final_eval is None else final_eval["macro_f1"],
@@ -896,8 +985,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the command line and returns the run's summary.
 
     Bad input (a missing model folder, an unreachable hub id, an unknown dataset, a missing
-    column, an empty split, unseen validation labels, a bad number) ends with a usage error
-    (``SystemExit``) and leaves no output folder behind.
+    column, an empty split or file, a single class, unseen validation labels, a bad or
+    non-finite number, an --output-dir that is a file) ends with a usage error
+    (``SystemExit``) and leaves no output folder behind. A run whose training loss becomes
+    non-finite stops with status ``"diverged"``; run as a script, any status but
+    ``"completed"`` exits with 1.
     """
     args = parse_args(argv)
     try:

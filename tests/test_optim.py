@@ -1,0 +1,133 @@
+"""examples/bert/optim.py: the schedule, the weight-decay mask, clipping, and where the dice sit.
+
+The dice's position is checked with AdamW and a rule that always returns 0.5: placed after
+AdamW they halve its step exactly; placed before, Adam normalises the halved gradient away and
+the step is AdamW's own (to within eps), which a test with SGD could never tell apart.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from examples.bert import optim
+
+PARAMS = {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([0.25, -0.5])}
+GRADS = [
+    {"kernel": jnp.array([[0.3, -0.1], [0.2, 0.4]]), "bias": jnp.array([-0.2, 0.1])},
+    {"kernel": jnp.array([[0.1, 0.2], [-0.3, 0.1]]), "bias": jnp.array([0.3, 0.3])},
+]
+
+
+def _half(natural, total, sides, threshold):
+    return jnp.float32(0.5)
+
+
+def _spec(**overrides) -> optim.OptimizerSpec:
+    kw = dict(lr=0.1, weight_decay=0.1, warmup_ratio=0.0, total_updates=10, seed=0)
+    kw.update(overrides)
+    return optim.OptimizerSpec(**kw)
+
+
+def _updates(spec: optim.OptimizerSpec, grads=GRADS) -> list[dict[str, np.ndarray]]:
+    """The update of every micro-step, for the same gradients and (fixed) params."""
+    tx, _ = optim.build_optimizer(spec)
+    state = tx.init(PARAMS)
+    step = jax.jit(tx.update)
+    out = []
+    for g in grads:
+        updates, state = step(g, state, PARAMS)
+        out.append(jax.tree.map(np.asarray, updates))
+    return out
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    schedule = optim.learning_rate_schedule(1.0, 10, 0.2)
+    got = [float(schedule(n)) for n in range(11)]
+    want = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
+    np.testing.assert_allclose(got, want, atol=1e-7)
+    no_warmup = optim.learning_rate_schedule(2.0, 4, 0.0)
+    np.testing.assert_allclose([float(no_warmup(n)) for n in range(5)], [2, 1.5, 1, 0.5, 0])
+
+
+def test_weight_decay_spares_biases():
+    # Zero gradients: Adam's step is 0, what is left is the decay, on matrices only.
+    zero = jax.tree.map(jnp.zeros_like, PARAMS)
+    (update,) = _updates(_spec(mode="off", weight_decay=0.5), [zero])
+    np.testing.assert_allclose(update["kernel"], -0.1 * 0.5 * np.asarray(PARAMS["kernel"]))
+    np.testing.assert_array_equal(update["bias"], np.zeros(2))
+
+
+def test_gradients_are_clipped_to_global_norm_one():
+    big = {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.full(2, 4.0)}  # norm sqrt(68)
+    tx, _ = optim.build_optimizer(_spec(mode="off"))
+    _, state = tx.update(big, tx.init(PARAMS), PARAMS)
+    mu = optax.tree_utils.tree_get(state, "mu")  # (1 - b1) * the clipped gradient
+    for name in PARAMS:
+        np.testing.assert_allclose(mu[name], 0.1 * np.asarray(big[name]) / np.sqrt(68), rtol=1e-6)
+    plain, _ = optim.build_optimizer(_spec(mode="off", clip_norm=None))
+    _, unclipped = plain.update(big, plain.init(PARAMS), PARAMS)
+    np.testing.assert_allclose(optax.tree_utils.tree_get(unclipped, "mu")["bias"], [0.4, 0.4])
+
+
+@pytest.mark.parametrize(
+    ("mode", "k"),
+    [("per_mini_batch", 1), ("per_accumulation_step", 1), ("per_accumulation_step", 2)],
+)
+def test_after_halves_adamws_step_and_before_leaves_it(mode, k):
+    grads = GRADS * 2 if k == 2 else GRADS
+    plain = _updates(_spec(mode="off", accumulation_steps=k), grads)
+    dice = {"rule": _half}
+    after = _updates(
+        _spec(mode=mode, position="after", accumulation_steps=k, dice_kwargs=dice), grads
+    )
+    before = _updates(
+        _spec(mode=mode, position="before", accumulation_steps=k, dice_kwargs=dice), grads
+    )
+    emitted = [i for i in range(len(grads)) if (i + 1) % k == 0]
+    assert emitted
+    for i in range(len(grads)):
+        for name in PARAMS:
+            if i not in emitted:  # MultiSteps gives zero updates between applied ones
+                np.testing.assert_array_equal(after[i][name], 0.0)
+                np.testing.assert_array_equal(before[i][name], 0.0)
+                continue
+            assert np.abs(plain[i][name]).min() > 1e-3
+            np.testing.assert_allclose(after[i][name], 0.5 * plain[i][name], rtol=1e-6)
+            np.testing.assert_allclose(before[i][name], plain[i][name], rtol=1e-5)
+            assert not np.allclose(before[i][name], after[i][name], rtol=0.1)
+
+
+def test_before_per_mini_batch_with_accumulation_scales_each_micro_batch():
+    # A rule 0.5 on every micro-batch halves the accumulated mean: Adam normalises it away.
+    grads = GRADS * 2
+    plain = _updates(_spec(mode="off", accumulation_steps=2), grads)
+    before = _updates(
+        _spec(mode="per_mini_batch", accumulation_steps=2, dice_kwargs={"rule": _half}), grads
+    )
+    for i in (1, 3):
+        for name in PARAMS:
+            np.testing.assert_allclose(before[i][name], plain[i][name], rtol=1e-5)
+
+
+def test_rolls_at_and_rolls_before():
+    spec = _spec(mode="per_accumulation_step", accumulation_steps=3)
+    assert [spec.rolls_at(i) for i in range(6)] == [False, False, True, False, False, True]
+    assert spec.rolls_before(7) == 2
+    every = _spec(mode="per_mini_batch", accumulation_steps=3)
+    assert all(every.rolls_at(i) for i in range(6)) and every.rolls_before(7) == 7
+    assert _spec(mode="off").rolls_before(7) == 0
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError, match="cannot roll per mini-batch"):
+        optim.build_optimizer(_spec(position="after", accumulation_steps=2))
+    for lr in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="learning rate must be positive and finite"):
+            optim.build_optimizer(_spec(lr=lr))
+    for wd in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="weight decay must be >= 0 and finite"):
+            optim.build_optimizer(_spec(weight_decay=wd))
