@@ -270,6 +270,38 @@ def short_args(assets, out: Path, timeout_s: int = 5) -> list[str]:
     return base_args(assets, out, "--steps", "2", "--coordinator-timeout", str(timeout_s))
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ("--process-id 1", "--process-id need(s) --distributed"),
+        (
+            "--distributed --coordinator-address 127.0.0.1:1234 --num-processes 2",
+            "also needs --process-id",
+        ),
+        (
+            "--distributed --coordinator-address localhost --num-processes 2 --process-id 0",
+            "--coordinator-address must be host:port, got 'localhost'",
+        ),
+        (
+            "--distributed --coordinator-address 127.0.0.1:1 --num-processes 0 --process-id 0",
+            "--num-processes must be positive",
+        ),
+        (
+            "--distributed --coordinator-address 127.0.0.1:1 --num-processes 2 --process-id -1",
+            "--process-id -1 is not one of the 2 processes (0 .. 1)",
+        ),
+        ("--distributed --coordinator-timeout 0", "--coordinator-timeout must be positive"),
+    ],
+)
+def test_inconsistent_process_flags_are_usage_errors(flags, message, capsys):
+    from examples.bert import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(flags.split())
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_process_id_outside_the_run_is_a_usage_error(assets, tmp_path):
     argv = distributed(short_args(assets, tmp_path / "out"), free_port(), 2, 2)
     proc = Process(argv, 1, tmp_path / "bad_id.log")
