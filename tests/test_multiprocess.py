@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -59,6 +60,15 @@ def env(devices: int) -> dict[str, str]:
         "HF_DATASETS_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_core_dumps():
+    """JAX aborts a process that waits in vain for the others: no core file from that."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))  # inherited by the processes
+    yield
+    resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
 
 
 class Process:
@@ -117,8 +127,15 @@ def launch(argv: list[str], log_dir: Path, name: str, *, processes: int = 2) -> 
 
 
 def finish(procs: list[Process], timeout: float = RUN_TIMEOUT_S) -> list[int]:
+    """The exit codes; any process still running after ``timeout`` is killed and fails."""
     deadline = time.monotonic() + timeout
-    return [p.wait(max(1.0, deadline - time.monotonic())) for p in procs]
+    try:
+        return [p.wait(max(1.0, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:
+            if p.popen.poll() is None:
+                p.popen.kill()
+                p.popen.wait()
 
 
 def final_checkpoint(out: Path) -> dict:
