@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         f"SUMMARY train_step: dice adds at most {_common.fmt_pct(worst[0])} to the train step "
         f"({worst[1]}; target <= {_common.fmt_pct(TARGET)}): "
         + (
-            "quick: a smoke test, no verdict"
+            "target not judged (--quick: a smoke test on a toy BERT)"
             if quick
             else f"target {'met' if worst[0] <= TARGET else 'NOT met'}"
         )

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     torch_device = (
         torch.cuda.get_device_name()
         if device == "cuda"
-        else f"cpu, {torch.get_num_threads()} threads"
+        else f"{_common.cpu_model()}, {torch.get_num_threads()} threads"
     )
     print(_common.machine_line() + f"; torch {torch.__version__} on {torch_device}")
     print(_common.load_line("at start"))
@@ -363,9 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     print(_common.load_line("at end"))
     target = 2.0 if device == "cuda" else 1.0
     verdict = (
-        "quick: a smoke test, no verdict"
+        "target not judged (--quick: a smoke test on a toy BERT)"
         if quick
-        else f"target >= {target:g}x on {device}: {'met' if of_medians >= target else 'NOT met'}"
+        else f"target >= {target:g}x on this machine ({torch_device}): "
+        f"{'met' if of_medians >= target else 'NOT met'}"
     )
     print(
         f"SUMMARY vs_pytorch: ours {batch_size * window / jax_s.median:.1f} samples/s vs "

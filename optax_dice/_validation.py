@@ -35,6 +35,8 @@ def parse_dice(dice: Any) -> int:
         sides = int(match.group(1))
     elif isinstance(dice, (int, np.integer)) and not isinstance(dice, bool):
         sides = int(dice)
+    elif _is_array(dice) and dice.shape == () and jnp.issubdtype(dice.dtype, jnp.integer):
+        sides = int(_concrete("dice", dice))
     else:
         raise TypeError(
             f'dice must be an int number of sides or a string like "d20", got '
@@ -78,14 +80,35 @@ def check_integer(name: str, value: Any) -> Any:
 
 
 def check_flag(name: str, value: Any) -> bool:
-    """Checks that ``value`` is a Python bool (it selects code, so it is static)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}.")
-    return bool(value)
+    """Checks that ``value`` is a bool, or a concrete bool array (it selects code: static)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if _is_array(value) and value.shape == () and value.dtype == jnp.bool_:
+        return bool(_concrete(name, value))
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}.")
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (jax.Array, np.ndarray))
+
+
+def _concrete(name: str, value: Any) -> Any:
+    """The value of a concrete array; a traced one cannot select code, so it is refused."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{name} selects code, so it must be known when the transformation is built, "
+            f"but it is a traced array here. With optax.inject_hyperparams, name it in "
+            f'static_args, e.g. inject_hyperparams(dice_roll, static_args=("{name}",)).'
+        )
+    return np.asarray(value).item()
 
 
 def check_key(key: Any) -> None:
-    """Checks ``key``: an int seed, a typed key, or a raw uint32[2] key."""
+    """Checks ``key``: an int seed (also a 0-d integer array), a typed key, or a raw key.
+
+    A 0-d integer array is what ``optax.inject_hyperparams`` makes of an int seed; it may
+    be traced, and is never read here.
+    """
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         if not MIN_SEED <= int(key) <= MAX_SEED:
             raise ValueError(
@@ -94,6 +117,8 @@ def check_key(key: Any) -> None:
             )
         return
     if isinstance(key, (jax.Array, np.ndarray)):
+        if key.shape == () and jnp.issubdtype(key.dtype, jnp.integer):
+            return
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             if key.shape != ():
                 raise ValueError(
@@ -104,8 +129,9 @@ def check_key(key: Any) -> None:
         if key.dtype == jnp.uint32 and key.shape == (2,):
             return
         raise TypeError(
-            "key must be an int seed, a typed key from jax.random.key, or a raw key "
-            f"from jax.random.PRNGKey (uint32[2]); got an array of dtype {key.dtype} "
+            "key must be an int seed (or a 0-d integer array), a typed key from "
+            "jax.random.key, or a raw key from jax.random.PRNGKey (uint32[2]); got an "
+            f"array of dtype {key.dtype} "
             f"and shape {key.shape}."
         )
     raise TypeError(
@@ -123,6 +149,8 @@ def canonicalize_key(key: Any) -> jax.Array:
     if isinstance(key, (jax.Array, np.ndarray)):
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             return key
+        if key.shape == ():  # an int seed as an array (inject_hyperparams), maybe traced
+            return jax.random.key(key)
         return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
     return jax.random.key(int(key))
 

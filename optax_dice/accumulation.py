@@ -37,8 +37,10 @@ def accumulate(
       ``inner``: with clipping in ``inner``, that multiply made XLA materialise
       a second copy of the accumulated gradient (+17% time on CPU for a
       BERT-base update; see benchmarks/RESULTS.md). The dice key advances once
-      per applied update, so the rolls are ``roll_sequence``'s, one per update;
-      the dice state's ``count`` counts micro-batches.
+      per applied update, so the rolls are ``roll_sequence``'s, one per update.
+
+    In both modes the dice state's ``count`` is the number of rolls made, so
+    ``roll_sequence(key, count)`` ends with the state's roll.
 
     Non-emitting steps return zero updates, as ``optax.MultiSteps`` does; read
     ``optax.tree_utils.tree_get(state, "gradient_step")`` for the number of
@@ -77,26 +79,37 @@ def accumulate(
             optax.MultiSteps(inner, every_k).gradient_transformation(),
         )
     if mode == "per_accumulation_step":
-        return optax.chain(
-            _held_dice_roll(every_k, **dice_kwargs),
-            optax.MultiSteps(inner, every_k).gradient_transformation(),
+        return _held_roll_then_multisteps(
+            dice_roll(**dice_kwargs), optax.MultiSteps(inner, every_k).gradient_transformation()
         )
     raise ValueError(f"mode={mode!r} is unknown: use one of {list(MODES)}.")
 
 
-def _held_dice_roll(every_k: int, **dice_kwargs: Any) -> optax.GradientTransformation:
-    """``dice_roll`` that rolls on every ``every_k``-th update and holds the roll between."""
-    base = dice_roll(**dice_kwargs)
+def _held_roll_then_multisteps(
+    dice: optax.GradientTransformation, multi_steps: optax.GradientTransformationExtraArgs
+) -> optax.GradientTransformationExtraArgs:
+    """``chain(dice, multi_steps)`` where ``dice`` rolls only on each cycle's first micro-batch.
+
+    The state is the chain's, ``(DiceRollState, MultiStepsState)``: the cycle's position is
+    MultiSteps' ``mini_step``, so the dice state keeps its own fields and its ``count`` is the
+    number of rolls made.
+    """
+
+    def init_fn(params: optax.Params) -> tuple[DiceRollState, optax.MultiStepsState]:
+        return dice.init(params), multi_steps.init(params)
 
     def update_fn(
-        updates: optax.Updates, state: DiceRollState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, DiceRollState]:
-        del params
-        fresh = state.count % every_k == 0
-        _, rolled = base.update((), state)
-        held = jax.tree.map(lambda new, old: jnp.where(fresh, new, old), rolled, state)
-        state = held._replace(count=rolled.count)
-        updates = scale_updates(updates, state.scale)
-        return updates, state
+        updates: optax.Updates,
+        state: tuple[DiceRollState, optax.MultiStepsState],
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, tuple[DiceRollState, optax.MultiStepsState]]:
+        dice_state, ms_state = state
+        fresh = ms_state.mini_step == 0
+        _, rolled = dice.update((), dice_state)
+        dice_state = jax.tree.map(lambda new, old: jnp.where(fresh, new, old), rolled, dice_state)
+        updates = scale_updates(updates, dice_state.scale)
+        updates, ms_state = multi_steps.update(updates, ms_state, params, **extra_args)
+        return updates, (dice_state, ms_state)
 
-    return optax.GradientTransformation(base.init, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -16,7 +16,8 @@ class DiceRollState(NamedTuple):
     """State of :func:`dice_roll`.
 
     Attributes:
-      count: updates made so far (int32).
+      count: rolls made so far (int32), in every mode of :func:`~optax_dice.accumulate`
+        too, so ``roll_sequence(key, count)`` ends with this state's roll.
       rng_key: the typed PRNG key for the next roll.
       natural: the last die as rolled (int32; 0 before the first update).
       total: the last natural + modifier (int32; 0 before the first update).
@@ -65,22 +66,25 @@ def dice_roll(
     pure, jit-compiles, and under SPMD every device rolls the same die.
 
     Args:
-      key: an int seed, a typed key (``jax.random.key``) or a raw key
+      key: an int seed (also as a 0-d integer array, as ``optax.inject_hyperparams``
+        passes it), a typed key (``jax.random.key``) or a raw key
         (``jax.random.PRNGKey``). Turned into a typed key in ``init``.
       dice: the die: an int number of sides >= 2, or a string ``"dN"``.
       threshold: the difficulty class a total must reach to succeed.
       modifier: added to every natural roll (see :func:`ability_modifier`).
       advantage: roll twice and keep the higher.
-      disadvantage: roll twice and keep the lower.
+      disadvantage: roll twice and keep the lower. These two select code, so
+        they must be known when the transformation is built: a bool, or a
+        concrete bool array.
       rule: ``"saving_throw"`` (the default above), ``"original"`` (the rule of
         roll-to-train's code: see :func:`optax_dice.rules.original`), or a
         traceable ``(natural, total, sides, threshold) -> scale``.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a :class:`DiceRollState`.
-      Read the last roll from any chain with
-      ``optax.tree_utils.tree_get(opt_state, "scale")`` (or ``"natural"``,
-      ``"total"``).
+      Read the last roll from any chain with :func:`find_dice_state`
+      (``optax.tree_utils.tree_get(opt_state, "scale")`` fails on real models,
+      where a LayerNorm parameter is also called ``scale``).
 
     Raises:
       ValueError, TypeError: at construction, for a bad die, a non-integer
@@ -92,6 +96,7 @@ def dice_roll(
         for integer update leaves, which a fractional scale would truncate.
 
     Example:
+      >>> import jax
       >>> import jax.numpy as jnp
       >>> import optax
       >>> import optax_dice
@@ -99,12 +104,20 @@ def dice_roll(
       >>> params = {"w": jnp.ones(3)}
       >>> state = opt.init(params)
       >>> updates, state = opt.update({"w": jnp.ones(3)}, state, params)
-      >>> natural = optax.tree_utils.tree_get(state, "natural")
-      >>> scale = optax.tree_utils.tree_get(state, "scale")
-      >>> bool(jnp.allclose(updates["w"], -scale))
+      >>> dice = optax_dice.find_dice_state(state)
+      >>> bool(jnp.allclose(updates["w"], -dice.scale))
       True
-      >>> int(natural) in range(1, 21)
-      True
+      >>> int(dice.natural) in range(1, 21), int(dice.count)
+      (True, 1)
+
+      Threshold and modifier can be scheduled or changed during training:
+
+      >>> tx = optax.inject_hyperparams(optax_dice.dice_roll)(threshold=12)
+      >>> state = tx.init(params)
+      >>> state.hyperparams["threshold"] = jnp.asarray(5)
+      >>> _, state = jax.jit(tx.update)(params, state, params)
+      >>> int(optax_dice.find_dice_state(state).count)
+      1
     """
     _validation.check_key(key)
     ruleset = make_ruleset(dice, threshold, modifier, advantage, disadvantage, rule)

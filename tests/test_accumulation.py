@@ -56,13 +56,12 @@ def test_per_accumulation_step_rolls_once_per_update(kwargs):
         want[(j + 1) * K - 1] = -scales[j] * mean
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     dice = optax_dice.find_dice_state(state)
-    # One roll per applied update: the key advanced UPDATES times (the state's count
-    # counts micro-batches, the roll being held through each cycle).
+    # One roll per applied update: the key advanced UPDATES times, and count says so.
     key = jax.random.key(5)
     for _ in range(UPDATES):
         key, _ = jax.random.split(key)
     np.testing.assert_array_equal(jax.random.key_data(dice.rng_key), jax.random.key_data(key))
-    assert int(dice.count) == N_MICRO
+    assert int(dice.count) == UPDATES
     assert float(dice.scale) == scales[-1]
     assert int(optax.tree_utils.tree_get(state, "gradient_step")) == UPDATES
 
@@ -96,3 +95,29 @@ def test_per_accumulation_step_equals_rolling_inside_multisteps_with_clipping():
     plain = optax.MultiSteps(optax.chain(optax_dice.dice_roll(9), inner()), K)
     theirs, _ = _run(plain.gradient_transformation())
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["per_mini_batch", "per_accumulation_step"])
+def test_count_is_the_rolls_made_after_every_micro_batch(mode):
+    """count = rolls made, so roll_sequence(key, count) ends with the state's roll."""
+    kwargs = {"threshold": 12, "modifier": 2}
+    tx = optax_dice.accumulate(optax.sgd(1.0), K, mode=mode, key=4, **kwargs)
+    seq = optax_dice.roll_sequence(4, N_MICRO, **kwargs)
+    params = jnp.zeros(2)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    counts = []
+    for g in _micro_grads():
+        _, state = step(g, state, params)
+        dice = optax_dice.find_dice_state(state)
+        count = int(dice.count)
+        counts.append(count)
+        assert (int(dice.natural), int(dice.total)) == (
+            int(seq.natural[count - 1]),
+            int(seq.total[count - 1]),
+        )
+        assert float(dice.scale) == float(seq.scale[count - 1])
+    if mode == "per_mini_batch":
+        assert counts == list(range(1, N_MICRO + 1))
+    else:  # a roll on the first micro-batch of each cycle, held for the others
+        assert counts == [i // K + 1 for i in range(N_MICRO)]

@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +41,21 @@ def test_odds_example_is_what_the_cli_prints():
         [sys.executable, "-m", "optax_dice", *argv], capture_output=True, text=True, check=True
     )
     assert proc.stdout.strip() == expected.strip()
+
+
+def test_the_suite_collects_without_importing_torch():
+    """README's test command installs no torch, so collecting the suite (the doctests of every
+    module included) must not import it, whether or not this machine happens to have it."""
+    code = textwrap.dedent(
+        """
+        import sys, pytest
+        status = pytest.main(["--collect-only", "-q", "-m", "not slow", "-p", "no:cacheprovider"])
+        print("TORCH IMPORTED:", "torch" in sys.modules)
+        sys.exit(status)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "TORCH IMPORTED: False" in proc.stdout, proc.stdout[-3000:]

@@ -267,6 +267,75 @@ def test_injected_float_hyperparams_are_rounded():
     assert not np.array_equal(np.asarray(scale), np.asarray(truncated.scale))
 
 
+def test_inject_hyperparams_needs_no_static_args_and_schedules_the_threshold_under_jit():
+    # inject_hyperparams turns the default key=0 (and key=7 here) into an int32 array.
+    tx = optax.inject_hyperparams(optax_dice.dice_roll)(key=7, threshold=12)
+    params = jnp.zeros(3)
+    state = tx.init(params)
+    assert state.hyperparams["key"].dtype == jnp.int32
+    step = jax.jit(tx.update)
+    want = {t: np.asarray(optax_dice.roll_sequence(7, 30, threshold=t).scale) for t in (12, 5, 18)}
+    scales = []
+    for i in range(30):
+        threshold = 12 if i < 10 else 5 if i < 20 else 18
+        state.hyperparams["threshold"] = jnp.asarray(threshold)
+        updates, state = step(jnp.ones(3), state, params)
+        scales.append(float(updates[0]))
+    np.testing.assert_array_equal(scales[:10], want[12][:10])
+    np.testing.assert_array_equal(scales[10:20], want[5][10:20])
+    np.testing.assert_array_equal(scales[20:], want[18][20:])
+    assert len(set(scales)) > 3  # the thresholds made a difference
+    assert step._cache_size() == 1  # changing the threshold did not recompile
+    assert int(optax_dice.find_dice_state(state).count) == 30
+    # The default key, with the modifier scheduled too.
+    tx = optax.inject_hyperparams(optax_dice.dice_roll)(threshold=12, modifier=2)
+    _, state = jax.jit(tx.update)(params, tx.init(params), params)
+    seq = optax_dice.roll_sequence(0, 1, threshold=12, modifier=2)
+    assert int(optax_dice.find_dice_state(state).total) == int(seq.total[0])
+
+
+def test_a_seed_as_a_0d_integer_array_rolls_as_the_int_seed():
+    want = np.asarray(optax_dice.roll_sequence(3, 8).natural)
+    for key in (jnp.asarray(3), jnp.asarray(3, jnp.uint32), np.asarray(3, np.int64)):
+        np.testing.assert_array_equal(optax_dice.roll_sequence(key, 8).natural, want)
+        _, states = _run(optax_dice.dice_roll(key), 8)
+        assert [int(s.natural) for s in states] == want.tolist()
+    traced = jax.jit(lambda k: optax_dice.roll_sequence(k, 8).natural)(jnp.asarray(3))
+    np.testing.assert_array_equal(traced, want)
+    init = jax.jit(lambda k: optax_dice.dice_roll(k).init(jnp.zeros(2)))(jnp.asarray(3))
+    np.testing.assert_array_equal(
+        jax.random.key_data(init.rng_key), jax.random.key_data(jax.random.key(3))
+    )
+
+
+def test_flags_and_dice_as_concrete_arrays_are_accepted():
+    want = np.asarray(optax_dice.roll_sequence(1, 8, dice="d6", advantage=True).natural)
+    for advantage, dice in ((jnp.asarray(True), jnp.asarray(6)), (np.bool_(True), np.int32(6))):
+        seq = optax_dice.roll_sequence(1, 8, dice=dice, advantage=advantage)
+        np.testing.assert_array_equal(seq.natural, want)
+    tx = optax_dice.dice_roll(1, dice="d6", disadvantage=jnp.asarray(True))
+    _, states = _run(tx, 8)
+    seq = optax_dice.roll_sequence(1, 8, dice="d6", disadvantage=True)
+    assert [int(s.natural) for s in states] == np.asarray(seq.natural).tolist()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"advantage": jnp.asarray(True)}, "advantage"), ({"dice": 6}, "dice")],
+)
+def test_traced_flags_and_dice_are_refused_naming_static_args(kwargs, name):
+    # A bool array is not a bool, and an int die is numeric: inject_hyperparams makes both
+    # hyperparameters, traced under jit, which cannot select code.
+    tx = optax.inject_hyperparams(optax_dice.dice_roll)(**kwargs)
+    params = jnp.zeros(2)
+    state = tx.init(params)  # concrete here: accepted
+    with pytest.raises(TypeError, match=rf'static_args=\("{name}",\)'):
+        jax.jit(tx.update)(params, state, params)
+    fixed = optax.inject_hyperparams(optax_dice.dice_roll, static_args=(name,))(**kwargs)
+    _, state = jax.jit(fixed.update)(params, fixed.init(params), params)
+    assert int(optax_dice.find_dice_state(state).count) == 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -290,6 +359,12 @@ def test_injected_float_hyperparams_are_rounded():
         ({"key": 1.5}, TypeError, "key must be an int"),
         ({"key": "0"}, TypeError, "key must be an int"),
         ({"key": jnp.zeros(3, jnp.uint32)}, TypeError, "key must be an int"),
+        ({"key": jnp.asarray(1.0)}, TypeError, "key must be an int"),
+        ({"key": jnp.asarray(True)}, TypeError, "key must be an int"),
+        ({"advantage": jnp.asarray([True])}, TypeError, "advantage must be True or False"),
+        ({"advantage": jnp.asarray(1)}, TypeError, "advantage must be True or False"),
+        ({"dice": jnp.asarray(1)}, ValueError, "at least 2 sides"),
+        ({"dice": jnp.asarray(6.0)}, TypeError, "dice must be an int"),
         ({"key": jax.random.split(jax.random.key(0))}, ValueError, "single PRNG key"),
         ({"key": 2**63}, ValueError, r"key=9223372036854775808 is out of range.*2\*\*63"),
         ({"key": 2**70}, ValueError, "key=.* is out of range"),

@@ -7,6 +7,10 @@ every host (a TPU pod, several GPU hosts), and each process feeds its own share 
 
 from __future__ import annotations
 
+import math
+import socket
+import sys
+import time
 from typing import Any
 
 import jax
@@ -16,27 +20,125 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+def check_distributed_args(
+    distributed: bool,
+    coordinator_address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    timeout_s: float,
+) -> list[str]:
+    """Problems with the multi-process flags, found before any process connects.
+
+    Returns:
+      One message per problem (empty when the flags are consistent).
+    """
+    given = {
+        "--coordinator-address": coordinator_address,
+        "--num-processes": num_processes,
+        "--process-id": process_id,
+    }
+    named = [flag for flag, value in given.items() if value is not None]
+    if not distributed:
+        return [f"{', '.join(named)} need(s) --distributed"] if named else []
+    problems = []
+    if named and len(named) < 3:
+        missing = [flag for flag in given if flag not in named]
+        problems.append(
+            f"--distributed with {', '.join(named)} also needs {', '.join(missing)} "
+            "(give all three where JAX cannot detect the cluster, or none)"
+        )
+    if coordinator_address is not None:
+        host, _, port = coordinator_address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append(f"--coordinator-address must be host:port, got {coordinator_address!r}")
+    if num_processes is not None and num_processes < 1:
+        problems.append(f"--num-processes must be positive, got {num_processes}")
+    if process_id is not None and num_processes is not None and num_processes >= 1:
+        if not 0 <= process_id < num_processes:
+            problems.append(
+                f"--process-id {process_id} is not one of the {num_processes} processes "
+                f"(0 .. {num_processes - 1})"
+            )
+    if not timeout_s > 0:
+        problems.append(f"--coordinator-timeout must be positive, got {timeout_s}")
+    return problems
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    timeout_s: float = 300,
 ) -> None:
-    """Joins a multi-process run (``jax.distributed.initialize``).
+    """Joins a multi-process run (``jax.distributed.initialize``), or fails within a bound.
 
     It must come before any other JAX call. On Cloud TPU pods, SLURM, Open MPI and the other
     clusters JAX knows, the arguments are found automatically and may all be None; elsewhere
-    give all three (the same coordinator ``host:port`` to every process).
+    give all three (the same coordinator ``host:port`` to every process). On CPU the processes
+    exchange data through gloo (``jax_cpu_collectives_implementation``, JAX's default).
+
+    A process other than 0 first waits up to ``timeout_s`` for the coordinator's port to
+    open, and fails with ``ConnectionError`` if it does not. Once every process has joined,
+    they compare what each was told: a process given another ``num_processes`` or a
+    ``process_id`` JAX did not give it makes every process fail with ``ValueError``. Where
+    processes never join (process 0 waits for the others), JAX itself ends the process after
+    ``timeout_s`` with ``DEADLINE_EXCEEDED``.
 
     Args:
       coordinator_address: ``host:port`` of process 0.
       num_processes: how many processes take part.
       process_id: this process's index, 0 .. num_processes - 1.
+      timeout_s: how long to wait for every process to join.
+
+    Raises:
+      ConnectionError: the coordinator did not answer within ``timeout_s``.
+      ValueError: the processes disagree about the run they form.
     """
+    if coordinator_address is not None:
+        print(
+            f"Joining a run of {num_processes} processes as process {process_id}, coordinator "
+            f"{coordinator_address} (waiting up to {timeout_s:g} s for all to join).",
+            file=sys.stderr,
+            flush=True,
+        )
+        if process_id:
+            _wait_for_port(coordinator_address, timeout_s, process_id)
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
+        initialization_timeout=max(1, math.ceil(timeout_s)),
     )
+    if num_processes is None:
+        return
+    from jax.experimental import multihost_utils
+
+    claims = np.asarray(multihost_utils.process_allgather(np.asarray([num_processes, process_id])))
+    told = [(int(n), int(i)) for n, i in claims.reshape(-1, 2)]
+    actual = [(jax.process_count(), index) for index in range(jax.process_count())]
+    if told != actual:
+        raise ValueError(
+            f"The processes disagree: {jax.process_count()} joined the coordinator at "
+            f"{coordinator_address}, and were told (--num-processes, --process-id) = {told}. "
+            "Give every process the same --num-processes and each its own --process-id."
+        )
+
+
+def _wait_for_port(address: str, timeout_s: float, process_id: int) -> None:
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(
+                    f"Process {process_id} could not reach the coordinator at {address} within "
+                    f"{timeout_s:g} s ({err}). Is process 0 running, with the same "
+                    "--coordinator-address, and is the port open?"
+                ) from err
+        time.sleep(0.2)
 
 
 def make_mesh() -> Mesh:
@@ -88,5 +190,21 @@ def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every array of ``tree`` on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Places every array of ``tree`` on every device of the mesh.
+
+    With several processes, ``jax.device_put`` cannot reach the other processes' devices:
+    each process then builds the global array from its own copy, which must be the same on
+    every process (it is: everything replicated derives from the seed).
+    """
+    sharding = replicated(mesh)
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: _global_copy(x, sharding), tree)
+
+
+def _global_copy(x: Any, sharding: NamedSharding) -> jax.Array:
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _global_copy(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

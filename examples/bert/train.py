@@ -55,6 +55,7 @@ RESUME_FLAGS = (
     "coordinator_address",
     "num_processes",
     "process_id",
+    "coordinator_timeout",
     "no_progress",
 )
 # A run that ended in one of these is final: --resume leaves its outputs as they are.
@@ -253,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--num-processes", type=int, default=None, help="with --coordinator-address")
     g.add_argument("--process-id", type=int, default=None, help="with --coordinator-address")
+    g.add_argument(
+        "--coordinator-timeout",
+        type=float,
+        default=300.0,
+        help="with --distributed: seconds to wait for every process to join, then fail",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -263,7 +270,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resume is not None:
         args = _resume_args(parser, args, _explicit_flags(argv))
-    problems = _check_numbers(args)
+    problems = _check_numbers(args) + parallel.check_distributed_args(
+        args.distributed,
+        args.coordinator_address,
+        args.num_processes,
+        args.process_id,
+        args.coordinator_timeout,
+    )
     if problems:
         parser.error("; ".join(problems))
     return args
@@ -603,9 +616,15 @@ def run(args: argparse.Namespace, *, stop_after: int | None = None) -> dict[str,
             )
             return finished
     if args.distributed:
-        parallel.initialize_distributed(
-            args.coordinator_address, args.num_processes, args.process_id
-        )
+        try:
+            parallel.initialize_distributed(
+                args.coordinator_address,
+                args.num_processes,
+                args.process_id,
+                args.coordinator_timeout,
+            )
+        except (ConnectionError, ValueError) as err:
+            raise UsageError(str(err)) from err
     is_main = jax.process_index() == 0
     resuming = args.resume is not None
     if args.output_dir is None:
@@ -620,6 +639,10 @@ def run(args: argparse.Namespace, *, stop_after: int | None = None) -> dict[str,
             f"--output-dir {out} exists and is not empty: choose another, or continue that "
             f"run with --resume {out}."
         )
+    if jax.process_count() > 1:  # every process has checked the folder before 0 creates it
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("output folder checked")
 
     try:
         with _allow_transfers():
