@@ -595,3 +595,62 @@ def test_inject_hyperparams_keeps_the_default_state():
         _, state = jax.jit(tx.update)(jnp.ones(2), state, jnp.zeros(2))
         monster.append(int(state.inner_state.monster))
     assert all(m == -1 for m in monster[3:])  # no new monster at chance 0
+
+
+def test_divine_intervention_halves_the_step_and_keeps_the_last_loss():
+    # Play one update from 4,000 seeds at once, with a last loss of 2.0, and look at those
+    # where Divine Intervention fired (natural 1, modifier 0, a 10% draw: ~20 of them).
+    from optax_dice.dice import make_ruleset
+
+    config = game.make_game_config(character="cleric")
+    ruleset = make_ruleset(threshold=12, rule="original")
+
+    def one(seed):
+        state = game.init_game_state(config, jax.random.key(seed))
+        state = state._replace(last_loss=jnp.float32(2.0))
+        return game.game_update(config, ruleset, state, jnp.float32(1.0))
+
+    out = jax.jit(jax.vmap(one))(jnp.arange(4000))
+    divine = (np.asarray(out.fired) >> 1 & 1) == 1
+    assert 5 <= divine.sum() <= 40  # 4,000 x 0.05 x 0.1 = 20, sd 4.4
+    assert (np.asarray(out.natural)[divine] == 1).all()
+    np.testing.assert_array_equal(np.asarray(out.scale)[divine], -0.5)  # original's -1, halved
+    np.testing.assert_array_equal(np.asarray(out.last_loss)[divine], 2.0)  # not updated
+    np.testing.assert_array_equal(np.asarray(out.charges)[divine], [[3, 0]] * int(divine.sum()))
+    ones = (np.asarray(out.natural) == 1) & ~divine
+    np.testing.assert_array_equal(np.asarray(out.scale)[ones], -1.0)
+    np.testing.assert_array_equal(np.asarray(out.last_loss)[ones], -1.0)  # updated: the loss
+
+
+@pytest.mark.parametrize("character", game.CHARACTERS)
+def test_every_class_on_every_modified_roll_of_a_first_update(character):
+    # The first update of 3,000 seeds, with modifiers from -3 to +6, covers every m from -2 to
+    # 26 many times: each factor must be the reference's (which is the table).
+    from optax_dice.dice import make_ruleset
+
+    config = game.make_game_config(character=character, experience=True)
+    seeds = np.arange(3000)
+    modifiers = (seeds % 10 - 3).astype(np.int32)
+
+    def one(seed, modifier):
+        ruleset = make_ruleset(threshold=12, modifier=modifier)
+        state = game.init_game_state(config, jax.random.key(seed))
+        new = game.game_update(config, ruleset, state, jnp.float32(1.0))
+        _, roll_key = jax.random.split(jax.random.key(seed))
+        return new, game.draws(roll_key)
+
+    out, (u_enc, pick, u_div) = jax.jit(jax.vmap(one))(seeds, modifiers)
+    naturals = np.asarray(out.natural)
+    want = np.array(
+        [
+            Reference(character, 0.0, True, 12).step(
+                int(naturals[i]), int(modifiers[i]), float(u_enc[i]), int(pick[i]),
+                float(u_div[i]),
+            )[0]
+            for i in seeds
+        ]
+    )
+    # vmapped, XLA's vectorised division may round a quotient one ulp off (test_rules.py
+    # checks the scalar scales exactly): allow 2 ulps here; a wrong trigger is far off.
+    np.testing.assert_array_max_ulp(np.asarray(out.scale), want, maxulp=2)
+    assert set(np.asarray(out.total).tolist()) == set(range(-2, 27))
