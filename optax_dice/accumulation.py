@@ -89,7 +89,8 @@ def accumulate(
         )
     if mode == "per_accumulation_step":
         return _held_roll_then_multisteps(
-            windowed_dice_roll(1, **dice_kwargs), optax.MultiSteps(inner, every_k).gradient_transformation()
+            windowed_dice_roll(1, **dice_kwargs),
+            optax.MultiSteps(inner, every_k).gradient_transformation(),
         )
     raise ValueError(f"mode={mode!r} is unknown: use one of {list(MODES)}.")
 

@@ -116,9 +116,7 @@ class GameConfig(NamedTuple):
     @property
     def on(self) -> bool:
         """Whether any mechanic is on (the state is then a :class:`DiceGameState`)."""
-        return (
-            self.character is not None or self.encounter_chance is not None or self.experience
-        )
+        return self.character is not None or self.encounter_chance is not None or self.experience
 
 
 def _float32_at_least(p: float) -> np.float32:

@@ -12,6 +12,7 @@ import numpy as np
 from optax_dice import _validation, game
 from optax_dice.dice import _as_int32, make_ruleset
 from optax_dice.rules import OUTCOME_NAMES, outcome_for, rule_name
+from optax_dice.sequence import play
 
 #: The most faces :func:`odds` enumerates (a few float64 arrays of this length: ~50 MB).
 MAX_ODDS_SIDES = 1_000_000
@@ -209,8 +210,9 @@ class OddsEstimate:
     def __str__(self) -> str:
         lines = [
             self.label,
-            f"ESTIMATE over {self.runs} seeded runs (seeds {self.seed}..{self.seed + self.runs - 1})"
-            f" of {self.steps} updates each: the mechanics have memory, so no exact odds.",
+            f"ESTIMATE over {self.runs} seeded runs (seeds {self.seed}.."
+            f"{self.seed + self.runs - 1}) of {self.steps} updates each: the mechanics have "
+            "memory, so no exact odds.",
             "",
             f"E[scale] = {self.expected_scale:+.4f} +- {self.standard_error:.4f} (standard error)"
             f"   std = {self.std_scale:.4f}   P(step the wrong way) = {self.p_negative:.4f}",
@@ -235,8 +237,6 @@ def _estimate(
     config: game.GameConfig, steps: int, runs: int, seed: int, dice_kwargs: dict[str, Any]
 ) -> OddsEstimate:
     """Plays ``runs`` seeded runs of ``steps`` updates (vmapped, jitted) and summarises them."""
-    from optax_dice.sequence import play  # noqa: PLC0415 (sequence imports nothing from here)
-
     for name, value, low in (("steps", steps, 1), ("runs", runs, 2)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")

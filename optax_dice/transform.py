@@ -10,7 +10,13 @@ import optax
 
 from optax_dice import _validation
 from optax_dice.dice import Ruleset, make_ruleset, roll
-from optax_dice.game import DiceGameState, GameConfig, game_update, init_game_state, make_game_config
+from optax_dice.game import (
+    DiceGameState,
+    GameConfig,
+    game_update,
+    init_game_state,
+    make_game_config,
+)
 
 
 class DiceRollState(NamedTuple):

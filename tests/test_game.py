@@ -208,8 +208,9 @@ def _reference_run(seed, n, kwargs, losses=None, every_k=1):
     )
     losses = np.ones(n, np.float32) if losses is None else losses
     out = [
-        ref.step(int(naturals[i]), modifier, float(u_enc[i]), int(pick[i]), float(u_div[i]),
-                 losses[i])
+        ref.step(
+            int(naturals[i]), modifier, float(u_enc[i]), int(pick[i]), float(u_div[i]), losses[i]
+        )
         for i in range(n)
     ]
     factors, monsters, levels, xps = (np.asarray(x) for x in zip(*out, strict=True))
@@ -478,7 +479,9 @@ def test_an_orbax_checkpoint_of_the_game_state_resumes_bit_for_bit(tmp_path):
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(tmp_path / "state", state)
     with ocp.StandardCheckpointer() as ckpt:
-        restored = ckpt.restore(tmp_path / "state", jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+        restored = ckpt.restore(
+            tmp_path / "state", jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        )
     a, b = state, restored
     for _ in range(30):
         ua, a = update(params, a, params)
@@ -557,7 +560,9 @@ def _digests(tx, n):
     return _digest(outs), _digest(state)
 
 
-@pytest.mark.parametrize("off", [{}, {"character": None, "encounter_chance": 0.0, "experience": False}])
+@pytest.mark.parametrize(
+    "off", [{}, {"character": None, "encounter_chance": 0.0, "experience": False}]
+)
 def test_the_defaults_are_unchanged_bit_for_bit(off):
     for kw in (
         {},
@@ -644,7 +649,10 @@ def test_every_class_on_every_modified_roll_of_a_first_update(character):
     want = np.array(
         [
             Reference(character, 0.0, True, 12).step(
-                int(naturals[i]), int(modifiers[i]), float(u_enc[i]), int(pick[i]),
+                int(naturals[i]),
+                int(modifiers[i]),
+                float(u_enc[i]),
+                int(pick[i]),
                 float(u_div[i]),
             )[0]
             for i in seeds
