@@ -7,7 +7,11 @@ machine: every field lives in the optimizer state (:class:`DiceGameState`), ever
 a ``jnp.where``, and the random draws (encounters, the monster met, the Cleric's Divine
 Intervention) come from the same key as the die, so a seed decides the whole story.
 
-All judgements use the modified roll ``m = natural + modifier`` (the anchor's "roll").
+All judgements use the modified roll ``m = natural + modifier`` (the anchor's "roll"). The
+Cleric's "loss" is the one passed as ``value=`` times the factor so far (dice scale and monster),
+the loss its ability sees in roll-to-train; Healing Word scales the step by ``1.1 x last / loss``
+(a deliberate difference: roll-to-train reuses the previous batch's freed graph, which crashes
+when it fires). Before the Cleric's first loss, Healing Word cannot fire.
 
 =============================  ===============================  =============================
 mechanic                       trigger (on m)                   effect on the step

@@ -348,6 +348,14 @@ def test_cleric_takes_the_loss_and_refuses_without_it():
     chained = optax.chain(tx, optax.sgd(0.1))
     updates, _ = jax.jit(chained.update)(jnp.ones(2), chained.init(jnp.zeros(2)), value=2.0)
     assert updates.shape == (2,)
+    for mode in ("per_mini_batch", "per_accumulation_step"):
+        acc = optax_dice.accumulate(optax.sgd(1.0), 2, mode=mode, character="cleric")
+        acc_state = acc.init(jnp.zeros(2))
+        with pytest.raises(ValueError, match="value=loss"):
+            acc.update(jnp.ones(2), acc_state, jnp.zeros(2))
+        for loss in (1.0, 1.0, 9.0, 9.0):
+            _, acc_state = jax.jit(acc.update)(jnp.ones(2), acc_state, jnp.zeros(2), value=loss)
+        assert np.isfinite(float(optax_dice.find_dice_state(acc_state).last_loss))
 
 
 def test_healing_word_scales_the_step_to_1_1_times_the_last_loss():

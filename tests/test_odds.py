@@ -1,5 +1,8 @@
 """odds: exact figures from DESIGN.md, and agreement with seeded rolls."""
 
+import re
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -158,3 +161,21 @@ def test_bad_estimate_arguments():
         optax_dice.odds(character="fighter", runs=1)
     with pytest.raises(ValueError, match="is unknown"):
         optax_dice.odds(character="bard")
+
+
+def test_the_readme_ruleset_table_is_what_odds_computes():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| (d20, [^|]+) \| ([+-][0-9.]+)[^|]* \| ([0-9.]+) \|$", readme, re.M)
+    assert len(rows) >= 7
+    for label, mean, std in rows:
+        kwargs = {"dice": "d20"}
+        for part in label.split("(")[0].split(", ")[1:]:
+            name, _, value = part.strip().partition(" ")
+            if name in ("threshold", "modifier"):
+                kwargs[name] = int(value)
+            elif name in ("rule", "character"):
+                kwargs[name] = value
+            else:
+                kwargs[name] = True
+        got = optax_dice.odds(**kwargs)
+        assert (f"{got.expected_scale:+.4f}", f"{got.std_scale:.4f}") == (mean, std), label
