@@ -136,9 +136,26 @@ def make_game_config(
 ) -> GameConfig:
     """Checks the game arguments of :func:`~optax_dice.dice_roll` at construction.
 
+    Args:
+      character: None or one of :data:`CHARACTERS` (any case).
+      encounter_chance: None or 0 (no monsters), a float in [0, 1], or a scalar array.
+      experience: whether XP and levels are on.
+      every_k: micro-batches per accumulation window.
+
+    Returns:
+      A :class:`GameConfig`; its ``on`` says whether any mechanic is on.
+
     Raises:
       ValueError, TypeError: for an unknown class, a chance outside [0, 1] (or not a
         number), or an ``experience`` that is not a bool.
+
+    Example:
+      >>> from optax_dice.game import make_game_config
+      >>> make_game_config().on, make_game_config(encounter_chance=0.0).on
+      (False, False)
+      >>> config = make_game_config("Wizard", 0.1)
+      >>> config.character, float(config.encounter_chance) >= 0.1, config.on
+      ('wizard', True, True)
     """
     if character is not None:
         if not isinstance(character, str) or character.lower() not in CHARACTERS:
@@ -261,6 +278,13 @@ def draws(roll_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
       ``encounter_chance``, an int32 in {0, 1, 2} (the monster met, uniformly), and a
       float32 uniform compared with Divine Intervention's 10%. They are drawn on every
       update, used or not, so the die's rolls never depend on the game.
+
+    Example:
+      >>> import jax
+      >>> from optax_dice.game import draws
+      >>> u_encounter, pick, u_divine = draws(jax.random.key(0))
+      >>> 0 <= float(u_encounter) < 1, int(pick) in (0, 1, 2), 0 <= float(u_divine) < 1
+      (True, True, True)
     """
     game_key = jax.random.fold_in(roll_key, 1)
     k_enc, k_pick, k_div = jax.random.split(game_key, 3)
@@ -290,6 +314,22 @@ def game_update(
 
     Returns:
       The new :class:`DiceGameState`; its ``scale`` is the factor to apply.
+
+    Raises:
+      ValueError: for the Cleric without a ``value``.
+
+    Example:
+      >>> import jax
+      >>> from optax_dice.dice import make_ruleset
+      >>> from optax_dice.game import game_update, init_game_state, make_game_config
+      >>> config = make_game_config("rogue", experience=True)
+      >>> ruleset = make_ruleset(threshold=12)
+      >>> state = game_update(config, ruleset, init_game_state(config, jax.random.key(0)))
+      >>> sneak = int(state.total) >= 12
+      >>> bool(state.scale == state.dice_scale * (jnp.float32(1.2) if sneak else 1))
+      True
+      >>> int(state.xp) == (10 * int(state.total) if sneak else 0)
+      True
     """
     if config.character == "cleric" and value is None:
         raise ValueError(CLERIC_NEEDS_LOSS)

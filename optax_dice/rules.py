@@ -124,7 +124,7 @@ def outcome_original(
       >>> import jax.numpy as jnp
       >>> from optax_dice.rules import outcome_original
       >>> outcome_original(jnp.array([1, 18, 20]), jnp.array([3, 20, 22]), 20, 12)
-      Array([2, 3, 2], dtype=int32)
+      Array([1, 3, 2], dtype=int32)
     """
     del natural
     total = jnp.asarray(total, jnp.int32)
