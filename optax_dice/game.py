@@ -331,8 +331,14 @@ def game_update(
       >>> int(state.xp) == (10 * int(state.total) if sneak else 0)
       True
     """
-    if config.character == "cleric" and value is None:
-        raise ValueError(CLERIC_NEEDS_LOSS)
+    if config.character == "cleric":
+        if value is None:
+            raise ValueError(CLERIC_NEEDS_LOSS)
+        if jnp.shape(value) != ():
+            raise ValueError(
+                f"value=loss must be a scalar (the mean loss of the batch), got shape "
+                f"{jnp.shape(value)}."
+            )
     next_key, roll_key = jax.random.split(state.rng_key)
     natural, m, dice_scale = roll(ruleset, roll_key)
     u_encounter, pick, u_divine = draws(roll_key)

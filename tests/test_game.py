@@ -343,6 +343,8 @@ def test_cleric_takes_the_loss_and_refuses_without_it():
         tx.update(jnp.ones(2), state)
     with pytest.raises(ValueError, match="value=loss"):
         optax_dice.roll_sequence(0, 5, character="cleric")
+    with pytest.raises(ValueError, match="must be a scalar"):
+        tx.update(jnp.ones(2), state, value=jnp.ones(3))
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
         optax_dice.roll_sequence(0, 5, character="cleric", losses=[1.0, 2.0])
     chained = optax.chain(tx, optax.sgd(0.1))
