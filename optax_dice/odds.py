@@ -192,6 +192,7 @@ class OddsEstimate:
       mean_final_level: the mean level after ``steps`` updates (1 without experience).
       encounters_per_1000: monsters met per 1,000 updates, by name.
       fired_per_1000: class abilities fired per 1,000 updates, by name.
+      exact: always False: an estimate (an :class:`Odds` is exact).
     """
 
     label: str

@@ -96,13 +96,15 @@ def dice_roll(
         ``update(updates, state, params, value=loss)``.
       encounter_chance: the chance (in [0, 1]; roll-to-train's default is 0.1) that
         a monster appears on an update when none is active: it acts on that update
-        and the next two. None or 0 (the default): no monsters. An array (as
-        ``optax.inject_hyperparams`` makes of a float) turns encounters on, so they
-        can be scheduled.
+        and the next two. None (the default) or 0: no monsters. The default is None
+        rather than 0.0 so that ``optax.inject_hyperparams``, which injects every
+        numeric default, leaves the defaults' state as it was; an array (what it
+        makes of a float you pass) turns encounters on, so they can be scheduled.
       experience: award XP for every roll that meets the threshold (``int(m * 10)``,
         doubled while a monster is still active) and multiply every step by the
         level bonus ``1 + 0.1 * (level - 1)``; level L needs ``int(1000 * 1.5 **
-        (L - 1))`` XP.
+        (L - 1))`` XP. XP is int32: the need stops growing at 2**30 (level 36), and
+        a roll counts at most 2**25 (dice beyond any game's).
 
     With any of the three on, the step is multiplied, in roll-to-train's order, by
     the dice scale, the monster's effect, the class's ability and the level bonus;
