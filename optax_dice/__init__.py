@@ -5,7 +5,8 @@ A port of roll-to-train's d20 saving throw to a pure optax transformation.
 
 from optax_dice.accumulation import accumulate
 from optax_dice.dice import ability_modifier
-from optax_dice.odds import Odds, format_odds, odds
+from optax_dice.game import DiceGameState
+from optax_dice.odds import Odds, OddsEstimate, format_odds, odds
 from optax_dice.rules import original, saving_throw
 from optax_dice.sequence import RollSequence, roll_sequence
 from optax_dice.transform import DiceRollState, dice_roll, find_dice_state
@@ -13,8 +14,10 @@ from optax_dice.transform import DiceRollState, dice_roll, find_dice_state
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiceGameState",
     "DiceRollState",
     "Odds",
+    "OddsEstimate",
     "RollSequence",
     "ability_modifier",
     "accumulate",

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_dice.transform import DiceRollState, dice_roll, scale_updates
+from optax_dice.transform import DiceRollState, scale_updates, windowed_dice_roll
 
 MODES = ("per_mini_batch", "per_accumulation_step")
 
@@ -41,6 +41,15 @@ def accumulate(
 
     In both modes the dice state's ``count`` is the number of rolls made, so
     ``roll_sequence(key, count)`` ends with the state's roll.
+
+    The game (``character=``, ``encounter_chance=``, ``experience=``, see
+    :func:`dice_roll`) follows the mode. In ``per_mini_batch`` its mechanics act on
+    every micro-batch, as roll-to-train's do, and a monster may appear only on the
+    last micro-batch of each window (``roll_sequence(..., every_k=every_k)``
+    previews it). In ``per_accumulation_step`` they act once per applied update,
+    with that update's roll (roll-to-train silently skips them in this mode: a
+    deliberate difference); the whole factor is fixed on the window's first
+    micro-batch, so the Cleric judges the ``value=`` passed with it.
 
     Non-emitting steps return zero updates, as ``optax.MultiSteps`` does; read
     ``optax.tree_utils.tree_get(state, "gradient_step")`` for the number of
@@ -75,12 +84,13 @@ def accumulate(
         )
     if mode == "per_mini_batch":
         return optax.chain(
-            dice_roll(**dice_kwargs),
+            windowed_dice_roll(int(every_k), **dice_kwargs),
             optax.MultiSteps(inner, every_k).gradient_transformation(),
         )
     if mode == "per_accumulation_step":
         return _held_roll_then_multisteps(
-            dice_roll(**dice_kwargs), optax.MultiSteps(inner, every_k).gradient_transformation()
+            windowed_dice_roll(1, **dice_kwargs),
+            optax.MultiSteps(inner, every_k).gradient_transformation(),
         )
     raise ValueError(f"mode={mode!r} is unknown: use one of {list(MODES)}.")
 
@@ -92,7 +102,8 @@ def _held_roll_then_multisteps(
 
     The state is the chain's, ``(DiceRollState, MultiStepsState)``: the cycle's position is
     MultiSteps' ``mini_step``, so the dice state keeps its own fields and its ``count`` is the
-    number of rolls made.
+    number of rolls made. With a game mechanic, the whole game step is made and held the same
+    way, and the Cleric reads the first micro-batch's ``value``.
     """
 
     def init_fn(params: optax.Params) -> tuple[DiceRollState, optax.MultiStepsState]:
@@ -106,7 +117,10 @@ def _held_roll_then_multisteps(
     ) -> tuple[optax.Updates, tuple[DiceRollState, optax.MultiStepsState]]:
         dice_state, ms_state = state
         fresh = ms_state.mini_step == 0
-        _, rolled = dice.update((), dice_state)
+        if isinstance(dice, optax.GradientTransformationExtraArgs):  # a game mechanic is on
+            _, rolled = dice.update((), dice_state, value=extra_args.get("value"))
+        else:
+            _, rolled = dice.update((), dice_state)
         dice_state = jax.tree.map(lambda new, old: jnp.where(fresh, new, old), rolled, dice_state)
         updates = scale_updates(updates, dice_state.scale)
         updates, ms_state = multi_steps.update(updates, ms_state, params, **extra_args)

@@ -102,15 +102,52 @@ def saving_throw(
     return scale.astype(jnp.float32)
 
 
-def original(natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Array) -> jax.Array:
-    """The rule of roll-to-train's own code, kept for reproducing its runs.
+def outcome_original(
+    natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Array
+) -> jax.Array:
+    """Classifies a roll as roll-to-train's code does: everything on the modified roll.
 
-    A natural 1 gives -1 (a full step the wrong way), a natural ``sides`` gives
-    +1, a total at or above the threshold gives ``(total - threshold) / 100``,
-    and anything else gives 0 (the update is discarded).
+    roll-to-train passes ``natural + modifier`` to its scale function, so its
+    criticals are judged on the total: a total of 1 is its critical failure, a
+    total of ``sides`` its critical success.
 
     Args:
-      natural: the face rolled, in ``[1, sides]``.
+      natural: the face rolled (unused: kept for the rule signature).
+      total: ``natural + modifier``, the anchor's "roll".
+      sides: the number of faces of the die.
+      threshold: the difficulty class.
+
+    Returns:
+      An int32 code, as :func:`outcome` gives.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optax_dice.rules import outcome_original
+      >>> outcome_original(jnp.array([1, 18, 20]), jnp.array([3, 20, 22]), 20, 12)
+      Array([1, 3, 2], dtype=int32)
+    """
+    del natural
+    total = jnp.asarray(total, jnp.int32)
+    code = jnp.where(total >= threshold, SUCCESS, FAILURE)
+    code = jnp.where(total == sides, CRITICAL_SUCCESS, code)
+    code = jnp.where(total == 1, CRITICAL_FAILURE, code)
+    return code.astype(jnp.int32)
+
+
+def original(natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Array) -> jax.Array:
+    """The rule of roll-to-train's own code, exactly: judged on the modified roll.
+
+    roll-to-train (``roll_to_train.py`` at 62d707f) hands ``m = natural + modifier``
+    to its scale function, which checks, in order: ``m == 1`` gives -1 (a full
+    step the wrong way), ``m == sides`` gives +1, ``m >= threshold`` gives
+    ``(m - threshold) / 100``, and anything else gives 0 (the update is
+    discarded). Its criticals are therefore judged on the modified roll, unlike
+    the default :func:`saving_throw`: with its example run (ability score 15, so
+    +2, threshold 12) a natural 18 is its "critical success", a critical failure
+    never happens, and E[scale] = 0.0735.
+
+    Args:
+      natural: the face rolled, in ``[1, sides]`` (unused: the code looks at ``total``).
       total: ``natural + modifier``.
       sides: the number of faces of the die.
       threshold: the difficulty class.
@@ -124,8 +161,12 @@ def original(natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Ar
       >>> faces = jnp.array([1, 14, 15, 19, 20])
       >>> [round(float(s), 2) for s in original(faces, faces, 20, 15)]
       [-1.0, 0.0, 0.0, 0.04, 1.0]
+      >>> [round(float(s), 2) for s in original(faces, faces + 2, 20, 12)]
+      [0.0, 0.04, 0.05, 0.09, 0.1]
+      >>> float(original(jnp.int32(18), jnp.int32(20), 20, 12))
+      1.0
     """
-    code = outcome(natural, total, sides, threshold)
+    code = outcome_original(natural, total, sides, threshold)
     scale = jnp.where(
         code == SUCCESS, _fraction(jnp.asarray(total, jnp.int32) - threshold, 100), 0.0
     )
@@ -152,6 +193,14 @@ def resolve_rule(rule: Any) -> Rule:
         f"rule must be a rule name {sorted(RULES)} or a callable "
         f"(natural, total, sides, threshold) -> scale, got {type(rule).__name__}."
     )
+
+
+def outcome_for(rule: Any) -> Callable[..., jax.Array]:
+    """The outcome classifier that matches ``rule``: :func:`outcome_original` for the
+    original rule, :func:`outcome` (criticals on the natural die) otherwise."""
+    if rule == "original" or rule is original:
+        return outcome_original
+    return outcome
 
 
 def rule_name(rule: Any) -> str:

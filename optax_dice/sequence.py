@@ -5,10 +5,19 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from optax_dice import _validation
-from optax_dice.dice import make_ruleset, roll
+from optax_dice.dice import Ruleset, make_ruleset, roll
+from optax_dice.game import (
+    CLERIC_NEEDS_LOSS,
+    DiceGameState,
+    GameConfig,
+    game_update,
+    init_game_state,
+    make_game_config,
+)
 
 
 class RollSequence(NamedTuple):
@@ -17,26 +26,60 @@ class RollSequence(NamedTuple):
     Attributes:
       natural: int32[n], the dice as rolled.
       total: int32[n], natural + modifier.
-      scale: float32[n], the scale each update gets.
+      scale: float32[n], the scale each update gets (with game mechanics: the product
+        of all of them, as applied).
+      dice_scale: float32[n], the rule's scale (None with no game mechanic: it is ``scale``).
+      monster: int32[n], the monster that acted on each update (-1 none, 0 Gradient
+        Ooze, 1 Loss Dragon, 2 Weight Wraith), or None with no game mechanic.
+      level: int32[n], the level after each update's XP, or None.
+      xp: int32[n], the XP towards the next level after each update, or None.
+      encounter_step: int32[n], how many updates the monster has acted so far (3: it
+        retreats), or None.
+      fired: int32[n], bit masks of the class abilities fired (``game.ABILITIES``), or None.
+      charges: int32[n, 2], the class's charges left after each update, or None.
+      rage: int32[n], the Barbarian's rage steps left after each update, or None.
     """
 
     natural: jax.Array
     total: jax.Array
     scale: jax.Array
+    dice_scale: jax.Array | None = None
+    monster: jax.Array | None = None
+    level: jax.Array | None = None
+    xp: jax.Array | None = None
+    encounter_step: jax.Array | None = None
+    fired: jax.Array | None = None
+    charges: jax.Array | None = None
+    rage: jax.Array | None = None
 
 
-def roll_sequence(key: int | jax.Array, n: int, **dice_kwargs: Any) -> RollSequence:
+def roll_sequence(
+    key: int | jax.Array,
+    n: int,
+    *,
+    losses: Any = None,
+    every_k: int = 1,
+    **dice_kwargs: Any,
+) -> RollSequence:
     """The naturals, totals and scales that ``n`` updates of ``dice_roll`` produce.
 
     ``roll_sequence(key, n, **kw)[i]`` is, element for element, what the
     ``i``-th update of ``dice_roll(key, **kw)`` rolls: it walks the same key
-    chain (split once per update, roll with the fresh half).
+    chain (split once per update, roll with the fresh half). With game mechanics
+    (``character``, ``encounter_chance``, ``experience``) it plays the same state
+    machine, so every field equals what training applies.
 
     Args:
       key: the key given to :func:`dice_roll` (int, typed key or raw key).
       n: how many updates to roll for (>= 0).
+      losses: the Cleric's ``n`` losses, one per update (required for
+        ``character="cleric"``, ignored otherwise).
+      every_k: as :func:`~optax_dice.accumulate`'s ``every_k`` in
+        ``per_mini_batch`` mode, where an update is a micro-batch and monsters
+        appear only on the last micro-batch of each window (1: every update).
       **dice_kwargs: ``dice``, ``threshold``, ``modifier``, ``advantage``,
-        ``disadvantage``, ``rule``, as for :func:`dice_roll`.
+        ``disadvantage``, ``rule``, ``character``, ``encounter_chance``,
+        ``experience``, as for :func:`dice_roll`.
 
     Returns:
       A :class:`RollSequence` of arrays of length ``n``.
@@ -48,11 +91,48 @@ def roll_sequence(key: int | jax.Array, n: int, **dice_kwargs: Any) -> RollSeque
       ((5,), dtype('float32'))
       >>> bool(((seq.natural >= 1) & (seq.natural <= 6)).all())
       True
+      >>> game = optax_dice.roll_sequence(0, 8, character="rogue", threshold=12)
+      >>> bool(((game.total >= 12) == (game.scale == game.dice_scale * jnp.float32(1.2))).all())
+      True
     """
     _validation.check_key(key)
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
         raise ValueError(f"n must be an int >= 0 (the number of updates), got {n!r}.")
+    if not isinstance(every_k, (int, np.integer)) or isinstance(every_k, bool) or every_k < 1:
+        raise ValueError(f"every_k must be an int >= 1, got {every_k!r}.")
+    config = make_game_config(
+        dice_kwargs.pop("character", None),
+        dice_kwargs.pop("encounter_chance", None),
+        dice_kwargs.pop("experience", False),
+        int(every_k),
+    )
     ruleset = make_ruleset(**dice_kwargs)
+    if config.on:
+        if config.character == "cleric":
+            if losses is None:
+                raise ValueError(CLERIC_NEEDS_LOSS)
+            xs = jnp.asarray(losses, jnp.float32)
+            if xs.shape != (n,):
+                raise ValueError(
+                    f"losses must hold one loss per update: shape ({n},), got {xs.shape}."
+                )
+        else:
+            xs = jnp.zeros((n,), jnp.float32)
+
+        out = play(config, ruleset, _validation.canonicalize_key(key), xs)
+        return RollSequence(
+            out.natural,
+            out.total,
+            out.scale,
+            dice_scale=out.dice_scale,
+            monster=out.monster,
+            level=out.level,
+            xp=out.xp,
+            encounter_step=out.encounter_step,
+            fired=out.fired,
+            charges=out.charges,
+            rage=out.rage,
+        )
 
     def step(rng_key: jax.Array, _: None) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         next_key, roll_key = jax.random.split(rng_key)
@@ -62,3 +142,16 @@ def roll_sequence(key: int | jax.Array, n: int, **dice_kwargs: Any) -> RollSeque
         step, _validation.canonicalize_key(key), None, length=int(n)
     )
     return RollSequence(natural, total, scale)
+
+
+def play(config: GameConfig, ruleset: Ruleset, key: jax.Array, losses: jax.Array) -> Any:
+    """The game's per-update states (without keys) for ``len(losses)`` updates: traceable,
+    so ``jax.vmap`` over keys plays many seeded runs at once (as :func:`~optax_dice.odds`
+    does)."""
+
+    def step(state: DiceGameState, loss: jax.Array) -> tuple[DiceGameState, DiceGameState]:
+        state = game_update(config, ruleset, state, loss)
+        return state, state._replace(rng_key=None, last_loss=None, micro_step=None)
+
+    _, out = jax.lax.scan(step, init_game_state(config, key), losses)
+    return out

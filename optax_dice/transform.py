@@ -9,7 +9,14 @@ import jax.numpy as jnp
 import optax
 
 from optax_dice import _validation
-from optax_dice.dice import make_ruleset, roll
+from optax_dice.dice import Ruleset, make_ruleset, roll
+from optax_dice.game import (
+    DiceGameState,
+    GameConfig,
+    game_update,
+    init_game_state,
+    make_game_config,
+)
 
 
 class DiceRollState(NamedTuple):
@@ -40,6 +47,9 @@ def dice_roll(
     advantage: bool = False,
     disadvantage: bool = False,
     rule: Any = "saving_throw",
+    character: str | None = None,
+    encounter_chance: float | jax.Array | None = None,
+    experience: bool = False,
 ) -> optax.GradientTransformation:
     r"""Scales each update by a saving throw rolled with an explicit PRNG key.
 
@@ -79,9 +89,40 @@ def dice_roll(
       rule: ``"saving_throw"`` (the default above), ``"original"`` (the rule of
         roll-to-train's code: see :func:`optax_dice.rules.original`), or a
         traceable ``(natural, total, sides, threshold) -> scale``.
+      character: None, or a roll-to-train character class: ``"fighter"``,
+        ``"wizard"``, ``"rogue"``, ``"cleric"``, ``"barbarian"`` or ``"paladin"``,
+        whose ability multiplies the step when the modified roll triggers it (see
+        :mod:`optax_dice.game` for the table). The Cleric needs the loss:
+        ``update(updates, state, params, value=loss)``.
+      encounter_chance: the chance (in [0, 1]; roll-to-train's default is 0.1) that
+        a monster appears on an update when none is active: it acts on that update
+        and the next two. None (the default) or 0: no monsters. The default is None
+        rather than 0.0 so that ``optax.inject_hyperparams``, which injects every
+        numeric default, leaves the defaults' state as it was; an array (what it
+        makes of a float you pass) turns encounters on, so they can be scheduled.
+      experience: award XP for every roll that meets the threshold (``int(m * 10)``,
+        doubled while a monster is still active) and multiply every step by the
+        level bonus ``1 + 0.1 * (level - 1)``; level L needs ``int(1000 * 1.5 **
+        (L - 1))`` XP. XP is int32: the need stops growing at 2**30 (level 36), and
+        a roll counts at most 2**25 (dice beyond any game's).
+
+    With any of the three on, the step is multiplied, in roll-to-train's order, by
+    the dice scale, the monster's effect, the class's ability and the level bonus;
+    all of it is a state machine in the optimizer state (``jnp.where`` only: no host
+    transfer, jit and eager agree), and a seed decides the whole story
+    (``roll_sequence`` previews it). Two deliberate differences from roll-to-train:
+    Healing Word scales the step by ``1.1 * last / loss`` (the anchor reuses the
+    previous batch's freed graph, which crashes when it fires), and in
+    :func:`~optax_dice.accumulate`'s ``per_accumulation_step`` mode the mechanics act
+    once per applied update (the anchor silently skips them there).
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`DiceRollState`.
+      With no game mechanic (the defaults), an ``optax.GradientTransformation``
+      whose state is a :class:`DiceRollState`, exactly as before the game existed.
+      With one, an ``optax.GradientTransformationExtraArgs`` whose state is a
+      :class:`~optax_dice.DiceGameState` (the same five fields, then
+      ``dice_scale``, ``monster``, ``level``, ``xp``, charges and counters), where
+      ``scale`` is the product actually applied.
       Read the last roll from any chain with :func:`find_dice_state`
       (``optax.tree_utils.tree_get(opt_state, "scale")`` fails on real models,
       where a LayerNorm parameter is also called ``scale``).
@@ -92,8 +133,10 @@ def dice_roll(
         key that is neither an int nor a key array; for a die of more than 2**29
         sides, a threshold or modifier beyond +-2**29, an int seed outside the
         int64 range, or a custom rule that does not return a scalar float (it is
-        traced once with ``jax.eval_shape`` to check). ``update`` raises TypeError
-        for integer update leaves, which a fractional scale would truncate.
+        traced once with ``jax.eval_shape`` to check); for an unknown character,
+        an encounter chance outside [0, 1], or a non-bool ``experience``.
+        ``update`` raises TypeError for integer update leaves, which a fractional
+        scale would truncate, and ValueError for the Cleric without ``value=``.
 
     Example:
       >>> import jax
@@ -118,9 +161,23 @@ def dice_roll(
       >>> _, state = jax.jit(tx.update)(params, state, params)
       >>> int(optax_dice.find_dice_state(state).count)
       1
+
+      The game: a Wizard meeting monsters and gaining levels.
+
+      >>> tx = optax_dice.dice_roll(0, character="wizard", encounter_chance=0.5,
+      ...                           experience=True)
+      >>> state = tx.init(params)
+      >>> for _ in range(20):
+      ...     _, state = tx.update(params, state, params)
+      >>> game = optax_dice.find_dice_state(state)
+      >>> int(game.level) >= 1, int(game.monster) in (-1, 0, 1, 2), game.charges.shape
+      (True, True, (2,))
     """
     _validation.check_key(key)
     ruleset = make_ruleset(dice, threshold, modifier, advantage, disadvantage, rule)
+    config = make_game_config(character, encounter_chance, experience)
+    if config.on:
+        return _game_transform(key, ruleset, config)
 
     def init_fn(params: optax.Params) -> DiceRollState:
         del params
@@ -145,6 +202,52 @@ def dice_roll(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def windowed_dice_roll(
+    every_k: int,
+    key: int | jax.Array = 0,
+    *,
+    character: str | None = None,
+    encounter_chance: float | jax.Array | None = None,
+    experience: bool = False,
+    **dice_kwargs: Any,
+) -> optax.GradientTransformation:
+    """:func:`dice_roll` whose monsters are checked on the last of every ``every_k`` updates.
+
+    Used by :func:`~optax_dice.accumulate` in ``per_mini_batch`` mode, where one update
+    is one micro-batch and roll-to-train checks for an encounter at the end of each
+    accumulation window. With no game mechanic on it is ``dice_roll(key, **dice_kwargs)``.
+    """
+    config = make_game_config(character, encounter_chance, experience, every_k)
+    if not config.on:
+        return dice_roll(key, **dice_kwargs)
+    _validation.check_key(key)
+    return _game_transform(key, make_ruleset(**dice_kwargs), config)
+
+
+def _game_transform(
+    key: Any, ruleset: Ruleset, config: GameConfig
+) -> optax.GradientTransformationExtraArgs:
+    """``dice_roll`` with game mechanics: the state is a :class:`DiceGameState`."""
+
+    def init_fn(params: optax.Params) -> DiceGameState:
+        del params
+        return init_game_state(config, _validation.canonicalize_key(key))
+
+    def update_fn(
+        updates: optax.Updates,
+        state: DiceGameState,
+        params: optax.Params | None = None,
+        *,
+        value: Any = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, DiceGameState]:
+        del params, extra_args
+        state = game_update(config, ruleset, state, value)
+        return scale_updates(updates, state.scale), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def scale_updates(updates: optax.Updates, scale: jax.Array) -> optax.Updates:
     """Multiplies every leaf of ``updates`` by ``scale``, cast to the leaf's dtype.
 
@@ -167,8 +270,8 @@ def scale_updates(updates: optax.Updates, scale: jax.Array) -> optax.Updates:
     return jax.tree_util.tree_map_with_path(scale_leaf, updates)
 
 
-def find_dice_state(opt_state: optax.OptState) -> DiceRollState | None:
-    """The :class:`DiceRollState` inside any optimizer state, found by type.
+def find_dice_state(opt_state: optax.OptState) -> DiceRollState | DiceGameState | None:
+    """The :class:`DiceRollState` (or :class:`DiceGameState`) in any optimizer state, by type.
 
     Prefer it to ``optax.tree_utils.tree_get(opt_state, "scale")``, which raises
     ``KeyError`` when another state also has a ``scale`` (AdamW's moments repeat the
@@ -178,7 +281,8 @@ def find_dice_state(opt_state: optax.OptState) -> DiceRollState | None:
       opt_state: the state of a chain, ``MultiSteps``, ``inject_hyperparams``, ...
 
     Returns:
-      The dice state, or None when the optimizer rolls no dice.
+      The dice state (a :class:`DiceGameState` when a game mechanic is on), or None
+      when the optimizer rolls no dice.
 
     Raises:
       ValueError: when the state holds more than one dice state.
@@ -195,10 +299,11 @@ def find_dice_state(opt_state: optax.OptState) -> DiceRollState | None:
       >>> optax_dice.find_dice_state(optax.adamw(1e-3).init(params)) is None
       True
     """
+    kinds = (DiceRollState, DiceGameState)
     found = [
         leaf
-        for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, DiceRollState))
-        if isinstance(leaf, DiceRollState)
+        for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kinds))
+        if isinstance(leaf, kinds)
     ]
     if len(found) > 1:
         raise ValueError(

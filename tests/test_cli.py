@@ -66,6 +66,9 @@ def test_roll_prints_the_roll_sequence(capsys, seed):
         (["odds", "--dice", "d1000000000"], "more than the 536,870,912"),
         (["odds", "--dice", "d5000000"], "limit of 1,000,000 faces"),
         (["roll", "--rule", "original", "--dice", "d0"], "at least 2 sides"),
+        (["roll", "--character", "bard"], "invalid choice"),
+        (["roll", "--encounter-chance", "1.5"], "not a probability"),
+        (["odds", "--encounter-chance", "-0.1"], "not a probability"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv, match, capsys):
@@ -90,5 +93,48 @@ def test_help_documents_every_flag():
         "--advantage",
         "--disadvantage",
         "--rule",
+        "--character",
+        "--encounter-chance",
+        "--experience",
+        "--steps",
+        "--runs",
     ):
         assert flag in out
+
+
+def test_roll_prints_the_story_of_a_seed(capsys):
+    argv = ["roll", "--character", "wizard", "--encounter-chance", "0.1", "--experience"]
+    assert cli.main([*argv, "-n", "30", "--seed", "0", "--threshold", "12", "--modifier", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    kwargs = dict(
+        character="wizard", encounter_chance=0.1, experience=True, threshold=12, modifier=2
+    )
+    seq = optax_dice.roll_sequence(0, 30, **kwargs)
+    assert "wizard, monsters 10%, experience" in out[0]
+    rows = [line.split() for line in out[2:] if line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(30))
+    for row, scale, level, xp in zip(rows, seq.scale, seq.level, seq.xp, strict=True):
+        assert float(row[-3]) == pytest.approx(float(scale), abs=5e-4)
+        assert (int(row[-2]), int(row[-1])) == (int(level), int(xp))
+    monster, step, level = (np.asarray(x) for x in (seq.monster, seq.encounter_step, seq.level))
+    starts = [optax_dice.game.MONSTERS[m] for m, s in zip(monster, step, strict=True) if s == 1]
+    assert [line.split(" A ")[1] for line in out if "appears!" in line] == [
+        f"{name} appears!" for name in starts
+    ]
+    assert sum("retreats." in line for line in out) == int((step == 3).sum())
+    level_ups = [line for line in out if "Level up!" in line]
+    assert len(level_ups) == int(level[-1]) - 1 >= 1 and len(starts) >= 1
+    arcane = sum("Arcane Recovery" in line for line in out)
+    assert arcane == 3  # all three charges, on the first three rolls of m >= 15
+
+
+def test_odds_of_the_game(capsys):
+    assert cli.main(["odds", "--threshold", "12", "--modifier", "2", "--character", "rogue"]) == 0
+    out = capsys.readouterr().out
+    assert "rule saving_throw, rogue" in out and "E[scale] = +0.4620" in out
+    assert "ESTIMATE" not in out
+    argv = ["odds", "--character", "barbarian", "--encounter-chance", "0.1", "--runs", "10"]
+    assert cli.main([*argv, "--steps", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "ESTIMATE over 10 seeded runs (seeds 0..9) of 50 updates each" in out
+    assert "(standard error)" in out and "Rage" in out

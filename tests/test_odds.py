@@ -1,5 +1,8 @@
 """odds: exact figures from DESIGN.md, and agreement with seeded rolls."""
 
+import re
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -16,6 +19,11 @@ import optax_dice
         ({"threshold": 15, "disadvantage": True}, -0.2555),
         ({"threshold": 12, "modifier": 2}, 0.37),
         ({"threshold": 15, "rule": "original"}, 0.005),  # (1 + 0..4/100 - 1) / 20
+        # roll-to-train's example run, as its code computes it: m = natural + 2, m == 20
+        # (a natural 18) is +1, m in 12..19 or 21, 22 gives (m - 12) / 100, m == 1 never.
+        ({"threshold": 12, "modifier": 2, "rule": "original"}, (1 + 0.47) / 20),
+        # Sneak Attack: 0.37 plus 0.2 x the scales of m >= 12 (naturals 10..20): 9.2 / 20.
+        ({"threshold": 12, "modifier": 2, "character": "rogue"}, 0.37 + 0.2 * 9.2 / 20),
     ],
 )
 def test_expected_scale_matches_design(kwargs, expected):
@@ -102,3 +110,72 @@ def test_odds_refuses_a_die_too_large_to_enumerate_and_names_the_limit():
     with pytest.raises(ValueError, match="limit of 1,000,000 faces"):
         optax_dice.odds(dice=1_000_001)
     assert optax_dice.odds(dice=1_000_000, threshold=2).face_probs.shape == (1_000_000,)
+
+
+def test_original_odds_table_judges_on_the_modified_roll():
+    o = optax_dice.odds(threshold=12, modifier=2, rule="original")
+    assert o.expected_scale == pytest.approx(0.0735, abs=1e-7)
+    assert o.outcome_probs["critical failure"] == 0.0
+    assert o.outcome_probs["critical success"] == pytest.approx(0.05)
+    assert o.outcomes[17] == 3  # a natural 18 (total 20) is the critical success
+    assert "critical success   18 " in str(o)
+    assert "success            10-17,19-20" in str(o)
+
+
+def test_mechanics_with_memory_are_estimated_with_a_standard_error():
+    kwargs = {"character": "wizard", "encounter_chance": 0.1, "experience": True}
+    est = optax_dice.odds(threshold=12, modifier=2, steps=100, runs=3, seed=5, **kwargs)
+    assert isinstance(est, optax_dice.OddsEstimate) and not est.exact
+    # Reproducible: the mean over the runs of roll_sequence with seeds 5, 6, 7 (to 1e-6: the
+    # runs are vmapped, where XLA's vectorised division may round a scale one ulp off).
+    means = [
+        float(
+            np.asarray(
+                optax_dice.roll_sequence(s, 100, threshold=12, modifier=2, **kwargs).scale,
+                np.float64,
+            ).mean()
+        )
+        for s in (5, 6, 7)
+    ]
+    assert est.expected_scale == pytest.approx(np.mean(means), rel=1e-6)
+    assert est.standard_error == pytest.approx(np.std(means, ddof=1) / np.sqrt(3), rel=1e-4)
+    text = str(est)
+    assert "ESTIMATE over 3 seeded runs (seeds 5..7) of 100 updates" in text
+    assert "(standard error)" in text and "Arcane Recovery" in text and "Loss Dragon" in text
+
+
+def test_an_estimate_agrees_with_the_exact_odds_within_its_standard_error():
+    # One update per run: the level bonus is still 1 (level 1), so the Rogue with experience
+    # has the Rogue's exact odds; 4,000 runs put the estimate within 4 standard errors.
+    exact = optax_dice.odds(threshold=12, modifier=2, character="rogue")
+    est = optax_dice.odds(
+        threshold=12, modifier=2, character="rogue", experience=True, steps=1, runs=4000
+    )
+    assert est.standard_error == pytest.approx(exact.std_scale / np.sqrt(4000), rel=0.05)
+    assert abs(est.expected_scale - exact.expected_scale) < 4 * est.standard_error
+    assert est.fired_per_1000["Sneak Attack"] == pytest.approx(550, abs=4 * 7.9)  # p = 0.55
+
+
+def test_bad_estimate_arguments():
+    with pytest.raises(ValueError, match="runs must be an int >= 2"):
+        optax_dice.odds(character="fighter", runs=1)
+    with pytest.raises(ValueError, match="is unknown"):
+        optax_dice.odds(character="bard")
+
+
+def test_the_readme_ruleset_table_is_what_odds_computes():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| (d20, [^|]+) \| ([+-][0-9.]+)[^|]* \| ([0-9.]+) \|$", readme, re.M)
+    assert len(rows) >= 7
+    for label, mean, std in rows:
+        kwargs = {"dice": "d20"}
+        for part in label.split("(")[0].split(", ")[1:]:
+            name, _, value = part.strip().partition(" ")
+            if name in ("threshold", "modifier"):
+                kwargs[name] = int(value)
+            elif name in ("rule", "character"):
+                kwargs[name] = value
+            else:
+                kwargs[name] = True
+        got = optax_dice.odds(**kwargs)
+        assert (f"{got.expected_scale:+.4f}", f"{got.std_scale:.4f}") == (mean, std), label

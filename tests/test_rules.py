@@ -22,9 +22,11 @@ def _saving_throw_reference(natural: int, total: int, sides: int, threshold: int
 
 
 def _original_reference(natural: int, total: int, sides: int, threshold: int) -> float:
-    if natural == 1:
+    """roll-to-train's get_scale_factor(roll), whose roll is the modified roll (total)."""
+    del natural
+    if total == 1:
         return -1.0
-    if natural == sides:
+    if total == sides:
         return 1.0
     if total >= threshold:
         return float(Fraction(total - threshold, 100))
@@ -92,3 +94,19 @@ def test_resolve_rule():
         rules.resolve_rule("nat20")
     with pytest.raises(TypeError, match="rule must be"):
         rules.resolve_rule(3)
+
+
+def test_original_judges_criticals_on_the_modified_roll():
+    # roll-to-train's example run: ability score 15 (+2), DC 12. A natural 18 makes 20, its
+    # "critical success"; a natural 1 makes 3, a plain failure (0); a critical failure needs
+    # a total of 1, which +2 never makes.
+    faces = jnp.arange(1, 21)  # (vectorised: a quotient may be one ulp off, hence round)
+    got = np.asarray(rules.original(faces, faces + 2, 20, 12))
+    assert got[17] == 1.0 and got[0] == 0.0 and round(float(got[19]), 6) == 0.1
+    assert -1.0 not in got
+    # With modifier -1 a natural 2 is the critical failure, and a natural 20 (total 19) is not
+    # a critical success: 19 >= 12 gives 0.07.
+    got = np.asarray(rules.original(faces, faces - 1, 20, 12))
+    assert got[1] == -1.0 and got[0] == 0.0 and round(float(got[19]), 6) == 0.07
+    codes = np.asarray(rules.outcome_original(faces, faces + 2, 20, 12))
+    assert codes[17] == rules.CRITICAL_SUCCESS and rules.CRITICAL_FAILURE not in codes
