@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_dice import _validation
-from optax_dice.dice import _as_int32, make_ruleset
+from optax_dice.dice import make_ruleset
 from optax_dice.rules import OUTCOME_NAMES, outcome, rule_name
 
 #: The most faces :func:`odds` enumerates (a few float64 arrays of this length: ~50 MB).
@@ -70,7 +70,7 @@ def _face_probs(sides: int, advantage: bool, disadvantage: bool) -> np.ndarray:
 
 def _concrete_int(name: str, value: Any) -> int:
     try:
-        return int(np.asarray(_as_int32(value)))
+        return int(np.asarray(_validation.as_int32(value)))
     except Exception as err:  # a tracer cannot be enumerated over
         raise TypeError(f"odds needs a concrete {name}, got {value!r}.") from err
 

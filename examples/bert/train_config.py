@@ -281,16 +281,6 @@ class TrainConfig:
             )
         return problems
 
-    def to_argv(self) -> list[str]:
-        """The command line that makes this config: a flag for each non-default setting."""
-        argv = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value == f.default or value is None or value is False:
-                continue
-            argv += [_flag(f.name)] if value is True else [_flag(f.name), str(value)]
-        return argv
-
 
 # What the optimizer's settings mean, said after any problem with them.
 _ALSO = {
@@ -301,6 +291,18 @@ _ALSO = {
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def to_argv(settings: dict[str, Any]) -> list[str]:
+    """The command line that gives these settings (TrainConfig fields): a flag for each one
+    that differs from its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    argv = []
+    for name, value in settings.items():
+        if value == defaults[name] or value is None or value is False:
+            continue
+        argv += [_flag(name)] if value is True else [_flag(name), str(value)]
+    return argv
 
 
 def build_parser() -> HfArgumentParser:
@@ -337,14 +339,23 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         parser.error(f"give only one of {', '.join(both)}")
     try:
         if "resume" in typed:
-            return _resumed(typed)
+            return resumed(typed)
         return TrainConfig(**typed)
     except ValueError as err:
         parser.error(str(err))
     raise AssertionError("unreachable")
 
 
-def _resumed(typed: dict[str, Any]) -> TrainConfig:
+def resumed(typed: dict[str, Any]) -> TrainConfig:
+    """The config of the run in ``typed["resume"]``, from its ``config.json``.
+
+    Args:
+      typed: the settings the user gave, ``resume`` among them.
+
+    Raises:
+      ValueError: not a run folder, a typed setting that differs from the run's, or nothing
+        to resume from.
+    """
     run = typed["resume"]
     path = os.path.join(run, rundir.CONFIG_FILE)
     if not os.path.isfile(path):
