@@ -15,6 +15,20 @@ import numpy as np
 
 from examples.bert import rundir
 
+# The sweep's figures: file name -> (x label, y label, title).
+SWEEP_FIGURES = {
+    "accuracy_vs_expected_scale.png": (
+        "E[scale] of the ruleset (baseline: 1, no dice)",
+        "validation accuracy",
+        "Final accuracy against the ruleset's expected scale (one point per run)",
+    ),
+    "loss_curves.png": (
+        "micro-batch",
+        "training loss before the roll (mean over seeds, moving average)",
+        "Training loss per arm",
+    ),
+}
+
 
 def moving_average(x: np.ndarray, window: int) -> np.ndarray:
     """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
@@ -149,14 +163,7 @@ def plot_sweep(rows: list[dict[str, Any]], results_dir: str) -> None:
             s=36,
             alpha=0.85,
         )
-    ax.set_xlabel("E[scale] of the ruleset (baseline: 1, no dice)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Final accuracy against the ruleset's expected scale (one point per run)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(os.path.join(results_dir, "accuracy_vs_expected_scale.png"), dpi=120)
-    plt.close(fig)
+    _save(fig, ax, results_dir, "accuracy_vs_expected_scale.png")
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for arm in arms:
@@ -172,11 +179,16 @@ def plot_sweep(rows: list[dict[str, Any]], results_dir: str) -> None:
         ax.plot(
             np.arange(1, n + 1), moving_average(mean, max(1, n // 15)), color=colors[arm], label=arm
         )
-    ax.set_xlabel("micro-batch")
-    ax.set_ylabel("training loss before the roll (mean over seeds, moving average)")
-    ax.set_title("Training loss per arm")
+    _save(fig, ax, results_dir, "loss_curves.png")
+
+
+def _save(fig: Any, ax: Any, results_dir: str, name: str) -> None:
+    x, y, title = SWEEP_FIGURES[name]
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(os.path.join(results_dir, "loss_curves.png"), dpi=120)
+    fig.savefig(os.path.join(results_dir, name), dpi=120)
     plt.close(fig)

@@ -167,14 +167,8 @@ class TrainConfig:
         if modifier is None:
             modifier = optax_dice.ability_modifier(self.ability_score)
         dice: Any = int(self.dice) if str(self.dice).isdigit() else self.dice
-        return dict(
-            dice=dice,
-            threshold=self.threshold,
-            modifier=modifier,
-            advantage=self.advantage,
-            disadvantage=self.disadvantage,
-            rule=self.rule,
-        )
+        same = {name: getattr(self, name) for name in ("threshold", "advantage", "disadvantage")}
+        return {"dice": dice, "modifier": modifier, **same, "rule": self.rule}
 
     def total_updates(self, batches_per_epoch: int) -> int:
         """The applied updates of the run: ``--epochs`` if given, else ``--steps``."""
