@@ -407,45 +407,44 @@ def evaluate_and_log(
     return seconds
 
 
-# ---------------------------------------------------------------------------- the run
+def save_checkpoint(
+    ckpt: rundir.Checkpointer,
+    batches: data.TrainBatches,
+    config: TrainConfig,
+    step: int,
+    state: steps.TrainState,
+    train_time_s: float,
+) -> None:
+    """Starts saving the state after ``step`` micro-steps, with where the data stands."""
+    epoch, index = batches.position(step)
+    meta = {
+        "micro_step": step,
+        "step": step // config.accumulation_steps,
+        "epoch": epoch,
+        "batch_in_epoch": index,
+        "examples_seen": step * config.batch_size,
+        "train_time_s": train_time_s,
+    }
+    with allow_transfers():
+        ckpt.save(step, state, meta)
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Trains as ``config`` says and returns the summary (also written to summary.json).
-
-    Raises:
-      UsageError: for bad input, before any file is written (``main`` turns it into a
-        usage error).
-    """
-    t_start = time.perf_counter()
-    if config.resume is not None and (finished := rundir.finished_summary(config.resume)):
-        # Leave a finished run's outputs as they are: nothing to train, nothing to write.
-        say(
-            f"The run in {config.resume} has {finished['status']} ({finished.get('steps')} of "
-            f"{finished.get('total_steps')} updates); nothing to resume, its outputs are left "
-            "as they are. Start a new run to train more."
-        )
-        return finished
-    if config.distributed:
-        try:
-            parallel.initialize_distributed(
-                config.coordinator_address,
-                config.num_processes,
-                config.process_id,
-                config.coordinator_timeout,
-            )
-        except (ConnectionError, ValueError) as err:
-            raise UsageError(str(err)) from err
-    is_main = jax.process_index() == 0
-    out = output_dir(config)
+def join_processes(config: TrainConfig) -> None:
+    """Joins the multi-process run (``--distributed``); a failure is a usage error."""
     try:
-        with allow_transfers():
-            run = load(config)
-    except (data.DataError, OSError, ValueError) as err:
+        parallel.initialize_distributed(
+            config.coordinator_address,
+            config.num_processes,
+            config.process_id,
+            config.coordinator_timeout,
+        )
+    except (ConnectionError, ValueError) as err:
         raise UsageError(str(err)) from err
-    dataset, mesh, odds, batches = run.dataset, run.mesh, run.odds, run.batches
-    k, eval_batch_size = config.accumulation_steps, config.eval_batch_size or config.batch_size
-    total = run.total_updates * k  # micro-steps
+
+
+def describe(config: TrainConfig, run: Loaded, out: str) -> None:
+    """Says what was loaded and what the run will do."""
+    dataset, k = run.dataset, config.accumulation_steps
     say(run.load_report)
     say(
         f"Data: {dataset.source}: {len(dataset.train['labels']):,} train / "
@@ -453,113 +452,44 @@ def train(config: TrainConfig) -> dict[str, Any]:
         f"({dataset.validation_from}), labels {dataset.label_names}, {dataset.seq_len} tokens; "
         f"majority class {dataset.majority_accuracy():.3f}."
     )
-    if odds is None:
+    if run.odds is None:
         say("Dice: off (--mode off): the baseline optimizer.")
     else:
         where = "gradient" if config.dice_position == "before" else "final step"
-        say(f"Dice: {config.mode}, scaling the {where}. The odds of one roll:\n{odds}")
+        say(f"Dice: {config.mode}, scaling the {where}. The odds of one roll:\n{run.odds}")
     say(
         f"Training {run.total_updates} updates x {k} micro-batch(es) of {config.batch_size} "
-        f"on {mesh.devices.size} {jax.devices()[0].platform} device(s) "
+        f"on {run.mesh.devices.size} {jax.devices()[0].platform} device(s) "
         f"({jax.process_count()} process(es)); output: {out}"
     )
 
-    with removed_on_failure(out):
-        # The run folder, the train state (a resumed run's from its checkpoint) and the steps.
-        if is_main:
-            os.makedirs(out, exist_ok=True)
-            if config.resume is None:
-                rundir.write_json(
-                    os.path.join(out, rundir.CONFIG_FILE), run_description(config, run)
-                )
-        with allow_transfers():
-            train_graphdef, eval_graphdef, params, model_state = steps.split_model(run.model)
-            state = steps.init_train_state(params, model_state, run.tx, mesh)
-            del params, model_state
-            run = run._replace(model=None)
-            ckpt = rundir.Checkpointer(out, max_to_keep=config.keep_checkpoints)
-            start, meta = 0, {}
-            latest = ckpt.latest_step() if config.resume is not None else None
-            if latest is not None:
-                state, meta = ckpt.restore(latest, state)
-                start = int(jax.device_get(state.step))
-                say(f"Resumed from the checkpoint at micro-step {start} in {ckpt.directory}.")
-        train_step = steps.make_train_step(
-            train_graphdef, run.tx, run.schedule, k, mesh, uses_dice=config.uses_dice
-        )
-        evaluate_on = functools.partial(
-            evaluate, steps.make_eval_step(eval_graphdef, dataset.num_labels, mesh),
-            batch_size=eval_batch_size, num_labels=dataset.num_labels, mesh=mesh,
-        )  # fmt: skip
-        sharding = parallel.batch_sharding(mesh)
-        log = TrainLog(config, start, total, out)
-        train_time_before, eval_s = float(meta.get("train_time_s", 0.0)), 0.0
 
-        def save(step: int, state: steps.TrainState) -> None:
-            epoch, index = batches.position(step)
-            meta = {
-                "micro_step": step,
-                "step": step // k,
-                "epoch": epoch,
-                "batch_in_epoch": index,
-                "examples_seen": step * config.batch_size,
-                "train_time_s": train_time_before + time.perf_counter() - log.t_loop,
-            }
-            with allow_transfers():
-                ckpt.save(step, state, meta)
+def report(
+    config: TrainConfig,
+    run: Loaded,
+    out: str,
+    log: TrainLog,
+    *,
+    status: str,
+    step: int,
+    start: int,
+    eval_s: float,
+    t_start: float,
+) -> dict[str, Any]:
+    """Writes summary.json and run.png, says the results; returns the summary.
 
-        # The loop: one micro-batch a step; ``step`` counts the micro-steps done.
-        status, step = "completed", start
-        with StopFlag() as stop:
-            try:
-                while step < total:
-                    state, metrics = train_step(state, parallel.put_batch(batches(step), sharding))
-                    log.add(metrics)
-                    step += 1
-                    update_done, last = step % k == 0, step == total
-                    log_now = step % config.log_every == 0 or step == start + 1
-                    halt = stop.agreed(log_now) or 0 < config.stop_after <= step
-                    eval_now = last or (update_done and _every(step // k, config.eval_every))
-                    save_now = (
-                        last or halt or (update_done and _every(step // k, config.save_every))
-                    )
-                    if log_now or eval_now or save_now:
-                        log.flush(step)
-                    if log.diverged_at is not None:
-                        # No evaluation and no checkpoint of a model whose loss is NaN or inf:
-                        # the last checkpoint stays the last sound state.
-                        status = "diverged"
-                        say(
-                            f"\nThe training loss became {log.diverged_loss} at micro-step "
-                            f"{log.diverged_at} (update {log.diverged_at // k}): the "
-                            f"run diverged and stopped at micro-step {step}. Lower --lr (now "
-                            f"{config.lr}) or check the data."
-                        )
-                        break
-                    if eval_now:
-                        splits = {"eval": dataset.validation}
-                        if last and dataset.perturbed_validation is not None:
-                            splits["eval_perturbed"] = dataset.perturbed_validation
-                        eval_s += evaluate_and_log(evaluate_on, state, splits, step, log)
-                    if save_now:
-                        save(step, state)
-                        log.restart_window()
-                    if halt and not last:
-                        status = "stopped" if 0 < config.stop_after <= step else "interrupted"
-                        break
-            except KeyboardInterrupt:
-                status = "interrupted"
-                if log.pending:
-                    log.flush(step)
-                with contextlib.suppress(Exception):
-                    save(step, state)
-                say(f"\nInterrupted at micro-step {step}; resume with --resume {out}")
-            finally:
-                log.close()
-                with allow_transfers():
-                    ckpt.close()
-
-    # The report: summary.json, run.png and a few lines.
+    Args:
+      config: the run's settings.
+      run: what it was made of.
+      out: the run folder.
+      log: the loop's log (this session's records and timing).
+      status: how the loop ended.
+      step: micro-steps done; ``start``: done before this session.
+      eval_s: seconds spent evaluating; ``t_start``: when the run began.
+    """
+    is_main, k = jax.process_index() == 0, config.accumulation_steps
+    dataset, odds, mesh = run.dataset, run.odds, run.mesh
+    total = run.total_updates * k
     train_time = time.perf_counter() - log.t_loop
     records = (
         rundir.read_metrics(os.path.join(out, rundir.METRICS_FILE)) if is_main else log.records
@@ -623,6 +553,128 @@ def train(config: TrainConfig) -> dict[str, Any]:
         + f", {summary['wall_time_s']:.1f} s in all. Outputs in {out}"
     )
     return summary
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Trains as ``config`` says and returns the summary (also written to summary.json).
+
+    Raises:
+      UsageError: for bad input, before any file is written (``main`` turns it into a
+        usage error).
+    """
+    t_start = time.perf_counter()
+    if config.resume is not None and (finished := rundir.finished_summary(config.resume)):
+        # Leave a finished run's outputs as they are: nothing to train, nothing to write.
+        say(
+            f"The run in {config.resume} has {finished['status']} ({finished.get('steps')} of "
+            f"{finished.get('total_steps')} updates); nothing to resume, its outputs are left "
+            "as they are. Start a new run to train more."
+        )
+        return finished
+    if config.distributed:
+        join_processes(config)
+    is_main = jax.process_index() == 0
+    out = output_dir(config)
+    try:
+        with allow_transfers():
+            run = load(config)
+    except (data.DataError, OSError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    dataset, mesh, batches = run.dataset, run.mesh, run.batches
+    k, eval_batch_size = config.accumulation_steps, config.eval_batch_size or config.batch_size
+    total = run.total_updates * k  # micro-steps
+    describe(config, run, out)
+
+    with removed_on_failure(out):
+        # The run folder, the train state (a resumed run's from its checkpoint) and the steps.
+        if is_main:
+            os.makedirs(out, exist_ok=True)
+            if config.resume is None:
+                rundir.write_json(
+                    os.path.join(out, rundir.CONFIG_FILE), run_description(config, run)
+                )
+        with allow_transfers():
+            train_graphdef, eval_graphdef, params, model_state = steps.split_model(run.model)
+            state = steps.init_train_state(params, model_state, run.tx, mesh)
+            del params, model_state
+            run = run._replace(model=None)  # the state holds its arrays now
+            ckpt = rundir.Checkpointer(out, max_to_keep=config.keep_checkpoints)
+            start, meta = 0, {}
+            latest = ckpt.latest_step() if config.resume is not None else None
+            if latest is not None:
+                state, meta = ckpt.restore(latest, state)
+                start = int(jax.device_get(state.step))
+                say(f"Resumed from the checkpoint at micro-step {start} in {ckpt.directory}.")
+        train_step = steps.make_train_step(
+            train_graphdef, run.tx, run.schedule, k, mesh, uses_dice=config.uses_dice
+        )
+        evaluate_on = functools.partial(
+            evaluate, steps.make_eval_step(eval_graphdef, dataset.num_labels, mesh),
+            batch_size=eval_batch_size, num_labels=dataset.num_labels, mesh=mesh,
+        )  # fmt: skip
+        sharding = parallel.batch_sharding(mesh)
+        log = TrainLog(config, start, total, out)
+        train_time_before, eval_s = float(meta.get("train_time_s", 0.0)), 0.0
+        save = functools.partial(save_checkpoint, ckpt, batches, config)
+
+        # The loop: one micro-batch a step; ``step`` counts the micro-steps done.
+        status, step = "completed", start
+        with StopFlag() as stop:
+            try:
+                while step < total:
+                    state, metrics = train_step(state, parallel.put_batch(batches(step), sharding))
+                    log.add(metrics)
+                    step += 1
+                    update_done, last = step % k == 0, step == total
+                    log_now = step % config.log_every == 0 or step == start + 1
+                    halt = stop.agreed(log_now) or 0 < config.stop_after <= step
+                    eval_now = last or (update_done and _every(step // k, config.eval_every))
+                    save_now = (
+                        last or halt or (update_done and _every(step // k, config.save_every))
+                    )
+                    if log_now or eval_now or save_now:
+                        log.flush(step)
+                    if log.diverged_at is not None:
+                        # No evaluation and no checkpoint of a model whose loss is NaN or inf:
+                        # the last checkpoint stays the last sound state.
+                        status = "diverged"
+                        say(
+                            f"\nThe training loss became {log.diverged_loss} at micro-step "
+                            f"{log.diverged_at} (update {log.diverged_at // k}): the "
+                            f"run diverged and stopped at micro-step {step}. Lower --lr (now "
+                            f"{config.lr}) or check the data."
+                        )
+                        break
+                    if eval_now:
+                        splits = {"eval": dataset.validation}
+                        if last and dataset.perturbed_validation is not None:
+                            splits["eval_perturbed"] = dataset.perturbed_validation
+                        eval_s += evaluate_and_log(evaluate_on, state, splits, step, log)
+                    if save_now:
+                        save(step, state, train_time_before + time.perf_counter() - log.t_loop)
+                        log.restart_window()
+                    if halt and not last:
+                        status = "stopped" if 0 < config.stop_after <= step else "interrupted"
+                        break
+            except KeyboardInterrupt:
+                status = "interrupted"
+                if log.pending:
+                    log.flush(step)
+                with contextlib.suppress(Exception):
+                    save(step, state, train_time_before + time.perf_counter() - log.t_loop)
+                say(f"\nInterrupted at micro-step {step}; resume with --resume {out}")
+            finally:
+                log.close()
+                with allow_transfers():
+                    ckpt.close()
+
+    # The report: summary.json, run.png and a few lines.
+    return report(
+        config, run, out, log, status=status, step=step, start=start, eval_s=eval_s, t_start=t_start
+    )
 
 
 def _every(update: int, every: int) -> bool:
