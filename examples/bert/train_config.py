@@ -327,6 +327,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     change how the run goes on, not what it computes (``--no-progress`` saved stays on).
     """
     parser = build_parser()
+    parser.parse_args(argv)  # --help (with the defaults), and malformed values, exit here
     typed = typed_flags(argv)
     both = [f"{_flag(a)} and {_flag(b)}" for a, b in EXCLUSIVE if a in typed and b in typed]
     if both:
