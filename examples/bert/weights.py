@@ -19,6 +19,7 @@ from typing import Any
 import huggingface_hub
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 from safetensors import safe_open
@@ -69,6 +70,21 @@ def hf_name(path: Sequence[Any]) -> str:
     'bert.encoder.layer.0.attention.output.LayerNorm.weight'
     """
     return ".".join(_HF_NAMES.get(str(key), str(key)) for key in path)
+
+
+def hf_layout(path: Sequence[Any], array: Any) -> Any:
+    """An array of ours as Hugging Face stores it, or back (the same transpose both ways):
+    ``torch.nn.Linear`` keeps a kernel (out, in), nnx (in, out); the rest is alike."""
+    return array.T if path[-1] == "kernel" else array
+
+
+def hf_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
+    """The model's parameters under Hugging Face's names and layouts, ready for
+    ``safetensors`` (the inverse of :func:`from_pretrained`'s mapping)."""
+    return {
+        hf_name(path): np.ascontiguousarray(hf_layout(path, np.asarray(variable.get_value())))
+        for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
 
 
 def _canonical(name: str) -> str:
@@ -212,13 +228,13 @@ def from_pretrained(
                 fresh.append(path)
                 continue
             array = checkpoint.get_tensor(name)
-            kernel = path[-1] == "kernel"  # torch.nn.Linear stores it (out, in), nnx (in, out)
-            wanted = variable.shape[::-1] if kernel else variable.shape
+            # The shape Hugging Face stores it in (a view of nothing, for its shape alone).
+            wanted = hf_layout(path, np.broadcast_to(np.int8(0), variable.shape)).shape
             if array.shape != wanted:
                 raise ValueError(
                     f"{name} in {folder} has shape {array.shape}; the model wants {wanted}."
                 )
-            variable.set_value(jnp.asarray(array.T if kernel else array, jnp.float32))
+            variable.set_value(jnp.asarray(hf_layout(path, array), jnp.float32))
 
     @jax.jit
     def initialise() -> list[jax.Array]:
