@@ -15,15 +15,24 @@ All JSON is strict: a NaN or infinite loss is written as ``null``.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import math
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+import optax_dice
+from examples.bert import optim
+
+if TYPE_CHECKING:
+    from examples.bert.data import ClassificationData
+    from examples.bert.train_config import TrainConfig
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -255,7 +264,111 @@ class Checkpointer:
         self.manager.close()
 
 
-# -------------------------------------------------------------------------------- summary
+# ------------------------------------------------------------------- config.json, summary.json
+
+
+def config_json(
+    config: TrainConfig,
+    *,
+    model_dir: str | os.PathLike,
+    dataset: ClassificationData,
+    total_updates: int,
+    odds: optax_dice.Odds | None,
+) -> dict[str, Any]:
+    """``config.json``: the settings, and what they amounted to on this data and machine."""
+    versions = {}
+    for name in ("jax", "jaxlib", "optax", "flax", "orbax-checkpoint", "optax-dice"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    perturbation = {"char_drop": config.char_drop, "word_swap": config.word_swap}
+    return {
+        "args": config.saved(),
+        "model_dir": str(model_dir),
+        "data": {
+            "source": dataset.source,
+            "text_column": dataset.text_column,
+            "label_column": dataset.label_column,
+            "label_names": dataset.label_names,
+            "label_to_id": {name: i for i, name in enumerate(dataset.label_names)},
+            "train_examples": len(dataset.train["labels"]),
+            "validation_examples": len(dataset.validation["labels"]),
+            "validation_from": dataset.validation_from,
+            "seq_len": dataset.seq_len,
+            "majority_accuracy": dataset.majority_accuracy(),
+            "perturbation": (
+                {**perturbation, "seed": config.split_seed} if config.perturbed_eval else None
+            ),
+        },
+        "optimizer": {
+            "total_updates": total_updates,
+            "micro_steps": total_updates * config.accumulation_steps,
+            "dice": config.dice_kwargs if config.uses_dice else None,
+            "dice_key": f"jax.random.fold_in(jax.random.key({config.seed}), "
+            f"{optim.DICE_STREAM:#x})",
+            "expected_scale": None if odds is None else odds.expected_scale,
+        },
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "platform": jax.devices()[0].platform,
+        "versions": versions,
+    }
+
+
+def summary(
+    config: TrainConfig,
+    records: list[dict[str, Any]],
+    *,
+    dataset: ClassificationData,
+    odds: optax_dice.Odds | None,
+    out: str,
+    status: str,
+    micro_steps: int,
+    total_updates: int,
+    start: int,
+    diverged_at: int | None,
+    timing: dict[str, float | None],
+) -> dict[str, Any]:
+    """``summary.json``: how the run ended, its results (from the records), its set-up and
+    its timing.
+
+    Args:
+      config: the run's settings.
+      records: the metrics records (all of the run's, on process 0).
+      dataset: the run's data.
+      odds: the exact odds of its ruleset (None without dice).
+      out: the run folder.
+      status: completed, diverged, stopped or interrupted.
+      micro_steps: micro-steps done; ``start``: done before this session.
+      total_updates: the run's applied updates, when complete.
+      diverged_at: the first micro-step with a non-finite loss, or None.
+      timing: the speed and time figures, in seconds.
+    """
+    k = config.accumulation_steps
+    return {
+        "status": status,
+        "output_dir": os.path.abspath(out),
+        "micro_steps": micro_steps,
+        "steps": micro_steps // k,
+        "total_steps": total_updates,
+        "epochs": micro_steps * config.batch_size / len(dataset.train["labels"]),
+        "resumed_from_micro_step": start if config.resume is not None else None,
+        "diverged_at_micro_step": diverged_at,
+        **_result_fields(
+            records, diverged=status == "diverged", sides=None if odds is None else odds.sides
+        ),
+        "majority_accuracy": dataset.majority_accuracy(),
+        "mode": config.mode,
+        "dice_position": config.dice_position if config.uses_dice else None,
+        "dice": config.dice_kwargs if config.uses_dice else None,
+        "expected_scale": None if odds is None else odds.expected_scale,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "platform": jax.devices()[0].platform,
+        "dtype": config.dtype,
+        "batch_size": config.batch_size,
+        "seq_len": dataset.seq_len,
+        **timing,
+    }
 
 
 def last_of(records: Iterable[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -264,7 +377,7 @@ def last_of(records: Iterable[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[-1] if found else {}
 
 
-def result_fields(
+def _result_fields(
     records: list[dict[str, Any]], *, diverged: bool, sides: int | None
 ) -> dict[str, Any]:
     """The summary's fields that the metrics give: the final (and perturbed) evaluation, the

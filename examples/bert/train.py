@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import importlib.metadata
 import math
 import os
 import re
@@ -120,47 +119,6 @@ def load(config: TrainConfig) -> Loaded:
     return Loaded(
         model_dir, dataset, batches, mesh, total_updates, tx, schedule, odds, model, load_report
     )
-
-
-def run_description(config: TrainConfig, loaded: Loaded) -> dict[str, Any]:
-    """``config.json``: the settings, and what they amounted to on this data and machine."""
-    dataset, odds = loaded.dataset, loaded.odds
-    versions = {}
-    for name in ("jax", "jaxlib", "optax", "flax", "orbax-checkpoint", "optax-dice"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[name] = importlib.metadata.version(name)
-    perturbation = {"char_drop": config.char_drop, "word_swap": config.word_swap}
-    return {
-        "args": config.saved(),
-        "model_dir": str(loaded.model_dir),
-        "data": {
-            "source": dataset.source,
-            "text_column": dataset.text_column,
-            "label_column": dataset.label_column,
-            "label_names": dataset.label_names,
-            "label_to_id": {name: i for i, name in enumerate(dataset.label_names)},
-            "train_examples": len(dataset.train["labels"]),
-            "validation_examples": len(dataset.validation["labels"]),
-            "validation_from": dataset.validation_from,
-            "seq_len": dataset.seq_len,
-            "majority_accuracy": dataset.majority_accuracy(),
-            "perturbation": (
-                {**perturbation, "seed": config.split_seed} if config.perturbed_eval else None
-            ),
-        },
-        "optimizer": {
-            "total_updates": loaded.total_updates,
-            "micro_steps": loaded.total_updates * config.accumulation_steps,
-            "dice": config.dice_kwargs if config.uses_dice else None,
-            "dice_key": f"jax.random.fold_in(jax.random.key({config.seed}), "
-            f"{optim.DICE_STREAM:#x})",
-            "expected_scale": None if odds is None else odds.expected_scale,
-        },
-        "devices": jax.device_count(),
-        "processes": jax.process_count(),
-        "platform": jax.devices()[0].platform,
-        "versions": versions,
-    }
 
 
 def default_output_dir(config: TrainConfig) -> str:
@@ -488,40 +446,30 @@ def report(
       eval_s: seconds spent evaluating; ``t_start``: when the run began.
     """
     is_main, k = jax.process_index() == 0, config.accumulation_steps
-    dataset, odds, mesh = run.dataset, run.odds, run.mesh
+    dataset, odds = run.dataset, run.odds
     total = run.total_updates * k
     train_time = time.perf_counter() - log.t_loop
     records = (
         rundir.read_metrics(os.path.join(out, rundir.METRICS_FILE)) if is_main else log.records
     )
-    summary: dict[str, Any] = {
-        "status": status,
-        "output_dir": os.path.abspath(out),
-        "micro_steps": step,
-        "steps": step // k,
-        "total_steps": total // k,
-        "epochs": step * config.batch_size / len(dataset.train["labels"]),
-        "resumed_from_micro_step": start if config.resume is not None else None,
-        "diverged_at_micro_step": log.diverged_at,
-        **rundir.result_fields(
-            records, diverged=status == "diverged", sides=None if odds is None else odds.sides
-        ),
-        "majority_accuracy": dataset.majority_accuracy(),
-        "mode": config.mode,
-        "dice_position": config.dice_position if config.uses_dice else None,
-        "dice": config.dice_kwargs if config.uses_dice else None,
-        "expected_scale": None if odds is None else odds.expected_scale,
-        "devices": mesh.devices.size,
-        "processes": jax.process_count(),
-        "platform": jax.devices()[0].platform,
-        "dtype": config.dtype,
-        "batch_size": config.batch_size,
-        "seq_len": dataset.seq_len,
-        **log.timing(),
-        "eval_time_s": eval_s,
-        "train_time_s": train_time,
-        "wall_time_s": time.perf_counter() - t_start,
-    }
+    summary = rundir.summary(
+        config,
+        records,
+        dataset=dataset,
+        odds=odds,
+        out=out,
+        status=status,
+        micro_steps=step,
+        total_updates=total // k,
+        start=start,
+        diverged_at=log.diverged_at,
+        timing={
+            **log.timing(),
+            "eval_time_s": eval_s,
+            "train_time_s": train_time,
+            "wall_time_s": time.perf_counter() - t_start,
+        },
+    )
     if is_main:
         rundir.write_json(os.path.join(out, rundir.SUMMARY_FILE), summary)
         with allow_transfers():
@@ -593,9 +541,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if is_main:
             os.makedirs(out, exist_ok=True)
             if config.resume is None:
-                rundir.write_json(
-                    os.path.join(out, rundir.CONFIG_FILE), run_description(config, run)
+                description = rundir.config_json(
+                    config,
+                    model_dir=run.model_dir,
+                    dataset=run.dataset,
+                    total_updates=run.total_updates,
+                    odds=run.odds,
                 )
+                rundir.write_json(os.path.join(out, rundir.CONFIG_FILE), description)
         with allow_transfers():
             train_graphdef, eval_graphdef, params, model_state = steps.split_model(run.model)
             state = steps.init_train_state(params, model_state, run.tx, mesh)
