@@ -253,3 +253,32 @@ def cost_bytes(compiled: Any) -> float:
     if isinstance(analysis, list):
         analysis = analysis[0] if analysis else {}
     return float((analysis or {}).get("bytes accessed", float("nan")))
+
+
+def make_batches(
+    n: int,
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    num_labels: int,
+    *,
+    low_id: int = 1,
+    seed: int = 0,
+) -> list[dict[str, np.ndarray]]:
+    """``n`` random batches as the training script feeds them: token ids in
+    ``[low_id, vocab_size)``, a padding mask (lengths from half to full), types, labels."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(n):
+        lengths = rng.integers(seq_len // 2, seq_len + 1, size=batch_size)
+        mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int32)
+        ids = rng.integers(low_id, vocab_size, (batch_size, seq_len))
+        batches.append(
+            dict(
+                input_ids=(ids * mask).astype(np.int32),
+                attention_mask=mask,
+                token_type_ids=np.zeros((batch_size, seq_len), np.int32),
+                labels=rng.integers(0, num_labels, batch_size).astype(np.int32),
+            )
+        )
+    return batches

@@ -149,27 +149,6 @@ def train_flops_per_token(config: Any, seq_len: int, num_labels: int = NUM_LABEL
     return 6.0 * matmul_weights + 12.0 * layers * hidden * seq_len
 
 
-def make_batches(
-    n: int, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0
-) -> list[dict[str, np.ndarray]]:
-    """``n`` random batches as the training script feeds them: ids, mask, types, labels."""
-    rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(n):
-        lengths = rng.integers(seq_len // 2, seq_len + 1, size=batch_size)
-        mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int32)
-        ids = rng.integers(1, vocab_size, (batch_size, seq_len)).astype(np.int32)
-        batches.append(
-            dict(
-                input_ids=ids * mask,
-                attention_mask=mask,
-                token_type_ids=np.zeros((batch_size, seq_len), np.int32),
-                labels=rng.integers(0, NUM_LABELS, batch_size).astype(np.int32),
-            )
-        )
-    return batches
-
-
 def run_config(
     name: str,
     batch_size: int,
@@ -191,6 +170,7 @@ def run_config(
     from examples.bert import optim, parallel, steps
     from examples.bert.config import BertConfig
     from examples.bert.model import BertForSequenceClassification
+    from examples.bert.train_config import TrainConfig
 
     config = BertConfig(**CONFIGS[name], max_position_embeddings=max(512, seq_len))
     mesh = parallel.make_mesh()
@@ -198,7 +178,7 @@ def run_config(
     sharding = parallel.batch_sharding(mesh)
     batches = [
         parallel.put_batch(b, sharding)
-        for b in make_batches(4, batch_size, seq_len, config.vocab_size)
+        for b in _common.make_batches(4, batch_size, seq_len, config.vocab_size, NUM_LABELS)
     ]
     live: dict[str, list[Any]] = {}
     compiled_facts: dict[str, dict[str, Any]] = {}
@@ -215,17 +195,18 @@ def run_config(
         )
         if attention is not None:
             model.set_attributes(attention_implementation=attention)
-        spec = optim.OptimizerSpec(
+        run = TrainConfig(
             lr=5e-5,
             weight_decay=0.01,
             warmup_ratio=0.1,
-            total_updates=10_000,
             accumulation_steps=accumulation_steps,
             mode=mode,
-            position=position,
+            dice_position=position,
+            threshold=15,  # dice_roll's defaults: d20, DC 15, +0
+            modifier=0,
             seed=0,
         )
-        tx, schedule = optim.build_optimizer(spec)
+        tx, schedule = optim.build_optimizer(run, total_updates=10_000)
         graphdef, _, params, model_state = steps.split_model(model)
         state = steps.init_train_state(params, model_state, tx, mesh)
         del model, params, model_state
@@ -233,7 +214,7 @@ def run_config(
         try:
             step = (
                 steps.make_train_step(
-                    graphdef, tx, schedule, accumulation_steps, mesh, uses_dice=spec.uses_dice
+                    graphdef, tx, schedule, accumulation_steps, mesh, uses_dice=run.uses_dice
                 )
                 .lower(state, batches[0])
                 .compile()

@@ -43,76 +43,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 import optax_dice
 from benchmarks import _common
+from examples.bert.config import BertConfig
+from examples.bert.model import BertForSequenceClassification
 
 TARGET = 1.02  # dice may add at most 2% to the optimizer update
 
-BERT_BASE = dict(
-    vocab_size=30522,
-    hidden_size=768,
-    num_hidden_layers=12,
-    intermediate_size=3072,
-    max_position_embeddings=512,
-    type_vocab_size=2,
-    num_labels=2,
-)
-TINY = dict(
-    vocab_size=1000,
-    hidden_size=32,
-    num_hidden_layers=2,
-    intermediate_size=64,
-    max_position_embeddings=128,
-    type_vocab_size=2,
-    num_labels=2,
-)
+NUM_LABELS = 2
 
 
-def bert_param_shapes(
-    vocab_size: int,
-    hidden_size: int,
-    num_hidden_layers: int,
-    intermediate_size: int,
-    max_position_embeddings: int,
-    type_vocab_size: int,
-    num_labels: int,
-) -> dict[str, Any]:
-    """The parameter shapes of BertForSequenceClassification, as a nested dict of tuples.
-
-    The layout follows Hugging Face's BERT (embeddings, ``num_hidden_layers`` encoder layers
-    of attention and feed-forward blocks with their LayerNorms, the pooler and a classifier),
-    with kernels stored (in, out) as Flax does.
-    """
-    h, i = hidden_size, intermediate_size
-
-    def dense(n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
-        return {"kernel": (n_in, n_out), "bias": (n_out,)}
-
-    def norm() -> dict[str, tuple[int, ...]]:
-        return {"scale": (h,), "bias": (h,)}
-
-    layer = {
-        "query": dense(h, h),
-        "key": dense(h, h),
-        "value": dense(h, h),
-        "attention_output": dense(h, h),
-        "attention_norm": norm(),
-        "intermediate": dense(h, i),
-        "output": dense(i, h),
-        "output_norm": norm(),
-    }
-    return {
-        "embeddings": {
-            "word_embeddings": (vocab_size, h),
-            "position_embeddings": (max_position_embeddings, h),
-            "token_type_embeddings": (type_vocab_size, h),
-            "layer_norm": norm(),
-        },
-        "layers": {str(n): layer for n in range(num_hidden_layers)},
-        "pooler": dense(h, h),
-        "classifier": dense(h, num_labels),
-    }
+def bert_param_shapes(config: BertConfig, num_labels: int = NUM_LABELS) -> dict[str, Any]:
+    """The parameter shapes of the example's ``BertForSequenceClassification`` (no weights
+    made: ``nnx.eval_shape``), as a nested dict of tuples."""
+    model = nnx.eval_shape(
+        lambda: BertForSequenceClassification(config, num_labels, rngs=nnx.Rngs(0))
+    )
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return jax.tree.map(lambda x: tuple(x.shape), params)
 
 
 def _is_shape(x: Any) -> bool:
@@ -291,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="untimed samples first (3)")
     parser.add_argument("--every-k", type=int, default=4, help="micro-batches per update (4)")
     args = parser.parse_args(argv)
-    config = TINY if args.quick else BERT_BASE
+    # BertConfig's defaults are BERT-base's; the tiny one gets a small vocabulary too.
+    config = BertConfig.tiny(vocab_size=1000) if args.quick else BertConfig()
     iters = args.iters or (5 if args.quick else 40)
     warmup = args.warmup or (1 if args.quick else 3)
-    shapes = bert_param_shapes(**config)
+    shapes = bert_param_shapes(config)
     n_params = sum(int(np.prod(s)) for s in jax.tree.leaves(shapes, is_leaf=_is_shape))
 
     print("# update_overhead: the optimizer update alone (jitted update + apply_updates, donated)")

@@ -76,27 +76,6 @@ def saving_throw_scale(natural: int, sides: int = SIDES, threshold: int = THRESH
     return max(-(threshold - natural) / sides, -1.0)
 
 
-def make_batches(
-    n: int, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0
-) -> list[dict[str, np.ndarray]]:
-    """``n`` random batches: token ids, a padding mask (lengths from half to full), labels."""
-    rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(n):
-        lengths = rng.integers(seq_len // 2, seq_len + 1, size=batch_size)
-        mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int32)
-        ids = rng.integers(1000 if vocab_size > 2000 else 1, vocab_size, (batch_size, seq_len))
-        batches.append(
-            dict(
-                input_ids=(ids * mask).astype(np.int32),
-                attention_mask=mask,
-                token_type_ids=np.zeros((batch_size, seq_len), np.int32),
-                labels=rng.integers(0, NUM_LABELS, batch_size).astype(np.int32),
-            )
-        )
-    return batches
-
-
 def torch_runner(
     config: dict[str, Any],
     batches: list[dict[str, np.ndarray]],
@@ -181,6 +160,7 @@ def jax_runner(
     from examples.bert import optim, parallel, steps
     from examples.bert.config import BertConfig
     from examples.bert.model import BertForSequenceClassification
+    from examples.bert.train_config import TrainConfig
 
     model = BertForSequenceClassification(
         BertConfig(**config),
@@ -188,19 +168,20 @@ def jax_runner(
         dtype=jnp.bfloat16 if bfloat16 else jnp.float32,
         rngs=nnx.Rngs(params=0, dropout=1),
     )
-    spec = optim.OptimizerSpec(
+    run = TrainConfig(
         lr=LR,
         weight_decay=WEIGHT_DECAY,
         warmup_ratio=WARMUP_RATIO,
-        total_updates=total_steps,
         accumulation_steps=1,
         mode="per_mini_batch",
-        position="before",
-        dice_kwargs=dict(dice=f"d{SIDES}", threshold=THRESHOLD),
+        dice_position="before",
+        dice=f"d{SIDES}",
+        threshold=THRESHOLD,
+        modifier=0,
         seed=0,
         clip_norm=CLIP,
     )
-    tx, schedule = optim.build_optimizer(spec)
+    tx, schedule = optim.build_optimizer(run, total_updates=total_steps)
     mesh = parallel.make_mesh()
     graphdef, _, params, model_state = steps.split_model(model)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
@@ -285,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: this PyTorch sees no GPU")
     if args.cores:
         torch.set_num_threads(args.cores)
-    batches = make_batches(8, batch_size, seq_len, vocab)
+    # Token ids from 1000 up where the vocabulary has them: no special tokens.
+    low = 1000 if vocab > 2000 else 1
+    batches = _common.make_batches(8, batch_size, seq_len, vocab, NUM_LABELS, low_id=low)
     total_steps = (windows + 2) * window * 3 + 10
     runners: dict[str, Callable[[], Any]] = {}
     counts = []

@@ -79,6 +79,14 @@ def check_integer(name: str, value: Any) -> Any:
     )
 
 
+def as_int32(value: Any) -> jax.Array:
+    """An int32 scalar from an int, or from an injected array (rounded if float)."""
+    value = jnp.asarray(value)
+    if jnp.issubdtype(value.dtype, jnp.floating):
+        value = jnp.round(value)
+    return value.astype(jnp.int32)
+
+
 def check_flag(name: str, value: Any) -> bool:
     """Checks that ``value`` is a bool, or a concrete bool array (it selects code: static)."""
     if isinstance(value, (bool, np.bool_)):

@@ -33,11 +33,8 @@ def accumulate(
       MultiSteps(inner, every_k))`` instead: the roll is made on the first
       micro-batch of each cycle and held for the others, and every micro-batch
       is scaled by it, which gives the same update (the mean of s * g is s times
-      the mean of g) without putting a multiply between the accumulator and
-      ``inner``: with clipping in ``inner``, that multiply made XLA materialise
-      a second copy of the accumulated gradient (+17% time on CPU for a
-      BERT-base update; see benchmarks/RESULTS.md). The dice key advances once
-      per applied update, so the rolls are ``roll_sequence``'s, one per update.
+      the mean of g). The dice key advances once per applied update, so the
+      rolls are ``roll_sequence``'s, one per update.
 
     In both modes the dice state's ``count`` is the number of rolls made, so
     ``roll_sequence(key, count)`` ends with the state's roll.
@@ -78,6 +75,9 @@ def accumulate(
       >>> int(optax.tree_utils.tree_get(state, "gradient_step"))
       2
     """
+    # Why a held roll and not MultiSteps(chain(dice_roll, inner)): a multiply between the
+    # accumulator and ``inner`` made XLA materialise a second copy of the accumulated gradient
+    # when ``inner`` clips (+17% time on CPU for a BERT-base update; benchmarks/RESULTS.md).
     if not isinstance(every_k, (int, np.integer)) or isinstance(every_k, bool) or every_k < 1:
         raise ValueError(
             f"every_k must be an int >= 1 (micro-batches per update), got {every_k!r}."

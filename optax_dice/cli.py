@@ -74,18 +74,18 @@ def game_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def dice_kwargs_from_args(args: argparse.Namespace, *, default_modifier: int = 0) -> dict[str, Any]:
+def dice_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The ``dice_roll`` keywords (no key) of parsed ``--dice ... --rule`` flags.
 
     The modifier is ``--modifier`` if given, else the D&D modifier of ``--ability-score``
-    if given, else ``default_modifier``. Also used by examples/bert/train.py.
+    if given, else 0.
     """
     if args.modifier is not None:
         modifier = args.modifier
     elif args.ability_score is not None:
         modifier = ability_modifier(args.ability_score)
     else:
-        modifier = default_modifier
+        modifier = 0
     dice: Any = int(args.dice) if str(args.dice).isdigit() else args.dice
     return dict(
         dice=dice,

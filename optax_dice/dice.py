@@ -81,14 +81,6 @@ def ability_modifier(score: int) -> int:
     return (int(score) - 10) // 2
 
 
-def _as_int32(value: Any) -> jax.Array:
-    """An int32 scalar from an int, or from an injected array (rounded if float)."""
-    value = jnp.asarray(value)
-    if jnp.issubdtype(value.dtype, jnp.floating):
-        value = jnp.round(value)
-    return value.astype(jnp.int32)
-
-
 def roll(ruleset: Ruleset, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Rolls the die once with ``key`` and judges the roll.
 
@@ -104,7 +96,7 @@ def roll(ruleset: Ruleset, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Ar
         natural = jnp.max(faces) if ruleset.advantage else jnp.min(faces)
     else:
         natural = jax.random.randint(key, (), 1, ruleset.sides + 1, dtype=jnp.int32)
-    total = natural + _as_int32(ruleset.modifier)
-    threshold = _as_int32(ruleset.threshold)
+    total = natural + _validation.as_int32(ruleset.modifier)
+    threshold = _validation.as_int32(ruleset.threshold)
     scale = jnp.asarray(ruleset.rule(natural, total, ruleset.sides, threshold), jnp.float32)
     return natural, total, scale

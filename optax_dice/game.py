@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from optax_dice import _validation
-from optax_dice.dice import Ruleset, _as_int32, roll
+from optax_dice.dice import Ruleset, roll
 from optax_dice.rules import _fraction
 
 #: The character classes, in the order of their codes.
@@ -415,7 +415,7 @@ def game_update(
     level, xp = state.level, state.xp
     if config.experience:
         factor = factor * _fraction(level + 9, 10)  # 1 + 0.1 (L - 1)
-        threshold = _as_int32(ruleset.threshold)
+        threshold = _validation.as_int32(ruleset.threshold)
         gain = 10 * jnp.clip(m, -_MAX_XP_ROLL, _MAX_XP_ROLL)
         gain = jnp.where(m >= threshold, gain, 0)
         gain = jnp.where(active_after, 2 * gain, gain)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_dice import _validation, game
-from optax_dice.dice import _as_int32, make_ruleset
+from optax_dice.dice import make_ruleset
 from optax_dice.rules import OUTCOME_NAMES, outcome_for, rule_name
 from optax_dice.sequence import play
 
@@ -72,7 +72,7 @@ def _face_probs(sides: int, advantage: bool, disadvantage: bool) -> np.ndarray:
 
 def _concrete_int(name: str, value: Any) -> int:
     try:
-        return int(np.asarray(_as_int32(value)))
+        return int(np.asarray(_validation.as_int32(value)))
     except Exception as err:  # a tracer cannot be enumerated over
         raise TypeError(f"odds needs a concrete {name}, got {value!r}.") from err
 

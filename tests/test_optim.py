@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from examples.bert import optim
+from examples.bert.train_config import TrainConfig
 
 PARAMS = {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([0.25, -0.5])}
 GRADS = [
@@ -26,15 +27,19 @@ def _half(natural, total, sides, threshold):
     return jnp.float32(0.5)
 
 
-def _spec(**overrides) -> optim.OptimizerSpec:
-    kw = dict(lr=0.1, weight_decay=0.1, warmup_ratio=0.0, total_updates=10, seed=0)
+def _spec(**overrides) -> TrainConfig:
+    kw = dict(lr=0.1, weight_decay=0.1, warmup_ratio=0.0, seed=0)
     kw.update(overrides)
-    return optim.OptimizerSpec(**kw)
+    return TrainConfig(**kw)
 
 
-def _updates(spec: optim.OptimizerSpec, grads=GRADS) -> list[dict[str, np.ndarray]]:
+def _build(config: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    return optim.build_optimizer(config, total_updates=10)
+
+
+def _updates(spec: TrainConfig, grads=GRADS) -> list[dict[str, np.ndarray]]:
     """The update of every micro-step, for the same gradients and (fixed) params."""
-    tx, _ = optim.build_optimizer(spec)
+    tx, _ = _build(spec)
     state = tx.init(PARAMS)
     step = jax.jit(tx.update)
     out = []
@@ -63,12 +68,12 @@ def test_weight_decay_spares_biases():
 
 def test_gradients_are_clipped_to_global_norm_one():
     big = {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.full(2, 4.0)}  # norm sqrt(68)
-    tx, _ = optim.build_optimizer(_spec(mode="off"))
+    tx, _ = _build(_spec(mode="off"))
     _, state = tx.update(big, tx.init(PARAMS), PARAMS)
     mu = optax.tree_utils.tree_get(state, "mu")  # (1 - b1) * the clipped gradient
     for name in PARAMS:
         np.testing.assert_allclose(mu[name], 0.1 * np.asarray(big[name]) / np.sqrt(68), rtol=1e-6)
-    plain, _ = optim.build_optimizer(_spec(mode="off", clip_norm=None))
+    plain, _ = _build(_spec(mode="off", clip_norm=0))
     _, unclipped = plain.update(big, plain.init(PARAMS), PARAMS)
     np.testing.assert_allclose(optax.tree_utils.tree_get(unclipped, "mu")["bias"], [0.4, 0.4])
 
@@ -81,12 +86,8 @@ def test_after_halves_adamws_step_and_before_leaves_it(mode, k):
     grads = GRADS * 2 if k == 2 else GRADS
     plain = _updates(_spec(mode="off", accumulation_steps=k), grads)
     dice = {"rule": _half}
-    after = _updates(
-        _spec(mode=mode, position="after", accumulation_steps=k, dice_kwargs=dice), grads
-    )
-    before = _updates(
-        _spec(mode=mode, position="before", accumulation_steps=k, dice_kwargs=dice), grads
-    )
+    after = _updates(_spec(mode=mode, dice_position="after", accumulation_steps=k, **dice), grads)
+    before = _updates(_spec(mode=mode, dice_position="before", accumulation_steps=k, **dice), grads)
     emitted = [i for i in range(len(grads)) if (i + 1) % k == 0]
     assert emitted
     for i in range(len(grads)):
@@ -105,29 +106,27 @@ def test_before_per_mini_batch_with_accumulation_scales_each_micro_batch():
     # A rule 0.5 on every micro-batch halves the accumulated mean: Adam normalises it away.
     grads = GRADS * 2
     plain = _updates(_spec(mode="off", accumulation_steps=2), grads)
-    before = _updates(
-        _spec(mode="per_mini_batch", accumulation_steps=2, dice_kwargs={"rule": _half}), grads
-    )
+    before = _updates(_spec(mode="per_mini_batch", accumulation_steps=2, rule=_half), grads)
     for i in (1, 3):
         for name in PARAMS:
             np.testing.assert_allclose(before[i][name], plain[i][name], rtol=1e-5)
 
 
-def test_rolls_at_and_rolls_before():
+def test_rolls_at():
+    # By micro-steps done (from 1): a roll per update rolls on the update's last micro-step.
     spec = _spec(mode="per_accumulation_step", accumulation_steps=3)
-    assert [spec.rolls_at(i) for i in range(6)] == [False, False, True, False, False, True]
-    assert spec.rolls_before(7) == 2
+    assert [optim.rolls_at(spec, n) for n in range(1, 7)] == [False, False, True] * 2
     every = _spec(mode="per_mini_batch", accumulation_steps=3)
-    assert all(every.rolls_at(i) for i in range(6)) and every.rolls_before(7) == 7
-    assert _spec(mode="off").rolls_before(7) == 0
+    assert all(optim.rolls_at(every, n) for n in range(1, 7))
+    assert not any(optim.rolls_at(_spec(mode="off"), n) for n in range(1, 7))
 
 
 def test_bad_specs_are_refused():
     with pytest.raises(ValueError, match="cannot roll per mini-batch"):
-        optim.build_optimizer(_spec(position="after", accumulation_steps=2))
+        _build(_spec(dice_position="after", accumulation_steps=2))
     for lr in (0.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="learning rate must be positive and finite"):
-            optim.build_optimizer(_spec(lr=lr))
+            _build(_spec(lr=lr))
     for wd in (-0.1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="weight decay must be >= 0 and finite"):
-            optim.build_optimizer(_spec(weight_decay=wd))
+            _build(_spec(weight_decay=wd))

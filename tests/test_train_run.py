@@ -318,7 +318,7 @@ def unbroken_run(assets, tmp_path_factory):
 def test_a_stopped_run_resumes_bit_for_bit(assets, tmp_path, unbroken_run):
     reference, reference_summary = unbroken_run
     out = tmp_path / "stopped"
-    first = train.run(train.parse_args(resume_args(assets, out)), stop_after=2 * 17 + 1)
+    first = train.main([*resume_args(assets, out), "--stop-after", str(2 * 17 + 1)])
     assert first["status"] == "stopped" and first["micro_steps"] == 35  # mid-accumulation
     second = train.main(["--resume", str(out), "--no-progress"])
     assert second["status"] == "completed" and second["resumed_from_micro_step"] == 35

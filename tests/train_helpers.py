@@ -48,14 +48,8 @@ def make_tiny_model_dir(folder: str | os.PathLike, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = BertConfig.tiny()
     model = BertForSequenceClassification(config, 2, rngs=nnx.Rngs(seed))
-    tensors = {}
-    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        if path[0] != "bert":  # the classifier head is made afresh for each task
-            continue
-        array = np.asarray(variable.get_value())
-        tensors[weights.hf_name(path)] = np.ascontiguousarray(
-            array.T if path[-1] == "kernel" else array
-        )
+    # The classifier head is made afresh for each task: save the encoder only.
+    tensors = {k: v for k, v in weights.hf_tensors(model).items() if k.startswith("bert.")}
     save_file(tensors, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     source = weights.default_model_dir()

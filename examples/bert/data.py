@@ -495,30 +495,26 @@ def load_classification_data(
     if val_idx.size == 0:
         raise DataError(f"The validation split of {source} is empty.")
 
-    splits = []
-    for ds, ids, idx in ((train, train_ids, train_idx), (validation, val_ids, val_idx)):
+    def encode(
+        ds: Any, ids: np.ndarray, idx: np.ndarray, perturb: Perturbation | None = None
+    ) -> dict[str, np.ndarray]:
         arrays = tokenize(
             ds.select(idx),
             tokenizer,
             text_column=text_column,
             text_pair_column=text_pair_column,
             max_length=max_length,
+            perturbation=perturb,
         )
         arrays["labels"] = ids[idx].astype(np.int32)
-        splits.append(arrays)
+        return arrays
+
+    splits = [encode(train, train_ids, train_idx), encode(validation, val_ids, val_idx)]
     seq_len = trim_padding(splits)
     perturbed = None
     if perturbation is not None:
         # Its own length: perturbed texts may need more tokens, and must not change training.
-        perturbed = tokenize(
-            validation.select(val_idx),
-            tokenizer,
-            text_column=text_column,
-            text_pair_column=text_pair_column,
-            max_length=max_length,
-            perturbation=perturbation,
-        )
-        perturbed["labels"] = val_ids[val_idx].astype(np.int32)
+        perturbed = encode(validation, val_ids, val_idx, perturbation)
         trim_padding([perturbed])
     return ClassificationData(
         train=splits[0],

@@ -33,7 +33,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from examples.bert import report, sweep
+from examples.bert import rundir, sweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: The sweep's budget on the CPU (its default), which the GPU study multiplies.
@@ -100,7 +100,7 @@ def main_job(args: argparse.Namespace) -> list[dict[str, Any]]:
         argv = [*flags, *budget, *_model_and_data(args), "--no-progress", "--output-dir", out]
         command = "python examples/bert/train.py " + " ".join(argv)
         print(f"[study] {command}", flush=True)
-        summary_path = os.path.join(out, report.SUMMARY_FILE)
+        summary_path = os.path.join(out, rundir.SUMMARY_FILE)
         start = time.perf_counter()
         if not os.path.exists(summary_path):
             os.makedirs(args.runs_dir, exist_ok=True)
@@ -117,7 +117,7 @@ def main_job(args: argparse.Namespace) -> list[dict[str, Any]]:
                     pass
         row: dict[str, Any] = {"run": label, "command": command}
         if os.path.exists(summary_path):
-            s = report.read_json(summary_path)
+            s = rundir.read_json(summary_path)
             row |= {key: s[key] for key in SUMMARY_KEYS}
         else:
             seconds = time.perf_counter() - start

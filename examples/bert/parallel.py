@@ -20,50 +20,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def check_distributed_args(
-    distributed: bool,
-    coordinator_address: str | None,
-    num_processes: int | None,
-    process_id: int | None,
-    timeout_s: float,
-) -> list[str]:
-    """Problems with the multi-process flags, found before any process connects.
-
-    Returns:
-      One message per problem (empty when the flags are consistent).
-    """
-    given = {
-        "--coordinator-address": coordinator_address,
-        "--num-processes": num_processes,
-        "--process-id": process_id,
-    }
-    named = [flag for flag, value in given.items() if value is not None]
-    if not distributed:
-        return [f"{', '.join(named)} need(s) --distributed"] if named else []
-    problems = []
-    if named and len(named) < 3:
-        missing = [flag for flag in given if flag not in named]
-        problems.append(
-            f"--distributed with {', '.join(named)} also needs {', '.join(missing)} "
-            "(give all three where JAX cannot detect the cluster, or none)"
-        )
-    if coordinator_address is not None:
-        host, _, port = coordinator_address.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            problems.append(f"--coordinator-address must be host:port, got {coordinator_address!r}")
-    if num_processes is not None and num_processes < 1:
-        problems.append(f"--num-processes must be positive, got {num_processes}")
-    if process_id is not None and num_processes is not None and num_processes >= 1:
-        if not 0 <= process_id < num_processes:
-            problems.append(
-                f"--process-id {process_id} is not one of the {num_processes} processes "
-                f"(0 .. {num_processes - 1})"
-            )
-    if not timeout_s > 0:
-        problems.append(f"--coordinator-timeout must be positive, got {timeout_s}")
-    return problems
-
-
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,

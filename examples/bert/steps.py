@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -214,8 +215,6 @@ def classification_metrics(totals: EvalTotals) -> dict[str, float]:
 
     Macro-F1 averages the F1 of every class that occurs in the labels or the predictions.
     """
-    import numpy as np
-
     confusion = np.asarray(totals.confusion, np.float64)
     count = float(totals.count)
     tp = np.diag(confusion)

@@ -41,41 +41,24 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
 import numpy as np
 
 import optax_dice
+from examples.bert import plots, rundir, train, train_config
+from examples.bert.train_config import TrainConfig
 
-#: name -> (the training script's dice flags, the dice_roll keywords they amount to).
-ARMS: dict[str, tuple[list[str], dict[str, Any] | None]] = {
-    "baseline (off)": (["--mode", "off"], None),
-    "DC 12, +2 (default)": (
-        ["--threshold", "12", "--modifier", "2"],
-        {"threshold": 12, "modifier": 2},
-    ),
-    "DC 15, +0 (seed)": (["--threshold", "15", "--modifier", "0"], {"threshold": 15}),
-    "DC 10, +0": (["--threshold", "10", "--modifier", "0"], {"threshold": 10}),
-    "DC 15, advantage": (
-        ["--threshold", "15", "--modifier", "0", "--advantage"],
-        {"threshold": 15, "advantage": True},
-    ),
-    "DC 15, disadvantage": (
-        ["--threshold", "15", "--modifier", "0", "--disadvantage"],
-        {"threshold": 15, "disadvantage": True},
-    ),
-    "original rule, DC 15": (
-        ["--threshold", "15", "--modifier", "0", "--rule", "original"],
-        {"threshold": 15, "rule": "original"},
-    ),
-    "DC 12, +2, per accumulation step x4": (
-        [
-            "--threshold",
-            "12",
-            "--modifier",
-            "2",
-            "--mode",
-            "per_accumulation_step",
-            "--accumulation-steps",
-            "4",
-        ],
-        {"threshold": 12, "modifier": 2},
-    ),
+#: name -> the arm's settings of the training run (fields of TrainConfig).
+ARMS: dict[str, dict[str, Any]] = {
+    "baseline (off)": {"mode": "off"},
+    "DC 12, +2 (default)": {"threshold": 12, "modifier": 2},
+    "DC 15, +0 (seed)": {"threshold": 15, "modifier": 0},
+    "DC 10, +0": {"threshold": 10, "modifier": 0},
+    "DC 15, advantage": {"threshold": 15, "modifier": 0, "advantage": True},
+    "DC 15, disadvantage": {"threshold": 15, "modifier": 0, "disadvantage": True},
+    "original rule, DC 15": {"threshold": 15, "modifier": 0, "rule": "original"},
+    "DC 12, +2, per accumulation step x4": {
+        "threshold": 12,
+        "modifier": 2,
+        "mode": "per_accumulation_step",
+        "accumulation_steps": 4,
+    },
 }
 
 
@@ -132,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _arms(selected: Sequence[str] | None) -> dict[str, tuple[list[str], dict[str, Any] | None]]:
+def _arms(selected: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     if not selected:
         return ARMS
     by_slug = {slug(name): name for name in ARMS}
@@ -142,66 +125,63 @@ def _arms(selected: Sequence[str] | None) -> dict[str, tuple[list[str], dict[str
     return {by_slug[s]: ARMS[by_slug[s]] for s in selected}
 
 
-def run_argv(args: argparse.Namespace, flags: list[str], seed: int, out: str) -> list[str]:
-    """The training script's argv for one run."""
-    k = (
-        int(flags[flags.index("--accumulation-steps") + 1])
-        if "--accumulation-steps" in flags
-        else 1
-    )
+def run_settings(
+    args: argparse.Namespace, arm: dict[str, Any], seed: int, out: str
+) -> dict[str, Any]:
+    """The settings (TrainConfig fields) of one run: the sweep's budget, the arm's dice, the
+    seed, then whatever ``--train-args`` says."""
+    k = arm.get("accumulation_steps", 1)
     if args.micro_steps % k:
         raise SystemExit(f"--micro-steps {args.micro_steps} is not a multiple of {k}")
-    return [
-        *flags,
-        "--seed",
-        str(seed),
-        "--steps",
-        str(args.micro_steps // k),
-        "--batch-size",
-        str(args.batch_size),
-        "--max-length",
-        str(args.max_length),
-        "--lr",
-        str(args.lr),
-        "--max-eval-samples",
-        str(args.max_eval_samples),
-        "--eval-every",
-        "0",
-        "--save-every",
-        "0",
-        "--perturbed-eval",
-        "--char-drop",
-        str(args.char_drop),
-        "--word-swap",
-        str(args.word_swap),
-        "--no-progress",
-        "--output-dir",
-        out,
-        *args.train_args,
-    ]
+    budget = dict(
+        steps=args.micro_steps // k,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr=args.lr,
+        max_eval_samples=args.max_eval_samples,
+        eval_every=0,
+        save_every=0,
+        perturbed_eval=True,
+        char_drop=args.char_drop,
+        word_swap=args.word_swap,
+        no_progress=True,
+        output_dir=out,
+    )
+    return {**arm, "seed": seed, **budget, **train_config.typed_flags(args.train_args)}
 
 
 def final_train_loss(run_dir: str, last: int = 20) -> float:
     """The mean training loss (before the roll) of a run's last ``last`` micro-batches."""
-    from examples.bert import report
-
-    records = report.read_metrics(os.path.join(run_dir, report.METRICS_FILE))
+    records = rundir.read_metrics(os.path.join(run_dir, rundir.METRICS_FILE))
     losses = [r["loss"] for r in records if r["kind"] == "train"][-last:]
     return float(np.mean(losses))
 
 
-def _run_in_subprocesses(todo: list[tuple[str, list[str]]], jobs: int) -> None:
-    """Runs the training script once per ``(out, argv)``, ``jobs`` at a time, each logging to
+def _run_in_process(todo: list[tuple[str, dict[str, Any]]]) -> None:
+    """Trains each run here, one after another, from its settings."""
+    for out, settings in todo:
+        try:
+            if "resume" in settings:
+                config = train_config.resumed(settings)
+            else:
+                config = TrainConfig(**settings)
+            train.train(config)
+        except ValueError as err:  # bad settings, or train.UsageError
+            raise SystemExit(f"{out}: {err}") from err
+
+
+def _run_in_subprocesses(todo: list[tuple[str, dict[str, Any]]], jobs: int) -> None:
+    """Runs the training script once per run, ``jobs`` at a time, each logging to
     ``out + ".log"``; raises if any run fails, naming its log."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-    def one(out: str, argv: list[str]) -> tuple[str, int]:
+    def one(out: str, settings: dict[str, Any]) -> tuple[str, int]:
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         with open(out + ".log", "w") as log:
             proc = subprocess.run(
-                [sys.executable, script, *argv],
+                [sys.executable, script, *train_config.to_argv(settings)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -222,34 +202,36 @@ def _run_in_subprocesses(todo: list[tuple[str, list[str]]], jobs: int) -> None:
 
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Runs (or, where summary.json exists, reads) every run; returns their rows."""
-    from examples.bert import report, train
-
     arms = _arms(args.arms)
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be positive, got {args.jobs}")
-    todo: list[tuple[str, list[str]]] = []
+    todo: list[tuple[str, dict[str, Any]]] = []
     for seed in args.seeds:  # seed by seed: every arm's first run comes first
-        for name, (flags, _) in arms.items():
+        for name, arm in arms.items():
             out = os.path.join(args.runs_dir, slug(name), f"seed{seed}")
-            if os.path.exists(os.path.join(out, report.SUMMARY_FILE)):
+            if os.path.exists(os.path.join(out, rundir.SUMMARY_FILE)):
                 print(f"[sweep] {name}, seed {seed}: done already, skipped")
                 continue
             # An unfinished run continues where it stopped.
-            argv = ["--resume", out] if os.path.isdir(out) else run_argv(args, flags, seed, out)
-            print(f"[sweep] {name}, seed {seed}: python examples/bert/train.py {' '.join(argv)}")
-            todo.append((out, argv))
+            if os.path.isdir(out):
+                settings = {"resume": out, "no_progress": True}
+            else:
+                settings = run_settings(args, arm, seed, out)
+            argv = " ".join(train_config.to_argv(settings))
+            print(f"[sweep] {name}, seed {seed}: python examples/bert/train.py {argv}")
+            todo.append((out, settings))
     if args.jobs == 1:
-        for _, argv in todo:
-            train.main(argv)
+        _run_in_process(todo)
     elif todo:
         _run_in_subprocesses(todo, args.jobs)
 
     rows = []
-    for name, (_, dice) in arms.items():
+    for name in arms:
         for seed in args.seeds:
             out = os.path.join(args.runs_dir, slug(name), f"seed{seed}")
-            summary = report.read_json(os.path.join(out, report.SUMMARY_FILE))
-            odds = optax_dice.odds(**dice) if dice is not None else None
+            summary = rundir.read_json(os.path.join(out, rundir.SUMMARY_FILE))
+            # The run's own ruleset, as the training script saw it.
+            odds = None if summary["dice"] is None else optax_dice.odds(**summary["dice"])
             rows.append(
                 {
                     "arm": name,
@@ -320,62 +302,6 @@ def markdown_table(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], results_dir: str) -> None:
-    """Accuracy against E[scale], one point per run; mean loss curves per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from examples.bert import report
-
-    arms = list(dict.fromkeys(r["arm"] for r in rows))
-    colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(arms)}
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for arm in arms:
-        mine = [r for r in rows if r["arm"] == arm]
-        ax.scatter(
-            [r["expected_scale"] for r in mine],
-            [r["accuracy"] for r in mine],
-            color=colors[arm],
-            label=arm,
-            s=36,
-            alpha=0.85,
-        )
-    ax.set_xlabel("E[scale] of the ruleset (baseline: 1, no dice)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Final accuracy against the ruleset's expected scale (one point per run)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(os.path.join(results_dir, "accuracy_vs_expected_scale.png"), dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for arm in arms:
-        curves = []
-        for r in (r for r in rows if r["arm"] == arm):
-            records = report.read_metrics(os.path.join(r["run_dir"], report.METRICS_FILE))
-            losses = [m["loss"] for m in records if m["kind"] == "train"]
-            curves.append(np.asarray(losses, dtype=np.float64))
-        n = min(len(c) for c in curves)
-        if n == 0:
-            continue
-        mean = np.mean([c[:n] for c in curves], axis=0)
-        window = max(1, n // 15)
-        smooth = np.convolve(mean, np.ones(window) / window, mode="valid")
-        ax.plot(np.arange(len(smooth)) + window, smooth, color=colors[arm], label=arm)
-    ax.set_xlabel("micro-batch")
-    ax.set_ylabel("training loss before the roll (mean over seeds, moving average)")
-    ax.set_title("Training loss per arm")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(os.path.join(results_dir, "loss_curves.png"), dpi=120)
-    plt.close(fig)
-
-
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs the sweep and writes the results; returns the per-arm table."""
     args = build_parser().parse_args(argv)
@@ -384,11 +310,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     table = aggregate(rows)
     write_csv(os.path.join(args.results_dir, "runs.csv"), rows)
     write_csv(os.path.join(args.results_dir, "results.csv"), table)
-    plot(rows, args.results_dir)
+    plots.plot_sweep(rows, args.results_dir)
     command = "python examples/bert/sweep.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    example = run_argv(args, ARMS["DC 12, +2 (default)"][0], 0, "OUT")
+    example = train_config.to_argv(run_settings(args, ARMS["DC 12, +2 (default)"], 0, "OUT"))
     with open(os.path.join(args.results_dir, "results.md"), "w") as f:
         f.write(
             "# Results: dice rulesets fine-tuning all-MiniLM-L6-v2 on the tweets\n\n"

