@@ -41,6 +41,11 @@ def _add_ruleset_flags(parser: argparse.ArgumentParser) -> None:
         help="saving_throw: the seed's four outcomes; original: roll-to-train's code "
         "(default: saving_throw)",
     )
+    parser.add_argument(
+        "--normalize",
+        action="store_true",
+        help="divide every scale by the ruleset's E[scale]: a fair die, mean step 1",
+    )
 
 
 def _add_game_flags(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +99,7 @@ def dice_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         advantage=args.advantage,
         disadvantage=args.disadvantage,
         rule=args.rule,
+        normalize=args.normalize,
     )
 
 

@@ -22,6 +22,7 @@ class Ruleset(NamedTuple):
       advantage: roll twice and keep the higher.
       disadvantage: roll twice and keep the lower.
       rule: the function ``(natural, total, sides, threshold) -> scale``.
+      normalized: whether ``rule`` was divided by its E[scale] (``normalize=True``).
     """
 
     sides: int
@@ -30,6 +31,7 @@ class Ruleset(NamedTuple):
     advantage: bool
     disadvantage: bool
     rule: Rule
+    normalized: bool = False
 
 
 def make_ruleset(
@@ -39,11 +41,18 @@ def make_ruleset(
     advantage: bool = False,
     disadvantage: bool = False,
     rule: Any = "saving_throw",
+    normalize: bool = False,
 ) -> Ruleset:
     """Checks the dice arguments and returns them as a :class:`Ruleset`.
 
+    With ``normalize`` the ruleset's rule is the given rule times the float32
+    reciprocal of its exact E[scale] (see :func:`expected_scale`), so that the mean
+    scale is 1.
+
     Raises:
-      ValueError or TypeError naming the bad argument and what it accepts.
+      ValueError or TypeError naming the bad argument and what it accepts; ValueError
+      for ``normalize`` where E[scale] <= 0, TypeError where the threshold or modifier
+      is not concrete (a traced, injected hyperparameter).
     """
     sides = _validation.parse_dice(dice)
     threshold = _validation.check_integer("threshold", threshold)
@@ -57,7 +66,83 @@ def make_ruleset(
     resolved = resolve_rule(rule)
     if not isinstance(rule, str):  # the built-in rules are known to give a scalar float
         _validation.check_rule_output(resolved, sides)
-    return Ruleset(sides, threshold, modifier, advantage, disadvantage, resolved)
+    normalize = _validation.check_flag("normalize", normalize)
+    if normalize:
+        resolved = _normalized(resolved, sides, threshold, modifier, advantage, disadvantage)
+    return Ruleset(sides, threshold, modifier, advantage, disadvantage, resolved, normalize)
+
+
+def face_probs(sides: int, advantage: bool = False, disadvantage: bool = False) -> np.ndarray:
+    """P(natural = k) for k = 1..sides: one roll, or the higher or lower of two.
+
+    Example:
+      >>> from optax_dice.dice import face_probs
+      >>> face_probs(4, advantage=True) * 16
+      array([1., 3., 5., 7.])
+    """
+    k = np.arange(1, sides + 1, dtype=np.float64)
+    if advantage:  # P(max of two = k) = (k^2 - (k-1)^2) / s^2
+        return (2 * k - 1) / sides**2
+    if disadvantage:  # P(min of two = k) = ((s-k+1)^2 - (s-k)^2) / s^2
+        return (2 * (sides - k) + 1) / sides**2
+    return np.full(sides, 1.0 / sides)
+
+
+#: The most faces that :func:`expected_scale` (and so ``normalize``) enumerates.
+MAX_ENUMERATED_SIDES = 1_000_000
+
+
+def expected_scale(
+    rule: Rule, sides: int, threshold: Any, modifier: Any, advantage: bool, disadvantage: bool
+) -> float:
+    """The exact E[scale] of a ruleset, enumerating every face (float64).
+
+    Raises:
+      ValueError: for a die of more than :data:`MAX_ENUMERATED_SIDES` faces.
+      TypeError: for a threshold or modifier that is not concrete (a tracer).
+    """
+    if sides > MAX_ENUMERATED_SIDES:
+        raise ValueError(
+            f"E[scale] enumerates every face, and a d{sides} has {sides:,}: more than the "
+            f"limit of {MAX_ENUMERATED_SIDES:,} faces."
+        )
+    probs = face_probs(sides, advantage, disadvantage)
+    # Eagerly, also while a jit traces the caller (inject_hyperparams builds the
+    # transformation inside its update): the enumeration is a constant of the program.
+    with jax.ensure_compile_time_eval():
+        try:
+            threshold, modifier = (
+                int(np.asarray(_validation.as_int32(v))) for v in (threshold, modifier)
+            )
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError) as e:
+            raise TypeError(
+                "E[scale] (and so normalize=True) needs a concrete threshold and modifier; "
+                "with optax.inject_hyperparams pass them in static_args."
+            ) from e
+        faces = jnp.arange(1, sides + 1, dtype=jnp.int32)
+        scales = jnp.broadcast_to(
+            rule(faces, faces + modifier, sides, jnp.asarray(threshold, jnp.int32)), faces.shape
+        )
+        return float(np.dot(probs, np.asarray(scales, np.float64)))
+
+
+def _normalized(
+    rule: Rule, sides: int, threshold: Any, modifier: Any, advantage: bool, disadvantage: bool
+) -> Rule:
+    """``rule`` divided by its exact E[scale]."""
+    mean = expected_scale(rule, sides, threshold, modifier, advantage, disadvantage)
+    if not mean > 0:
+        raise ValueError(
+            f"normalize=True divides every scale by E[scale], and this ruleset's is "
+            f"{mean:+.4f}: dividing by it would {'flip' if mean < 0 else 'blow up'} every "
+            "step. Normalise only a ruleset that learns on average (E[scale] > 0)."
+        )
+    inverse = np.float32(1.0 / mean)
+
+    def normalized(natural: Any, total: Any, sides: int, threshold: Any) -> jax.Array:
+        return jnp.asarray(rule(natural, total, sides, threshold), jnp.float32) * inverse
+
+    return normalized
 
 
 def ability_modifier(score: int) -> int:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_dice import _validation, game
-from optax_dice.dice import make_ruleset
+from optax_dice.dice import face_probs, make_ruleset
 from optax_dice.rules import OUTCOME_NAMES, outcome_for, rule_name
 from optax_dice.sequence import play
 
@@ -59,15 +59,6 @@ class Odds:
 
     def __str__(self) -> str:
         return format_odds(self)
-
-
-def _face_probs(sides: int, advantage: bool, disadvantage: bool) -> np.ndarray:
-    k = np.arange(1, sides + 1, dtype=np.float64)
-    if advantage:  # P(max of two = k) = (k^2 - (k-1)^2) / s^2
-        return (2 * k - 1) / sides**2
-    if disadvantage:  # P(min of two = k) = ((s-k+1)^2 - (s-k)^2) / s^2
-        return (2 * (sides - k) + 1) / sides**2
-    return np.full(sides, 1.0 / sides)
 
 
 def _concrete_int(name: str, value: Any) -> int:
@@ -146,6 +137,8 @@ def odds(
         np.float32,
     )
     name = rule_name(dice_kwargs.get("rule", "saving_throw"))
+    if ruleset.normalized:
+        name += ", normalized (every scale / E[scale])"
     if config.character == "rogue":  # Sneak Attack: x1.2 when m >= 12, nothing else
         scales = scales * np.where(np.asarray(total) >= 12, np.float32(1.2), np.float32(1))
         name += ", rogue"
@@ -153,7 +146,7 @@ def odds(
     codes = np.asarray(
         outcome_for(dice_kwargs.get("rule", "saving_throw"))(natural, total, sides, threshold_arr)
     )
-    probs = _face_probs(sides, ruleset.advantage, ruleset.disadvantage)
+    probs = face_probs(sides, ruleset.advantage, ruleset.disadvantage)
     mean = float(np.dot(probs, scales))
     var = float(np.dot(probs, (scales - mean) ** 2))
     return Odds(

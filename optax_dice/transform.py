@@ -47,6 +47,7 @@ def dice_roll(
     advantage: bool = False,
     disadvantage: bool = False,
     rule: Any = "saving_throw",
+    normalize: bool = False,
     character: str | None = None,
     encounter_chance: float | jax.Array | None = None,
     experience: bool = False,
@@ -89,6 +90,12 @@ def dice_roll(
       rule: ``"saving_throw"`` (the default above), ``"original"`` (the rule of
         roll-to-train's code: see :func:`optax_dice.rules.original`), or a
         traceable ``(natural, total, sides, threshold) -> scale``.
+      normalize: divide every scale by the ruleset's exact E[scale] (from
+        :func:`~optax_dice.odds`), so that the mean step equals the plain optimizer's
+        and only the randomness differs (a "fair die", as random scaling with E = 1 in
+        Zhang and Cutkosky, ICML 2024). Refused where E[scale] <= 0, and with game
+        mechanics (their E[scale] has no exact value). Needs a concrete threshold and
+        modifier (with ``optax.inject_hyperparams``, name them in ``static_args``).
       character: None, or a roll-to-train character class: ``"fighter"``,
         ``"wizard"``, ``"rogue"``, ``"cleric"``, ``"barbarian"`` or ``"paladin"``,
         whose ability multiplies the step when the modified roll triggers it (see
@@ -174,8 +181,9 @@ def dice_roll(
       (True, True, (2,))
     """
     _validation.check_key(key)
-    ruleset = make_ruleset(dice, threshold, modifier, advantage, disadvantage, rule)
     config = make_game_config(character, encounter_chance, experience)
+    _refuse_normalized_game(normalize, config)
+    ruleset = make_ruleset(dice, threshold, modifier, advantage, disadvantage, rule, normalize)
     if config.on:
         return _game_transform(key, ruleset, config)
 
@@ -221,7 +229,17 @@ def windowed_dice_roll(
     if not config.on:
         return dice_roll(key, **dice_kwargs)
     _validation.check_key(key)
+    _refuse_normalized_game(dice_kwargs.get("normalize", False), config)
     return _game_transform(key, make_ruleset(**dice_kwargs), config)
+
+
+def _refuse_normalized_game(normalize: Any, config: Any) -> None:
+    if normalize is True and config.on:
+        raise ValueError(
+            "normalize=True divides by the ruleset's exact E[scale]; with game mechanics "
+            "(character, encounter_chance, experience) the scale has memory and no exact "
+            "E[scale]: use normalize with the dice alone."
+        )
 
 
 def _game_transform(

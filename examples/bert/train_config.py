@@ -111,6 +111,11 @@ class TrainConfig:
     rule: Rule = _field(  # noqa: RUF009
         "saving_throw", "saving_throw: the seed's four outcomes; original: roll-to-train's code"
     )
+    normalize: bool = _field(
+        False,
+        "divide every scale by the ruleset's exact E[scale] (a fair die: the mean step is the "
+        "plain optimizer's, only the randomness differs)",
+    )
     dice_position: Position = _field(  # noqa: RUF009
         "before",
         "before: scale the gradient (as roll-to-train scales the loss); after: scale the "
@@ -168,7 +173,10 @@ class TrainConfig:
             modifier = optax_dice.ability_modifier(self.ability_score)
         dice: Any = int(self.dice) if str(self.dice).isdigit() else self.dice
         same = {name: getattr(self, name) for name in ("threshold", "advantage", "disadvantage")}
-        return {"dice": dice, "modifier": modifier, **same, "rule": self.rule}
+        return {
+            "dice": dice, "modifier": modifier, **same, "rule": self.rule,
+            "normalize": self.normalize,
+        }  # fmt: skip
 
     def total_updates(self, batches_per_epoch: int) -> int:
         """The applied updates of the run: ``--epochs`` if given, else ``--steps``."""
@@ -229,6 +237,11 @@ class TrainConfig:
             problems.append(f"--rule {self.rule!r} is not one of {sorted(RULES)}")
         if self.advantage and self.disadvantage:
             problems.append("--advantage and --disadvantage exclude each other")
+        elif self.uses_dice and self.normalize and self.rule in RULES:
+            try:
+                optax_dice.odds(**self.dice_kwargs)
+            except (TypeError, ValueError) as err:  # E[scale] <= 0, or a bad die
+                problems.append(f"--normalize: {err}")
         if (
             self.uses_dice
             and self.dice_position == "after"
