@@ -61,7 +61,7 @@ def test_loader_does_not_import_torch():
         "    import torch\n"
         "except ImportError:\n"
         "    pass\n"
-        "assert attempts == ['torch'], attempts  # the spy works\n"
+        "assert attempts[:1] == ['torch'], attempts  # the spy works (torch installed or not)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=FIXTURE.parents[2])
 
