@@ -32,7 +32,7 @@ def test_defaults_are_the_documented_run():
     config = TrainConfig()
     assert config.dice_kwargs == dict(
         dice="d20", threshold=12, modifier=2, advantage=False, disadvantage=False,
-        rule="saving_throw",
+        rule="saving_throw", normalize=False,
     )  # fmt: skip
     assert config.total_updates(batches_per_epoch=1000) == 200
     assert TrainConfig(epochs=2.5, accumulation_steps=2).total_updates(100) == 125
