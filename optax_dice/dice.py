@@ -88,8 +88,48 @@ def face_probs(sides: int, advantage: bool = False, disadvantage: bool = False) 
     return np.full(sides, 1.0 / sides)
 
 
-#: The most faces that :func:`expected_scale` (and so ``normalize``) enumerates.
+#: The most faces that :func:`face_scales` (and so ``odds`` and ``normalize``) enumerates.
 MAX_ENUMERATED_SIDES = 1_000_000
+
+
+def face_scales(
+    rule: Rule, sides: int, threshold: Any, modifier: Any
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``rule`` judged on every face of the die, with the concrete threshold and modifier.
+
+    Evaluated eagerly, also while a jit traces the caller (``optax.inject_hyperparams``
+    builds the transformation inside its update): the enumeration is a constant.
+
+    Returns:
+      ``(totals, scales, threshold, modifier)``: int32 totals and float32 scales for the
+      faces 1..sides, and the threshold and modifier as ints.
+
+    Raises:
+      ValueError: for a die of more than :data:`MAX_ENUMERATED_SIDES` faces.
+      TypeError: for a threshold or modifier that is not concrete (a tracer).
+    """
+    if sides > MAX_ENUMERATED_SIDES:
+        raise ValueError(
+            f"enumerating every face of a d{sides} ({sides:,} faces) is over the limit of "
+            f"{MAX_ENUMERATED_SIDES:,} faces. Estimate a larger die from seeded rolls instead "
+            "(roll_sequence)."
+        )
+    with jax.ensure_compile_time_eval():
+        try:
+            threshold, modifier = (
+                int(np.asarray(_validation.as_int32(v))) for v in (threshold, modifier)
+            )
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError) as e:
+            raise TypeError(
+                "enumerating the faces (odds, normalize=True) needs a concrete threshold and "
+                "modifier; with optax.inject_hyperparams pass them in static_args."
+            ) from e
+        totals = jnp.arange(1, sides + 1, dtype=jnp.int32) + modifier
+        scales = jnp.broadcast_to(
+            rule(totals - modifier, totals, sides, jnp.asarray(threshold, jnp.int32)),
+            totals.shape,
+        )
+        return np.asarray(totals), np.asarray(scales, np.float32), threshold, modifier
 
 
 def expected_scale(
@@ -98,32 +138,10 @@ def expected_scale(
     """The exact E[scale] of a ruleset, enumerating every face (float64).
 
     Raises:
-      ValueError: for a die of more than :data:`MAX_ENUMERATED_SIDES` faces.
-      TypeError: for a threshold or modifier that is not concrete (a tracer).
+      ValueError, TypeError: as :func:`face_scales`.
     """
-    if sides > MAX_ENUMERATED_SIDES:
-        raise ValueError(
-            f"E[scale] enumerates every face, and a d{sides} has {sides:,}: more than the "
-            f"limit of {MAX_ENUMERATED_SIDES:,} faces."
-        )
-    probs = face_probs(sides, advantage, disadvantage)
-    # Eagerly, also while a jit traces the caller (inject_hyperparams builds the
-    # transformation inside its update): the enumeration is a constant of the program.
-    with jax.ensure_compile_time_eval():
-        try:
-            threshold, modifier = (
-                int(np.asarray(_validation.as_int32(v))) for v in (threshold, modifier)
-            )
-        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError) as e:
-            raise TypeError(
-                "E[scale] (and so normalize=True) needs a concrete threshold and modifier; "
-                "with optax.inject_hyperparams pass them in static_args."
-            ) from e
-        faces = jnp.arange(1, sides + 1, dtype=jnp.int32)
-        scales = jnp.broadcast_to(
-            rule(faces, faces + modifier, sides, jnp.asarray(threshold, jnp.int32)), faces.shape
-        )
-        return float(np.dot(probs, np.asarray(scales, np.float64)))
+    _, scales, _, _ = face_scales(rule, sides, threshold, modifier)
+    return float(np.dot(face_probs(sides, advantage, disadvantage), scales.astype(np.float64)))
 
 
 def _normalized(

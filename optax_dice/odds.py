@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_dice import _validation, game
-from optax_dice.dice import face_probs, make_ruleset
+from optax_dice.dice import MAX_ENUMERATED_SIDES, face_probs, face_scales, make_ruleset
 from optax_dice.rules import OUTCOME_NAMES, outcome_for, rule_name
 from optax_dice.sequence import play
 
 #: The most faces :func:`odds` enumerates (a few float64 arrays of this length: ~50 MB).
-MAX_ODDS_SIDES = 1_000_000
+MAX_ODDS_SIDES = MAX_ENUMERATED_SIDES  # faces odds enumerates at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,24 +118,14 @@ def odds(
     memoryless = config.character in (None, "rogue") and config.encounter_chance is None
     if config.on and not (memoryless and not config.experience):
         return _estimate(config, steps, runs, seed, dice_kwargs)
-    sides = _validation.parse_dice(dice_kwargs.get("dice", "d20"))
-    if sides > MAX_ODDS_SIDES:
-        raise ValueError(
-            f"odds enumerates every face, and a d{sides} has {sides:,}: more than its limit "
-            f"of {MAX_ODDS_SIDES:,} faces. Estimate a larger die from seeded rolls instead "
-            "(roll_sequence)."
-        )
     ruleset = make_ruleset(**dice_kwargs)
-    threshold = _concrete_int("threshold", ruleset.threshold)
-    modifier = _concrete_int("modifier", ruleset.modifier)
-    faces = np.arange(1, sides + 1, dtype=np.int32)
-    natural = jnp.asarray(faces)
-    total = natural + modifier
-    threshold_arr = jnp.asarray(threshold, jnp.int32)
-    scales = np.asarray(
-        jnp.broadcast_to(ruleset.rule(natural, total, sides, threshold_arr), faces.shape),
-        np.float32,
+    sides = ruleset.sides
+    totals, scales, threshold, modifier = face_scales(
+        ruleset.rule, sides, ruleset.threshold, ruleset.modifier
     )
+    faces = totals - modifier
+    natural, total = jnp.asarray(faces), jnp.asarray(totals)
+    threshold_arr = jnp.asarray(threshold, jnp.int32)
     name = rule_name(dice_kwargs.get("rule", "saving_throw"))
     if ruleset.normalized:
         name += ", normalized (every scale / E[scale])"
