@@ -76,3 +76,41 @@ def perturb_texts(
         perturb_text(t, np.random.default_rng([seed % 2**64, i]), char_drop, word_swap)
         for i, t in enumerate(texts)
     ]
+
+
+def flip_labels(labels: np.ndarray, fraction: float, num_labels: int, seed: int) -> np.ndarray:
+    """Label noise: a copy of ``labels`` with a share of them changed to another class.
+
+    Exactly ``round(fraction * n)`` examples, drawn without replacement, get a label drawn
+    uniformly from the ``num_labels - 1`` other classes (symmetric noise, as in the
+    noisy-label literature), so a flipped label is always wrong. The draws come from
+    ``np.random.default_rng([seed mod 2**64, 0x1abe1])``: the same seed flips the same
+    examples the same way in every run.
+
+    Args:
+      labels: the integer labels, ``[n]``, in ``[0, num_labels)``.
+      fraction: the share of labels to flip, in [0, 1].
+      num_labels: the number of classes (at least 2).
+      seed: the noise's seed (any int).
+
+    Returns:
+      The noisy labels, same shape and dtype; ``labels`` is left as it is.
+
+    Raises:
+      ValueError: for a fraction outside [0, 1] or fewer than two classes.
+
+    Example:
+      >>> noisy = flip_labels(np.zeros(10, np.int32), 0.3, num_labels=3, seed=0)
+      >>> int((noisy != 0).sum())
+      3
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"the label-noise fraction must lie in [0, 1], got {fraction}.")
+    if num_labels < 2:
+        raise ValueError(f"label noise needs at least two classes, got {num_labels}.")
+    rng = np.random.default_rng([seed % 2**64, 0x1ABE1])
+    flipped = rng.choice(len(labels), size=round(fraction * len(labels)), replace=False)
+    shift = rng.integers(1, num_labels, size=len(flipped))
+    noisy = np.array(labels, copy=True)
+    noisy[flipped] = (noisy[flipped] + shift) % num_labels
+    return noisy

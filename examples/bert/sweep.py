@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs/sweep", help="where the runs go (runs/sweep)")
     p.add_argument(
         "--results-dir",
-        default="benchmarks/results",
-        help="tables and figures (benchmarks/results)",
+        default="benchmarks/results/rulesets",
+        help="tables and figures (benchmarks/results/rulesets)",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (0 1 2)")
     p.add_argument(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -41,7 +42,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 import optax_dice
-from examples.bert import data, optim, parallel, plots, rundir, steps, weights
+from examples.bert import data, optim, parallel, perturb, plots, rundir, steps, weights
 from examples.bert.config import BertConfig
 from examples.bert.train_config import DEFAULT_MODEL, TrainConfig, build_parser, parse_args
 
@@ -100,6 +101,11 @@ def load(config: TrainConfig) -> Loaded:
         encoding=config.encoding,
         perturbation=perturbation if config.perturbed_eval else None,
     )
+    if config.label_noise:
+        noisy = perturb.flip_labels(
+            dataset.train["labels"], config.label_noise, dataset.num_labels, config.seed
+        )
+        dataset = dataclasses.replace(dataset, train={**dataset.train, "labels": noisy})
     batches = data.TrainBatches(
         dataset.train,
         config.batch_size,
@@ -410,6 +416,11 @@ def describe(config: TrainConfig, run: Loaded, out: str) -> None:
         f"({dataset.validation_from}), labels {dataset.label_names}, {dataset.seq_len} tokens; "
         f"majority class {dataset.majority_accuracy():.3f}."
     )
+    if config.label_noise:
+        say(
+            f"Label noise: {config.label_noise:.0%} of the training labels flipped to another "
+            f"class (seed {config.seed}); validation labels are clean."
+        )
     if run.odds is None:
         say("Dice: off (--mode off): the baseline optimizer.")
     else:

@@ -95,6 +95,11 @@ class TrainConfig:
     )
     char_drop: float = _field(0.05, "perturbation: the probability that a letter is dropped")
     word_swap: float = _field(0.1, "perturbation: the probability that a word swaps with the next")
+    label_noise: float = _field(
+        0.0,
+        "share of training labels flipped to another class, uniformly at random, seeded by "
+        "--seed (validation labels stay clean): a noisy-label experiment",
+    )
     # Dice.
     mode: Mode = _field(  # noqa: RUF009
         "per_mini_batch",
@@ -202,7 +207,8 @@ class TrainConfig:
         # nan passes no comparison and inf passes "positive": refuse both first.
         finite = {}
         for name in ("lr", "weight_decay", "epochs", "warmup_ratio", "validation_fraction",
-                     "char_drop", "word_swap", "clip_norm", "coordinator_timeout"):  # fmt: skip
+                     "char_drop", "word_swap", "label_noise", "clip_norm",
+                     "coordinator_timeout"):  # fmt: skip
             value = getattr(self, name)
             finite[name] = value is None or math.isfinite(value)
             if not finite[name]:
@@ -227,6 +233,10 @@ class TrainConfig:
         for name in ("char_drop", "word_swap"):
             if finite[name] and not 0 <= getattr(self, name) <= 1:
                 say(name, "must lie in [0, 1]")
+        if finite["label_noise"] and not 0 <= self.label_noise < 1:
+            say(
+                "label_noise", f"must lie in [0, 1) (a share of the labels), got {self.label_noise}"
+            )
         if finite["warmup_ratio"] and not 0 <= self.warmup_ratio < 1:
             say("warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
         if self.mode not in MODES:

@@ -1,0 +1,101 @@
+"""Weight-space probes of a trained model: relative weight noise and the line between two models.
+
+Both work on the ``nnx.Param`` state of :func:`examples.bert.steps.split_model` and return a
+state of the same structure, to evaluate with the run's own eval step.
+
+* :func:`perturb_weights` moves every row of every weight matrix by a fixed share ``sigma``
+  of that row's norm, in a random direction: the filter-normalised perturbation of Li et al.
+  (2018, "Visualizing the loss landscape of neural nets"), which makes ``sigma`` mean the same
+  for a layer of large weights as for one of small weights. A row is what feeds one unit: the
+  column ``kernel[..., j]`` of a dense layer (all axes but the last), one token's vector of an
+  embedding table. Biases and LayerNorm parameters are left as they are (Li et al. do the same
+  for biases and batch-norm).
+* :func:`interpolate` is the straight line ``(1 - alpha) * a + alpha * b`` between two
+  parameter sets of the same model (Goodfellow et al., 2015), all parameters included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+# The leaf names of weight matrices (nnx.Linear's and nnx.Embed's).
+KERNEL, EMBEDDING = "kernel", "embedding"
+
+
+def matrix_kind(path: tuple[Any, ...]) -> str | None:
+    """``"kernel"`` or ``"embedding"`` for a weight matrix's tree path, else None."""
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    for name in reversed(names):
+        if name in (KERNEL, EMBEDDING):
+            return name
+    return None
+
+
+def _row_norms(w: jax.Array, kind: str) -> jax.Array:
+    # kernel [..., out]: one row per output unit, over all other axes; embedding [n, d]: per
+    # token. keepdims, so the norms broadcast against w.
+    axes = tuple(range(w.ndim - 1)) if kind == KERNEL else (w.ndim - 1,)
+    return jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)), axis=axes, keepdims=True))
+
+
+@jax.jit
+def perturb_weights(params: Any, sigma: jax.Array | float, key: jax.Array) -> Any:
+    """Every row of every weight matrix moved by ``sigma`` times its norm, at random.
+
+    For a row ``r`` (see the module's docstring), ``r <- r + sigma * ||r|| * e / ||e||`` with
+    ``e ~ N(0, I)`` drawn afresh for every row: the perturbation of each row has norm exactly
+    ``sigma * ||r||``. Leaves that are not weight matrices are returned unchanged.
+
+    Args:
+      params: a parameter tree (an ``nnx.State`` or any pytree).
+      sigma: the relative size of the perturbation (0 leaves ``params`` unchanged).
+      key: the noise's PRNG key; every matrix gets its own key folded in from its position.
+
+    Returns:
+      The perturbed tree, same structure, shapes and dtypes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> w = {"dense": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)}}
+      >>> p = perturb_weights(w, 0.1, jax.random.key(0))
+      >>> d = p["dense"]["kernel"] - w["dense"]["kernel"]
+      >>> [round(float(x), 4) for x in jnp.linalg.norm(d, axis=0) / 2.0]  # ||row|| = 2
+      [0.1, 0.1]
+      >>> bool((p["dense"]["bias"] == w["dense"]["bias"]).all())
+      True
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    leaves = []
+    for i, (path, w) in enumerate(flat):
+        kind = matrix_kind(path)
+        if kind is None or jnp.ndim(w) < 2:
+            leaves.append(w)
+            continue
+        eps = jax.random.normal(jax.random.fold_in(key, i), w.shape, jnp.float32)
+        direction = eps / _row_norms(eps, kind)
+        moved = w.astype(jnp.float32) + sigma * _row_norms(w, kind) * direction
+        leaves.append(moved.astype(w.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+@jax.jit
+def interpolate(a: Any, b: Any, alpha: jax.Array | float) -> Any:
+    """The point ``(1 - alpha) * a + alpha * b`` of the line through two parameter trees.
+
+    Args:
+      a: the parameters at ``alpha = 0``.
+      b: the parameters at ``alpha = 1``, of the same structure.
+      alpha: where on the line (values outside [0, 1] extrapolate).
+
+    Returns:
+      The interpolated tree, in ``a``'s dtypes.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> interpolate({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 1.5)["w"].tolist()
+      [1.5, 1.5]
+    """
+    return jax.tree.map(lambda x, y: ((1 - alpha) * x + alpha * y).astype(x.dtype), a, b)
