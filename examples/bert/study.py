@@ -119,19 +119,36 @@ class StudyConfig:
     weight_noise_samples: int = dataclasses.field(
         default=300, metadata={"help": "validation examples per weight-noise evaluation"}
     )
+    arms: list[str] = dataclasses.field(
+        default_factory=lambda: [sweep.slug(arm) for arm in ARMS],
+        metadata={"help": "a subset of the arms, by folder name (all six)"},
+    )
+    report_only: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "train and evaluate nothing: write the tables and figures from what is "
+            "finished (a study in progress, or spread over several sittings)"
+        },
+    )
     alphas: int = dataclasses.field(
         default=17, metadata={"help": "points on the line from alpha -0.5 to 1.5"}
     )
 
     def shrunk(self) -> StudyConfig:
-        """The ``--quick`` settings: every phase, at a size that runs in seconds."""
+        """The ``--quick`` settings: every phase, at a size that runs in seconds (a setting
+        given with another value than its default keeps that value)."""
         if not self.quick:
             return self
-        return dataclasses.replace(
-            self, steps=4, batch_size=8, max_length=16, evals=2, seeds=2, extra_seeds=1,
-            max_eval_samples=32, weight_noise_sigmas=[0.1, 1.0], weight_noise_draws=2,
-            weight_noise_samples=16, alphas=3,
+        quick = dict(
+            steps=4, batch_size=8, max_length=16, evals=2, seeds=1, extra_seeds=1,
+            lr_factors=[1.0, 3.0], max_eval_samples=32, weight_noise_sigmas=[0.1, 1.0],
+            weight_noise_draws=2, weight_noise_samples=16, alphas=5,
         )  # fmt: skip
+        defaults = StudyConfig()
+        return dataclasses.replace(
+            self,
+            **{k: v for k, v in quick.items() if getattr(self, k) == getattr(defaults, k)},
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[StudyConfig, dict[str, Any]]:
@@ -144,6 +161,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[StudyConfig, dict[str, Any]]
     study, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if study.steps < 1 or study.seeds < 1 or study.evals < 1 or study.extra_seeds < 0:
         parser.error("--steps, --seeds and --evals must be positive, --extra-seeds >= 0")
+    unknown = sorted(set(study.arms) - {sweep.slug(arm) for arm in ARMS})
+    if unknown:
+        parser.error(f"unknown arm(s) {unknown}: choose from {[sweep.slug(a) for a in ARMS]}")
     if not 0 <= study.label_noise < 1:
         parser.error(f"--label-noise must lie in [0, 1), got {study.label_noise}")
     return study.shrunk(), train_config.typed_flags(rest)
@@ -172,12 +192,17 @@ class Run:
         )
 
 
+def arms(cfg: StudyConfig) -> list[str]:
+    """The arms the study runs (``--arms``), in ARMS's order."""
+    return [arm for arm in ARMS if sweep.slug(arm) in cfg.arms]
+
+
 def clean_runs(cfg: StudyConfig) -> list[Run]:
     """Phase 1: every arm, every lr of the tuned arms, seeds 0 .. n-1."""
     return [
         Run(arm, factor, seed)
         for seed in range(cfg.seeds)
-        for arm in ARMS
+        for arm in arms(cfg)
         for factor in (cfg.lr_factors if arm in TUNED else [LR_FACTOR.get(arm, 1.0)])
     ]
 
@@ -202,14 +227,14 @@ def best_factors(rows: list[dict[str, Any]]) -> dict[str, float]:
 def extra_runs(cfg: StudyConfig, best: dict[str, float]) -> list[Run]:
     """Phase 2: more seeds for the key arms at their best lr."""
     seeds = range(cfg.seeds, cfg.seeds + cfg.extra_seeds)
-    return [Run(arm, best[arm], seed) for seed in seeds for arm in KEY_ARMS]
+    return [Run(arm, best[arm], seed) for seed in seeds for arm in KEY_ARMS if arm in best]
 
 
 def noisy_runs(cfg: StudyConfig, best: dict[str, float]) -> list[Run]:
     """Phase 5: every arm at its best lr, on noisy training labels."""
     if not cfg.label_noise:
         return []
-    return [Run(arm, best[arm], seed, cfg.label_noise) for seed in range(cfg.seeds) for arm in ARMS]
+    return [Run(arm, best[arm], seed, cfg.label_noise) for seed in range(cfg.seeds) for arm in best]
 
 
 # ----------------------------------------------------------------------------- training
@@ -239,11 +264,38 @@ def settings(cfg: StudyConfig, run: Run, extra: dict[str, Any], runs_dir: str) -
     }
 
 
+def check_saved(out: str, fields: dict[str, Any]) -> None:
+    """Refuses a finished run made with other settings than the study's (say, another
+    ``--steps``): its results would be mixed with the new ones unnoticed."""
+    saved = rundir.read_json(os.path.join(out, rundir.CONFIG_FILE))["args"]
+    changed = [
+        f"{k} {saved[k]!r} (not {v!r})"
+        for k, v in fields.items()
+        if k not in ("output_dir", "no_progress") and k in saved and saved[k] != v
+    ]
+    if changed:
+        raise SystemExit(
+            f"{out} was made with other settings: {', '.join(changed)}. Give the study the "
+            "settings it was made with, or another --runs-dir."
+        )
+
+
+def finished(cfg: StudyConfig, runs: list[Run]) -> list[Run]:
+    """The runs that have a summary."""
+    return [
+        r for r in runs if os.path.exists(os.path.join(r.out(cfg.runs_dir), rundir.SUMMARY_FILE))
+    ]
+
+
 def train_all(cfg: StudyConfig, runs: list[Run], extra: dict[str, Any]) -> None:
-    """Trains every run that has no summary yet (an unfinished one starts again)."""
+    """Trains every run that has no summary yet (an unfinished one starts again); checks that
+    the finished ones were made with the same settings. Trains nothing with --report-only."""
     for i, run in enumerate(runs, 1):
         out = run.out(cfg.runs_dir)
         if os.path.exists(os.path.join(out, rundir.SUMMARY_FILE)):
+            check_saved(out, settings(cfg, run, extra, cfg.runs_dir))
+            continue
+        if cfg.report_only:
             continue
         if os.path.isdir(out):  # killed mid-run (runs save only at the end): start afresh
             shutil.rmtree(out)
@@ -318,21 +370,27 @@ def subset(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     return {k: v[pick] for k, v in arrays.items()}
 
 
-def weight_noise(cfg: StudyConfig, run_dir: str) -> dict[str, Any]:
-    """Accuracy under relative weight noise, per sigma and draw (cached in the run folder)."""
+def weight_noise(cfg: StudyConfig, run_dir: str) -> dict[str, Any] | None:
+    """Accuracy under relative weight noise, per sigma and draw (cached in the run folder;
+    None with --report-only where it is not cached)."""
     path = os.path.join(run_dir, "weight_noise.json")
     if os.path.exists(path):
         cached = rundir.read_json(path)
         if (
             cached["sigmas"] == cfg.weight_noise_sigmas
             and cached["draws"] == cfg.weight_noise_draws
+            and cached.get("samples", cached["examples"]) == cfg.weight_noise_samples
         ):
             return cached
+    if cfg.report_only:
+        return None
+    print(f"[study] weight noise: {run_dir}", flush=True)
     model = FinalModel(run_dir)
     arrays = subset(model.validation, cfg.weight_noise_samples)
     result: dict[str, Any] = {
         "sigmas": cfg.weight_noise_sigmas,
         "draws": cfg.weight_noise_draws,
+        "samples": cfg.weight_noise_samples,
         "examples": len(arrays["labels"]),
         "clean": model.evaluate(model.params, arrays)["accuracy"],
         "accuracy": {},
@@ -364,14 +422,17 @@ def add_flatness(row: dict[str, Any], result: dict[str, Any]) -> None:
             row["flat_sigma"] = sigma
 
 
-def interpolation(cfg: StudyConfig, a_dir: str, b_dir: str) -> dict[str, Any]:
-    """Validation loss and accuracy along ``(1 - alpha) a + alpha b`` (cached)."""
+def interpolation(cfg: StudyConfig, a_dir: str, b_dir: str) -> dict[str, Any] | None:
+    """Validation loss and accuracy along ``(1 - alpha) a + alpha b`` (cached; None with
+    --report-only where it is not cached)."""
     path = os.path.join(cfg.runs_dir, "interpolation.json")
     alphas = sorted({*np.linspace(-0.5, 1.5, cfg.alphas).round(6).tolist(), 0.0, 1.0})
     if os.path.exists(path):
         cached = rundir.read_json(path)
         if cached["alphas"] == alphas and [cached["a"], cached["b"]] == [a_dir, b_dir]:
             return cached
+    if cfg.report_only:
+        return None
     a, b = FinalModel(a_dir), FinalModel(b_dir)
     points = [a.evaluate(flatness.interpolate(a.params, b.params, alpha)) for alpha in alphas]
     result = {
@@ -482,6 +543,7 @@ def report(
 ) -> str:
     """study.md: the set-up, the tables and the paired comparisons."""
     table = aggregate(rows)
+    present = [arm for arm in ARMS if any(r["arm"] == arm for r in rows)]
     clean = [r for r in rows if not r["label_noise"]]
     at_best = [r for r in clean if r["lr_factor"] == best.get(r["arm"])]
     noisy = [r for r in rows if r["label_noise"]]
@@ -516,7 +578,7 @@ def report(
         "| arm | vs | accuracy | best accuracy | macro-F1 | perturbed accuracy |",
         "|---|---|---|---|---|---|",
     ]
-    for arm in ARMS:
+    for arm in present:
         for ref in ("baseline", "lr-matched control"):
             if arm in (ref, "baseline"):
                 continue
@@ -531,7 +593,7 @@ def report(
         "| arm | runs | accuracy mean | std | failed runs |",
         "|---|---|---|---|---|",
     ]
-    for arm in ARMS:
+    for arm in present:
         acc = np.array([r["accuracy"] for r in at_best if r["arm"] == arm], np.float64)
         if acc.size:
             failed = sum(r["failed"] for r in at_best if r["arm"] == arm)
@@ -551,7 +613,7 @@ def report(
             + " | flat sigma |",
             "|---|---|---|" + "---|" * len(sigmas) + "---|",
         ]
-        for arm in ARMS:
+        for arm in present:
             mine = [r for r in at_best if r["arm"] == arm and "flat_sigma" in r]
             if mine:
                 cells = [np.mean([r[f"weight_noise_{s:g}"] for r in mine]) for s in sigmas]
@@ -569,7 +631,7 @@ def report(
             "| arm | " + " | ".join(f"change at sigma {s:g}" for s in sigmas) + " | flat sigma |",
             "|---|" + "---|" * len(sigmas) + "---|",
         ]
-        for arm in ARMS:
+        for arm in present:
             if arm != "baseline":
                 cells = [_diff(paired(at_best, arm, "baseline", f"weight_noise_change_{s:g}"))
                          for s in sigmas]  # fmt: skip
@@ -625,25 +687,31 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     # Phases 1 and 2: clean labels; then more seeds for the key arms at their best lr.
     runs = clean_runs(cfg)
     train_all(cfg, runs, extra)
-    best = best_factors([row(cfg, r) for r in runs])
+    best = best_factors([row(cfg, r) for r in finished(cfg, runs)])
     runs += extra_runs(cfg, best)
     train_all(cfg, runs, extra)
-    rows = [row(cfg, r) for r in runs]
+    rows = [row(cfg, r) for r in finished(cfg, runs)]
 
     # Phase 3: weight noise on every clean run at its arm's best lr.
     for r in rows:
         if r["lr_factor"] == best[r["arm"]] and r["status"] == "completed":
-            print(f"[study] weight noise: {r['run_dir']}", flush=True)
-            add_flatness(r, weight_noise(cfg, r["run_dir"]))
+            result = weight_noise(cfg, r["run_dir"])
+            if result is not None:
+                add_flatness(r, result)
 
     # Phase 4: the line between the baseline and the dice, from the same start.
-    ends = [Run(arm, best[arm], 0).out(cfg.runs_dir) for arm in ("baseline", "dice before")]
-    line = interpolation(cfg, *ends)
+    line = None
+    if "baseline" in best and "dice before" in best:
+        ends = [Run(arm, best[arm], 0) for arm in ("baseline", "dice before")]
+        if len(finished(cfg, ends)) == 2:
+            line = interpolation(cfg, *(end.out(cfg.runs_dir) for end in ends))
 
     # Phase 5: noisy labels, every arm at its best lr.
     noisy = noisy_runs(cfg, best)
     train_all(cfg, noisy, extra)
-    rows += [row(cfg, r) for r in noisy]
+    rows += [row(cfg, r) for r in finished(cfg, noisy)]
+    if not rows:
+        raise SystemExit(f"no finished run in {cfg.runs_dir}: nothing to report")
 
     # The report.
     write_csv(os.path.join(cfg.results_dir, "runs.csv"), rows)

@@ -2,7 +2,7 @@
 
 The H200 sweep's per-run files did not come back from the lent machine (its tool returns a
 handful of files), so this reads the table the sweep printed into its log,
-``h200-2026-11-26-call1/study-sweep.log``, and the CPU sweep's ``../results.csv``.
+``h200-2026-11-26-call1/study-sweep.log``, and the CPU sweep's ``../rulesets/results.csv``.
 
 Run:  python benchmarks/results/gpu/plot_h200.py
 """
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
 LOG = HERE / "h200-2026-11-26-call1" / "study-sweep.log"
-CPU = HERE.parent / "results.csv"
+CPU = HERE.parent / "rulesets" / "results.csv"
 OUT = HERE / "accuracy_vs_expected_scale_h200.png"
 #: Where the labels of crowded points go (points), so that none overlaps another.
 LABEL_OFFSETS = {
