@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import optax_dice
+from optax_dice import dice as dice_lib
+from optax_dice._validation import parse_dice
 
 if TYPE_CHECKING:
     from examples.bert.train_config import TrainConfig
@@ -43,6 +46,18 @@ def rolls_at(config: TrainConfig, micro_step: int) -> bool:
     if config.mode == "per_mini_batch" and config.dice_position == "before":
         return True
     return micro_step % config.accumulation_steps == 0
+
+
+def natural_face_probs(config: TrainConfig) -> np.ndarray | None:
+    """The exact probability of each natural face of the run's die (None without dice).
+
+    Exact with game mechanics too: they multiply the step, never change the die, so the
+    faces keep their odds even where :func:`optax_dice.odds` can only estimate the scale.
+    """
+    if not config.uses_dice:
+        return None
+    sides = parse_dice(config.dice_kwargs["dice"])
+    return dice_lib.face_probs(sides, config.advantage, config.disadvantage)
 
 
 def learning_rate_schedule(lr: float, total_updates: int, warmup_ratio: float) -> optax.Schedule:
