@@ -92,12 +92,14 @@ def make_train_step(
     """Builds the jitted train step ``(state, batch) -> (state, metrics)``.
 
     One call is one micro-batch: forward, backward, ``tx.update`` (which rolls the dice and,
-    under ``MultiSteps``, applies an update every ``accumulation_steps`` calls). The state is
+    under ``MultiSteps``, applies an update every ``accumulation_steps`` calls), given the
+    micro-batch's mean loss as ``value=`` (the Cleric's Healing Word judges it). The state is
     donated. Metrics stay on the device; nothing is copied to the host.
 
     Args:
       graphdef: the model's training graph definition (see :func:`split_model`).
-      tx: the optimizer.
+      tx: the optimizer (a plain ``GradientTransformation`` too: it is given extra-args
+        support, which drops ``value`` for the transformations that do not take it).
       schedule: its learning-rate schedule, of the applied-update count.
       accumulation_steps: micro-batches per applied update.
       mesh: the device mesh; the batch is split on its first axis over it.
@@ -112,6 +114,8 @@ def make_train_step(
       fixed (``scale``, -1, 0, 1, 0, 0), so every step's metrics have one structure.
     """
 
+    tx_extra = optax.with_extra_args_support(tx)  # any optimizer takes value= then
+
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         def loss_fn(params: nnx.State, model_state: nnx.State) -> tuple[jax.Array, nnx.State]:
             logits, model_state = _forward(graphdef, params, model_state, batch)
@@ -121,12 +125,12 @@ def make_train_step(
         (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.model_state
         )
-        # The loss goes to every optimizer as optax's extra argument ``value``, always: the
-        # Cleric's Healing Word needs it, and every other part ignores it (every optimizer
-        # build_optimizer makes is an optax.chain, MultiSteps or accumulate, which hand extra
-        # arguments only to the transformations that take them), so a run without a Cleric
-        # computes exactly what it did without it.
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+        # The loss goes to the optimizer as optax's extra argument ``value``, always: the
+        # Cleric's Healing Word needs it, and every other part ignores it (optax.chain,
+        # MultiSteps and optax_dice.accumulate hand extra arguments only to the
+        # transformations that take them), so a run without a Cleric computes exactly what it
+        # did before. An unused argument costs nothing under jit.
+        updates, opt_state = tx_extra.update(grads, state.opt_state, state.params, value=loss)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
