@@ -474,6 +474,26 @@ def game_notes(config: TrainConfig) -> list[str]:
     return notes
 
 
+def game_line(counts: dict[str, Any]) -> str:
+    """One line of the game's results, from ``summary.json``'s ``game``.
+
+    Example:
+      >>> game_line({"abilities_fired": {"Rage": 3, "Reckless Attack": 1},
+      ...            "encounters": {"Gradient Ooze": 0, "Loss Dragon": 2, "Weight Wraith": 1},
+      ...            "final_level": 2, "final_xp": 40, "experience": True})
+      'Game: Rage 3, Reckless Attack 1; met Loss Dragon 2, Weight Wraith 1; level 2 (40 XP).'
+    """
+    parts = []
+    if counts["abilities_fired"]:
+        parts.append(", ".join(f"{k} {v}" for k, v in counts["abilities_fired"].items()))
+    met = {k: v for k, v in counts["encounters"].items() if v}
+    if met:
+        parts.append("met " + ", ".join(f"{k} {v}" for k, v in met.items()))
+    if counts["experience"]:
+        parts.append(f"level {counts['final_level']} ({counts['final_xp']} XP)")
+    return "Game: " + ("; ".join(parts) or "nothing happened") + "."
+
+
 def report(
     config: TrainConfig,
     run: Loaded,
@@ -547,6 +567,8 @@ def report(
             f"{summary['perturbed_macro_f1']:.4f} (char drop {config.char_drop}, word swap "
             f"{config.word_swap})."
         )
+    if "game" in summary:
+        say(game_line(summary["game"]))
     speed = summary["steady_steps_per_s"]
     say(
         f"{status}: {step // k} updates in {train_time:.1f} s"
