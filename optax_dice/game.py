@@ -246,24 +246,32 @@ class DiceGameState(NamedTuple):
 
 
 def init_game_state(config: GameConfig, rng_key: jax.Array) -> DiceGameState:
-    """The state before the first update."""
-    zero = jnp.zeros([], jnp.int32)
+    """The state before the first update.
+
+    Every field is an array of its own (no buffer shared between fields), so that a train
+    step may donate the optimizer state (``jax.jit(..., donate_argnums=...)``): XLA refuses
+    to donate one buffer twice.
+    """
+
+    def zero() -> jax.Array:
+        return jnp.zeros([], jnp.int32)
+
     return DiceGameState(
-        count=zero,
+        count=zero(),
         rng_key=rng_key,
-        natural=zero,
-        total=zero,
+        natural=zero(),
+        total=zero(),
         scale=jnp.ones([], jnp.float32),
         dice_scale=jnp.ones([], jnp.float32),
         monster=jnp.full([], NO_MONSTER, jnp.int32),
-        encounter_step=zero,
+        encounter_step=zero(),
         level=jnp.ones([], jnp.int32),
-        xp=zero,
+        xp=zero(),
         charges=jnp.asarray(CHARGES.get(config.character, (0, 0)), jnp.int32),
-        rage=zero,
+        rage=zero(),
         last_loss=jnp.full([], jnp.inf, jnp.float32),
-        fired=zero,
-        micro_step=zero,
+        fired=zero(),
+        micro_step=zero(),
     )
 
 

@@ -435,6 +435,29 @@ def test_jit_and_eager_agree(character):
         chex.assert_trees_all_equal(a, b)
 
 
+@pytest.mark.parametrize("character", [None, "cleric"])
+def test_the_state_can_be_donated(character):
+    """A train step that donates the optimizer state (as examples/bert does) works from the
+    first update: no two fields of the initial state share a buffer."""
+    tx = optax.chain(
+        optax_dice.dice_roll(1, character=character, encounter_chance=0.5, experience=True),
+        optax.sgd(0.1),
+    )
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    leaves = jax.tree.leaves(state)
+    assert len({id(x) for x in leaves}) == len(leaves)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state):
+        updates, state = tx.update(params, state, params, value=jnp.sum(params["w"]))
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(3):
+        params, state = step(params, state)
+    assert int(optax_dice.find_dice_state(state).count) == 3
+
+
 def _to_numpy(state):
     """A checkpoint as plain numpy (the typed key as its key data), pickled."""
     return pickle.dumps(

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+import optax_dice
 from examples.bert import optim
 from examples.bert.train_config import TrainConfig
 
@@ -130,3 +131,41 @@ def test_bad_specs_are_refused():
     for wd in (-0.1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="weight decay must be >= 0 and finite"):
             _build(_spec(weight_decay=wd))
+
+
+# Every way build_optimizer places the dice (and none), with accumulation where it applies.
+PLACEMENTS = [
+    dict(mode="off", accumulation_steps=1),
+    dict(mode="off", accumulation_steps=2),
+    dict(mode="per_mini_batch", dice_position="before", accumulation_steps=1),
+    dict(mode="per_mini_batch", dice_position="before", accumulation_steps=2),
+    dict(mode="per_mini_batch", dice_position="after", accumulation_steps=1),
+    dict(mode="per_accumulation_step", dice_position="before", accumulation_steps=2),
+    dict(mode="per_accumulation_step", dice_position="after", accumulation_steps=2),
+]
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS, ids=lambda p: "-".join(map(str, p.values())))
+def test_value_reaches_the_cleric_and_changes_nothing_else(placement):
+    """The train step passes value=loss to every optimizer: the Cleric gets it wherever the
+    dice sit (inside MultiSteps too), and without a Cleric it changes no update."""
+    tx, _ = _build(_spec(**placement))
+    assert isinstance(tx, optax.GradientTransformationExtraArgs)
+    # As _updates, jitted with the params an argument (as constants, XLA may round otherwise).
+    with_value = jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
+    state = tx.init(PARAMS)
+    for g, want in zip(GRADS * 2, _updates(_spec(**placement), GRADS * 2), strict=True):
+        updates, state = with_value(g, state, PARAMS, jnp.float32(1.5))
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, updates), want)
+    if placement["mode"] == "off":
+        return
+    cleric, _ = _build(_spec(**placement, character="cleric", encounter_chance=0.5))
+    state = cleric.init(PARAMS)
+    step = jax.jit(lambda g, s, v: cleric.update(g, s, PARAMS, value=v))
+    for g, loss in zip(GRADS * 2, [0.7, 2.0, 0.5, 3.0], strict=True):
+        _, state = step(g, state, jnp.float32(loss))
+    game = optax_dice.find_dice_state(state)
+    assert isinstance(game, optax_dice.DiceGameState)
+    assert np.isfinite(float(game.last_loss))  # it judged a loss
+    with pytest.raises(ValueError, match="needs the loss"):
+        cleric.update(GRADS[0], cleric.init(PARAMS), PARAMS)

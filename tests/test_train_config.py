@@ -65,3 +65,62 @@ def test_to_argv_gives_back_the_same_config():
     argv = train_config.to_argv(dataclasses.asdict(config))
     assert train_config.parse_args(argv) == config
     assert train_config.to_argv(dataclasses.asdict(TrainConfig())) == []
+
+
+def test_game_flags_reach_dice_roll_only_when_a_mechanic_is_on():
+    # The defaults add no game keyword: dice_roll builds today's transformation, and the
+    # "dice" of config.json and summary.json stay as they were.
+    assert not TrainConfig().uses_game
+    assert {"character", "encounter_chance", "experience"}.isdisjoint(TrainConfig().dice_kwargs)
+    kwargs = TrainConfig(character="cleric", encounter_chance=0.1, experience=True).dice_kwargs
+    assert kwargs["character"] == "cleric" and kwargs["encounter_chance"] == 0.1
+    assert kwargs["experience"] is True
+    assert TrainConfig(experience=True).dice_kwargs["character"] is None
+    config = train_config.parse_args(
+        ["--character", "barbarian", "--encounter-chance", "0.5", "--experience"]
+    )
+    assert (config.character, config.encounter_chance, config.experience) == (
+        "barbarian", 0.5, True,
+    )  # fmt: skip
+    assert train_config.parse_args(train_config.to_argv(dataclasses.asdict(config))) == config
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"encounter_chance": float("nan")}, "--encounter-chance must be a finite number, got nan"),
+        ({"encounter_chance": float("inf")}, "--encounter-chance must be a finite number, got inf"),
+        (
+            {"encounter_chance": 1.5},
+            "--encounter-chance must lie in [0, 1] (a probability), got 1.5",
+        ),
+        ({"encounter_chance": -0.1}, "--encounter-chance must lie in [0, 1]"),
+        ({"character": "bard"}, "--character 'bard' is not one of ['fighter', 'wizard',"),
+        (
+            {"character": "wizard", "experience": True, "mode": "off"},
+            "the game (--character, --experience) plays on the dice's rolls, and --mode off "
+            "rolls none: pick a dice mode (--mode per_mini_batch or per_accumulation_step)",
+        ),
+        (
+            {"experience": True, "normalize": True},
+            "--normalize: normalize=True divides by the ruleset's exact E[scale]; with game "
+            "mechanics",
+        ),
+    ],
+)
+def test_bad_game_settings_are_config_errors(kwargs, message):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(**kwargs)
+    assert message in str(err.value)
+
+
+def test_bad_game_flags_are_usage_errors(capsys):
+    for argv, message in (
+        (["--character", "bard"], "invalid choice: 'bard'"),
+        (["--experience", "--normalize"], "with game mechanics"),
+        (["--encounter-chance", "2"], "--encounter-chance must lie in [0, 1]"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            train_config.parse_args(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err

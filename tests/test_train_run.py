@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ import pytest
 
 import optax_dice
 from examples.bert import optim, train
+from optax_dice import game
 from tests.train_helpers import (
     REPO,
     make_tiny_model_dir,
@@ -276,8 +278,193 @@ def test_dice_runs_log_the_rolls_of_the_seed_with_no_host_sync(assets, tmp_path,
     assert summary["expected_scale"] == pytest.approx(
         optax_dice.odds(threshold=13, modifier=3).expected_scale
     )
+    # Without the game's flags the records, odds and summary have no game in them.
+    assert "level" not in rolls[0] and "abilities_fired" not in rolls[0]
+    assert "game" not in summary and "odds_estimate" not in summary
     assert summary["eval_accuracy"] is not None
     assert (out / "run.png").exists()
+
+
+# -------------------------------------------------------------------------------- the game
+
+
+def count_from_records(records: list[dict]) -> dict:
+    """The game's counts, straight from the rolled train records of metrics.jsonl."""
+    rolls = [r for r in records if r["rolled"]]
+    abilities, encounters = {}, {}
+    for r in rolls:
+        for name in r["abilities_fired"]:
+            abilities[name] = abilities.get(name, 0) + 1
+        if r["monster"] >= 0 and r["encounter_step"] == 1:
+            name = game.MONSTERS[r["monster"]]
+            encounters[name] = encounters.get(name, 0) + 1
+    return {"abilities": abilities, "encounters": encounters}
+
+
+def test_game_summary_counts_hand_built_records():
+    """Abilities by name; an encounter is a monster appearing (encounter_step 1), so the same
+    monster met again right after it retreated counts twice; the final level and XP are the
+    last roll's; records that did not roll are not counted."""
+    from examples.bert import plots, rundir
+    from examples.bert.train_config import TrainConfig
+
+    def roll(step, monster, encounter_step, level, xp, fired, rolled=True):
+        return {
+            "kind": "train", "micro_step": step, "rolled": rolled, "monster": monster,
+            "encounter_step": encounter_step, "level": level, "xp": xp, "abilities_fired": fired,
+        }  # fmt: skip
+
+    records = [
+        roll(1, -1, 0, 1, 0, []),
+        roll(2, 2, 1, 1, 150, ["Rage"]),
+        roll(3, 2, 2, 1, 450, ["Rage", "Reckless Attack"]),
+        {"kind": "eval", "micro_step": 3, "accuracy": 0.5},
+        roll(4, 2, 3, 1, 750, []),
+        roll(5, 2, 1, 2, 50, ["Reckless Attack"]),  # the Wraith again, at once
+        roll(6, 2, 2, 2, 60, ["Reckless Attack"], rolled=False),  # not a roll: not counted
+        roll(7, -1, 0, 2, 60, []),
+        roll(8, 0, 1, 2, 70, []),
+        roll(9, 1, 1, 2, 200, ["Rage"]),  # a new monster after one step of the Ooze
+    ]
+    config = TrainConfig(character="barbarian", encounter_chance=0.5, experience=True)
+    assert rundir.game_summary(config, records) == {
+        "character": "barbarian",
+        "encounter_chance": 0.5,
+        "experience": True,
+        "abilities_fired": {"Rage": 3, "Reckless Attack": 2},
+        "encounters": {"Gradient Ooze": 1, "Loss Dragon": 1, "Weight Wraith": 2},
+        "monster_steps": {"Gradient Ooze": 1, "Loss Dragon": 1, "Weight Wraith": 4},
+        "final_level": 2,
+        "final_xp": 200,
+    }
+    rolls = [r for r in records if r["kind"] == "train" and r["rolled"]]
+    assert plots.encounter_spans(rolls) == [(2, 2, 4), (2, 5, 5), (0, 8, 8), (1, 9, 9)]
+    # No roll yet: level 1, 0 XP, nothing counted.
+    empty = rundir.game_summary(TrainConfig(experience=True), [])
+    assert (empty["final_level"], empty["final_xp"], empty["abilities_fired"]) == (1, 0, {})
+    assert set(empty["encounters"].values()) == {0}
+
+
+def test_the_progress_bar_shows_the_level_and_the_monster():
+    from examples.bert.train_config import TrainConfig
+
+    record = {"loss": 0.5, "lr": 1e-3, "rolled": True, "natural": 17, "total": 19, "scale": 1.2,
+              "level": 3, "monster": 1}  # fmt: skip
+    log = SimpleNamespace(window_steps=0, t_window=0.0)
+    log.config = TrainConfig(encounter_chance=0.5, experience=True)
+    postfix = train.TrainLog._postfix(log, [record], 1.0)
+    assert postfix["lvl"] == "3" and postfix["monster"] == "Loss Dragon"
+    postfix = train.TrainLog._postfix(log, [{**record, "monster": -1}], 1.0)
+    assert postfix["monster"] == "-"
+    log.config = TrainConfig(character="rogue")
+    assert {"lvl", "monster"}.isdisjoint(train.TrainLog._postfix(log, [record], 1.0))
+
+
+GAME_RUNS = {
+    # (flags, mode, dice position, accumulation steps)
+    "cleric": (
+        ["--character", "cleric", "--encounter-chance", "0.5", "--experience"],
+        "per_mini_batch", "before", 1,
+    ),
+    "cleric, per mini-batch of 2": (
+        ["--character", "cleric", "--encounter-chance", "0.5"], "per_mini_batch", "before", 2,
+    ),
+    "barbarian, per accumulation step": (
+        ["--character", "barbarian", "--experience"], "per_accumulation_step", "before", 2,
+    ),
+    "cleric after, per accumulation step": (
+        ["--character", "cleric", "--encounter-chance", "0.5", "--experience"],
+        "per_accumulation_step", "after", 2,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(GAME_RUNS))
+def test_a_game_run_logs_the_game_of_the_seed_and_counts_it(assets, tmp_path, case):
+    """The game trains in every dice mode and position, with no host sync in the loop; every
+    roll's game fields are roll_sequence's for the same key (the Cleric's losses being the
+    logged ones it judged), and summary.json's counts are those of metrics.jsonl."""
+    flags, mode, position, k = GAME_RUNS[case]
+    out, updates, seed = tmp_path / "game", 8, 5
+    args = base_args(assets, out, *flags, "--mode", mode, "--dice-position", position)
+    args += ["--accumulation-steps", str(k), "--steps", str(updates), "--seed", str(seed)]
+    with cpu_device_to_host_guard(), jax.transfer_guard_device_to_host("disallow"):
+        summary = train.main(args)
+    assert summary["status"] == "completed"
+    records = train_records(out)
+    assert len(records) == updates * k
+    rolls = [r for r in records if r["rolled"]]
+    per_micro_batch = mode == "per_mini_batch"
+    assert len(rolls) == summary["rolls"] == (updates * k if per_micro_batch else updates)
+
+    # What the Cleric judged: each micro-batch's loss; per accumulation step, the loss of the
+    # window's first micro-batch (before: the held roll is made then) or last (after: the
+    # roll follows AdamW inside MultiSteps, which keeps the emitting micro-batch's state).
+    losses = [r["loss"] for r in records]
+    if per_micro_batch or position == "after":
+        judged = [r["loss"] for r in rolls]
+    else:
+        judged = [losses[r["micro_step"] - k] for r in rolls]
+    character = flags[1]
+    game_kwargs = {
+        "character": character,
+        "encounter_chance": 0.5 if "--encounter-chance" in flags else None,
+        "experience": "--experience" in flags,
+    }
+    seq = optax_dice.roll_sequence(
+        optim.dice_key(seed), len(rolls), losses=np.float32(judged),
+        every_k=k if per_micro_batch else 1, threshold=12, modifier=2, **game_kwargs,
+    )  # fmt: skip
+    for field in ("natural", "total", "scale", "dice_scale", "monster", "encounter_step",
+                  "level", "xp"):  # fmt: skip
+        np.testing.assert_array_equal(
+            [r[field] for r in rolls], np.asarray(getattr(seq, field)), err_msg=field
+        )
+    names = game.ABILITIES[character]
+    fired = [[n for bit, n in enumerate(names) if f >> bit & 1] for f in np.asarray(seq.fired)]
+    assert [r["abilities_fired"] for r in rolls] == fired
+    assert all("abilities_fired" not in r for r in records if not r["rolled"])
+
+    # summary.json: the counts of metrics.jsonl, every ability and monster named.
+    counted = count_from_records(records)
+    game_summary = json.loads((out / "summary.json").read_text())["game"]
+    assert game_summary == summary["game"]
+    assert game_summary["abilities_fired"] == {n: counted["abilities"].get(n, 0) for n in names}
+    assert game_summary["encounters"] == {n: counted["encounters"].get(n, 0) for n in game.MONSTERS}
+    if game_kwargs["encounter_chance"] is None:
+        assert set(game_summary["encounters"].values()) == {0}
+    else:  # seed 5 meets monsters in these 8 or 16 rolls
+        assert sum(game_summary["encounters"].values()) >= 2
+    assert (game_summary["final_level"], game_summary["final_xp"]) == (
+        rolls[-1]["level"], rolls[-1]["xp"],
+    )  # fmt: skip
+    assert game_summary["character"] == character
+
+    # The odds are an estimate, written with its standard error.
+    assert summary["expected_scale_exact"] is False
+    assert summary["odds_estimate"]["standard_error"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["optimizer"]["odds_estimate"] == summary["odds_estimate"]
+    assert config["args"]["character"] == character
+    assert (out / "run.png").exists()
+
+
+def test_a_stopped_game_resumes_bit_for_bit(assets, tmp_path):
+    """Charges, the Cleric's last loss, the monster and the XP are optimizer state: a run
+    stopped mid-window and resumed gives the run that never stopped."""
+    game_args = ["--character", "cleric", "--encounter-chance", "0.5", "--experience"]
+    game_args += ["--accumulation-steps", "2", "--steps", "8", "--save-every", "2"]
+    game_args += ["--eval-every", "4", "--seed", "3"]
+    reference = tmp_path / "unbroken"
+    whole = train.main(base_args(assets, reference, *game_args))
+    out = tmp_path / "stopped"
+    first = train.main([*base_args(assets, out, *game_args), "--stop-after", "7"])
+    assert first["status"] == "stopped" and first["micro_steps"] == 7
+    second = train.main(["--resume", str(out), "--no-progress"])
+    assert second["status"] == "completed" and second["resumed_from_micro_step"] == 7
+    assert_trees_equal(final_checkpoint(out), final_checkpoint(reference))
+    assert train_records(out) == train_records(reference)
+    assert second["game"] == whole["game"]
 
 
 # ------------------------------------------------------------------------------- resume
@@ -424,6 +611,12 @@ BAD_INPUTS = {
     "split seed too small": (["--split-seed", str(-(2**63) - 1)], "--split-seed must lie"),
     "huge threshold": (["--threshold", "99999999999"], "threshold=99999999999 is out of range"),
     "huge die": (["--dice", "d2147483647"], "more than the 536,870,912"),
+    "game without dice": (
+        ["--mode", "off", "--character", "wizard"],
+        "--mode off rolls none: pick a dice mode",
+    ),
+    "normalized game": (["--experience", "--normalize"], "with game mechanics"),
+    "encounter chance above 1": (["--encounter-chance", "1.5"], "must lie in [0, 1]"),
     "single class": ([], "hold a single class, ['pos']: a classifier needs at least two"),
     "0-byte csv": ([], "is empty (0 bytes)"),
 }

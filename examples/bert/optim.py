@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import optax_dice
+from optax_dice import dice as dice_lib
+from optax_dice._validation import parse_dice
 
 if TYPE_CHECKING:
     from examples.bert.train_config import TrainConfig
@@ -43,6 +46,18 @@ def rolls_at(config: TrainConfig, micro_step: int) -> bool:
     if config.mode == "per_mini_batch" and config.dice_position == "before":
         return True
     return micro_step % config.accumulation_steps == 0
+
+
+def natural_face_probs(config: TrainConfig) -> np.ndarray | None:
+    """The exact probability of each natural face of the run's die (None without dice).
+
+    Exact with game mechanics too: they multiply the step, never change the die, so the
+    faces keep their odds even where :func:`optax_dice.odds` can only estimate the scale.
+    """
+    if not config.uses_dice:
+        return None
+    sides = parse_dice(config.dice_kwargs["dice"])
+    return dice_lib.face_probs(sides, config.advantage, config.disadvantage)
 
 
 def learning_rate_schedule(lr: float, total_updates: int, warmup_ratio: float) -> optax.Schedule:
@@ -71,7 +86,7 @@ def _decay_mask(params: Any) -> Any:
 
 def build_optimizer(
     config: TrainConfig, total_updates: int
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
+) -> tuple[optax.GradientTransformationExtraArgs, optax.Schedule]:
     """Builds the run's optimizer and its learning-rate schedule from its config.
 
     The inner optimizer is ``chain(clip_by_global_norm(clip_norm), adamw(schedule))`` (no
@@ -80,6 +95,10 @@ def build_optimizer(
     the roll ahead of it; placed ``"after"``, the roll follows it: ``chain(inner, dice_roll)``,
     inside ``MultiSteps`` when accumulating. The settings were checked when the config was
     made; the dice library checks the ruleset.
+
+    Every optimizer it returns is an ``optax.GradientTransformationExtraArgs`` whose parts
+    all receive extra arguments such as ``value=loss`` (the Cleric's), and ignore them
+    where they take none.
 
     Args:
       config: the run's settings (``lr``, ``weight_decay``, ``warmup_ratio``, ``clip_norm``,
@@ -98,7 +117,7 @@ def build_optimizer(
     if not config.uses_dice:
         if k == 1:
             return inner, schedule
-        return optax.MultiSteps(inner, k).gradient_transformation(), schedule
+        return _multi_steps(inner, k), schedule
     dice = dict(config.dice_kwargs, key=dice_key(config.seed))
     if config.dice_position == "before":
         if k == 1:
@@ -107,4 +126,15 @@ def build_optimizer(
     tx = optax.chain(inner, optax_dice.dice_roll(**dice))
     if k == 1:
         return tx, schedule
-    return optax.MultiSteps(tx, k).gradient_transformation(), schedule
+    return _multi_steps(tx, k), schedule
+
+
+def _multi_steps(tx: optax.GradientTransformation, k: int) -> optax.GradientTransformationExtraArgs:
+    """``optax.MultiSteps(tx, k)`` as a transformation that says it takes extra arguments.
+
+    ``MultiSteps.update`` forwards extra arguments (the Cleric's ``value=loss``) to ``tx``,
+    but ``gradient_transformation()`` returns a plain ``GradientTransformation``, which
+    ``optax.with_extra_args_support`` (and so ``optax.chain``) would wrap to drop them.
+    """
+    multi_steps = optax.MultiSteps(tx, k)
+    return optax.GradientTransformationExtraArgs(multi_steps.init, multi_steps.update)

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from examples.bert import rundir
+from optax_dice import game
 
 # The sweep's figures: file name -> (x label, y label, title).
 SWEEP_FIGURES = {
@@ -50,13 +51,17 @@ def plot_run(
     expected_scale: float | None,
     title: str,
     majority_accuracy: float | None = None,
+    expected_scale_exact: bool = True,
 ) -> None:
-    """Draws the run into a PNG: four panels.
+    """Draws the run into a PNG: four panels, and a fifth with game mechanics.
 
     1. training loss before the roll and after it (loss x scale), smoothed;
     2. validation loss and accuracy;
     3. the histogram of the rolled natural faces against the exact odds;
-    4. the scale of every roll against E[scale].
+    4. the scale of every roll against E[scale];
+    5. when the records carry levels (``--character``, ``--encounter-chance`` or
+       ``--experience``): level and XP after each roll, with the steps where a monster
+       acted shaded, one colour per monster.
 
     Args:
       records: the records of ``metrics.jsonl``.
@@ -66,11 +71,16 @@ def plot_run(
       title: the figure's title.
       majority_accuracy: the accuracy of always predicting the majority class, drawn for
         reference.
+      expected_scale_exact: False when ``expected_scale`` is an estimate (game mechanics
+        with memory); the line is labelled so.
     """
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
     rolls = [r for r in train if r.get("rolled")]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    game_rolls = [r for r in rolls if "level" in r]
+    fig = plt.figure(figsize=(12, 12.5 if game_rolls else 8.5))
+    grid = fig.add_gridspec(3 if game_rolls else 2, 2)
+    axes = np.array([[fig.add_subplot(grid[i, j]) for j in range(2)] for i in range(2)])
     fig.suptitle(title, fontsize=11)
 
     ax = axes[0, 0]
@@ -135,16 +145,72 @@ def plot_run(
         ax.scatter(xr, scales, s=6, color="tab:purple", alpha=0.5, label="scale")
         ax.axhline(float(scales.mean()), color="tab:purple", lw=1, label="mean scale")
         if expected_scale is not None:
-            ax.axhline(expected_scale, color="black", ls="--", lw=1, label="E[scale]")
+            label = "E[scale]" if expected_scale_exact else "E[scale] (estimated)"
+            ax.axhline(expected_scale, color="black", ls="--", lw=1, label=label)
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no dice (--mode off)", ha="center", va="center")
     ax.set_title("scale of each roll", fontsize=10)
     ax.set_xlabel("micro-step")
 
+    if game_rolls:
+        _plot_game(fig.add_subplot(grid[2, :]), game_rolls)
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def encounter_spans(rolls: Sequence[dict[str, Any]]) -> list[tuple[int, int, int]]:
+    """The encounters in rolled train records, as ``(monster, first, last)`` micro-steps.
+
+    An encounter starts at a record whose ``encounter_step`` is 1 (the monster appeared on
+    that roll) and lasts while the following records show the same monster acting on.
+
+    Example:
+      >>> recs = [{"micro_step": i + 1, "monster": m, "encounter_step": e}
+      ...         for i, (m, e) in enumerate([(-1, 0), (2, 1), (2, 2), (2, 3), (2, 1), (-1, 0)])]
+      >>> encounter_spans(recs)
+      [(2, 2, 4), (2, 5, 5)]
+    """
+    spans: list[tuple[int, int, int]] = []
+    for r in rolls:
+        if r["monster"] < 0:
+            continue
+        if r["encounter_step"] == 1 or not spans or spans[-1][0] != r["monster"]:
+            spans.append((r["monster"], r["micro_step"], r["micro_step"]))
+        else:
+            spans[-1] = (spans[-1][0], spans[-1][1], r["micro_step"])
+    return spans
+
+
+def _plot_game(ax: Any, rolls: Sequence[dict[str, Any]]) -> None:
+    """Level and XP after each roll; the spans where a monster acted, shaded per monster."""
+    x = np.array([r["micro_step"] for r in rolls])
+    gap = float(np.median(np.diff(x))) if x.size > 1 else 1.0  # micro-steps between rolls
+    colors = {code: plt.cm.Set2(code) for code in range(len(game.MONSTERS))}
+    shaded = set()
+    for monster, first, last in encounter_spans(rolls):
+        ax.axvspan(  # a white edge parts two encounters in a row
+            first - gap / 2,
+            last + gap / 2,
+            facecolor=colors[monster],
+            edgecolor="white",
+            alpha=0.35,
+            lw=1.5,
+            label=None if monster in shaded else game.MONSTERS[monster],
+        )
+        shaded.add(monster)
+    ax.step(x, [r["level"] for r in rolls], where="post", color="tab:blue", label="level")
+    ax.set_ylabel("level")
+    ax.set_xlabel("micro-step")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax2 = ax.twinx()
+    ax2.plot(x, [r["xp"] for r in rolls], color="tab:orange", lw=1, label="XP towards next level")
+    ax2.set_ylabel("XP")
+    lines, lines2 = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    ax.set_title("level and XP after each roll; shaded: a monster acted", fontsize=10)
 
 
 def plot_sweep(rows: list[dict[str, Any]], results_dir: str) -> None:

@@ -16,11 +16,12 @@ All JSON is strict: a NaN or infinite loss is written as ``null``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -29,6 +30,7 @@ import orbax.checkpoint as ocp
 
 import optax_dice
 from examples.bert import optim
+from optax_dice import game
 
 if TYPE_CHECKING:
     from examples.bert.data import ClassificationData
@@ -146,6 +148,8 @@ def train_record(
     accumulation_steps: int,
     rolled: bool,
     loss_rolled: float,
+    *,
+    abilities: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The record of one micro-step (``micro_step`` from 1), from the train step's metrics.
 
@@ -153,6 +157,14 @@ def train_record(
     roll's ``natural``, ``total``, ``scale`` and ``scaled_loss`` (``loss_rolled`` x scale, where
     ``loss_rolled`` is the loss the roll judged: the mean over the update when it rolls per
     accumulated update).
+
+    With game mechanics (``abilities``: the names of the class's abilities, by bit of the
+    game state's ``fired``; empty without a class), a micro-step that rolled also has the
+    game's state after that roll: ``dice_scale`` (the rule's; ``scale`` is then the product
+    of every mechanic, as applied), ``monster`` (the code of the monster that acted, -1 for
+    none: ``optax_dice.game.MONSTERS``), ``encounter_step`` (1 on the step a monster
+    appears, up to 3), ``level``, ``xp`` and ``abilities_fired`` (the names of the
+    abilities that fired on that roll).
     """
     record = {
         "kind": "train",
@@ -172,6 +184,16 @@ def train_record(
             scale=scale,
             scaled_loss=loss_rolled * scale,
         )
+        if abilities is not None:
+            fired = int(metrics["fired"])
+            record.update(
+                dice_scale=float(metrics["dice_scale"]),
+                monster=int(metrics["monster"]),
+                encounter_step=int(metrics["encounter_step"]),
+                level=int(metrics["level"]),
+                xp=int(metrics["xp"]),
+                abilities_fired=[name for bit, name in enumerate(abilities) if fired >> bit & 1],
+            )
     return record
 
 
@@ -273,9 +295,13 @@ def config_json(
     model_dir: str | os.PathLike,
     dataset: ClassificationData,
     total_updates: int,
-    odds: optax_dice.Odds | None,
+    odds: optax_dice.Odds | optax_dice.OddsEstimate | None,
 ) -> dict[str, Any]:
-    """``config.json``: the settings, and what they amounted to on this data and machine."""
+    """``config.json``: the settings, and what they amounted to on this data and machine.
+
+    ``odds`` is None without dice, an :class:`optax_dice.Odds` (exact) or, for game mechanics
+    with memory, an :class:`optax_dice.OddsEstimate`, written with its standard error.
+    """
     versions = {}
     for name in ("jax", "jaxlib", "optax", "flax", "orbax-checkpoint", "optax-dice"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -305,7 +331,7 @@ def config_json(
             "dice": config.dice_kwargs if config.uses_dice else None,
             "dice_key": f"jax.random.fold_in(jax.random.key({config.seed}), "
             f"{optim.DICE_STREAM:#x})",
-            "expected_scale": None if odds is None else odds.expected_scale,
+            **odds_fields(odds),
         },
         "devices": jax.device_count(),
         "processes": jax.process_count(),
@@ -319,7 +345,7 @@ def summary(
     records: list[dict[str, Any]],
     *,
     dataset: ClassificationData,
-    odds: optax_dice.Odds | None,
+    odds: optax_dice.Odds | optax_dice.OddsEstimate | None,
     out: str,
     status: str,
     micro_steps: int,
@@ -335,7 +361,8 @@ def summary(
       config: the run's settings.
       records: the metrics records (all of the run's, on process 0).
       dataset: the run's data.
-      odds: the exact odds of its ruleset (None without dice).
+      odds: the odds of its ruleset (None without dice): exact, or estimated for game
+        mechanics with memory (written with the estimate's standard error).
       out: the run folder.
       status: completed, diverged, stopped or interrupted.
       micro_steps: micro-steps done; ``start``: done before this session.
@@ -344,6 +371,8 @@ def summary(
       timing: the speed and time figures, in seconds.
     """
     k = config.accumulation_steps
+    face_probs = optim.natural_face_probs(config)
+    plays_game = config.uses_dice and config.uses_game
     return {
         "status": status,
         "output_dir": os.path.abspath(out),
@@ -353,14 +382,13 @@ def summary(
         "epochs": micro_steps * config.batch_size / len(dataset.train["labels"]),
         "resumed_from_micro_step": start if config.resume is not None else None,
         "diverged_at_micro_step": diverged_at,
-        **_result_fields(
-            records, diverged=status == "diverged", sides=None if odds is None else odds.sides
-        ),
+        **_result_fields(records, diverged=status == "diverged", face_probs=face_probs),
         "majority_accuracy": dataset.majority_accuracy(),
         "mode": config.mode,
         "dice_position": config.dice_position if config.uses_dice else None,
         "dice": config.dice_kwargs if config.uses_dice else None,
-        "expected_scale": None if odds is None else odds.expected_scale,
+        **odds_fields(odds),
+        **({"game": game_summary(config, records)} if plays_game else {}),
         "devices": jax.device_count(),
         "processes": jax.process_count(),
         "platform": jax.devices()[0].platform,
@@ -377,12 +405,90 @@ def last_of(records: Iterable[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[-1] if found else {}
 
 
+def odds_fields(odds: optax_dice.Odds | optax_dice.OddsEstimate | None) -> dict[str, Any]:
+    """The odds as ``config.json`` and ``summary.json`` write them.
+
+    ``expected_scale`` always (None without dice); for an estimate (game mechanics with
+    memory) also ``expected_scale_exact: False`` and ``odds_estimate``, every field of the
+    :class:`optax_dice.OddsEstimate` (its standard error, runs, steps, seed, ...).
+
+    Example:
+      >>> odds_fields(None)
+      {'expected_scale': None}
+      >>> fields = odds_fields(optax_dice.odds(threshold=12, experience=True, steps=10, runs=2))
+      >>> fields["expected_scale_exact"], sorted(fields["odds_estimate"])[:3]
+      (False, ['encounters_per_1000', 'exact', 'expected_scale'])
+    """
+    if odds is None:
+        return {"expected_scale": None}
+    if isinstance(odds, optax_dice.OddsEstimate):
+        return {
+            "expected_scale": odds.expected_scale,
+            "expected_scale_exact": False,
+            "odds_estimate": dataclasses.asdict(odds),
+        }
+    return {"expected_scale": odds.expected_scale}
+
+
+def game_summary(config: TrainConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The game's part of ``summary.json``, counted from the train records that rolled.
+
+    Args:
+      config: the run's settings (``character``, ``encounter_chance``, ``experience``).
+      records: the metrics records, every rolled train record carrying the game fields of
+        :func:`train_record`.
+
+    Returns:
+      ``character``, ``encounter_chance``, ``experience``; ``abilities_fired`` (how many
+      rolls fired each of the class's abilities, by name); ``encounters`` (how many times
+      each monster appeared, by name: a roll with ``encounter_step`` 1, so that a monster
+      that appears again right after it retreated counts twice); ``monster_steps`` (the
+      rolls each monster acted on); ``final_level`` and ``final_xp`` (after the last roll;
+      level 1 and 0 XP before any).
+
+    Example:
+      >>> from examples.bert.train_config import TrainConfig
+      >>> rolls = [
+      ...     {"kind": "train", "rolled": True, "monster": m, "encounter_step": e,
+      ...      "level": 1, "xp": x, "abilities_fired": f}
+      ...     for m, e, x, f in [(-1, 0, 0, []), (1, 1, 130, ["Rage"]), (1, 2, 260, [])]
+      ... ]
+      >>> out = game_summary(TrainConfig(character="barbarian", encounter_chance=0.5), rolls)
+      >>> out["abilities_fired"], out["encounters"]["Loss Dragon"], out["final_xp"]
+      ({'Rage': 1, 'Reckless Attack': 0}, 1, 260)
+    """
+    rolls = [r for r in records if r["kind"] == "train" and r.get("rolled")]
+    fired = dict.fromkeys(game.ABILITIES[config.character], 0)
+    encounters = dict.fromkeys(game.MONSTERS, 0)
+    steps = dict.fromkeys(game.MONSTERS, 0)
+    for r in rolls:
+        for name in r["abilities_fired"]:
+            fired[name] += 1
+        if r["monster"] >= 0:
+            name = game.MONSTERS[r["monster"]]
+            steps[name] += 1
+            encounters[name] += r["encounter_step"] == 1
+    last = rolls[-1] if rolls else {"level": 1, "xp": 0}
+    return {
+        "character": config.character,
+        "encounter_chance": config.encounter_chance,
+        "experience": config.experience,
+        "abilities_fired": fired,
+        "encounters": encounters,
+        "monster_steps": steps,
+        "final_level": last["level"],
+        "final_xp": last["xp"],
+    }
+
+
 def _result_fields(
-    records: list[dict[str, Any]], *, diverged: bool, sides: int | None
+    records: list[dict[str, Any]], *, diverged: bool, face_probs: np.ndarray | None
 ) -> dict[str, Any]:
     """The summary's fields that the metrics give: the final (and perturbed) evaluation, the
     best accuracy, the last training loss and the rolls. A diverged run has no final
-    evaluation: an earlier one is not its result. ``sides``: the die's (None without dice)."""
+    evaluation: an earlier one is not its result. ``face_probs``: the die's natural faces'
+    odds (None without dice)."""
+    sides = None if face_probs is None else len(face_probs)
     final = {} if diverged else last_of(records, "eval")
     perturbed = last_of(records, "eval_perturbed")
     rolls = [r for r in records if r["kind"] == "train" and r.get("rolled")]

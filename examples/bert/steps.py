@@ -9,6 +9,7 @@ train state is donated so XLA updates it in place, and the shardings are explici
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -21,6 +22,7 @@ from jax.sharding import Mesh
 
 import optax_dice
 from examples.bert import parallel
+from optax_dice.game import NO_MONSTER
 
 Batch = dict[str, jax.Array]
 
@@ -90,12 +92,14 @@ def make_train_step(
     """Builds the jitted train step ``(state, batch) -> (state, metrics)``.
 
     One call is one micro-batch: forward, backward, ``tx.update`` (which rolls the dice and,
-    under ``MultiSteps``, applies an update every ``accumulation_steps`` calls). The state is
+    under ``MultiSteps``, applies an update every ``accumulation_steps`` calls), given the
+    micro-batch's mean loss as ``value=`` (the Cleric's Healing Word judges it). The state is
     donated. Metrics stay on the device; nothing is copied to the host.
 
     Args:
       graphdef: the model's training graph definition (see :func:`split_model`).
-      tx: the optimizer.
+      tx: the optimizer (a plain ``GradientTransformation`` too: it is given extra-args
+        support, which drops ``value`` for the transformations that do not take it).
       schedule: its learning-rate schedule, of the applied-update count.
       accumulation_steps: micro-batches per applied update.
       mesh: the device mesh; the batch is split on its first axis over it.
@@ -104,8 +108,13 @@ def make_train_step(
     Returns:
       The step. Metrics: ``loss`` (the micro-batch's mean cross-entropy, before any roll),
       ``grad_norm``, ``lr`` (of the update this micro-batch feeds), and the dice state after
-      the step: ``natural``, ``total``, ``scale`` (0, 0, 1 without dice).
+      the step: ``natural``, ``total``, ``scale`` (the factor applied; 0, 0, 1 without dice),
+      and the game's ``dice_scale``, ``monster``, ``encounter_step``, ``level``, ``xp`` and
+      ``fired`` (see :class:`optax_dice.DiceGameState`). Without game mechanics these are
+      fixed (``scale``, -1, 0, 1, 0, 0), so every step's metrics have one structure.
     """
+
+    tx_extra = optax.with_extra_args_support(tx)  # any optimizer takes value= then
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         def loss_fn(params: nnx.State, model_state: nnx.State) -> tuple[jax.Array, nnx.State]:
@@ -116,24 +125,19 @@ def make_train_step(
         (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.model_state
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        # The loss goes to the optimizer as optax's extra argument ``value``, always: the
+        # Cleric's Healing Word needs it, and every other part ignores it (optax.chain,
+        # MultiSteps and optax_dice.accumulate hand extra arguments only to the
+        # transformations that take them), so a run without a Cleric computes exactly what it
+        # did before. An unused argument costs nothing under jit.
+        updates, opt_state = tx_extra.update(grads, state.opt_state, state.params, value=loss)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step // accumulation_steps), jnp.float32),
+            **dice_metrics(optax_dice.find_dice_state(opt_state) if uses_dice else None),
         }
-        dice = optax_dice.find_dice_state(opt_state) if uses_dice else None
-        if dice is not None:
-            metrics.update(
-                natural=dice.natural, total=dice.total, scale=dice.scale.astype(jnp.float32)
-            )
-        else:
-            metrics.update(
-                natural=jnp.zeros([], jnp.int32),
-                total=jnp.zeros([], jnp.int32),
-                scale=jnp.ones([], jnp.float32),
-            )
         new_state = TrainState(state.step + 1, params, model_state, opt_state)
         return new_state, metrics
 
@@ -144,6 +148,48 @@ def make_train_step(
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
+
+
+def dice_metrics(
+    dice: optax_dice.DiceRollState | optax_dice.DiceGameState | None,
+) -> dict[str, jax.Array]:
+    """The metrics of the dice state after a step (on the device: no host transfer).
+
+    Args:
+      dice: the state :func:`optax_dice.find_dice_state` found, or None without dice.
+
+    Returns:
+      ``natural``, ``total``, ``scale`` (the factor applied), ``dice_scale`` (the rule's),
+      ``monster`` (-1: none), ``encounter_step``, ``level``, ``xp`` and ``fired`` (the bit
+      mask of the class's abilities fired). Fields a state lacks take the values of a game
+      with nothing on (no dice: natural 0, total 0, scale 1), so the structure never varies.
+    """
+    int32 = functools.partial(jnp.full, [], dtype=jnp.int32)
+    if dice is None:
+        natural, total, scale = int32(0), int32(0), jnp.ones([], jnp.float32)
+    else:
+        natural, total, scale = dice.natural, dice.total, dice.scale.astype(jnp.float32)
+    metrics = {
+        "natural": natural,
+        "total": total,
+        "scale": scale,
+        "dice_scale": scale,
+        "monster": int32(NO_MONSTER),
+        "encounter_step": int32(0),
+        "level": int32(1),
+        "xp": int32(0),
+        "fired": int32(0),
+    }
+    if isinstance(dice, optax_dice.DiceGameState):
+        metrics.update(
+            dice_scale=dice.dice_scale.astype(jnp.float32),
+            monster=dice.monster,
+            encounter_step=dice.encounter_step,
+            level=dice.level,
+            xp=dice.xp,
+            fired=dice.fired,
+        )
+    return metrics
 
 
 class EvalTotals(NamedTuple):

@@ -45,6 +45,7 @@ import optax_dice
 from examples.bert import data, optim, parallel, perturb, plots, rundir, steps, weights
 from examples.bert.config import BertConfig
 from examples.bert.train_config import DEFAULT_MODEL, TrainConfig, build_parser, parse_args
+from optax_dice import game
 
 __all__ = ["TrainConfig", "UsageError", "main", "parse_args", "train"]
 
@@ -68,7 +69,7 @@ class Loaded(NamedTuple):
     total_updates: int
     tx: optax.GradientTransformation
     schedule: optax.Schedule
-    odds: optax_dice.Odds | None
+    odds: optax_dice.Odds | optax_dice.OddsEstimate | None
     model: Any
     load_report: weights.LoadReport
 
@@ -228,6 +229,10 @@ class TrainLog:
         path = os.path.join(out, rundir.METRICS_FILE)
         self.file = rundir.MetricsLog(path, resume_micro_step=start) if self.is_main else None
         self.pending: list[dict[str, jax.Array]] = []
+        # With game mechanics, the class's abilities by bit of the state's ``fired``.
+        self.abilities = (
+            game.ABILITIES[config.character] if config.uses_dice and config.uses_game else None
+        )
         self.records: list[dict[str, Any]] = []  # this session's
         self.diverged_at: int | None = None  # the first micro-step with a non-finite loss
         self.diverged_loss = math.nan
@@ -274,7 +279,14 @@ class TrainLog:
             rolled = optim.rolls_at(self.config, micro_step)
             judged = loss if self.config.mode == "per_mini_batch" else np.mean(self.recent_losses)
             records.append(
-                rundir.train_record(micro_step, m, k, rolled=rolled, loss_rolled=float(judged))
+                rundir.train_record(
+                    micro_step,
+                    m,
+                    k,
+                    rolled=rolled,
+                    loss_rolled=float(judged),
+                    abilities=self.abilities,
+                )
             )
         self.write(records)
         self.bar.set_postfix(self._postfix(records, now), refresh=False)
@@ -290,6 +302,11 @@ class TrainLog:
                 f"{roll['natural']}{roll['total'] - roll['natural']:+d}={roll['total']}"
             )
             postfix["scale"] = f"{roll['scale']:+.2f}"
+            if self.config.experience:
+                postfix["lvl"] = str(roll["level"])
+            if self.config.encounter_chance > 0:
+                monster = roll["monster"]
+                postfix["monster"] = game.MONSTERS[monster] if monster >= 0 else "-"
         if self.window_steps:
             rate = self.window_steps / max(now - self.t_window, 1e-9)
             postfix["ex/s"] = f"{rate * self.config.batch_size:.1f}"
@@ -425,12 +442,67 @@ def describe(config: TrainConfig, run: Loaded, out: str) -> None:
         say("Dice: off (--mode off): the baseline optimizer.")
     else:
         where = "gradient" if config.dice_position == "before" else "final step"
-        say(f"Dice: {config.mode}, scaling the {where}. The odds of one roll:\n{run.odds}")
+        if isinstance(run.odds, optax_dice.OddsEstimate):
+            say(
+                f"Dice: {config.mode}, scaling the {where}, with the game. Its mechanics have "
+                f"memory, so the scale's odds are estimated:\n{run.odds}"
+            )
+        else:
+            say(f"Dice: {config.mode}, scaling the {where}. The odds of one roll:\n{run.odds}")
+        for note in game_notes(config):
+            say(note)
     say(
         f"Training {run.total_updates} updates x {k} micro-batch(es) of {config.batch_size} "
         f"on {run.mesh.devices.size} {jax.devices()[0].platform} device(s) "
         f"({jax.process_count()} process(es)); output: {out}"
     )
+
+
+def game_notes(config: TrainConfig) -> list[str]:
+    """Where the run's game differs, on purpose, from roll-to-train's (as the library says)."""
+    notes = []
+    if not (config.uses_dice and config.uses_game):
+        return notes
+    if config.character == "cleric":
+        notes.append(
+            "Note: Healing Word scales the step by 1.1 x last loss / loss (roll-to-train reuses "
+            "the previous batch's freed graph, which crashes when it fires)."
+        )
+    if config.mode == "per_accumulation_step" and config.accumulation_steps > 1:
+        notes.append(
+            "Note: the game acts once per applied update here, with that update's roll "
+            "(roll-to-train silently skips its mechanics in this mode)."
+        )
+    if config.character == "cleric" and config.accumulation_steps > 1:
+        judged = (
+            "each micro-batch's loss"
+            if config.mode == "per_mini_batch"
+            else "the loss of the window's first micro-batch"
+            if config.dice_position == "before"
+            else "the loss of the window's last micro-batch"
+        )
+        notes.append(f"The Cleric judges {judged}.")
+    return notes
+
+
+def game_line(counts: dict[str, Any]) -> str:
+    """One line of the game's results, from ``summary.json``'s ``game``.
+
+    Example:
+      >>> game_line({"abilities_fired": {"Rage": 3, "Reckless Attack": 1},
+      ...            "encounters": {"Gradient Ooze": 0, "Loss Dragon": 2, "Weight Wraith": 1},
+      ...            "final_level": 2, "final_xp": 40, "experience": True})
+      'Game: Rage 3, Reckless Attack 1; met Loss Dragon 2, Weight Wraith 1; level 2 (40 XP).'
+    """
+    parts = []
+    if counts["abilities_fired"]:
+        parts.append(", ".join(f"{k} {v}" for k, v in counts["abilities_fired"].items()))
+    met = {k: v for k, v in counts["encounters"].items() if v}
+    if met:
+        parts.append("met " + ", ".join(f"{k} {v}" for k, v in met.items()))
+    if counts["experience"]:
+        parts.append(f"level {counts['final_level']} ({counts['final_xp']} XP)")
+    return "Game: " + ("; ".join(parts) or "nothing happened") + "."
 
 
 def report(
@@ -487,8 +559,9 @@ def report(
             plots.plot_run(
                 records,
                 os.path.join(out, rundir.FIGURE_FILE),
-                face_probs=None if odds is None else odds.face_probs,
+                face_probs=optim.natural_face_probs(config),
                 expected_scale=None if odds is None else odds.expected_scale,
+                expected_scale_exact=not isinstance(odds, optax_dice.OddsEstimate),
                 title=f"{_model_name(config)} on {os.path.basename(dataset.source)}: "
                 f"{total // k} updates, mode {config.mode}, seed {config.seed}",
                 majority_accuracy=dataset.majority_accuracy(),
@@ -505,6 +578,8 @@ def report(
             f"{summary['perturbed_macro_f1']:.4f} (char drop {config.char_drop}, word swap "
             f"{config.word_swap})."
         )
+    if "game" in summary:
+        say(game_line(summary["game"]))
     speed = summary["steady_steps_per_s"]
     say(
         f"{status}: {step // k} updates in {train_time:.1f} s"

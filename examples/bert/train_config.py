@@ -22,6 +22,7 @@ from transformers import HfArgumentParser
 import optax_dice
 from examples.bert import rundir
 from optax_dice.accumulation import MODES as DICE_MODES
+from optax_dice.game import CHARACTERS
 from optax_dice.rules import RULES
 
 MODES = (*DICE_MODES, "off")
@@ -47,6 +48,7 @@ EXCLUSIVE = (("modifier", "ability_score"), ("steps", "epochs"), ("advantage", "
 Mode = Literal[MODES]  # type: ignore[valid-type]
 Position = Literal[POSITIONS]  # type: ignore[valid-type]
 Rule = Literal[tuple(sorted(RULES))]  # type: ignore[valid-type]
+Character = Literal[CHARACTERS]  # type: ignore[valid-type]
 Dtype = Literal["float32", "bfloat16"]
 
 
@@ -126,6 +128,21 @@ class TrainConfig:
         "before: scale the gradient (as roll-to-train scales the loss); after: scale the "
         "optimizer's final step",
     )
+    character: Character | None = _field(  # noqa: RUF009
+        None,
+        "a roll-to-train character class whose ability multiplies the step when the modified "
+        "roll triggers it (None: no class); cleric judges each loss against the last",
+    )
+    encounter_chance: float = _field(
+        0.0,
+        "the chance, at the end of each accumulation window, that a monster appears and acts "
+        "for 3 steps (roll-to-train's default is 0.1; 0: no monsters)",
+    )
+    experience: bool = _field(
+        False,
+        "award XP for every roll that meets the threshold, and multiply each step by the "
+        "level bonus 1 + 0.1 x (level - 1)",
+    )
     seed: int = _field(0, "fixes the classifier head, the data order, dropout and the dice")
     # Optimization.
     lr: float = _field(1e-4, "peak learning rate of AdamW")
@@ -171,17 +188,34 @@ class TrainConfig:
         return self.mode != "off"
 
     @property
+    def uses_game(self) -> bool:
+        """Whether a game mechanic (a class, monsters or experience) is asked for."""
+        return self.character is not None or self.encounter_chance != 0 or self.experience
+
+    @property
     def dice_kwargs(self) -> dict[str, Any]:
-        """The ruleset as :func:`optax_dice.dice_roll` keywords (no key)."""
+        """The ruleset as :func:`optax_dice.dice_roll` keywords (no key).
+
+        The game's keywords are there only when a mechanic is on: without them
+        ``dice_roll`` builds exactly the transformation (and state) of a run without the
+        game, and the keywords saved in ``config.json`` and ``summary.json`` stay as they were.
+        """
         modifier = self.modifier
         if modifier is None:
             modifier = optax_dice.ability_modifier(self.ability_score)
         dice: Any = int(self.dice) if str(self.dice).isdigit() else self.dice
         same = {name: getattr(self, name) for name in ("threshold", "advantage", "disadvantage")}
-        return {
+        kwargs = {
             "dice": dice, "modifier": modifier, **same, "rule": self.rule,
             "normalize": self.normalize,
         }  # fmt: skip
+        if self.uses_game:
+            kwargs.update(
+                character=self.character,
+                encounter_chance=self.encounter_chance,
+                experience=self.experience,
+            )
+        return kwargs
 
     def total_updates(self, batches_per_epoch: int) -> int:
         """The applied updates of the run: ``--epochs`` if given, else ``--steps``."""
@@ -208,7 +242,7 @@ class TrainConfig:
         finite = {}
         for name in ("lr", "weight_decay", "epochs", "warmup_ratio", "validation_fraction",
                      "char_drop", "word_swap", "label_noise", "clip_norm",
-                     "coordinator_timeout"):  # fmt: skip
+                     "coordinator_timeout", "encounter_chance"):  # fmt: skip
             value = getattr(self, name)
             finite[name] = value is None or math.isfinite(value)
             if not finite[name]:
@@ -245,8 +279,16 @@ class TrainConfig:
             problems.append(f"--dice-position {self.dice_position!r} is not one of {POSITIONS}")
         if not (self.rule in RULES or callable(self.rule)):
             problems.append(f"--rule {self.rule!r} is not one of {sorted(RULES)}")
+        game_problems = self._game_problems(finite["encounter_chance"])
+        problems += game_problems
         if self.advantage and self.disadvantage:
             problems.append("--advantage and --disadvantage exclude each other")
+        elif self.uses_game:
+            if not game_problems and finite["encounter_chance"] and self.uses_dice:
+                try:  # what dice_roll refuses at construction: --normalize with the game, ...
+                    optax_dice.dice_roll(**self.dice_kwargs)
+                except (TypeError, ValueError) as err:
+                    problems.append(f"{'--normalize: ' if self.normalize else ''}{err}")
         elif self.uses_dice and self.normalize and self.rule in RULES:
             try:
                 optax_dice.odds(**self.dice_kwargs)
@@ -264,6 +306,34 @@ class TrainConfig:
                 "per_accumulation_step (or --accumulation-steps 1)"
             )
         return problems + self._process_problems()
+
+    def _game_problems(self, chance_is_finite: bool) -> list[str]:
+        """The problems of ``--character``, ``--encounter-chance`` and ``--experience``."""
+        problems: list[str] = []
+        if not self.uses_game:
+            return problems
+        if self.character is not None and self.character not in CHARACTERS:
+            problems.append(f"--character {self.character!r} is not one of {list(CHARACTERS)}")
+        if chance_is_finite and not 0 <= self.encounter_chance <= 1:
+            problems.append(
+                f"--encounter-chance must lie in [0, 1] (a probability), got "
+                f"{self.encounter_chance}"
+            )
+        if not self.uses_dice:
+            given = [
+                flag
+                for flag, on in (
+                    ("--character", self.character is not None),
+                    ("--encounter-chance", self.encounter_chance != 0),
+                    ("--experience", self.experience),
+                )
+                if on
+            ]
+            problems.append(
+                f"the game ({', '.join(given)}) plays on the dice's rolls, and --mode off rolls "
+                "none: pick a dice mode (--mode per_mini_batch or per_accumulation_step)"
+            )
+        return problems
 
     def _process_problems(self) -> list[str]:
         given = {
