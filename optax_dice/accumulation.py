@@ -85,14 +85,27 @@ def accumulate(
     if mode == "per_mini_batch":
         return optax.chain(
             windowed_dice_roll(int(every_k), **dice_kwargs),
-            optax.MultiSteps(inner, every_k).gradient_transformation(),
+            _multi_steps(inner, int(every_k)),
         )
     if mode == "per_accumulation_step":
         return _held_roll_then_multisteps(
             windowed_dice_roll(1, **dice_kwargs),
-            optax.MultiSteps(inner, every_k).gradient_transformation(),
+            _multi_steps(inner, int(every_k)),
         )
     raise ValueError(f"mode={mode!r} is unknown: use one of {list(MODES)}.")
+
+
+def _multi_steps(
+    inner: optax.GradientTransformation, every_k: int
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.MultiSteps(inner, every_k)``, marked as taking extra arguments.
+
+    ``MultiSteps.update`` hands extra arguments (``value=loss``, say) on to ``inner``, but
+    ``gradient_transformation()`` returns a plain ``GradientTransformation``, which
+    ``optax.chain`` would wrap to drop them.
+    """
+    multi_steps = optax.MultiSteps(inner, every_k)
+    return optax.GradientTransformationExtraArgs(multi_steps.init, multi_steps.update)
 
 
 def _held_roll_then_multisteps(

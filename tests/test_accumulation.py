@@ -121,3 +121,29 @@ def test_count_is_the_rolls_made_after_every_micro_batch(mode):
         assert counts == list(range(1, N_MICRO + 1))
     else:  # a roll on the first micro-batch of each cycle, held for the others
         assert counts == [i // K + 1 for i in range(N_MICRO)]
+
+
+@pytest.mark.parametrize("mode", ["per_mini_batch", "per_accumulation_step"])
+def test_the_inner_optimizer_receives_extra_arguments(mode):
+    # An inner optimizer that needs optax's extra argument ``value`` (as a line search does)
+    # gets it through accumulate, in both modes: it adds the mean value it was given to the
+    # update, so what comes out shows what went in.
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params=None, *, value):
+        return jax.tree.map(lambda u: u + value, updates), state
+
+    inner = optax.GradientTransformationExtraArgs(init, update)
+    opt = optax_dice.accumulate(
+        inner, 2, mode=mode, key=jax.random.key(0), threshold=1, modifier=0
+    )
+    params = jnp.zeros(2)
+    state = opt.init(params)
+    out = []
+    for value in (10.0, 20.0, 30.0, 40.0):
+        updates, state = opt.update(jnp.zeros(2), state, params, value=jnp.float32(value))
+        out.append(float(updates[0]))
+    # MultiSteps hands the inner optimizer the last micro-batch's value; zero gradients make
+    # the dice irrelevant, and non-emitting steps are zeros.
+    assert out == [0.0, 20.0, 0.0, 40.0]
