@@ -135,9 +135,7 @@ def test_the_inner_optimizer_receives_extra_arguments(mode):
         return jax.tree.map(lambda u: u + value, updates), state
 
     inner = optax.GradientTransformationExtraArgs(init, update)
-    opt = optax_dice.accumulate(
-        inner, 2, mode=mode, key=jax.random.key(0), threshold=1, modifier=0
-    )
+    opt = optax_dice.accumulate(inner, 2, mode=mode, key=jax.random.key(0), threshold=1, modifier=0)
     params = jnp.zeros(2)
     state = opt.init(params)
     out = []
