@@ -204,10 +204,36 @@ def test_best_lr_is_the_highest_mean_and_a_diverged_run_counts_zero():
 # ----------------------------------------------------------------------------- end to end
 
 
+def test_quick_study_of_one_arm_writes_its_rows_and_resumes(assets, tmp_path, monkeypatch):
+    # The default suite's end-to-end check (two runs); the slow test below runs every phase.
+    argv = [
+        "--quick", "--arms", "baseline", "--lr-factors", "1", "--extra-seeds", "0",
+        "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
+        "--lr", "3e-3", "--model", assets["model"], "--dataset", assets["data"],
+    ]  # fmt: skip
+    rows = study.main(argv)
+    assert [(r["arm"], r["seed"], r["label_noise"]) for r in rows] == [
+        ("baseline", 0, 0.0),
+        ("baseline", 0, 0.2),
+    ]
+    clean, noisy = rows
+    assert clean["weight_noise_clean"] >= clean["weight_noise_1"] - 1.0  # the columns exist
+    assert "weight_noise_1" not in noisy  # weight noise is measured on clean runs only
+    with open(tmp_path / "results" / "runs.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["label_noise"] for t in table] == ["0.0", "0.2"]
+    assert table[1]["weight_noise_0.1"] == ""
+    monkeypatch.setattr(study.train, "train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(study, "FinalModel", lambda *a, **k: pytest.fail("evaluated again"))
+    assert study.main([*argv, "--report-only"]) == rows
+
+
+@pytest.mark.slow
 def test_quick_study_runs_every_phase_and_resumes(assets, tmp_path, monkeypatch):
     argv = [
         "--quick",
         "--arms", "baseline", "dice-before",
+        "--lr-factors", "1",  # one lr: the choice of the best is tested above, and saves runs
         "--runs-dir", str(tmp_path / "runs"),
         "--results-dir", str(tmp_path / "results"),
         "--lr", "3e-3",
@@ -215,8 +241,8 @@ def test_quick_study_runs_every_phase_and_resumes(assets, tmp_path, monkeypatch)
         "--dataset", assets["data"],
     ]  # fmt: skip
     rows = study.main(argv)
-    # quick: 1 seed x 2 lrs x 2 arms, 1 more seed for both at their best lr, 1 noisy run each.
-    assert len(rows) == 8
+    # quick: 1 seed x 1 lr x 2 arms, 1 more seed for both at their best lr, 1 noisy run each.
+    assert len(rows) == 6
     clean = [r for r in rows if not r["label_noise"]]
     noisy = [r for r in rows if r["label_noise"]]
     assert len(noisy) == 2 and {r["label_noise"] for r in noisy} == {0.2}
