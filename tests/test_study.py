@@ -223,6 +223,9 @@ def test_quick_study_of_one_arm_writes_its_rows_and_resumes(assets, tmp_path, mo
         table = list(csv.DictReader(f))
     assert [t["label_noise"] for t in table] == ["0.0", "0.2"]
     assert table[1]["weight_noise_0.1"] == ""
+    md = (tmp_path / "results" / "study.md").read_text()
+    # One arm: every answer that needs another arm says it was not measured.
+    assert "## Answers" in md and "dice minus baseline: not measured yet" in md
     monkeypatch.setattr(study.train, "train", lambda *a, **k: pytest.fail("trained again"))
     monkeypatch.setattr(study, "FinalModel", lambda *a, **k: pytest.fail("evaluated again"))
     assert study.main([*argv, "--report-only"]) == rows
@@ -267,7 +270,7 @@ def test_quick_study_runs_every_phase_and_resumes(assets, tmp_path, monkeypatch)
                  "interpolation.png", "label_noise.png"):  # fmt: skip
         assert (results / name).stat().st_size > 0, name
     md = (results / "study.md").read_text()
-    for section in ("## Clean labels", "## Paired differences", "## Weight noise",
+    for section in ("## Answers", "## Clean labels", "## Paired differences", "## Weight noise",
                     "flipped", "## The line between"):  # fmt: skip
         assert section in md
     line = json.loads((tmp_path / "runs" / "interpolation.json").read_text())

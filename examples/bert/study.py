@@ -329,6 +329,8 @@ def row(cfg: StudyConfig, run: Run) -> dict[str, Any]:
         "macro_f1": summary["eval_macro_f1"],
         "best_macro_f1": max((r["macro_f1"] for r in evals), default=math.nan),
         "perturbed_accuracy": math.nan if perturbed is None else perturbed,
+        # What the character drops and word swaps cost this model.
+        "perturbation_drop": accuracy - (math.nan if perturbed is None else perturbed),
         "majority_accuracy": summary["majority_accuracy"],
         # A failed run ends within 2 points of always predicting the majority class.
         "failed": not accuracy >= summary["majority_accuracy"] + 0.02,
@@ -458,8 +460,8 @@ def interpolation(cfg: StudyConfig, a_dir: str, b_dir: str) -> dict[str, Any] | 
 def paired(rows: list[dict[str, Any]], arm: str, ref: str, key: str) -> dict[str, Any] | None:
     """Mean paired difference ``arm - ref`` in ``key`` over the seeds both have, with its 95%
     confidence interval (Student's t over the per-seed differences), and what it supports."""
-    mine = {r["seed"]: r[key] for r in rows if r["arm"] == arm}
-    theirs = {r["seed"]: r[key] for r in rows if r["arm"] == ref}
+    mine = {r["seed"]: r.get(key, math.nan) for r in rows if r["arm"] == arm}
+    theirs = {r["seed"]: r.get(key, math.nan) for r in rows if r["arm"] == ref}
     seeds = sorted(set(mine) & set(theirs))
     diffs = np.array([mine[s] - theirs[s] for s in seeds], np.float64)
     diffs = diffs[np.isfinite(diffs)]
@@ -541,6 +543,111 @@ def _diff(d: dict[str, Any] | None) -> str:
     return f"{d['mean']:+.3f}{ci} (n={d['n']}): {d['verdict']}"
 
 
+def _said(d: dict[str, Any] | None, unit: str = "") -> str:
+    """A paired difference in words: ``-0.107 [-0.15, -0.06] (5 seeds): hurts``."""
+    if d is None:
+        return "not measured yet"
+    ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    return f"{d['mean']:+.3f}{unit}{ci} over {d['n']} paired seed(s): **{d['verdict']}**"
+
+
+def answers(
+    cfg: StudyConfig,
+    rows: list[dict[str, Any]],
+    best: dict[str, float],
+    line: dict[str, Any] | None,
+) -> list[str]:
+    """The study's questions, each answered in one sentence from the measurements, with the
+    paired 95% interval and what it supports (README's Results quote them)."""
+    clean = [r for r in rows if not r["label_noise"]]
+    at_best = [r for r in clean if r["lr_factor"] == best.get(r["arm"])]
+    noisy = [r for r in rows if r["label_noise"]]
+
+    def mean(arm: str, key: str, pool: list[dict[str, Any]]) -> str:
+        v = np.array([r.get(key, math.nan) for r in pool if r["arm"] == arm], np.float64)
+        v = v[np.isfinite(v)]
+        return (
+            "-"
+            if not v.size
+            else f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if v.size > 1 else "")
+        )
+
+    def lr(arm: str) -> str:
+        return "-" if arm not in best else f"{cfg.lr * best[arm]:.3g}"
+
+    out = [
+        f"1. **Tuned alike, do the dice lose?** The baseline is best at lr {lr('baseline')} "
+        f"(accuracy {mean('baseline', 'accuracy', at_best)}), the dice before AdamW at "
+        f"{lr('dice before')} ({mean('dice before', 'accuracy', at_best)}); dice minus "
+        f"baseline: {_said(paired(at_best, 'dice before', 'baseline', 'accuracy'))}.",
+        "2. **Are the dice a smaller learning rate?** Against AdamW at lr x "
+        f"{DICE_MEAN:.2f} without dice ({mean('lr-matched control', 'accuracy', at_best)}), "
+        "the dice before AdamW at their best lr: "
+        f"{_said(paired(at_best, 'dice before', 'lr-matched control', 'accuracy'))}.",
+        "3. **Where Adam cannot undo them (dice after AdamW)**: "
+        f"{mean('dice after', 'accuracy', at_best)}; minus the lr-matched control: "
+        f"{_said(paired(at_best, 'dice after', 'lr-matched control', 'accuracy'))}; minus "
+        f"the baseline: {_said(paired(at_best, 'dice after', 'baseline', 'accuracy'))}.",
+        "4. **Randomness alone (the fair die, E[scale] = 1)**: before AdamW "
+        f"{mean('fair die before', 'accuracy', at_best)}, minus the baseline "
+        f"{_said(paired(at_best, 'fair die before', 'baseline', 'accuracy'))}; after AdamW "
+        f"{mean('fair die after', 'accuracy', at_best)}, minus the baseline "
+        f"{_said(paired(at_best, 'fair die after', 'baseline', 'accuracy'))}.",
+        f"5. **Noisy labels ({cfg.label_noise:.0%} flipped)**: the baseline ends at "
+        f"{mean('baseline', 'accuracy', noisy)}; dice before minus baseline "
+        f"{_said(paired(noisy, 'dice before', 'baseline', 'accuracy'))}; fair die before "
+        f"minus baseline {_said(paired(noisy, 'fair die before', 'baseline', 'accuracy'))}; "
+        "best accuracy over the run, dice before minus baseline "
+        f"{_said(paired(noisy, 'dice before', 'baseline', 'best_accuracy'))}.",
+    ]
+    sigma = cfg.weight_noise_sigmas[len(cfg.weight_noise_sigmas) // 2]
+    change = f"weight_noise_change_{sigma:g}"
+    out.append(
+        "6. **Flatness (weight noise)**: the flat sigma is "
+        f"{mean('baseline', 'flat_sigma', at_best)} for the baseline and "
+        f"{mean('dice before', 'flat_sigma', at_best)} for the dice; the accuracy change at "
+        f"sigma {sigma:g}, dice minus baseline: "
+        f"{_said(paired(at_best, 'dice before', 'baseline', change))}; fair die before minus "
+        f"baseline: {_said(paired(at_best, 'fair die before', 'baseline', change))}."
+    )
+    out.append(
+        "7. **Input perturbation (character drops, word swaps)**: the accuracy it costs is "
+        f"{mean('baseline', 'perturbation_drop', at_best)} for the baseline; dice minus "
+        f"baseline {_said(paired(at_best, 'dice before', 'baseline', 'perturbation_drop'))}; "
+        "fair die before minus baseline "
+        f"{_said(paired(at_best, 'fair die before', 'baseline', 'perturbation_drop'))}."
+    )
+    stability = []
+    for arm in KEY_ARMS:
+        mine = [r for r in at_best if r["arm"] == arm]
+        if mine:
+            acc = np.array([r["accuracy"] for r in mine], np.float64)
+            std = f"{np.nanstd(acc, ddof=1):.3f}" if acc.size > 1 else "-"
+            failed = sum(r["failed"] for r in mine)
+            stability.append(f"{arm} {std} ({failed} of {len(mine)} failed)")
+    out.append(
+        "8. **Seed stability**: the standard deviation of final accuracy over seeds at the best "
+        "lr is " + "; ".join(stability) + " (a run fails if it ends within 2 points of the "
+        "majority class)."
+    )
+    if line is not None:
+        loss = dict(zip(line["alphas"], line["loss"], strict=True))
+        ends = max(loss[0.0], loss[1.0])
+        ridge = max(v for a, v in loss.items() if 0 <= a <= 1)
+        shape = (
+            "no barrier: the two ends lie in one basin"
+            if ridge <= ends + 1e-6
+            else f"a barrier {ridge - ends:.3f} above the higher end"
+        )
+        out.append(
+            "9. **The landscape between them**: along the straight line from the baseline's "
+            "final parameters to the dice's (seed 0, same start, best lrs), the validation "
+            f"loss goes from {loss[0.0]:.3f} to {loss[1.0]:.3f}, at most {ridge:.3f} in "
+            f"between: {shape}."
+        )
+    return out
+
+
 def report(
     cfg: StudyConfig,
     rows: list[dict[str, Any]],
@@ -563,6 +670,9 @@ def report(
         f"validation examples, evaluated {cfg.evals} times (best = the highest of those). "
         f"The lr-matched control runs at lr x {DICE_MEAN:.2f}, the dice's E[scale]. Runs of "
         "one seed share the head's initialisation and the data order.\n",
+        "## Answers\n",
+        *answers(cfg, rows, best, line),
+        "",
         "## Clean labels, every lr\n",
         "| arm | lr | runs | accuracy | best accuracy | macro-F1 | best macro-F1 "
         "| perturbed accuracy | failed |",
