@@ -171,6 +171,10 @@ def test_paired_uses_only_shared_finite_seeds():
     )
     assert one["n"] == 1 and math.isnan(one["lo"]) and one["verdict"] == "not resolved at 1 seed(s)"
     assert study.paired(_rows("baseline", [0.5]), "dice", "baseline", "accuracy") is None
+    # Two seeds that agree give an interval of width 0: no verdict from fewer than three.
+    two = _rows("baseline", [0.5, 0.6]) + _rows("dice", [0.49, 0.59])
+    d = study.paired(two, "dice", "baseline", "accuracy")
+    assert d["hi"] == pytest.approx(d["lo"]) and d["verdict"] == "not resolved at 2 seed(s)"
 
 
 def test_flat_sigma_counts_from_the_start_of_the_grid():

@@ -77,6 +77,7 @@ TUNED = ("baseline", "dice before")  # run at every lr factor; the others at one
 KEY_ARMS = ("baseline", "dice before", "fair die before")  # the ones with extra seeds
 LR_FACTOR = {"lr-matched control": DICE_MEAN}  # the untuned arms' lr factor (else 1)
 NO_DIFFERENCE = 0.01  # |paired difference| bound, in accuracy, under which "no difference"
+MIN_SEEDS = 3  # paired seeds a verdict needs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,8 +485,10 @@ def paired(rows: list[dict[str, Any]], arm: str, ref: str, key: str) -> dict[str
 
 def verdict(lo: float, hi: float, n: int) -> str:
     """What a 95% interval of a difference supports: "helps", "hurts", "no difference" (inside
-    +-NO_DIFFERENCE), or "not resolved at n seeds"."""
-    if math.isnan(lo):
+    +-NO_DIFFERENCE), or "not resolved at n seeds". Fewer than MIN_SEEDS paired seeds resolve
+    nothing: two seeds whose differences happen to agree (accuracy moves in steps of 1/n
+    examples) give an interval of width 0."""
+    if n < MIN_SEEDS or math.isnan(lo):
         return f"not resolved at {n} seed(s)"
     if lo > 0:
         return "helps"
@@ -692,7 +695,8 @@ def report(
         + ". Mean ± std over seeds; failed = final accuracy within 2 points of the majority "
         "class.\n",
         "## Paired differences at each arm's best lr (95% CI over seeds)\n",
-        f'"No difference" only where the whole interval lies within ±{NO_DIFFERENCE}.\n',
+        f'"No difference" only where the whole interval lies within ±{NO_DIFFERENCE}; no '
+        f"verdict from fewer than {MIN_SEEDS} seeds.\n",
         "| arm | vs | accuracy | best accuracy | macro-F1 | perturbed accuracy |",
         "|---|---|---|---|---|---|",
     ]
