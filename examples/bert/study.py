@@ -608,15 +608,21 @@ def answers(
     out.append(
         "6. **Flatness (weight noise)**: the flat sigma is "
         f"{mean('baseline', 'flat_sigma', at_best)} for the baseline and "
-        f"{mean('dice before', 'flat_sigma', at_best)} for the dice; the accuracy change at "
+        f"{mean('dice before', 'flat_sigma', at_best)} for the dice and "
+        f"{mean('lr-matched control', 'flat_sigma', at_best)} for the lr-matched control; the "
+        "accuracy change at "
         f"sigma {sigma:g}, dice minus baseline: "
-        f"{_said(paired(at_best, 'dice before', 'baseline', change))}; fair die before minus "
-        f"baseline: {_said(paired(at_best, 'fair die before', 'baseline', change))}."
+        f"{_said(paired(at_best, 'dice before', 'baseline', change))}; dice minus the "
+        "lr-matched control (as undertrained as the dice, without randomness): "
+        f"{_said(paired(at_best, 'dice before', 'lr-matched control', change))}; fair die "
+        f"before minus baseline: {_said(paired(at_best, 'fair die before', 'baseline', change))}."
     )
     out.append(
         "7. **Input perturbation (character drops, word swaps)**: the accuracy it costs is "
         f"{mean('baseline', 'perturbation_drop', at_best)} for the baseline; dice minus "
         f"baseline {_said(paired(at_best, 'dice before', 'baseline', 'perturbation_drop'))}; "
+        "dice minus the lr-matched control "
+        f"{_said(paired(at_best, 'dice before', 'lr-matched control', 'perturbation_drop'))}; "
         "fair die before minus baseline "
         f"{_said(paired(at_best, 'fair die before', 'baseline', 'perturbation_drop'))}."
     )
