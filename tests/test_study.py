@@ -16,16 +16,12 @@ from examples.bert import flatness, perturb, study, train
 from examples.bert.config import BertConfig
 from examples.bert.model import BertForSequenceClassification
 from examples.bert.train_config import ConfigError, TrainConfig
-from tests.train_helpers import make_tiny_model_dir, synthetic_rows, write_csv
+from tests.train_helpers import make_assets
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study_assets")
-    return {
-        "model": str(make_tiny_model_dir(root / "tiny_bert")),
-        "data": str(write_csv(root / "reviews.csv", synthetic_rows(240))),
-    }
+    return make_assets(tmp_path_factory.mktemp("study_assets"))
 
 
 # ------------------------------------------------------------------------------ label noise

@@ -8,16 +8,12 @@ import pytest
 
 import optax_dice
 from examples.bert import sweep
-from tests.train_helpers import make_tiny_model_dir, synthetic_rows, write_csv
+from tests.train_helpers import make_assets
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep_assets")
-    return {
-        "model": str(make_tiny_model_dir(root / "tiny_bert")),
-        "data": str(write_csv(root / "reviews.csv", synthetic_rows(240))),
-    }
+    return make_assets(tmp_path_factory.mktemp("sweep_assets"))
 
 
 def _argv(assets, tmp_path, *extra):

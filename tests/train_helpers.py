@@ -106,3 +106,13 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def make_assets(root: str | os.PathLike) -> dict[str, str]:
+    """A tiny BERT folder and a 240-row two-class csv under ``root``: what the sweep and
+    study tests train on."""
+    root = Path(root)
+    return {
+        "model": str(make_tiny_model_dir(root / "tiny_bert")),
+        "data": str(write_csv(root / "reviews.csv", synthetic_rows(240))),
+    }

@@ -38,7 +38,6 @@ Run ``python examples/bert/study.py``; any flag it does not know goes to every t
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -523,15 +522,6 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------ the report
 
 
-def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    """Writes dict rows under the union of their keys (a missing value is left empty)."""
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _pm(entry: dict[str, Any], key: str) -> str:
     mean, std = entry[f"{key}_mean"], entry[f"{key}_std"]
     if math.isnan(mean):
@@ -842,8 +832,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit(f"no finished run in {cfg.runs_dir}: nothing to report")
 
     # The report.
-    write_csv(os.path.join(cfg.results_dir, "runs.csv"), rows)
-    write_csv(os.path.join(cfg.results_dir, "study.csv"), aggregate(rows))
+    sweep.write_csv(os.path.join(cfg.results_dir, "runs.csv"), rows)
+    sweep.write_csv(os.path.join(cfg.results_dir, "study.csv"), aggregate(rows))
     plots.plot_study(rows, best, line, cfg.weight_noise_sigmas, cfg.results_dir)
     text = report(cfg, rows, best, line, command.strip())
     with open(os.path.join(cfg.results_dir, "study.md"), "w") as f:

@@ -270,9 +270,10 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    """Writes dict rows with a header."""
+    """Writes dict rows under the union of their keys (a missing value is left empty)."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
