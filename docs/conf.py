@@ -14,7 +14,7 @@ import optax_dice  # noqa: E402
 
 project = "optax-dice"
 author = "optax-dice developers"
-copyright = "2026, optax-dice developers"  # noqa: A001
+copyright = "2026, optax-dice developers"
 release = optax_dice.__version__
 version = release
 

@@ -125,7 +125,9 @@ def test_every_code_block_is_checked():
         if lang == "text" and not code.startswith(CLI_PREFIX)
     ]
     assert not stray, f"a text block must show a `{CLI_PREFIX.strip()}` command: {stray}"
-    literal = re.compile(r"^(?:\.\. (?:code-block|code|sourcecode|literalinclude|doctest)::|(?!\.\. ).*::$)", re.M)
+    literal = re.compile(
+        r"^(?:\.\. (?:code-block|code|sourcecode|literalinclude|doctest)::|(?!\.\. ).*::$)", re.M
+    )
     rst_code = [_rel(p) for p in DOCS.rglob("*.rst") if literal.search(p.read_text())]
     assert not rst_code, f"an unchecked literal block in {rst_code}"
 
@@ -168,9 +170,9 @@ def test_python_blocks_run(page):
 
 
 def _doctest_flags() -> int:
-    names = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"][
-        "ini_options"
-    ]["doctest_optionflags"]
+    names = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"][
+        "doctest_optionflags"
+    ]
     flags = 0
     for name in names:
         flags |= doctest.OPTIONFLAGS_BY_NAME[name]
@@ -217,7 +219,8 @@ def test_bash_blocks_are_readme_commands():
     for page in PAGES:
         for lang, code, line in _blocks(page):
             if lang == "bash":
-                assert code.strip() in README, f"{_rel(page)}:{line} is not one of README's commands"
+                where = f"{_rel(page)}:{line}"
+                assert code.strip() in README, f"{where} is not one of README's commands"
 
 
 def test_ruleset_tables_are_what_odds_computes():
@@ -256,7 +259,7 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
     command = _readme_docs_command()
     assert command == "python3 -m sphinx -W -b html docs docs/_build/html"
     out = tmp_path / "html"
-    argv = command.split()[1:-1] + [str(out)]
+    argv = [*command.split()[1:-1], str(out)]
     proc = subprocess.run(
         [sys.executable, *argv, "-q", "-d", str(tmp_path / "doctrees")],
         capture_output=True,

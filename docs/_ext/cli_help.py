@@ -1,4 +1,4 @@
-"""``.. cli-help:: [COMMAND]``: the ``--help`` of ``python -m optax_dice [COMMAND]``, at build time."""
+"""``.. cli-help:: [COMMAND]``: ``python -m optax_dice [COMMAND] --help``, run at build time."""
 
 from __future__ import annotations
 
