@@ -3,6 +3,8 @@
 Build it from the repository root with ``python3 -m sphinx -W -b html docs docs/_build/html``.
 """
 
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -70,5 +72,32 @@ def _public_name(app, env, node, contnode):
     )
 
 
+# Results pages are included from benchmarks/, where they link the files beside them (csv
+# tables, logs, scripts): such a link becomes a download of that file, and a link to another
+# page of the site stays a link. A link to nothing still fails the build.
+_LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s#]+)(#[^)\s]*)?\)")
+
+
+def _downloads_for_repository_files(app, relative_path, parent_docname, content):
+    docname = app.env.docname  # the including page (parent_docname loses its folder)
+    included = Path(app.srcdir, relative_path).resolve()
+    page_dir = Path(app.srcdir, docname).parent
+
+    def rewrite(match):
+        text, target = match.group(1), match.group(2)
+        if "://" in target or target.startswith("mailto:"):
+            return match.group(0)
+        as_page = os.path.normpath(Path(docname).parent / target)
+        if os.path.splitext(as_page)[0] in app.env.found_docs:
+            return match.group(0)
+        file = (included.parent / target).resolve()
+        if not file.is_file():
+            return match.group(0)
+        return f"{{download}}`{text} <{os.path.relpath(file, page_dir)}>`"
+
+    content[0] = _LINK.sub(rewrite, content[0])
+
+
 def setup(app):
     app.connect("missing-reference", _public_name)
+    app.connect("include-read", _downloads_for_repository_files)
