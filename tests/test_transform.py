@@ -395,8 +395,10 @@ def test_ability_modifier():
 
 
 def test_roll_sequence_bad_n():
-    with pytest.raises(ValueError, match="n must be an int >= 0"):
+    with pytest.raises(ValueError, match="n must be an int from 0 to 2,147,483,647"):
         optax_dice.roll_sequence(0, -1)
+    with pytest.raises(ValueError, match=r"n must be an int from 0 to .*got 1099511627776"):
+        optax_dice.roll_sequence(0, 2**40)
     assert optax_dice.roll_sequence(0, 0).natural.shape == (0,)
 
 
@@ -426,10 +428,27 @@ def test_extreme_values_within_range_are_exact():
     assert optax_dice.odds(modifier=big, threshold=15).expected_scale == pytest.approx(0.95)
     # faces 2-19 capped at -1, a natural 20 still +1: (-18 + 1) / 20
     assert optax_dice.odds(modifier=-big, threshold=15).expected_scale == pytest.approx(-0.85)
-    for seed in (-(2**63), -1, 2**63 - 1):
+    # Seeds within 32 bits are jax.random.key's; wider ones keep all 64 bits (the key that
+    # jax.random.key gives with 64-bit mode on), so none wraps onto another seed.
+    for seed in (-(2**31), -1, 0, 2**32 - 1):
         got = optax_dice.roll_sequence(seed, 3).natural
         want = optax_dice.roll_sequence(jax.random.key(seed), 3).natural
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    for seed, data in (
+        (-(2**63), [2**31, 0]),
+        (2**63 - 1, [2**31 - 1, 2**32 - 1]),
+        (2**32, [1, 0]),
+        (-(2**31) - 1, [2**32 - 1, 2**31 - 1]),
+    ):
+        got = optax_dice.roll_sequence(seed, 3).natural
+        key = jax.random.wrap_key_data(np.array(data, np.uint32))
+        want = optax_dice.roll_sequence(key, 3).natural
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    naturals = {
+        tuple(np.asarray(optax_dice.roll_sequence(s, 8).natural).tolist())
+        for s in (0, 2**32, 2**33, 2**63 - 1, -1, -(2**63))
+    }
+    assert len(naturals) == 6
     assert int(optax_dice.dice_roll(dice=big).init(()).count) == 0
 
 
