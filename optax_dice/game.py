@@ -100,11 +100,7 @@ class Ability:
     @property
     def memoryless(self) -> bool:
         """Whether it depends on this update's roll only (so its odds are exact)."""
-        return (
-            self.charges is None
-            and self.lasts == 1
-            and not (self.heals or self.keeps_last_loss)
-        )
+        return self.charges is None and self.lasts == 1 and not (self.heals or self.keeps_last_loss)
 
     def factor_on(self, turn: Turn) -> Any:
         """Its factor on ``turn``, float32."""

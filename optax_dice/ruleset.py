@@ -131,9 +131,7 @@ class Ruleset:
     @property
     def has_game(self) -> bool:
         """Whether a game mechanic (class, monsters, experience) is on."""
-        return (
-            self.character is not None or self.encounter_chance is not None or self.experience
-        )
+        return self.character is not None or self.encounter_chance is not None or self.experience
 
     @property
     def exact(self) -> bool:

@@ -129,9 +129,7 @@ def roll_sequence(
     return RollSequence(natural, total, scale)
 
 
-def _play_sequence(
-    ruleset: Ruleset, key: Any, n: int, losses: Any, every_k: int
-) -> RollSequence:
+def _play_sequence(ruleset: Ruleset, key: Any, n: int, losses: Any, every_k: int) -> RollSequence:
     """:func:`roll_sequence` with game mechanics: the game's states, field by field."""
     if reads_loss(ruleset.character):
         if losses is None:

@@ -276,8 +276,8 @@ def scale_updates(updates: optax.Updates, scale: jax.Array) -> optax.Updates:
     """
 
     def scale_leaf(path: Any, u: Any) -> jax.Array:
-        if isinstance(u, (int, float)) and not isinstance(u, bool):  # a Python scalar
-            u = jnp.asarray(u, jnp.result_type(float))
+        if not hasattr(u, "dtype"):  # a Python scalar, as optax's transforms take
+            u = jnp.asarray(u)
         if not jnp.issubdtype(u.dtype, jnp.inexact):
             raise TypeError(
                 f"dice_roll scales updates by fractions such as -0.35, but the update leaf "

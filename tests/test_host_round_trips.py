@@ -57,7 +57,9 @@ def test_dice_roll_and_the_game_update_call_no_host(character):
 def test_the_plain_die_and_accumulate_call_no_host():
     txs = [
         optax_dice.dice_roll(0, threshold=12, modifier=2),
-        optax_dice.dice_roll(0, optax_dice.Ruleset(dice="d6", threshold=4, advantage=True, normalize=True)),
+        optax_dice.dice_roll(
+            0, optax_dice.Ruleset(dice="d6", threshold=4, advantage=True, normalize=True)
+        ),
         optax_dice.accumulate(optax.adamw(1e-3), 2, threshold=12),
         optax_dice.accumulate(optax.adamw(1e-3), 2, mode="per_accumulation_step", threshold=12),
     ]

@@ -536,3 +536,29 @@ def test_consecutive_rolls_are_independent():
     result = stats.chisquare(pairs.ravel(), np.full(400, (n - 1) / 400))
     assert result.pvalue > 1e-3, result
     assert (natural[:-1] == natural[1:]).mean() == pytest.approx(1 / 20, abs=0.004)
+
+
+@pytest.mark.parametrize("value", [2.0, np.float32(2.0), np.float64(0.5)])
+def test_updates_may_be_python_or_numpy_scalars_as_in_optax(value):
+    tx = optax_dice.dice_roll(0, threshold=12)
+    state = tx.init(value)
+    updates, state = tx.update(value, state)
+    assert np.asarray(updates) == np.float32(value) * np.asarray(state.scale)
+    jitted, _ = jax.jit(tx.update)(value, tx.init(value))
+    assert float(jitted) == float(updates)
+    assert float(optax.scale(0.5).update(value, None)[0]) == 0.5 * float(value)  # optax's way
+
+
+def test_an_int_scalar_update_is_refused_eager_and_jitted_alike():
+    tx = optax_dice.dice_roll(0)
+    for update in (tx.update, jax.jit(tx.update)):
+        with pytest.raises(TypeError, match="which would truncate"):
+            update(3, tx.init(3))
+
+
+def test_dice_roll_returns_one_type_whatever_its_arguments():
+    for kwargs in ({}, {"threshold": 12, "normalize": True}, {"character": "rogue"}):
+        tx = optax_dice.dice_roll(0, **kwargs)
+        assert type(tx) is optax.GradientTransformationExtraArgs, kwargs
+        state = tx.init(jnp.ones(2))
+        tx.update(jnp.ones(2), state, jnp.ones(2), value=1.0, unused_extra=3)  # extra args taken
