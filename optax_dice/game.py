@@ -8,10 +8,20 @@ a ``jnp.where``, and the random draws (encounters, the monster met, the Cleric's
 Intervention) come from the same key as the die, so a seed decides the whole story.
 
 All judgements use the modified roll ``m = natural + modifier`` (the anchor's "roll"). The
-Cleric's "loss" is the one passed as ``value=`` times the factor so far (dice scale and monster),
-the loss its ability sees in roll-to-train; Healing Word scales the step by ``1.1 x last / loss``
-(a deliberate difference: roll-to-train reuses the previous batch's freed graph, which crashes
-when it fires). Before the Cleric's first loss, Healing Word cannot fire.
+abilities are data: :data:`CLASSES` holds one table per class (trigger, factor, charges, ...),
+which :func:`game_update` plays in order and :func:`~optax_dice.odds` reads for the exact
+odds of a class without memory (the Rogue).
+
+The Cleric's "loss" is the one passed as ``value=`` times the factor so far (dice scale and
+monster): the loss its ability sees in roll-to-train, whose ``weight_update`` computes
+``loss = loss * scale``, applies the monster, then calls ``apply_ability(loss, roll)``. So, as
+there, the Cleric compares the *scaled* loss: after a failed roll it is negative, and Healing
+Word may fire on it (a loss above 1.5 x a negative last loss) and amplify a wrong-way step.
+Healing Word scales the step by ``1.1 x last / loss`` (a deliberate difference:
+roll-to-train reuses the previous batch's freed graph, which crashes when it fires); a zero
+loss keeps its step (there is nothing to scale). A non-finite loss (nan, inf) is skipped: it
+fires nothing and does not become the last loss, which a nan would otherwise stay forever.
+Before the Cleric's first loss, Healing Word cannot fire.
 
 =============================  ===============================  =============================
 mechanic                       trigger (on m)                   effect on the step

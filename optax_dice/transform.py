@@ -76,7 +76,13 @@ def dice_roll(
     Args:
       key: an int seed (also as a 0-d integer array, as ``optax.inject_hyperparams``
         passes it), a typed key (``jax.random.key``) or a raw key
-        (``jax.random.PRNGKey``). Turned into a typed key in ``init``.
+        (``jax.random.PRNGKey``). Turned into a typed key in ``init``; an int seed in the
+        int64 range, within 32 bits ``jax.random.key(seed)``, beyond them all 64 bits kept.
+      ruleset: an :class:`~optax_dice.Ruleset` holding all the keywords below, made and
+        checked once; None (the default) makes one from the keywords. With a ruleset,
+        leave the keywords at their defaults (else TypeError). With
+        ``optax.inject_hyperparams`` and a ruleset, name ``threshold`` and ``modifier`` in
+        ``static_args``.
       dice: the die: an int number of sides >= 2, or a string ``"dN"``.
       threshold: the difficulty class a total must reach to succeed.
       modifier: added to every natural roll (see :func:`ability_modifier`).
@@ -121,10 +127,11 @@ def dice_roll(
     once per applied update (the anchor silently skips them there).
 
     Returns:
-      With no game mechanic (the defaults), an ``optax.GradientTransformation``
-      whose state is a :class:`DiceRollState`, exactly as before the game existed.
-      With one, an ``optax.GradientTransformationExtraArgs`` whose state is a
-      :class:`~optax_dice.DiceGameState` (the same five fields, then
+      An ``optax.GradientTransformationExtraArgs``, whatever the arguments (its
+      ``update`` takes ``value=`` and ignores other extra arguments). With no game
+      mechanic (the defaults) its state is a :class:`DiceRollState`, exactly as before
+      the game existed. With one, the state is a :class:`~optax_dice.DiceGameState`
+      (the same five fields, then
       ``dice_scale``, ``monster``, ``level``, ``xp``, charges and counters), where
       ``scale`` is the product actually applied.
       Read the last roll from any chain with :func:`find_dice_state`
@@ -140,7 +147,9 @@ def dice_roll(
         traced once with ``jax.eval_shape`` to check); for an unknown character,
         an encounter chance outside [0, 1], or a non-bool ``experience``.
         ``update`` raises TypeError for integer update leaves, which a fractional
-        scale would truncate, and ValueError for the Cleric without ``value=``.
+        scale would truncate, and ValueError for the Cleric without ``value=``. A
+        ``ruleset`` with keywords other than their defaults is a TypeError. Updates may
+        be Python floats, as optax's transforms take them.
 
     Example:
       >>> import jax
@@ -156,6 +165,16 @@ def dice_roll(
       True
       >>> int(dice.natural) in range(1, 21), int(dice.count)
       (True, 1)
+
+      The same ruleset, made once and passed around:
+
+      >>> ruleset = optax_dice.Ruleset(threshold=12, modifier=2)
+      >>> tx = optax_dice.dice_roll(0, ruleset)
+      >>> type(tx).__name__
+      'GradientTransformationExtraArgs'
+      >>> updates, state = tx.update(2.0, tx.init(2.0))
+      >>> float(updates) == 2.0 * float(state.scale)
+      True
 
       Threshold and modifier can be scheduled or changed during training:
 
