@@ -178,7 +178,9 @@ CLASSES: dict[str, tuple[Ability, ...]] = {
     ),
     "paladin": (
         # 1.5 + 0.1 (r - 15) = r / 10, correctly rounded in float32 jitted or not.
-        Ability("Divine Smite", lambda t: _aura(t) >= 15, lambda t: _fraction(_aura(t), 10), 3),
+        Ability(
+            "Divine Smite", lambda t: _aura(t) >= 15, lambda t: _fraction(_aura(t), 10), charges=3
+        ),
     ),
 }
 #: The character classes, in the order of their codes.

@@ -295,7 +295,7 @@ def scale_updates(updates: optax.Updates, scale: jax.Array) -> optax.Updates:
     """
 
     def scale_leaf(path: Any, u: Any) -> jax.Array:
-        if not hasattr(u, "dtype"):  # a Python scalar, as optax's transforms take
+        if not isinstance(u, jax.Array):  # a Python or numpy scalar, as optax's transforms take
             u = jnp.asarray(u)
         if not jnp.issubdtype(u.dtype, jnp.inexact):
             raise TypeError(
