@@ -235,3 +235,14 @@ def test_making_a_ruleset_starts_no_jax_backend():
     ).stdout.split()
     # None before any array; the probe sees one once an array is made.
     assert out == ["0", "1"]
+
+
+def test_dice_roll_keyword_defaults_are_the_rulesets():
+    # dice_roll keeps real defaults in its signature (optax.inject_hyperparams reads them);
+    # with a ruleset they must be left as they are, so they must be the ruleset's.
+    import inspect
+
+    params = inspect.signature(optax_dice.dice_roll).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(optax_dice.Ruleset)}
+    assert {name: params[name].default for name in fields} == fields
+    assert list(params)[:2] == ["key", "ruleset"]
