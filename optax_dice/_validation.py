@@ -14,17 +14,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_DICE_PATTERN = re.compile(r"^\s*[dD](\d+)\s*$")
+_DICE_PATTERN = re.compile(r"^\s*[dD]?(\d+)\s*$")
 
 #: The largest die, |threshold| and |modifier| accepted: 2**29, so that natural + modifier
 #: and total - threshold (at most 3 * 2**29) always fit in the int32 the roll is made in.
 MAX_MAGNITUDE = 2**29
-#: Int seeds that ``jax.random.key`` takes: the int64 range.
+#: The int seeds accepted (by ``dice_roll``, ``roll_sequence``, ``odds`` and the examples'
+#: ``--seed``): the int64 range. See :func:`key_from_seed` for the key each one gives.
 MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
+#: Int seeds that ``jax.random.key`` takes as they are in JAX's default 32-bit mode.
+_NARROW_SEEDS = (-(2**31), 2**32)
 
 
 def parse_dice(dice: Any) -> int:
-    """Returns the number of sides of ``dice``, an int >= 2 or a string "dN"."""
+    """The number of sides of a die: ``"d20"``, ``"D6"``, ``"20"`` or ``20`` give 20 or 6.
+
+    Args:
+      dice: a string ``"dN"`` (any case, spaces around allowed), a string of digits, or an
+        int (also a 0-d concrete integer array) number of sides, from 2 to 2**29.
+
+    Returns:
+      The number of sides, an int.
+
+    Raises:
+      ValueError: for a string that is not a die, or fewer than 2 or more than 2**29 sides.
+      TypeError: for anything else (a float, a bool, ...).
+
+    Example:
+      >>> from optax_dice import parse_dice
+      >>> parse_dice("d20"), parse_dice("D6"), parse_dice("100"), parse_dice(4)
+      (20, 6, 100, 4)
+    """
     if isinstance(dice, str):
         match = _DICE_PATTERN.match(dice)
         if match is None:
@@ -160,7 +180,27 @@ def canonicalize_key(key: Any) -> jax.Array:
         if key.shape == ():  # an int seed as an array (inject_hyperparams), maybe traced
             return jax.random.key(key)
         return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
-    return jax.random.key(int(key))
+    return key_from_seed(int(key))
+
+
+def key_from_seed(seed: int) -> jax.Array:
+    """The typed PRNG key of an int seed, one distinct key for every int64 seed.
+
+    Seeds in [-2**31, 2**32) give ``jax.random.key(seed)``. Beyond them, JAX's default
+    32-bit mode would keep only the low 32 bits (2**32 would roll as 0); they give the key
+    that ``jax.random.key`` gives with 64-bit mode on: key data ``[seed >> 32, seed &
+    0xFFFFFFFF]`` (threefry, JAX's default; another PRNG refuses them).
+    """
+    if _NARROW_SEEDS[0] <= seed < _NARROW_SEEDS[1] or jax.config.jax_enable_x64:
+        return jax.random.key(seed)
+    if jax.config.jax_default_prng_impl != "threefry2x32":
+        raise ValueError(
+            f"key={seed} needs more than 32 bits, which only the threefry PRNG keeps in "
+            f"JAX's 32-bit mode (this one is {jax.config.jax_default_prng_impl}): give a seed "
+            "in [-2**31, 2**32), or a typed key."
+        )
+    data = np.array([(seed >> 32) & 0xFFFFFFFF, seed & 0xFFFFFFFF], np.uint32)
+    return jax.random.wrap_key_data(data, impl="threefry2x32")
 
 
 def check_rule_output(rule: Any, sides: int) -> None:

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_dice.transform import DiceRollState, scale_updates, windowed_dice_roll
+from optax_dice import _validation
+from optax_dice.ruleset import Ruleset, resolve_ruleset
+from optax_dice.transform import DiceRollState, dice_transform, scale_updates
 
 MODES = ("per_mini_batch", "per_accumulation_step")
 
@@ -19,7 +21,9 @@ def accumulate(
     every_k: int,
     *,
     mode: Literal["per_mini_batch", "per_accumulation_step"] = "per_mini_batch",
-    **dice_kwargs: Any,
+    key: int | jax.Array = 0,
+    ruleset: Ruleset | None = None,
+    **keywords: Any,
 ) -> optax.GradientTransformationExtraArgs:
     """Accumulates gradients over ``every_k`` micro-batches, rolling dice as the seed does.
 
@@ -56,17 +60,24 @@ def accumulate(
       inner: the optimizer to accumulate for, e.g. ``optax.adamw(1e-3)``.
       every_k: micro-batches per applied update (>= 1).
       mode: ``"per_mini_batch"`` or ``"per_accumulation_step"``.
-      **dice_kwargs: arguments of :func:`dice_roll` (``key``, ``dice``,
-        ``threshold``, ...).
+      key: the dice's key, as for :func:`dice_roll`.
+      ruleset: the :class:`~optax_dice.Ruleset`, or None to make it from ``keywords``.
+      **keywords: the ruleset's keywords (``dice``, ``threshold``, ...), as for
+        :func:`dice_roll`, when no ``ruleset`` is given.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
+
+    Raises:
+      ValueError, TypeError: for a bad ``every_k``, ``mode``, key or ruleset, and for a
+        ruleset and keywords both.
 
     Example:
       >>> import jax.numpy as jnp
       >>> import optax
       >>> import optax_dice
-      >>> opt = optax_dice.accumulate(optax.sgd(1.0), 2, mode="per_accumulation_step")
+      >>> rs = optax_dice.Ruleset(threshold=12, modifier=2)
+      >>> opt = optax_dice.accumulate(optax.sgd(1.0), 2, mode="per_accumulation_step", ruleset=rs)
       >>> params = jnp.zeros(2)
       >>> state = opt.init(params)
       >>> for _ in range(4):
@@ -82,17 +93,17 @@ def accumulate(
         raise ValueError(
             f"every_k must be an int >= 1 (micro-batches per update), got {every_k!r}."
         )
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is unknown: use one of {list(MODES)}.")
+    _validation.check_key(key)
+    ruleset = resolve_ruleset(ruleset, keywords, "accumulate")
     if mode == "per_mini_batch":
         return optax.chain(
-            windowed_dice_roll(int(every_k), **dice_kwargs),
-            _multi_steps(inner, int(every_k)),
+            dice_transform(key, ruleset, int(every_k)), _multi_steps(inner, int(every_k))
         )
-    if mode == "per_accumulation_step":
-        return _held_roll_then_multisteps(
-            windowed_dice_roll(1, **dice_kwargs),
-            _multi_steps(inner, int(every_k)),
-        )
-    raise ValueError(f"mode={mode!r} is unknown: use one of {list(MODES)}.")
+    return _held_roll_then_multisteps(
+        dice_transform(key, ruleset), _multi_steps(inner, int(every_k))
+    )
 
 
 def _multi_steps(
@@ -109,7 +120,7 @@ def _multi_steps(
 
 
 def _held_roll_then_multisteps(
-    dice: optax.GradientTransformation, multi_steps: optax.GradientTransformationExtraArgs
+    dice: optax.GradientTransformationExtraArgs, multi_steps: optax.GradientTransformationExtraArgs
 ) -> optax.GradientTransformationExtraArgs:
     """``chain(dice, multi_steps)`` where ``dice`` rolls only on each cycle's first micro-batch.
 
@@ -130,10 +141,7 @@ def _held_roll_then_multisteps(
     ) -> tuple[optax.Updates, tuple[DiceRollState, optax.MultiStepsState]]:
         dice_state, ms_state = state
         fresh = ms_state.mini_step == 0
-        if isinstance(dice, optax.GradientTransformationExtraArgs):  # a game mechanic is on
-            _, rolled = dice.update((), dice_state, value=extra_args.get("value"))
-        else:
-            _, rolled = dice.update((), dice_state)
+        _, rolled = dice.update((), dice_state, value=extra_args.get("value"))
         dice_state = jax.tree.map(lambda new, old: jnp.where(fresh, new, old), rolled, dice_state)
         updates = scale_updates(updates, dice_state.scale)
         updates, ms_state = multi_steps.update(updates, ms_state, params, **extra_args)

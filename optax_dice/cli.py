@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from optax_dice import game
-from optax_dice.dice import ability_modifier, make_ruleset
+from optax_dice.dice import ability_modifier
 from optax_dice.odds import odds
 from optax_dice.rules import OUTCOME_NAMES, RULES, outcome_for
+from optax_dice.ruleset import Ruleset
 from optax_dice.sequence import RollSequence, roll_sequence
+
+#: The most updates ``roll`` prints (a line each): more is ``roll_sequence``'s job.
+MAX_PRINTED_ROLLS = 1_000_000
 
 
 def _add_ruleset_flags(parser: argparse.ArgumentParser) -> None:
@@ -70,20 +75,14 @@ def _add_game_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def game_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The game keywords of ``dice_roll`` from parsed ``--character`` ... ``--experience``."""
-    return dict(
-        character=args.character,
-        encounter_chance=args.encounter_chance,
-        experience=args.experience,
-    )
-
-
-def dice_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``dice_roll`` keywords (no key) of parsed ``--dice ... --rule`` flags.
+def ruleset_from_args(args: argparse.Namespace) -> Ruleset:
+    """The :class:`~optax_dice.Ruleset` of parsed ``--dice`` ... ``--experience`` flags.
 
     The modifier is ``--modifier`` if given, else the D&D modifier of ``--ability-score``
     if given, else 0.
+
+    Raises:
+      ValueError, TypeError: for a bad ruleset, as :class:`~optax_dice.Ruleset`.
     """
     if args.modifier is not None:
         modifier = args.modifier
@@ -91,15 +90,17 @@ def dice_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
         modifier = ability_modifier(args.ability_score)
     else:
         modifier = 0
-    dice: Any = int(args.dice) if str(args.dice).isdigit() else args.dice
-    return dict(
-        dice=dice,
+    return Ruleset(
+        dice=args.dice,
         threshold=args.threshold,
         modifier=modifier,
         advantage=args.advantage,
         disadvantage=args.disadvantage,
         rule=args.rule,
         normalize=args.normalize,
+        character=args.character,
+        encounter_chance=args.encounter_chance,
+        experience=args.experience,
     )
 
 
@@ -139,44 +140,79 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status."""
+    """Runs the command line; returns the exit status.
+
+    A bad flag value prints argparse's usage and error (status 2); a ruleset the library
+    refuses prints one line, ``python -m optax_dice COMMAND: error: ...`` (status 2). Output
+    cut short by a closed pipe (``| head``) ends quietly (status 141, as SIGPIPE would); an
+    output that cannot be written (a full disk) prints one line (status 1).
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        kwargs = dice_kwargs_from_args(args)
-        game_kwargs = game_kwargs_from_args(args)
-        config = game.make_game_config(**game_kwargs)
-        if args.command == "odds":
-            print(odds(steps=args.steps, runs=args.runs, seed=args.seed, **kwargs, **game_kwargs))
-            return 0
-        losses = [args.loss] * args.n if config.character == "cleric" else None
-        seq = roll_sequence(args.seed, args.n, losses=losses, **kwargs, **game_kwargs)
+        lines = _command_lines(args)
     except (TypeError, ValueError) as err:
-        parser.error(str(err))
-    sides = make_ruleset(**kwargs).sides
-    codes = np.asarray(outcome_for(args.rule)(seq.natural, seq.total, sides, args.threshold))
-    if config.on:
-        _print_story(seq, codes, config)
-        return 0
-    print(f"{'update':>6} {'natural':>7} {'total':>5}  {'outcome':<17} scale")
-    for i, (nat, tot, code, scale) in enumerate(
-        zip(
-            np.asarray(seq.natural),
-            np.asarray(seq.total),
-            codes,
-            np.asarray(seq.scale),
-            strict=True,
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return _write(lines, f"{parser.prog} {args.command}")
+
+
+def _command_lines(args: argparse.Namespace) -> list[str]:
+    """The output of ``odds`` or ``roll``, as lines.
+
+    Raises:
+      ValueError, TypeError: for a bad ruleset, seed or ``-n``.
+    """
+    ruleset = ruleset_from_args(args)
+    if args.command == "odds":
+        return str(odds(ruleset, steps=args.steps, runs=args.runs, seed=args.seed)).split("\n")
+    if not 0 <= args.n <= MAX_PRINTED_ROLLS:
+        raise ValueError(
+            f"-n {args.n} is out of range: roll prints from 0 to {MAX_PRINTED_ROLLS:,} updates, "
+            "a line each (use optax_dice.roll_sequence for longer sequences)."
         )
-    ):
-        print(f"{i:>6} {nat:>7} {tot:>5}  {OUTCOME_NAMES[code]:<17} {scale:+.3f}")
+    losses = [args.loss] * args.n if game.reads_loss(ruleset.character) else None
+    seq = roll_sequence(args.seed, args.n, ruleset, losses=losses)
+    codes = np.asarray(
+        outcome_for(args.rule)(seq.natural, seq.total, ruleset.sides, args.threshold)
+    )
+    if ruleset.has_game:
+        return list(_story_lines(seq, codes, ruleset))
+    lines = [f"{'update':>6} {'natural':>7} {'total':>5}  {'outcome':<17} scale"]
+    columns = (np.asarray(seq.natural), np.asarray(seq.total), codes, np.asarray(seq.scale))
+    for i, (nat, tot, code, scale) in enumerate(zip(*columns, strict=True)):
+        lines.append(f"{i:>6} {nat:>7} {tot:>5}  {OUTCOME_NAMES[code]:<17} {scale:+.3f}")
+    return lines
+
+
+def _write(lines: Iterable[str], prog: str) -> int:
+    """Prints ``lines`` to stdout; a closed pipe ends quietly, a write error in one line."""
+    try:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()  # so that the interpreter's last flush does not fail again
+        return 128 + signal.SIGPIPE
+    except OSError as err:
+        _silence_stdout()
+        print(f"{prog}: error: cannot write the output: {err.strerror or err}", file=sys.stderr)
+        return 1
     return 0
 
 
-def _print_story(seq: RollSequence, codes: np.ndarray, config: game.GameConfig) -> None:
-    """Prints a seed's story: a line per update, and lines for monsters and level-ups."""
-    abilities = game.ABILITIES[config.character]
-    print(f"The story of this seed ({game.describe(config)}):")
-    print(
+def _silence_stdout() -> None:
+    """Points stdout at the null device (Python's recipe for a closed pipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _story_lines(seq: RollSequence, codes: np.ndarray, ruleset: Ruleset) -> Iterable[str]:
+    """A seed's story: a line per update, and lines for monsters and level-ups."""
+    abilities = game.ABILITIES[ruleset.character]
+    yield f"The story of this seed ({game.describe(ruleset)}):"
+    yield (
         f"{'update':>6} {'natural':>7} {'total':>5}  {'outcome':<17} {'dice':>6}  "
         f"{'monster':<14} {'ability':<20} {'scale':>6} {'level':>5} {'xp':>6}"
     )
@@ -187,17 +223,17 @@ def _print_story(seq: RollSequence, codes: np.ndarray, config: game.GameConfig) 
         zip(*fields, *rest, strict=True)
     ):
         if monster >= 0 and step == 1:
-            print(f"{'':>6} A {game.MONSTERS[monster]} appears!")
+            yield f"{'':>6} A {game.MONSTERS[monster]} appears!"
         fired_names = [name for bit, name in enumerate(abilities) if (fired >> bit) & 1]
-        print(
+        yield (
             f"{i:>6} {nat:>7} {tot:>5}  {OUTCOME_NAMES[codes[i]]:<17} {dice:>+6.3f}  "
             f"{game.MONSTERS[monster] if monster >= 0 else '-':<14} "
             f"{', '.join(fired_names) or '-':<20} {scale:>+6.3f} {lv:>5} {xp:>6}"
         )
         if monster >= 0 and step == game.ENCOUNTER_STEPS:
-            print(f"{'':>6} The {game.MONSTERS[monster]} retreats.")
+            yield f"{'':>6} The {game.MONSTERS[monster]} retreats."
         if lv > level:
-            print(f"{'':>6} Level up! Now level {lv}.")
+            yield f"{'':>6} Level up! Now level {lv}."
             level = int(lv)
 
 

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_dice import _validation, game
-from optax_dice.dice import MAX_ENUMERATED_SIDES, face_probs, face_scales, make_ruleset
-from optax_dice.rules import OUTCOME_NAMES, outcome_for, rule_name
+from optax_dice.dice import MAX_ENUMERATED_SIDES
+from optax_dice.rules import OUTCOME_NAMES, numpy_outcome
+from optax_dice.ruleset import Ruleset, resolve_ruleset
 from optax_dice.sequence import play
 
 #: The most faces :func:`odds` enumerates (a few float64 arrays of this length: ~50 MB).
@@ -61,41 +62,43 @@ class Odds:
         return format_odds(self)
 
 
-def _concrete_int(name: str, value: Any) -> int:
-    try:
-        return int(np.asarray(_validation.as_int32(value)))
-    except Exception as err:  # a tracer cannot be enumerated over
-        raise TypeError(f"odds needs a concrete {name}, got {value!r}.") from err
-
-
 def odds(
-    *, steps: int = 1000, runs: int = 200, seed: int = 0, **dice_kwargs: Any
+    ruleset: Ruleset | None = None,
+    *,
+    steps: int = 1000,
+    runs: int = 200,
+    seed: int = 0,
+    **keywords: Any,
 ) -> Odds | OddsEstimate:
     """Enumerates every face of a ruleset: outcome odds, E[scale] and its spread.
 
     Exact (an :class:`Odds`) for the dice alone and for mechanics without memory
-    (the Rogue's Sneak Attack depends on the roll only). Mechanics with memory
-    (charges, rages, monsters, levels) make the scale depend on the past; for them
-    it returns an :class:`OddsEstimate`: the mean over ``runs`` seeded runs (seeds
-    ``seed``, ``seed + 1``, ...) of ``steps`` updates each, with its standard error
-    across runs. (With experience, the level-1 bonus is 1: the first update's odds
-    are the exact ones of the mechanics without it.)
+    (the Rogue's Sneak Attack depends on the roll only: see ``game.CLASSES``). Mechanics
+    with memory (charges, rages, monsters, levels) make the scale depend on the past; for
+    them it returns an :class:`OddsEstimate`: the mean over ``runs`` seeded runs (the runs
+    of ``dice_roll(seed)``, ``dice_roll(seed + 1)``, ...) of ``steps`` updates each, with
+    its standard error across runs. (With experience, the level-1 bonus is 1: the first
+    update's odds are the exact ones of the mechanics without it.)
 
     Args:
+      ruleset: the :class:`~optax_dice.Ruleset`, or None to make it from ``keywords``
+        (concrete values).
       steps: updates per run, for an estimate.
       runs: independent seeded runs, for an estimate (>= 2).
-      seed: the first run's int seed, for an estimate.
-      **dice_kwargs: ``dice``, ``threshold``, ``modifier``, ``advantage``,
-        ``disadvantage``, ``rule``, ``character``, ``encounter_chance``,
-        ``experience``, as for :func:`dice_roll` (concrete values). The Cleric's
-        losses are held at 1.0 in an estimate.
+      seed: the first run's int seed, for an estimate; ``seed + runs - 1`` must be an
+        int64 seed too.
+      **keywords: the ruleset's keywords (``dice``, ``threshold``, ``modifier``,
+        ``advantage``, ``disadvantage``, ``rule``, ``normalize``, ``character``,
+        ``encounter_chance``, ``experience``), as for :func:`dice_roll`, when no
+        ``ruleset`` is given. The Cleric's losses are held at 1.0 in an estimate.
 
     Returns:
       An :class:`Odds` or an :class:`OddsEstimate`; ``print`` it for a table.
 
     Raises:
-      ValueError, TypeError: for bad dice arguments, as :func:`dice_roll`, and for a die
-        of more than ``MAX_ODDS_SIDES`` (1,000,000) faces, too many to enumerate.
+      ValueError, TypeError: for bad dice arguments, as :class:`~optax_dice.Ruleset`, for
+        a ruleset and keywords both, and for a die of more than ``MAX_ODDS_SIDES``
+        (1,000,000) faces, too many to enumerate.
 
     Example:
       >>> import optax_dice
@@ -104,43 +107,32 @@ def odds(
       (0.035, 0.25)
       >>> round(optax_dice.odds(threshold=15, advantage=True).expected_scale, 4)
       0.3255
-      >>> round(optax_dice.odds(threshold=12, modifier=2, rule="original").expected_scale, 4)
+      >>> original = optax_dice.Ruleset(threshold=12, modifier=2, rule="original")
+      >>> round(optax_dice.odds(original).expected_scale, 4)
       0.0735
       >>> est = optax_dice.odds(character="wizard", threshold=12, steps=100, runs=20)
       >>> est.exact, est.steps, est.runs
       (False, 100, 20)
     """
-    config = game.make_game_config(
-        dice_kwargs.pop("character", None),
-        dice_kwargs.pop("encounter_chance", None),
-        dice_kwargs.pop("experience", False),
-    )
-    memoryless = config.character in (None, "rogue") and config.encounter_chance is None
-    if config.on and not (memoryless and not config.experience):
-        return _estimate(config, steps, runs, seed, dice_kwargs)
-    ruleset = make_ruleset(**dice_kwargs)
-    sides = ruleset.sides
-    totals, scales, threshold, modifier = face_scales(
-        ruleset.rule, sides, ruleset.threshold, ruleset.modifier
-    )
+    ruleset = resolve_ruleset(ruleset, keywords, "odds")
+    if not ruleset.exact:
+        return _estimate(ruleset, steps, runs, seed)
+    totals, scales = ruleset.face_scales()
+    threshold, modifier = ruleset.concrete_threshold_and_modifier()
     faces = totals - modifier
-    natural, total = jnp.asarray(faces), jnp.asarray(totals)
-    threshold_arr = jnp.asarray(threshold, jnp.int32)
-    name = rule_name(dice_kwargs.get("rule", "saving_throw"))
-    if ruleset.normalized:
+    name = ruleset.rule_name
+    if ruleset.normalize:
         name += ", normalized (every scale / E[scale])"
-    if config.character == "rogue":  # Sneak Attack: x1.2 when m >= 12, nothing else
-        scales = scales * np.where(np.asarray(total) >= 12, np.float32(1.2), np.float32(1))
-        name += ", rogue"
+    if ruleset.character is not None:  # a class without memory: its factor is the roll's
+        scales = scales * game.class_factor(ruleset.character, totals)
+        name += f", {ruleset.character}"
     scales = scales.astype(np.float64)
-    codes = np.asarray(
-        outcome_for(dice_kwargs.get("rule", "saving_throw"))(natural, total, sides, threshold_arr)
-    )
-    probs = face_probs(sides, ruleset.advantage, ruleset.disadvantage)
+    codes = numpy_outcome(ruleset.rule)(faces, totals, ruleset.sides, np.int32(threshold))
+    probs = ruleset.natural_probs()
     mean = float(np.dot(probs, scales))
     var = float(np.dot(probs, (scales - mean) ** 2))
     return Odds(
-        sides=sides,
+        sides=ruleset.sides,
         threshold=threshold,
         modifier=modifier,
         advantage=ruleset.advantage,
@@ -217,44 +209,43 @@ class OddsEstimate:
         return "\n".join(lines)
 
 
-def _estimate(
-    config: game.GameConfig, steps: int, runs: int, seed: int, dice_kwargs: dict[str, Any]
-) -> OddsEstimate:
+def _estimate(ruleset: Ruleset, steps: int, runs: int, seed: int) -> OddsEstimate:
     """Plays ``runs`` seeded runs of ``steps`` updates (vmapped, jitted) and summarises them."""
     for name, value, low in (("steps", steps, 1), ("runs", runs, 2)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
     _validation.check_key(seed)
-    ruleset = make_ruleset(**dice_kwargs)
-    _concrete_int("threshold", ruleset.threshold)
-    _concrete_int("modifier", ruleset.modifier)
+    _validation.check_key(int(seed) + int(runs) - 1)
+    threshold, modifier = ruleset.concrete_threshold_and_modifier()
     losses = jnp.ones((int(steps),), jnp.float32)
+    # The keys of dice_roll(seed), dice_roll(seed + 1), ...: made from each Python int seed,
+    # so a seed beyond 32 bits keys its own runs (an int32 array of seeds would wrap).
+    keys = jnp.stack(
+        [jax.random.key_data(_validation.key_from_seed(s)) for s in range(seed, seed + runs)]
+    )
 
     @jax.jit
-    def all_runs(seeds: jax.Array) -> Any:
-        return jax.vmap(lambda s: play(config, ruleset, jax.random.key(s), losses))(seeds)
+    def all_runs(key_data: jax.Array) -> Any:
+        return jax.vmap(lambda k: play(ruleset, jax.random.wrap_key_data(k), losses))(key_data)
 
-    out = all_runs(jnp.arange(seed, seed + runs, dtype=jnp.int32))
+    out = all_runs(keys)
     scale = np.asarray(out.scale, np.float64)
     run_means = scale.mean(axis=1)
     monster = np.asarray(out.monster)
     first = (monster >= 0) & (np.asarray(out.encounter_step) == 1)
     fired = np.asarray(out.fired)
     per_1000 = 1000.0 / (runs * steps)
+    roll = "advantage" if ruleset.advantage else "disadvantage" if ruleset.disadvantage else None
     label = ", ".join(
         [
-            f"d{ruleset.sides}, threshold {_concrete_int('threshold', ruleset.threshold)}",
-            f"modifier {_concrete_int('modifier', ruleset.modifier):+d}",
-            "advantage"
-            if ruleset.advantage
-            else "disadvantage"
-            if ruleset.disadvantage
-            else "a single roll",
-            f"rule {rule_name(dice_kwargs.get('rule', 'saving_throw'))}",
-            game.describe(config),
+            f"d{ruleset.sides}, threshold {threshold}",
+            f"modifier {modifier:+d}",
+            roll or "a single roll",
+            f"rule {ruleset.rule_name}",
+            game.describe(ruleset),
         ]
     )
-    if config.character == "cleric":
+    if game.reads_loss(ruleset.character):
         label += " (losses held at 1.0)"
     return OddsEstimate(
         label=label,
@@ -270,11 +261,11 @@ def _estimate(
             name: float((first & (monster == code)).sum() * per_1000)
             for code, name in enumerate(game.MONSTERS)
         }
-        if config.encounter_chance is not None
+        if ruleset.encounter_chance is not None
         else {},
         fired_per_1000={
             name: float(((fired >> bit) & 1).sum() * per_1000)
-            for bit, name in enumerate(game.ABILITIES[config.character])
+            for bit, name in enumerate(game.ABILITIES[ruleset.character])
         },
     )
 
@@ -301,16 +292,17 @@ def _scale_range(scales: np.ndarray) -> str:
 def format_odds(o: Odds) -> str:
     """Renders an :class:`Odds` as a plain-text table."""
     roll = "advantage" if o.advantage else "disadvantage" if o.disadvantage else "a single roll"
+    faces = [_face_range(o.faces[o.outcomes == code]) for code in range(len(OUTCOME_NAMES))]
+    width = max(10, *(len(f) for f in faces))  # the column fits its longest entry
     lines = [
         f"d{o.sides}, threshold {o.threshold}, modifier {o.modifier:+d}, {roll}, rule {o.rule}",
         "",
-        f"{'outcome':<18} {'faces':<10} {'probability':>11}   scale",
+        f"{'outcome':<18} {'faces':<{width}} {'probability':>11}   scale",
     ]
     for code, name in enumerate(OUTCOME_NAMES):
-        mask = o.outcomes == code
         lines.append(
-            f"{name:<18} {_face_range(o.faces[mask]):<10} "
-            f"{o.outcome_probs[name]:>11.4f}   {_scale_range(o.scales[mask])}"
+            f"{name:<18} {faces[code]:<{width}} "
+            f"{o.outcome_probs[name]:>11.4f}   {_scale_range(o.scales[o.outcomes == code])}"
         )
     lines += [
         "",

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Rule = Callable[[jax.Array, jax.Array, int, jax.Array], jax.Array]
 
@@ -22,13 +23,16 @@ CRITICAL_FAILURE, FAILURE, SUCCESS, CRITICAL_SUCCESS = 0, 1, 2, 3
 OUTCOME_NAMES = ("critical failure", "failure", "success", "critical success")
 
 
-def _fraction(numerator: jax.Array, denominator: int) -> jax.Array:
+def _fraction(numerator: Any, denominator: int, xp: Any = jnp) -> Any:
     """``numerator / denominator`` in float32, correctly rounded, jitted or not.
 
     Under jit XLA rewrites a division by a constant as a multiplication by its
     rounded reciprocal (13 / 20 -> 0.65000004); the barrier keeps the divisor a
-    run-time value so compiled and eager code give the same, exact scale.
+    run-time value so compiled and eager code give the same, exact scale. With
+    ``xp=numpy`` it is numpy's float32 division, which is IEEE's, so the same.
     """
+    if xp is np:
+        return np.asarray(numerator, np.float32) / np.float32(denominator)
     divisor = jax.lax.optimization_barrier(jnp.float32(denominator))
     return jnp.asarray(numerator, jnp.float32) / divisor
 
@@ -54,12 +58,16 @@ def outcome(natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Arr
       >>> outcome(jnp.array([1, 5, 15, 20]), jnp.array([3, 7, 17, 22]), 20, 15)
       Array([0, 1, 2, 3], dtype=int32)
     """
-    natural = jnp.asarray(natural, jnp.int32)
-    total = jnp.asarray(total, jnp.int32)
-    code = jnp.where(total >= threshold, SUCCESS, FAILURE)
-    code = jnp.where(natural == sides, CRITICAL_SUCCESS, code)
-    code = jnp.where(natural == 1, CRITICAL_FAILURE, code)
-    return code.astype(jnp.int32)
+    return _outcome(jnp, natural, total, sides, threshold)
+
+
+def _outcome(xp: Any, natural: Any, total: Any, sides: int, threshold: Any) -> Any:
+    natural = xp.asarray(natural, xp.int32)
+    total = xp.asarray(total, xp.int32)
+    code = xp.where(total >= threshold, SUCCESS, FAILURE)
+    code = xp.where(natural == sides, CRITICAL_SUCCESS, code)
+    code = xp.where(natural == 1, CRITICAL_FAILURE, code)
+    return code.astype(xp.int32)
 
 
 def saving_throw(
@@ -92,14 +100,18 @@ def saving_throw(
       >>> [round(float(s), 2) for s in saving_throw(faces, faces, 20, 15)]
       [0.0, -0.65, -0.05, 0.75, 0.95, 1.0]
     """
-    total = jnp.asarray(total, jnp.int32)
-    success = _fraction(jnp.minimum(total, sides), sides)
-    failure = _fraction(jnp.maximum(total - threshold, -sides), sides)
-    code = outcome(natural, total, sides, threshold)
-    scale = jnp.where(code == SUCCESS, success, failure)
-    scale = jnp.where(code == CRITICAL_SUCCESS, 1.0, scale)
-    scale = jnp.where(code == CRITICAL_FAILURE, 0.0, scale)
-    return scale.astype(jnp.float32)
+    return _saving_throw(jnp, natural, total, sides, threshold)
+
+
+def _saving_throw(xp: Any, natural: Any, total: Any, sides: int, threshold: Any) -> Any:
+    total = xp.asarray(total, xp.int32)
+    success = _fraction(xp.minimum(total, sides), sides, xp)
+    failure = _fraction(xp.maximum(total - threshold, -sides), sides, xp)
+    code = _outcome(xp, natural, total, sides, threshold)
+    scale = xp.where(code == SUCCESS, success, failure)
+    scale = xp.where(code == CRITICAL_SUCCESS, 1.0, scale)
+    scale = xp.where(code == CRITICAL_FAILURE, 0.0, scale)
+    return scale.astype(xp.float32)
 
 
 def outcome_original(
@@ -126,12 +138,16 @@ def outcome_original(
       >>> outcome_original(jnp.array([1, 18, 20]), jnp.array([3, 20, 22]), 20, 12)
       Array([1, 3, 2], dtype=int32)
     """
+    return _outcome_original(jnp, natural, total, sides, threshold)
+
+
+def _outcome_original(xp: Any, natural: Any, total: Any, sides: int, threshold: Any) -> Any:
     del natural
-    total = jnp.asarray(total, jnp.int32)
-    code = jnp.where(total >= threshold, SUCCESS, FAILURE)
-    code = jnp.where(total == sides, CRITICAL_SUCCESS, code)
-    code = jnp.where(total == 1, CRITICAL_FAILURE, code)
-    return code.astype(jnp.int32)
+    total = xp.asarray(total, xp.int32)
+    code = xp.where(total >= threshold, SUCCESS, FAILURE)
+    code = xp.where(total == sides, CRITICAL_SUCCESS, code)
+    code = xp.where(total == 1, CRITICAL_FAILURE, code)
+    return code.astype(xp.int32)
 
 
 def original(natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Array) -> jax.Array:
@@ -166,16 +182,47 @@ def original(natural: jax.Array, total: jax.Array, sides: int, threshold: jax.Ar
       >>> float(original(jnp.int32(18), jnp.int32(20), 20, 12))
       1.0
     """
-    code = outcome_original(natural, total, sides, threshold)
-    scale = jnp.where(
-        code == SUCCESS, _fraction(jnp.asarray(total, jnp.int32) - threshold, 100), 0.0
+    return _original(jnp, natural, total, sides, threshold)
+
+
+def _original(xp: Any, natural: Any, total: Any, sides: int, threshold: Any) -> Any:
+    code = _outcome_original(xp, natural, total, sides, threshold)
+    scale = xp.where(
+        code == SUCCESS, _fraction(xp.asarray(total, xp.int32) - threshold, 100, xp), 0.0
     )
-    scale = jnp.where(code == CRITICAL_SUCCESS, 1.0, scale)
-    scale = jnp.where(code == CRITICAL_FAILURE, -1.0, scale)
-    return scale.astype(jnp.float32)
+    scale = xp.where(code == CRITICAL_SUCCESS, 1.0, scale)
+    scale = xp.where(code == CRITICAL_FAILURE, -1.0, scale)
+    return scale.astype(xp.float32)
 
 
+#: The built-in rules, by name.
 RULES: dict[str, Rule] = {"saving_throw": saving_throw, "original": original}
+#: The built-in rules and their outcome classifiers written over an array namespace: with
+#: ``numpy`` they give, bit for bit, what the jax rules give, without starting JAX.
+_GENERIC = {
+    saving_throw: (_saving_throw, _outcome),
+    original: (_original, _outcome_original),
+}
+
+
+def numpy_rule(rule: Any) -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]] | None:
+    """``(scale, outcome)`` in numpy for a built-in rule (by name or function), else None."""
+    if isinstance(rule, str):
+        rule = RULES.get(rule)
+    found = [pair for fn, pair in _GENERIC.items() if rule is fn]
+    if not found:
+        return None
+    scale, classify = found[0]
+    return (
+        lambda n, t, s, th: scale(np, n, t, s, th),
+        lambda n, t, s, th: classify(np, n, t, s, th),
+    )
+
+
+def numpy_outcome(rule: Any) -> Callable[..., np.ndarray]:
+    """:func:`outcome_for`'s classifier, in numpy."""
+    classify = _outcome_original if outcome_for(rule) is outcome_original else _outcome
+    return lambda n, t, s, th: classify(np, n, t, s, th)
 
 
 def resolve_rule(rule: Any) -> Rule:

@@ -9,15 +9,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_dice import _validation
-from optax_dice.dice import Ruleset, make_ruleset, roll
+from optax_dice.dice import roll
 from optax_dice.game import (
     CLERIC_NEEDS_LOSS,
     DiceGameState,
-    GameConfig,
     game_update,
     init_game_state,
-    make_game_config,
+    reads_loss,
 )
+from optax_dice.ruleset import Ruleset, resolve_ruleset
+
+#: The most updates :func:`~optax_dice.roll_sequence` rolls for: the dice state's ``count``
+#: is int32.
+MAX_UPDATES = 2**31 - 1
 
 
 class RollSequence(NamedTuple):
@@ -56,10 +60,11 @@ class RollSequence(NamedTuple):
 def roll_sequence(
     key: int | jax.Array,
     n: int,
+    ruleset: Ruleset | None = None,
     *,
     losses: Any = None,
     every_k: int = 1,
-    **dice_kwargs: Any,
+    **keywords: Any,
 ) -> RollSequence:
     """The naturals, totals and scales that ``n`` updates of ``dice_roll`` produce.
 
@@ -71,18 +76,26 @@ def roll_sequence(
 
     Args:
       key: the key given to :func:`dice_roll` (int, typed key or raw key).
-      n: how many updates to roll for (>= 0).
+      n: how many updates to roll for, from 0 to 2**31 - 1
+        (:data:`~optax_dice.sequence.MAX_UPDATES`).
+      ruleset: the :class:`~optax_dice.Ruleset`, or None to make it from ``keywords``.
       losses: the Cleric's ``n`` losses, one per update (required for
         ``character="cleric"``, ignored otherwise).
       every_k: as :func:`~optax_dice.accumulate`'s ``every_k`` in
         ``per_mini_batch`` mode, where an update is a micro-batch and monsters
         appear only on the last micro-batch of each window (1: every update).
-      **dice_kwargs: ``dice``, ``threshold``, ``modifier``, ``advantage``,
-        ``disadvantage``, ``rule``, ``character``, ``encounter_chance``,
-        ``experience``, as for :func:`dice_roll`.
+      **keywords: the ruleset's keywords (``dice``, ``threshold``, ``modifier``,
+        ``advantage``, ``disadvantage``, ``rule``, ``normalize``, ``character``,
+        ``encounter_chance``, ``experience``) as for :func:`dice_roll`, when no
+        ``ruleset`` is given.
 
     Returns:
       A :class:`RollSequence` of arrays of length ``n``.
+
+    Raises:
+      ValueError, TypeError: for a bad key, ``n``, ``every_k`` or ruleset (as
+        :class:`~optax_dice.Ruleset`), for a ruleset and keywords both, and for the
+        Cleric without one loss per update.
 
     Example:
       >>> import optax_dice
@@ -91,48 +104,22 @@ def roll_sequence(
       ((5,), dtype('float32'))
       >>> bool(((seq.natural >= 1) & (seq.natural <= 6)).all())
       True
-      >>> game = optax_dice.roll_sequence(0, 8, character="rogue", threshold=12)
-      >>> bool(((game.total >= 12) == (game.scale == game.dice_scale * jnp.float32(1.2))).all())
+      >>> rogue = optax_dice.Ruleset(character="rogue", threshold=12)
+      >>> game = optax_dice.roll_sequence(0, 8, rogue)
+      >>> bool(((game.total >= 12) == (game.scale == game.dice_scale * np.float32(1.2))).all())
       True
     """
     _validation.check_key(key)
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n must be an int >= 0 (the number of updates), got {n!r}.")
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 <= n <= MAX_UPDATES:
+        raise ValueError(
+            f"n must be an int from 0 to {MAX_UPDATES:,} (2**31 - 1, the int32 count of "
+            f"rolls), the number of updates; got {n!r}."
+        )
     if not isinstance(every_k, (int, np.integer)) or isinstance(every_k, bool) or every_k < 1:
         raise ValueError(f"every_k must be an int >= 1, got {every_k!r}.")
-    config = make_game_config(
-        dice_kwargs.pop("character", None),
-        dice_kwargs.pop("encounter_chance", None),
-        dice_kwargs.pop("experience", False),
-        int(every_k),
-    )
-    ruleset = make_ruleset(**dice_kwargs)
-    if config.on:
-        if config.character == "cleric":
-            if losses is None:
-                raise ValueError(CLERIC_NEEDS_LOSS)
-            xs = jnp.asarray(losses, jnp.float32)
-            if xs.shape != (n,):
-                raise ValueError(
-                    f"losses must hold one loss per update: shape ({n},), got {xs.shape}."
-                )
-        else:
-            xs = jnp.zeros((n,), jnp.float32)
-
-        out = play(config, ruleset, _validation.canonicalize_key(key), xs)
-        return RollSequence(
-            out.natural,
-            out.total,
-            out.scale,
-            dice_scale=out.dice_scale,
-            monster=out.monster,
-            level=out.level,
-            xp=out.xp,
-            encounter_step=out.encounter_step,
-            fired=out.fired,
-            charges=out.charges,
-            rage=out.rage,
-        )
+    ruleset = resolve_ruleset(ruleset, keywords, "roll_sequence")
+    if ruleset.has_game:
+        return _play_sequence(ruleset, key, int(n), losses, int(every_k))
 
     def step(rng_key: jax.Array, _: None) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         next_key, roll_key = jax.random.split(rng_key)
@@ -144,14 +131,40 @@ def roll_sequence(
     return RollSequence(natural, total, scale)
 
 
-def play(config: GameConfig, ruleset: Ruleset, key: jax.Array, losses: jax.Array) -> Any:
+def _play_sequence(ruleset: Ruleset, key: Any, n: int, losses: Any, every_k: int) -> RollSequence:
+    """:func:`roll_sequence` with game mechanics: the game's states, field by field."""
+    if reads_loss(ruleset.character):
+        if losses is None:
+            raise ValueError(CLERIC_NEEDS_LOSS)
+        xs = jnp.asarray(losses, jnp.float32)
+        if xs.shape != (n,):
+            raise ValueError(f"losses must hold one loss per update: shape ({n},), got {xs.shape}.")
+    else:
+        xs = jnp.zeros((n,), jnp.float32)
+    out = play(ruleset, _validation.canonicalize_key(key), xs, every_k)
+    return RollSequence(
+        out.natural,
+        out.total,
+        out.scale,
+        dice_scale=out.dice_scale,
+        monster=out.monster,
+        level=out.level,
+        xp=out.xp,
+        encounter_step=out.encounter_step,
+        fired=out.fired,
+        charges=out.charges,
+        rage=out.rage,
+    )
+
+
+def play(ruleset: Ruleset, key: jax.Array, losses: jax.Array, every_k: int = 1) -> Any:
     """The game's per-update states (without keys) for ``len(losses)`` updates: traceable,
     so ``jax.vmap`` over keys plays many seeded runs at once (as :func:`~optax_dice.odds`
     does)."""
 
     def step(state: DiceGameState, loss: jax.Array) -> tuple[DiceGameState, DiceGameState]:
-        state = game_update(config, ruleset, state, loss)
+        state = game_update(ruleset, state, loss, every_k=every_k)
         return state, state._replace(rng_key=None, last_loss=None, micro_step=None)
 
-    _, out = jax.lax.scan(step, init_game_state(config, key), losses)
+    _, out = jax.lax.scan(step, init_game_state(ruleset, key), losses)
     return out

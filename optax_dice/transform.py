@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -9,14 +10,9 @@ import jax.numpy as jnp
 import optax
 
 from optax_dice import _validation
-from optax_dice.dice import Ruleset, make_ruleset, roll
-from optax_dice.game import (
-    DiceGameState,
-    GameConfig,
-    game_update,
-    init_game_state,
-    make_game_config,
-)
+from optax_dice.dice import roll
+from optax_dice.game import DiceGameState, game_update, init_game_state
+from optax_dice.ruleset import Ruleset
 
 
 class DiceRollState(NamedTuple):
@@ -40,6 +36,7 @@ class DiceRollState(NamedTuple):
 
 def dice_roll(
     key: int | jax.Array = 0,
+    ruleset: Ruleset | None = None,
     *,
     dice: int | str = "d20",
     threshold: int | jax.Array = 15,
@@ -51,7 +48,7 @@ def dice_roll(
     character: str | None = None,
     encounter_chance: float | jax.Array | None = None,
     experience: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Scales each update by a saving throw rolled with an explicit PRNG key.
 
     Every ``update`` splits the key in the state once, rolls the die with the
@@ -79,7 +76,13 @@ def dice_roll(
     Args:
       key: an int seed (also as a 0-d integer array, as ``optax.inject_hyperparams``
         passes it), a typed key (``jax.random.key``) or a raw key
-        (``jax.random.PRNGKey``). Turned into a typed key in ``init``.
+        (``jax.random.PRNGKey``). Turned into a typed key in ``init``; an int seed in the
+        int64 range, within 32 bits ``jax.random.key(seed)``, beyond them all 64 bits kept.
+      ruleset: an :class:`~optax_dice.Ruleset` holding all the keywords below, made and
+        checked once; None (the default) makes one from the keywords. With a ruleset,
+        leave the keywords at their defaults (else TypeError). With
+        ``optax.inject_hyperparams`` and a ruleset, name ``threshold`` and ``modifier`` in
+        ``static_args``.
       dice: the die: an int number of sides >= 2, or a string ``"dN"``.
       threshold: the difficulty class a total must reach to succeed.
       modifier: added to every natural roll (see :func:`ability_modifier`).
@@ -124,10 +127,11 @@ def dice_roll(
     once per applied update (the anchor silently skips them there).
 
     Returns:
-      With no game mechanic (the defaults), an ``optax.GradientTransformation``
-      whose state is a :class:`DiceRollState`, exactly as before the game existed.
-      With one, an ``optax.GradientTransformationExtraArgs`` whose state is a
-      :class:`~optax_dice.DiceGameState` (the same five fields, then
+      An ``optax.GradientTransformationExtraArgs``, whatever the arguments (its
+      ``update`` takes ``value=`` and ignores other extra arguments). With no game
+      mechanic (the defaults) its state is a :class:`DiceRollState`, exactly as before
+      the game existed. With one, the state is a :class:`~optax_dice.DiceGameState`
+      (the same five fields, then
       ``dice_scale``, ``monster``, ``level``, ``xp``, charges and counters), where
       ``scale`` is the product actually applied.
       Read the last roll from any chain with :func:`find_dice_state`
@@ -143,7 +147,9 @@ def dice_roll(
         traced once with ``jax.eval_shape`` to check); for an unknown character,
         an encounter chance outside [0, 1], or a non-bool ``experience``.
         ``update`` raises TypeError for integer update leaves, which a fractional
-        scale would truncate, and ValueError for the Cleric without ``value=``.
+        scale would truncate, and ValueError for the Cleric without ``value=``. A
+        ``ruleset`` with keywords other than their defaults is a TypeError. Updates may
+        be Python floats, as optax's transforms take them.
 
     Example:
       >>> import jax
@@ -159,6 +165,16 @@ def dice_roll(
       True
       >>> int(dice.natural) in range(1, 21), int(dice.count)
       (True, 1)
+
+      The same ruleset, made once and passed around:
+
+      >>> ruleset = optax_dice.Ruleset(threshold=12, modifier=2)
+      >>> tx = optax_dice.dice_roll(0, ruleset)
+      >>> type(tx).__name__
+      'GradientTransformationExtraArgs'
+      >>> updates, state = tx.update(2.0, tx.init(2.0))
+      >>> float(updates) == 2.0 * float(state.scale)
+      True
 
       Threshold and modifier can be scheduled or changed during training:
 
@@ -181,14 +197,66 @@ def dice_roll(
       (True, True, (2,))
     """
     _validation.check_key(key)
-    config = make_game_config(character, encounter_chance, experience)
-    _refuse_normalized_game(normalize, config)
-    ruleset = make_ruleset(dice, threshold, modifier, advantage, disadvantage, rule, normalize)
-    if config.on:
-        return _game_transform(key, ruleset, config)
+    keywords = dict(
+        dice=dice,
+        threshold=threshold,
+        modifier=modifier,
+        advantage=advantage,
+        disadvantage=disadvantage,
+        rule=rule,
+        normalize=normalize,
+        character=character,
+        encounter_chance=encounter_chance,
+        experience=experience,
+    )
+    if ruleset is None:
+        ruleset = Ruleset(**keywords)
+    else:
+        _refuse_keywords_with_a_ruleset(ruleset, keywords)
+    return dice_transform(key, ruleset)
 
-    def init_fn(params: optax.Params) -> DiceRollState:
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Ruleset)}
+
+
+def _refuse_keywords_with_a_ruleset(ruleset: Any, keywords: dict[str, Any]) -> None:
+    """``dice_roll`` takes a ruleset or its keywords: with a ruleset, every keyword must be
+    left at its default (its signature keeps real defaults, which inject_hyperparams reads)."""
+    if not isinstance(ruleset, Ruleset):
+        raise TypeError(
+            f"ruleset must be an optax_dice.Ruleset (or None), got {type(ruleset).__name__}; "
+            "pass the ruleset's keywords as keywords instead."
+        )
+    given = [
+        name
+        for name, value in keywords.items()
+        if not (
+            value is _DEFAULTS[name]
+            or (type(value) is type(_DEFAULTS[name]) and value == _DEFAULTS[name])
+        )
+    ]
+    if given:
+        raise TypeError(
+            f"dice_roll() takes a ruleset or the ruleset's keywords, not both: got ruleset= "
+            f"and {given}. Use dataclasses.replace(ruleset, ...) to change one (with "
+            "optax.inject_hyperparams, use the keywords, or name threshold and modifier in "
+            "static_args)."
+        )
+
+
+def dice_transform(
+    key: Any, ruleset: Ruleset, every_k: int = 1
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`dice_roll` of a checked key and ruleset.
+
+    ``every_k`` is the window of ``accumulate``'s ``per_mini_batch`` mode, where one update
+    is one micro-batch and monsters are checked on the last of every ``every_k``.
+    """
+
+    def init_fn(params: optax.Params) -> DiceRollState | DiceGameState:
         del params
+        if ruleset.has_game:
+            return init_game_state(ruleset, _validation.canonicalize_key(key))
         return DiceRollState(
             count=jnp.zeros([], jnp.int32),
             rng_key=_validation.canonicalize_key(key),
@@ -198,70 +266,21 @@ def dice_roll(
         )
 
     def update_fn(
-        updates: optax.Updates, state: DiceRollState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, DiceRollState]:
-        del params
-        next_key, roll_key = jax.random.split(state.rng_key)
-        natural, total, scale = roll(ruleset, roll_key)
-        updates = scale_updates(updates, scale)
-        count = optax.safe_increment(state.count)
-        return updates, DiceRollState(count, next_key, natural, total, scale)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-def windowed_dice_roll(
-    every_k: int,
-    key: int | jax.Array = 0,
-    *,
-    character: str | None = None,
-    encounter_chance: float | jax.Array | None = None,
-    experience: bool = False,
-    **dice_kwargs: Any,
-) -> optax.GradientTransformation:
-    """:func:`dice_roll` whose monsters are checked on the last of every ``every_k`` updates.
-
-    Used by :func:`~optax_dice.accumulate` in ``per_mini_batch`` mode, where one update
-    is one micro-batch and roll-to-train checks for an encounter at the end of each
-    accumulation window. With no game mechanic on it is ``dice_roll(key, **dice_kwargs)``.
-    """
-    config = make_game_config(character, encounter_chance, experience, every_k)
-    if not config.on:
-        return dice_roll(key, **dice_kwargs)
-    _validation.check_key(key)
-    _refuse_normalized_game(dice_kwargs.get("normalize", False), config)
-    return _game_transform(key, make_ruleset(**dice_kwargs), config)
-
-
-def _refuse_normalized_game(normalize: Any, config: Any) -> None:
-    if normalize is True and config.on:
-        raise ValueError(
-            "normalize=True divides by the ruleset's exact E[scale]; with game mechanics "
-            "(character, encounter_chance, experience) the scale has memory and no exact "
-            "E[scale]: use normalize with the dice alone."
-        )
-
-
-def _game_transform(
-    key: Any, ruleset: Ruleset, config: GameConfig
-) -> optax.GradientTransformationExtraArgs:
-    """``dice_roll`` with game mechanics: the state is a :class:`DiceGameState`."""
-
-    def init_fn(params: optax.Params) -> DiceGameState:
-        del params
-        return init_game_state(config, _validation.canonicalize_key(key))
-
-    def update_fn(
         updates: optax.Updates,
-        state: DiceGameState,
+        state: DiceRollState | DiceGameState,
         params: optax.Params | None = None,
         *,
         value: Any = None,
         **extra_args: Any,
-    ) -> tuple[optax.Updates, DiceGameState]:
+    ) -> tuple[optax.Updates, DiceRollState | DiceGameState]:
         del params, extra_args
-        state = game_update(config, ruleset, state, value)
-        return scale_updates(updates, state.scale), state
+        if ruleset.has_game:
+            state = game_update(ruleset, state, value, every_k=every_k)
+            return scale_updates(updates, state.scale), state
+        next_key, roll_key = jax.random.split(state.rng_key)
+        natural, total, scale = roll(ruleset, roll_key)
+        count = optax.safe_increment(state.count)
+        return scale_updates(updates, scale), DiceRollState(count, next_key, natural, total, scale)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -275,7 +294,9 @@ def scale_updates(updates: optax.Updates, scale: jax.Array) -> optax.Updates:
         silently.
     """
 
-    def scale_leaf(path: Any, u: jax.Array) -> jax.Array:
+    def scale_leaf(path: Any, u: Any) -> jax.Array:
+        if not isinstance(u, jax.Array):  # a Python or numpy scalar, as optax's transforms take
+            u = jnp.asarray(u)
         if not jnp.issubdtype(u.dtype, jnp.inexact):
             raise TypeError(
                 f"dice_roll scales updates by fractions such as -0.35, but the update leaf "

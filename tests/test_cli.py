@@ -1,5 +1,7 @@
 """python -m optax_dice: odds and roll."""
 
+import os
+import re
 import subprocess
 import sys
 
@@ -56,9 +58,24 @@ def test_roll_prints_the_roll_sequence(capsys, seed):
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["odds", "--dice", "d1"], "at least 2 sides"),
         (["odds", "--advantage", "--disadvantage"], "not allowed with"),
         (["odds", "--rule", "nat20"], "invalid choice"),
+        (["roll", "--character", "bard"], "invalid choice"),
+        (["roll", "-n", "ten"], "invalid int value"),
+    ],
+)
+def test_bad_flags_exit_2_with_argparses_usage(argv, match, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and err.startswith("usage:")
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["odds", "--dice", "d1"], "at least 2 sides"),
         (["roll", "--seed", "1" * 23], "out of range"),
         (["roll", "--dice", "2147483647"], "more than the 536,870,912"),
         (["roll", "--threshold", "99999999999"], "threshold=99999999999 is out of range"),
@@ -66,16 +83,62 @@ def test_roll_prints_the_roll_sequence(capsys, seed):
         (["odds", "--dice", "d1000000000"], "more than the 536,870,912"),
         (["odds", "--dice", "d5000000"], "limit of 1,000,000 faces"),
         (["roll", "--rule", "original", "--dice", "d0"], "at least 2 sides"),
-        (["roll", "--character", "bard"], "invalid choice"),
         (["roll", "--encounter-chance", "1.5"], "not a probability"),
         (["odds", "--encounter-chance", "-0.1"], "not a probability"),
+        (["roll", "--character", "wizard", "--normalize"], "no exact E[scale]"),
+        (["odds", "--character", "rogue", "--normalize"], "no exact E[scale]"),
+        (["odds", "--encounter-chance", "0.1", "--normalize"], "no exact E[scale]"),
+        (["roll", "-n", "3000000000"], "-n 3000000000 is out of range"),
+        (["roll", "-n", "-1"], "-n -1 is out of range"),
+        (["odds", "--character", "wizard", "--seed", str(2**63 - 1)], "out of range"),
     ],
 )
-def test_bad_flags_exit_2_with_a_message(argv, match, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(argv)
-    assert exc.value.code == 2
-    assert match in capsys.readouterr().err
+def test_a_refused_ruleset_is_one_line_without_the_usage(argv, match, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err, err
+    assert err.startswith(f"python -m optax_dice {argv[0]}: error: ")
+    assert "usage:" not in err and err.count("\n") == 1
+
+
+def test_output_cut_short_by_head_ends_quietly():
+    # python -m optax_dice roll -n 100000 | head -3
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optax_dice", "roll", "-n", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    lines = [proc.stdout.readline() for _ in range(3)]
+    proc.stdout.close()
+    rc = proc.wait(timeout=120)
+    assert lines[0].split() == [b"update", b"natural", b"total", b"outcome", b"scale"]
+    assert proc.stderr.read() == b""
+    assert rc == 141  # 128 + SIGPIPE, as a killed writer would say
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_is_one_line():
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "optax_dice", "roll", "-n", "5"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "python -m optax_dice roll: error: cannot write the output: No space left on device\n"
+    )
+
+
+def test_the_faces_column_fits_its_longest_entry(capsys):
+    # The original rule with +2 against 12: successes on the naturals 10-17,19-20.
+    assert cli.main(["odds", "--rule", "original", "--threshold", "12", "--modifier", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()[2:7]
+    assert "10-17,19-20" in table[3]
+    end = table[0].index("probability") + len("probability")
+    assert [re.search(r"\d\.\d{4}", row).end() for row in table[1:]] == [end] * 4
 
 
 def test_help_documents_every_flag():

@@ -4,9 +4,11 @@
 the structure of ``roll_to_train.py``: the monster is checked on the last micro-batch of a
 window, acts, then retreats after 3 steps; the class ability sees the roll after it; the
 level bonus uses the level before the step's XP). It is fed the naturals of
-``roll_sequence`` and the uniform draws of ``game.draws`` on the same key chain, and must
-give the same per-step factors as the jitted transformation, bit for bit, over 10,000
-steps. Factors are float32, multiplied in the anchor's order.
+``roll_sequence`` and the game's uniform draws, derived here from the same key chain with
+``jax.random`` spelled out (not with ``game.draws``, so a game that draws the wrong number
+cannot agree with itself), and must give the same per-step factors as the jitted
+transformation, bit for bit, over 10,000 steps. Factors are float32, multiplied in the
+anchor's order.
 """
 
 from __future__ import annotations
@@ -154,13 +156,25 @@ class Reference:
         return F32(f), (-1 if acted is None else acted), self.level, self.xp
 
 
+def _spelled_out_draws(roll_key):
+    """The game's draws of one update, as the docs state them: from fold_in(roll key, 1),
+    split in three: a uniform for the encounter, the monster met, a uniform for Divine
+    Intervention."""
+    k_enc, k_pick, k_div = jax.random.split(jax.random.fold_in(roll_key, 1), 3)
+    return (
+        jax.random.uniform(k_enc, (), jnp.float32),
+        jax.random.randint(k_pick, (), 0, 3, jnp.int32),
+        jax.random.uniform(k_div, (), jnp.float32),
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def _draws(seed: int, n: int):
     """The game's draws on dice_roll's key chain (split once per update, fresh half)."""
 
     def step(key, _):
         next_key, roll_key = jax.random.split(key)
-        return next_key, game.draws(roll_key)
+        return next_key, _spelled_out_draws(roll_key)
 
     _, out = jax.jit(lambda k: jax.lax.scan(step, k, None, length=n))(jax.random.key(seed))
     return [np.asarray(x) for x in out]
@@ -301,7 +315,7 @@ def test_level_needs_are_the_anchors_formula():
     assert game.levels_for_xp(999) == 1 and game.levels_for_xp(1000) == 2
     assert game.levels_for_xp(1000 + 1500 + 2250) == 4
     # Several levels at once: one update worth 4,750 XP from level 1 reaches level 4.
-    state = game.init_game_state(game.make_game_config(experience=True), jax.random.key(0))
+    state = game.init_game_state(optax_dice.Ruleset(experience=True), jax.random.key(0))
     level, xp = game._level_up(state.level, jnp.int32(4751))
     assert (int(level), int(xp)) == (4, 1)
 
@@ -606,7 +620,7 @@ def test_the_defaults_are_unchanged_bit_for_bit(off):
         {"dice": "d6", "threshold": 4, "advantage": True},
     ):
         tx = optax_dice.dice_roll(7, **kw, **off)
-        assert type(tx) is optax.GradientTransformation
+        assert type(tx) is optax.GradientTransformationExtraArgs  # one type, game or not
         assert _digests(tx, 40) == _BEFORE[str(kw)], kw
     for mode in ("per_mini_batch", "per_accumulation_step"):
         tx = optax_dice.accumulate(
@@ -640,15 +654,12 @@ def test_inject_hyperparams_keeps_the_default_state():
 def test_divine_intervention_halves_the_step_and_keeps_the_last_loss():
     # Play one update from 4,000 seeds at once, with a last loss of 2.0, and look at those
     # where Divine Intervention fired (natural 1, modifier 0, a 10% draw: ~20 of them).
-    from optax_dice.dice import make_ruleset
-
-    config = game.make_game_config(character="cleric")
-    ruleset = make_ruleset(threshold=12, rule="original")
+    ruleset = optax_dice.Ruleset(threshold=12, rule="original", character="cleric")
 
     def one(seed):
-        state = game.init_game_state(config, jax.random.key(seed))
+        state = game.init_game_state(ruleset, jax.random.key(seed))
         state = state._replace(last_loss=jnp.float32(2.0))
-        return game.game_update(config, ruleset, state, jnp.float32(1.0))
+        return game.game_update(ruleset, state, jnp.float32(1.0))
 
     out = jax.jit(jax.vmap(one))(jnp.arange(4000))
     divine = (np.asarray(out.fired) >> 1 & 1) == 1
@@ -666,18 +677,17 @@ def test_divine_intervention_halves_the_step_and_keeps_the_last_loss():
 def test_every_class_on_every_modified_roll_of_a_first_update(character):
     # The first update of 3,000 seeds, with modifiers from -3 to +6, covers every m from -2 to
     # 26 many times: each factor must be the reference's (which is the issue's table).
-    from optax_dice.dice import make_ruleset
-
-    config = game.make_game_config(character=character, experience=True)
     seeds = np.arange(3000)
     modifiers = (seeds % 10 - 3).astype(np.int32)
 
     def one(seed, modifier):
-        ruleset = make_ruleset(threshold=12, modifier=modifier)
-        state = game.init_game_state(config, jax.random.key(seed))
-        new = game.game_update(config, ruleset, state, jnp.float32(1.0))
+        ruleset = optax_dice.Ruleset(
+            threshold=12, modifier=modifier, character=character, experience=True
+        )
+        state = game.init_game_state(ruleset, jax.random.key(seed))
+        new = game.game_update(ruleset, state, jnp.float32(1.0))
         _, roll_key = jax.random.split(jax.random.key(seed))
-        return new, game.draws(roll_key)
+        return new, _spelled_out_draws(roll_key)
 
     out, (u_enc, pick, u_div) = jax.jit(jax.vmap(one))(seeds, modifiers)
     naturals = np.asarray(out.natural)
@@ -697,3 +707,79 @@ def test_every_class_on_every_modified_roll_of_a_first_update(character):
     # checks the scalar scales exactly): allow 2 ulps here; a wrong trigger is far off.
     np.testing.assert_array_max_ulp(np.asarray(out.scale), want, maxulp=2)
     assert set(np.asarray(out.total).tolist()) == set(range(-2, 27))
+
+
+def test_the_game_draws_what_its_docs_state():
+    # game.draws is the derivation the reference above spells out, on any roll key.
+    for seed in (0, 1, 2026):
+        _, roll_key = jax.random.split(jax.random.key(seed))
+        got, want = game.draws(roll_key), _spelled_out_draws(roll_key)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _xp_reference(totals, threshold):
+    """Level and XP after each update, in Python ints: gain 10 x m (m capped at +-2**25) for
+    m >= threshold, XP floored at -2**30, needs capped at 2**30 (no monsters)."""
+    needs = game.xp_needs().tolist()
+    level, xp, out = 1, 0, []
+    for m in totals:
+        if m >= threshold:
+            xp = max(xp + 10 * max(min(m, 2**25), -(2**25)), -(2**30))
+        while xp >= needs[min(level, len(needs)) - 1]:
+            xp -= needs[min(level, len(needs)) - 1]
+            level += 1
+        out.append((level, xp))
+    return out
+
+
+@pytest.mark.parametrize("sign", [1, -1], ids=["cap", "floor"])
+def test_xp_of_huge_rolls_is_capped_and_floored_and_never_wraps(sign):
+    # A modifier of +-2**29 makes m ~ +-2**29: 10 m would wrap int32. Counted as +-2**25,
+    # each update gains (or loses) 335,544,320 XP; the XP never goes below -2**30.
+    big = 2**29
+    seq = optax_dice.roll_sequence(0, 60, modifier=sign * big, threshold=-big, experience=True)
+    totals = np.asarray(seq.total).tolist()
+    want = _xp_reference(totals, -big)
+    got = list(zip(np.asarray(seq.level).tolist(), np.asarray(seq.xp).tolist(), strict=True))
+    assert got == want
+    if sign > 0:
+        assert got[-1][0] > 20  # levelled up through the capped needs
+    else:
+        assert got[-1] == (1, -(2**30))  # floored, and no wrap into a level-up
+
+
+def test_a_zero_loss_after_a_negative_one_heals_without_dividing_by_zero():
+    # The scaled loss can be negative (a negative value, or a failed roll). A zero loss is
+    # then above 1.5 x the last, so Healing Word fires: the step keeps its dice scale (there
+    # is no loss to scale to 1.1 x the last), and the loss becomes 1.1 x the last.
+    seed = next(
+        s for s in range(100) if (np.asarray(optax_dice.roll_sequence(s, 2).natural) > 1).all()
+    )
+    seq = optax_dice.roll_sequence(seed, 2, character="cleric", threshold=-100, losses=[-1.0, 0.0])
+    scale, dice = np.asarray(seq.scale), np.asarray(seq.dice_scale)
+    assert np.asarray(seq.fired).tolist() == [0, 1]
+    assert np.isfinite(scale).all()
+    np.testing.assert_array_equal(scale, dice)
+
+
+def test_a_non_finite_loss_is_skipped_and_does_not_silence_the_cleric():
+    # roll-to-train compares the loss as scaled so far (see the game's docs). A nan or inf
+    # loss must not become the last loss: nothing compares above nan, so it would silence
+    # Healing Word for good.
+    seed = next(
+        s for s in range(100) if (np.asarray(optax_dice.roll_sequence(s, 4).natural) > 1).all()
+    )
+    tx = optax_dice.dice_roll(seed, character="cleric", threshold=-100)
+    update = jax.jit(tx.update)
+    state = tx.init(0.0)
+    _, state = update(1.0, state, value=1.0)
+    first = float(state.last_loss)
+    assert first > 0
+    for bad in (np.nan, np.inf, -np.inf):
+        _, state = update(1.0, state, value=bad)
+        assert float(state.last_loss) == first, bad
+        assert int(state.fired) & 1 == 0
+    _, state = update(1.0, state, value=100.0)
+    assert int(state.fired) & 1 == 1  # a real spike is still healed
+    assert int(state.charges[0]) == 2

@@ -111,3 +111,65 @@ def test_training_config_passes_normalize_and_refuses_a_losing_ruleset():
     assert TrainConfig().dice_kwargs["normalize"] is False
     with pytest.raises(ConfigError, match=r"--normalize: .*ruleset's is -0.2555"):
         TrainConfig(normalize=True, threshold=15, modifier=0, disadvantage=True)
+
+
+def _exact_mean(sides, threshold, modifier, advantage=False, disadvantage=False, rule="st"):
+    """E[scale] in exact fractions, from the rule table (no library code)."""
+    from fractions import Fraction
+
+    total = Fraction(0)
+    for a in range(1, sides + 1):
+        for b in range(1, sides + 1) if (advantage or disadvantage) else [None]:
+            natural = a if b is None else (max(a, b) if advantage else min(a, b))
+            weight = Fraction(1, sides) if b is None else Fraction(1, sides * sides)
+            m = natural + modifier
+            if rule == "original":
+                scale = (
+                    Fraction(-1) if m == 1
+                    else Fraction(1) if m == sides
+                    else Fraction(m - threshold, 100) if m >= threshold
+                    else Fraction(0)
+                )  # fmt: skip
+            elif natural == 1:
+                scale = Fraction(0)
+            elif natural == sides:
+                scale = Fraction(1)
+            elif m >= threshold:
+                scale = Fraction(min(m, sides), sides)
+            else:
+                scale = max(-Fraction(threshold - m, sides), Fraction(-1))
+            total += weight * scale
+    return total
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "mean"),
+    [
+        (dict(threshold=15), 0.035),
+        (dict(threshold=15, advantage=True), 0.3255),
+        (dict(threshold=12, modifier=2), 0.37),
+        (dict(threshold=12, modifier=2, rule="original"), 0.0735),
+        (dict(dice="d6", threshold=4, modifier=1), None),
+        (dict(dice="d12", threshold=6, disadvantage=True, modifier=3), None),
+    ],
+    ids=str,
+)  # fmt: skip
+def test_normalize_divides_by_each_rulesets_own_mean(kwargs, mean):
+    # A normalize that divided by one hard-coded E[scale] (say 0.37) passes one ruleset only.
+    sides = int(kwargs.get("dice", "d20")[1:])
+    exact = _exact_mean(
+        sides,
+        kwargs["threshold"],
+        kwargs.get("modifier", 0),
+        kwargs.get("advantage", False),
+        kwargs.get("disadvantage", False),
+        kwargs.get("rule", "st"),
+    )
+    if mean is not None:
+        assert float(exact) == pytest.approx(mean, abs=1e-12)  # DESIGN.md's exact odds
+    raw = optax_dice.roll_sequence(3, 200, **kwargs)
+    fair = optax_dice.roll_sequence(3, 200, **kwargs, normalize=True)
+    # 1 / E[scale] is taken over the float32 scales, so it may be an ulp or two off 1 / exact.
+    np.testing.assert_allclose(fair.scale, np.asarray(raw.scale) / float(exact), rtol=1e-6)
+    assert optax_dice.odds(**kwargs, normalize=True).expected_scale == pytest.approx(1, abs=1e-6)
+    assert optax_dice.Ruleset(**kwargs).expected_scale == pytest.approx(float(exact), abs=1e-7)

@@ -179,3 +179,43 @@ def test_the_readme_ruleset_table_is_what_odds_computes():
                 kwargs[name] = True
         got = optax_dice.odds(**kwargs)
         assert (f"{got.expected_scale:+.4f}", f"{got.std_scale:.4f}") == (mean, std), label
+
+
+def test_an_estimate_seeded_beyond_32_bits_does_not_wrap_onto_seed_0():
+    # An int32 array of seeds wrapped 2**32 to 0: the estimate was seed 0's, labelled 2**32.
+    kwargs = {"character": "wizard", "threshold": 12, "steps": 50, "runs": 2}
+    low = optax_dice.odds(seed=0, **kwargs)
+    high = optax_dice.odds(seed=2**32, **kwargs)
+    assert high.expected_scale != low.expected_scale
+    means = [
+        np.asarray(optax_dice.roll_sequence(s, 50, character="wizard", threshold=12).scale)
+        .astype(np.float64)
+        .mean()
+        for s in (2**32, 2**32 + 1)
+    ]
+    assert high.expected_scale == pytest.approx(np.mean(means), rel=1e-6)
+    assert "seeds 4294967296..4294967297" in str(high)
+    top = optax_dice.odds(seed=2**63 - 2, **kwargs)  # the last two int64 seeds
+    assert top.expected_scale not in (low.expected_scale, high.expected_scale)
+    with pytest.raises(ValueError, match="out of range"):
+        optax_dice.odds(seed=2**63 - 1, **kwargs)  # its second run's seed is past int64
+
+
+def test_odds_and_the_game_read_the_same_ability_table(monkeypatch):
+    # The Rogue's rule is written once, in game.CLASSES: change it there and both the exact
+    # odds and the game itself change with it.
+    from optax_dice import game
+
+    exact = optax_dice.odds(threshold=12, modifier=2, character="rogue")
+    assert exact.expected_scale == pytest.approx(0.462, abs=1e-6)
+    sneak = game.Ability("Sneak Attack", lambda t: t.m >= 10, 2.0)
+    monkeypatch.setitem(game.CLASSES, "rogue", (sneak,))
+    changed = optax_dice.odds(threshold=12, modifier=2, character="rogue")
+    plain = optax_dice.odds(threshold=12, modifier=2)
+    want = np.where(plain.faces + 2 >= 10, 2.0, 1.0) * plain.scales
+    np.testing.assert_array_equal(changed.scales, want)
+    seq = optax_dice.roll_sequence(0, 50, character="rogue", threshold=12, modifier=2)
+    doubled = np.asarray(seq.total) >= 10
+    np.testing.assert_array_equal(
+        np.asarray(seq.scale), np.where(doubled, 2 * np.asarray(seq.dice_scale), seq.dice_scale)
+    )

@@ -395,8 +395,10 @@ def test_ability_modifier():
 
 
 def test_roll_sequence_bad_n():
-    with pytest.raises(ValueError, match="n must be an int >= 0"):
+    with pytest.raises(ValueError, match="n must be an int from 0 to 2,147,483,647"):
         optax_dice.roll_sequence(0, -1)
+    with pytest.raises(ValueError, match=r"n must be an int from 0 to .*got 1099511627776"):
+        optax_dice.roll_sequence(0, 2**40)
     assert optax_dice.roll_sequence(0, 0).natural.shape == (0,)
 
 
@@ -426,10 +428,27 @@ def test_extreme_values_within_range_are_exact():
     assert optax_dice.odds(modifier=big, threshold=15).expected_scale == pytest.approx(0.95)
     # faces 2-19 capped at -1, a natural 20 still +1: (-18 + 1) / 20
     assert optax_dice.odds(modifier=-big, threshold=15).expected_scale == pytest.approx(-0.85)
-    for seed in (-(2**63), -1, 2**63 - 1):
+    # Seeds within 32 bits are jax.random.key's; wider ones keep all 64 bits (the key that
+    # jax.random.key gives with 64-bit mode on), so none wraps onto another seed.
+    for seed in (-(2**31), -1, 0, 2**32 - 1):
         got = optax_dice.roll_sequence(seed, 3).natural
         want = optax_dice.roll_sequence(jax.random.key(seed), 3).natural
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    for seed, data in (
+        (-(2**63), [2**31, 0]),
+        (2**63 - 1, [2**31 - 1, 2**32 - 1]),
+        (2**32, [1, 0]),
+        (-(2**31) - 1, [2**32 - 1, 2**31 - 1]),
+    ):
+        got = optax_dice.roll_sequence(seed, 3).natural
+        key = jax.random.wrap_key_data(np.array(data, np.uint32))
+        want = optax_dice.roll_sequence(key, 3).natural
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    naturals = {
+        tuple(np.asarray(optax_dice.roll_sequence(s, 8).natural).tolist())
+        for s in (0, 2**32, 2**33, 2**63 - 1, -1, -(2**63))
+    }
+    assert len(naturals) == 6
     assert int(optax_dice.dice_roll(dice=big).init(()).count) == 0
 
 
@@ -517,3 +536,29 @@ def test_consecutive_rolls_are_independent():
     result = stats.chisquare(pairs.ravel(), np.full(400, (n - 1) / 400))
     assert result.pvalue > 1e-3, result
     assert (natural[:-1] == natural[1:]).mean() == pytest.approx(1 / 20, abs=0.004)
+
+
+@pytest.mark.parametrize("value", [2.0, np.float32(2.0), np.float64(0.5)])
+def test_updates_may_be_python_or_numpy_scalars_as_in_optax(value):
+    tx = optax_dice.dice_roll(0, threshold=12)
+    state = tx.init(value)
+    updates, state = tx.update(value, state)
+    assert np.asarray(updates) == np.float32(value) * np.asarray(state.scale)
+    jitted, _ = jax.jit(tx.update)(value, tx.init(value))
+    assert float(jitted) == float(updates)
+    assert float(optax.scale(0.5).update(value, None)[0]) == 0.5 * float(value)  # optax's way
+
+
+def test_an_int_scalar_update_is_refused_eager_and_jitted_alike():
+    tx = optax_dice.dice_roll(0)
+    for update in (tx.update, jax.jit(tx.update)):
+        with pytest.raises(TypeError, match="which would truncate"):
+            update(3, tx.init(3))
+
+
+def test_dice_roll_returns_one_type_whatever_its_arguments():
+    for kwargs in ({}, {"threshold": 12, "normalize": True}, {"character": "rogue"}):
+        tx = optax_dice.dice_roll(0, **kwargs)
+        assert type(tx) is optax.GradientTransformationExtraArgs, kwargs
+        state = tx.init(jnp.ones(2))
+        tx.update(jnp.ones(2), state, jnp.ones(2), value=1.0, unused_extra=3)  # extra args taken
