@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import importlib.metadata
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -486,6 +487,48 @@ def _labels(
     return train_ids, val_ids, names
 
 
+def _subsamples(
+    source: str,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    max_train_samples: int | None,
+    max_eval_samples: int | None,
+    split_seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows kept of each split (seeded subsamples); neither may be empty."""
+    train_idx = subsample(train_idx, max_train_samples, split_seed + 1)
+    val_idx = subsample(val_idx, max_eval_samples, split_seed + 2)
+    if train_idx.size == 0:
+        raise DataError(f"The training split of {source} is empty.")
+    if val_idx.size == 0:
+        raise DataError(f"The validation split of {source} is empty.")
+    return train_idx, val_idx
+
+
+def _encode(
+    ds: Any,
+    ids: np.ndarray,
+    idx: np.ndarray,
+    perturb: Perturbation | None = None,
+    *,
+    tokenizer: Callable[..., Any],
+    text_column: str,
+    text_pair_column: str | None,
+    max_length: int,
+) -> dict[str, np.ndarray]:
+    """The rows ``idx`` of a split, tokenised (perturbed first, if asked), with their labels."""
+    arrays = tokenize(
+        ds.select(idx),
+        tokenizer,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        max_length=max_length,
+        perturbation=perturb,
+    )
+    arrays["labels"] = ids[idx].astype(np.int32)
+    return arrays
+
+
 def load_classification_data(
     dataset: str,
     tokenizer: Callable[..., Any],
@@ -525,8 +568,7 @@ def load_classification_data(
       The tokenised :class:`ClassificationData`.
 
     Raises:
-      DataError: for an unknown dataset, a missing column, an empty split, labels in
-        validation unseen in train, and the like.
+      DataError: for an unknown dataset, a missing column, an empty split, unseen labels, ...
     """
     train, validation, source = load_raw(dataset, dataset_config=dataset_config, encoding=encoding)
     text_column, label_column = _columns(
@@ -542,27 +584,13 @@ def load_classification_data(
     else:
         train_idx, val_idx = np.arange(len(train)), np.arange(len(validation))
         validation_from = "dataset"
-    train_idx = subsample(train_idx, max_train_samples, split_seed + 1)
-    val_idx = subsample(val_idx, max_eval_samples, split_seed + 2)
-    if train_idx.size == 0:
-        raise DataError(f"The training split of {source} is empty.")
-    if val_idx.size == 0:
-        raise DataError(f"The validation split of {source} is empty.")
-
-    def encode(
-        ds: Any, ids: np.ndarray, idx: np.ndarray, perturb: Perturbation | None = None
-    ) -> dict[str, np.ndarray]:
-        arrays = tokenize(
-            ds.select(idx),
-            tokenizer,
-            text_column=text_column,
-            text_pair_column=text_pair_column,
-            max_length=max_length,
-            perturbation=perturb,
-        )
-        arrays["labels"] = ids[idx].astype(np.int32)
-        return arrays
-
+    train_idx, val_idx = _subsamples(
+        source, train_idx, val_idx, max_train_samples, max_eval_samples, split_seed
+    )
+    encode = functools.partial(
+        _encode, tokenizer=tokenizer, text_column=text_column,
+        text_pair_column=text_pair_column, max_length=max_length,
+    )  # fmt: skip
     splits = [encode(train, train_ids, train_idx), encode(validation, val_ids, val_idx)]
     seq_len = trim_padding(splits)
     perturbed = None

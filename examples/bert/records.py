@@ -464,6 +464,15 @@ def read_summary(workdir: str | os.PathLike) -> Summary | None:
         return None
 
 
+def read_status(workdir: str | os.PathLike) -> str | None:
+    """The ``status`` of a run folder's ``summary.json`` (None without a readable one)."""
+    try:
+        status = read_json(summary_path(workdir)).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
 def write_summary(workdir: str | os.PathLike, summary: Summary) -> None:
     """Writes ``summary.json`` (atomically)."""
     write_json(summary_path(workdir), summary.to_json())

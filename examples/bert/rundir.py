@@ -83,9 +83,9 @@ def run_status(workdir: str | os.PathLike) -> RunStatus:
       >>> run_status("/no/such/folder")
       'missing'
     """
-    summary = records.read_summary(workdir)
-    if summary is not None and summary.status in records.FINAL_STATUSES:
-        return summary.status  # type: ignore[return-value]
+    status = records.read_status(workdir)
+    if status in records.FINAL_STATUSES:
+        return status  # type: ignore[return-value]
     if os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
         return "unfinished"
     return "missing"
