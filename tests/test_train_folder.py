@@ -516,3 +516,17 @@ def test_tensorboard_event_files_hold_the_logged_scalars(assets, tmp_path):
                                [r.accuracy for r in evals], rtol=1e-6)  # fmt: skip
     assert (out / "metrics.jsonl").exists()
     assert not (tmp_path / "plain" / "tensorboard").exists()
+
+
+def test_tensorboard_without_tensorboardx_is_refused_before_anything(assets, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def missing(name, *args, **kwargs):
+        return None if name == "tensorboardX" else find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", missing)
+    with pytest.raises(train.UsageError, match="pip install tensorboardX"):
+        train.train_and_evaluate(tiny(assets, tensorboard=True), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import sys
 import time
@@ -457,6 +458,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> Summary:
             f"continue it with --resume {workdir}, or choose another folder."
         )
     resume = status == "unfinished" and rundir.has_checkpoint(workdir)
+    if config.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise UsageError(
+            "--tensorboard writes through tensorboardX, which is not installed: "
+            "pip install tensorboardX (the examples extra has it)."
+        )
     quiet_libraries(config)
     created = not os.path.isdir(workdir)
     # An unfinished run without a checkpoint (killed before its first save) starts over.
