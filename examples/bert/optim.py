@@ -21,7 +21,6 @@ import numpy as np
 import optax
 
 import optax_dice
-from examples.bert import dice_shim
 
 if TYPE_CHECKING:
     from examples.bert.train_config import TrainConfig
@@ -46,8 +45,7 @@ def natural_face_probs(config: TrainConfig) -> np.ndarray | None:
     """
     if not config.uses_dice:
         return None
-    sides = dice_shim.parse_dice(config.dice_kwargs["dice"])
-    return dice_shim.natural_probs(sides, config.advantage, config.disadvantage)
+    return optax_dice.Ruleset(**config.dice_kwargs).natural_probs()
 
 
 def rolls_per_update(config: TrainConfig) -> bool:

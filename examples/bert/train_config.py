@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import optax_dice
-from examples.bert import dice_shim
 from optax_dice.accumulation import MODES as DICE_MODES
 from optax_dice.game import CHARACTERS
 from optax_dice.rules import RULES
@@ -355,7 +354,7 @@ class TrainConfig:
     def _dice_problems(self) -> list[str]:
         """The problems of the die, the ruleset and the game (numpy only)."""
         try:
-            dice_shim.parse_dice(self.dice_kwargs["dice"])
+            optax_dice.parse_dice(self.dice_kwargs["dice"])
         except (TypeError, ValueError) as err:
             return [f"--dice {self.dice!r}: {err}"]
         chance_is_finite = self.encounter_chance is None or math.isfinite(self.encounter_chance)
@@ -365,10 +364,7 @@ class TrainConfig:
         if game_problems or not self.uses_dice or not chance_is_finite:
             return game_problems
         try:  # what the library refuses: --normalize with the game, a losing ruleset, ...
-            if self.uses_game:
-                optax_dice.dice_roll(**self.dice_kwargs)  # builds nothing on a device
-            elif self.normalize and self.rule in RULES:
-                dice_shim.check_normalize(self.dice_kwargs)
+            optax_dice.Ruleset(**self.dice_kwargs)  # numpy only: starts no JAX backend
         except (TypeError, ValueError) as err:
             return [f"{'--normalize: ' if self.normalize else ''}{err}"]
         return []
