@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from examples.bert import rundir
+from examples.bert import experiment
 from optax_dice import game
 
 # The sweep's figures: file name -> (x label, y label, title).
@@ -235,7 +235,7 @@ def plot_sweep(rows: list[dict[str, Any]], results_dir: str) -> None:
     for arm in arms:
         curves = []
         for r in (r for r in rows if r["arm"] == arm):
-            records = rundir.read_metrics(os.path.join(r["run_dir"], rundir.METRICS_FILE))
+            records = experiment.read_metrics(r["run_dir"])
             losses = [m["loss"] for m in records if m["kind"] == "train"]
             curves.append(np.asarray(losses, dtype=np.float64))
         n = min(len(c) for c in curves)
