@@ -279,9 +279,27 @@ def train_here(settings: Mapping[str, Any], workdir: str) -> None:
 
 def load_model(workdir: str) -> tuple[Any, Any]:
     """A finished run's final model and its TrainConfig, restored from its checkpoint."""
-    from examples.bert import restore
-
+    try:
+        from examples.bert import restore
+    except ImportError:  # before examples.bert.restore: rebuild the run, then restore
+        return _reloaded_model(workdir)
     return restore.load_final_model(workdir)
+
+
+def _reloaded_model(workdir: str) -> tuple[Any, Any]:
+    from flax import nnx
+
+    from examples.bert import rundir, steps, train, train_config
+
+    config = train_config.resumed({"resume": workdir, "no_progress": True})
+    loaded = train.load(config)
+    _, _, params, model_state = steps.split_model(loaded.model)
+    like = steps.init_train_state(params, model_state, loaded.tx, loaded.mesh)
+    ckpt = rundir.Checkpointer(workdir, max_to_keep=None)
+    state, _ = ckpt.restore(ckpt.latest_step(), like)
+    ckpt.close()
+    nnx.update(loaded.model, state.params, state.model_state)
+    return loaded.model, config
 
 
 # ------------------------------------------------------------------------------ the loop
