@@ -543,7 +543,7 @@ def seeds_needed(sd: float, delta: float = 0.02, power: float = 0.8, most: int =
 
     Example:
       >>> seeds_needed(0.01), seeds_needed(0.02), seeds_needed(0.04)
-      (4, 10, 34)
+      (5, 10, 34)
     """
     from scipy import stats
 

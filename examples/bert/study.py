@@ -406,7 +406,7 @@ def flat_sigma(rows: Sequence[Row], sigmas: Sequence[float]) -> float:
     flat = 0.0
     for sigma in sigmas:
         change = finite(r.get(f"weight_noise_change_{sigma:g}") for r in rows)
-        if not change.size or change.mean() < -FLAT_LOSS:
+        if not change.size or change.mean() < -FLAT_LOSS - 1e-9:  # -5% itself is flat
             break
         flat = sigma
     return flat
