@@ -37,6 +37,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -336,21 +337,38 @@ def pending(jobs: Sequence[Job], *, skip: Callable[[Job], bool] = lambda job: Fa
     return todo
 
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How far :func:`run_jobs` may go: start no run after ``deadline`` (a
+    ``time.monotonic()`` value), stop a subprocess run after ``timeout`` seconds (it saves a
+    checkpoint and resumes on the next call), and with ``keep_going`` report a failed run
+    and go on instead of stopping."""
+
+    deadline: float | None = None
+    timeout: float | None = None
+    keep_going: bool = False
+
+
 def run_jobs(
     jobs: Sequence[Job],
     *,
     at_once: int = 1,
     skip: Callable[[Job], bool] = lambda job: False,
     say: Callable[[str], None] = print,
-    train: Callable[[Mapping[str, Any], str], None] | None = None,
-) -> None:
+    limits: Limits = Limits(),
+) -> dict[str, str]:
     """Trains every job still to train (see :func:`pending`), one after another in this
     process, or ``at_once`` at a time in subprocesses (each logging to ``<workdir>.log``).
+
+    Returns:
+      Each trained job's workdir -> ``"done"``, ``"failed"``, ``"stopped at its time
+      limit"`` or ``"not started (deadline)"``.
 
     Raises:
       Interrupted: Ctrl-C stopped a run (it resumes on the next call); nothing else is
         started.
-      SystemExit: a run failed, or a finished run was made with other settings.
+      SystemExit: a run failed (unless ``limits.keep_going``), or a finished run was made
+        with other settings.
     """
     todo = pending(jobs, skip=skip)
     if len(todo) < len(jobs):
@@ -358,14 +376,31 @@ def run_jobs(
     for i, job in enumerate(todo, 1):
         how = "resumes" if run_status(job.workdir) == "unfinished" else "starts"
         say(f"[{i}/{len(todo)}] {job.arm}, seed {job.seed} {how}: {job.command()}")
-    if at_once == 1:
-        for job in todo:
-            try:
-                (train or train_here)(job.settings, job.workdir)
-            except ValueError as err:  # bad settings, or train.UsageError
-                raise SystemExit(f"{job.workdir}: {err}") from err
-    elif todo:
-        _run_in_subprocesses(todo, at_once, say)
+    if at_once > 1 and todo:
+        outcomes = _run_in_subprocesses(todo, at_once, say, limits)
+    else:
+        outcomes = {job.workdir: _run_here(job, limits) for job in todo}
+    failed = [w + ".log" if at_once > 1 else w for w, o in outcomes.items() if o == "failed"]
+    if failed and not limits.keep_going:
+        raise SystemExit(f"{len(failed)} run(s) failed; see their logs: {', '.join(failed)}")
+    return outcomes
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _run_here(job: Job, limits: Limits) -> str:
+    if _past(limits.deadline):
+        return "not started (deadline)"
+    try:
+        train_here(job.settings, job.workdir)
+    except ValueError as err:  # bad settings, or train.UsageError
+        if not limits.keep_going:
+            raise SystemExit(f"{job.workdir}: {err}") from err
+        print(f"{job.workdir}: {err}", file=sys.stderr)
+        return "failed"
+    return "done"
 
 
 def _child_env() -> dict[str, str]:
@@ -375,11 +410,15 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _run_in_subprocesses(todo: Sequence[Job], at_once: int, say: Callable[[str], None]) -> None:
+def _run_in_subprocesses(
+    todo: Sequence[Job], at_once: int, say: Callable[[str], None], limits: Limits
+) -> dict[str, str]:
     """Each job in ``python -m examples.bert.experiment``, ``at_once`` at a time."""
     procs: dict[str, subprocess.Popen] = {}
 
-    def one(job: Job) -> int:
+    def one(job: Job) -> str:
+        if _past(limits.deadline):
+            return "not started (deadline)"
         os.makedirs(os.path.dirname(job.workdir) or ".", exist_ok=True)
         argv = [sys.executable, "-m", "examples.bert.experiment", job.workdir,
                 json.dumps(dict(job.settings))]  # fmt: skip
@@ -387,16 +426,23 @@ def _run_in_subprocesses(todo: Sequence[Job], at_once: int, say: Callable[[str],
             procs[job.workdir] = proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT
             )
-            rc = proc.wait()
-        say(f"{job.arm}, seed {job.seed}: exit {rc}")
-        return rc
+            try:
+                rc = proc.wait(timeout=limits.timeout)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)  # it saves a checkpoint, then exits
+                proc.wait()
+                rc = None
+        outcome = {0: "done", None: "stopped at its time limit"}.get(rc, "failed")
+        outcome = "interrupted" if rc == INTERRUPTED_EXIT else outcome
+        say(f"{job.arm}, seed {job.seed}: {outcome} (exit {rc})")
+        return outcome
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=at_once)
-    futures = [pool.submit(one, job) for job in todo]
+    futures = {job.workdir: pool.submit(one, job) for job in todo}
     try:
-        codes = [f.result() for f in futures]
+        outcomes = {w: f.result() for w, f in futures.items()}
     except KeyboardInterrupt:
-        for f in futures:
+        for f in futures.values():
             f.cancel()
         for proc in list(procs.values()):
             if proc.poll() is None:
@@ -404,12 +450,10 @@ def _run_in_subprocesses(todo: Sequence[Job], at_once: int, say: Callable[[str],
         pool.shutdown(wait=True)
         raise Interrupted("the runs in progress") from None
     pool.shutdown()
-    if INTERRUPTED_EXIT in codes:
-        stopped = [job.workdir for job, rc in zip(todo, codes, strict=True) if rc == 130]
+    stopped = [w for w, o in outcomes.items() if o == "interrupted"]
+    if stopped:
         raise Interrupted(", ".join(stopped))
-    failed = [job.workdir + ".log" for job, rc in zip(todo, codes, strict=True) if rc != 0]
-    if failed:
-        raise SystemExit(f"{len(failed)} run(s) failed; see their logs: {', '.join(failed)}")
+    return outcomes
 
 
 def interrupted_exit(err: KeyboardInterrupt) -> NoReturn:
