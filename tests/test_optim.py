@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import optax_dice
-from examples.bert import optim
+from examples.bert import optim, parallel, steps
 from examples.bert.train_config import TrainConfig
 
 PARAMS = {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([0.25, -0.5])}
@@ -113,13 +114,69 @@ def test_before_per_mini_batch_with_accumulation_scales_each_micro_batch():
             np.testing.assert_allclose(before[i][name], plain[i][name], rtol=1e-5)
 
 
-def test_rolls_at():
-    # By micro-steps done (from 1): a roll per update rolls on the update's last micro-step.
-    spec = _spec(mode="per_accumulation_step", accumulation_steps=3)
-    assert [optim.rolls_at(spec, n) for n in range(1, 7)] == [False, False, True] * 2
-    every = _spec(mode="per_mini_batch", accumulation_steps=3)
-    assert all(optim.rolls_at(every, n) for n in range(1, 7))
-    assert not any(optim.rolls_at(_spec(mode="off"), n) for n in range(1, 7))
+class _Toy(nnx.Module):
+    """A classifier small enough to compile in a blink, with BERT's call signature."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.embed = nnx.Embed(16, 4, rngs=rngs)
+        self.out = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids):
+        return self.out(self.embed(input_ids).mean(1))
+
+
+def _rolled(spec: TrainConfig, n: int = 6) -> list[bool]:
+    """The ``rolled`` metric of ``n`` micro-steps of the real train step."""
+    tx, schedule = _build(spec)
+    mesh = parallel.make_mesh()
+    graphdef, _, params, rest = steps.split_model(_Toy(nnx.Rngs(0)))
+    state = steps.init_train_state(params, rest, tx, mesh)
+    step = steps.make_train_step(
+        graphdef, tx, schedule, spec.accumulation_steps, mesh, uses_dice=spec.uses_dice,
+        rolls_per_update=optim.rolls_per_update(spec),
+    )  # fmt: skip
+    batch = {
+        "input_ids": jnp.arange(16, dtype=jnp.int32).reshape(2, 8) % 16,
+        "attention_mask": jnp.ones((2, 8), jnp.int32),
+        "token_type_ids": jnp.zeros((2, 8), jnp.int32),
+        "labels": jnp.array([0, 1], jnp.int32),
+    }
+    out = []
+    for _ in range(n):
+        state, metrics = step(state, batch)
+        out.append(bool(metrics["rolled"]))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "want"),
+    [
+        # A roll per update is reported on the update's last micro-step ...
+        ({"mode": "per_accumulation_step", "accumulation_steps": 3}, [False, False, True] * 2),
+        (
+            {"mode": "per_accumulation_step", "accumulation_steps": 3, "dice_position": "after"},
+            [False, False, True] * 2,
+        ),
+        # ... a roll per micro-batch on every one, and no dice roll nothing.
+        ({"mode": "per_mini_batch", "accumulation_steps": 3}, [True] * 6),
+        ({"mode": "per_mini_batch", "accumulation_steps": 1, "dice_position": "after"}, [True] * 6),
+        ({"mode": "off", "accumulation_steps": 3}, [False] * 6),
+    ],
+)
+def test_the_step_says_on_the_device_which_micro_steps_rolled(overrides, want):
+    assert _rolled(_spec(**overrides)) == want
+
+
+def test_rolled_follows_the_dice_count():
+    # A roll per micro-batch: rolled is whether the dice state's count advanced.
+    tx = optax_dice.dice_roll(0)
+    before = tx.init(PARAMS)
+    _, after = tx.update(PARAMS, before, PARAMS)
+    assert bool(steps.dice_metrics(after, before)["rolled"])
+    assert not bool(steps.dice_metrics(after, after)["rolled"])
+    assert not bool(steps.dice_metrics(None)["rolled"])
+    assert bool(steps.dice_metrics(after, before, applied=jnp.array(True))["rolled"])
+    assert not bool(steps.dice_metrics(after, before, applied=jnp.array(False))["rolled"])
 
 
 def test_bad_specs_are_refused():

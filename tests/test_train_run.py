@@ -1,7 +1,7 @@
 """End-to-end tests of examples/bert/train.py on a tiny BERT and a small synthetic dataset.
 
-Every run goes through ``train.main`` (the command line) or ``train.run``; the tiny model
-makes each take seconds on a 2-core CPU.
+Every run goes through ``train.main`` (the command line) or ``train.train_and_evaluate``; the
+tiny model makes each take seconds on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -305,20 +305,23 @@ def test_game_summary_counts_hand_built_records():
     """Abilities by name; an encounter is a monster appearing (encounter_step 1), so the same
     monster met again right after it retreated counts twice; the final level and XP are the
     last roll's; records that did not roll are not counted."""
-    from examples.bert import plots, rundir
+    import dataclasses
+
+    from examples.bert import plots, records
     from examples.bert.train_config import TrainConfig
 
     def roll(step, monster, encounter_step, level, xp, fired, rolled=True):
-        return {
-            "kind": "train", "micro_step": step, "rolled": rolled, "monster": monster,
-            "encounter_step": encounter_step, "level": level, "xp": xp, "abilities_fired": fired,
-        }  # fmt: skip
+        return records.TrainRecord(
+            micro_step=step, step=step, loss=0.5, grad_norm=1.0, lr=1e-3, applied=True,
+            rolled=rolled, monster=monster, encounter_step=encounter_step, level=level, xp=xp,
+            abilities_fired=tuple(fired),
+        )  # fmt: skip
 
-    records = [
+    run_records = [
         roll(1, -1, 0, 1, 0, []),
         roll(2, 2, 1, 1, 150, ["Rage"]),
         roll(3, 2, 2, 1, 450, ["Rage", "Reckless Attack"]),
-        {"kind": "eval", "micro_step": 3, "accuracy": 0.5},
+        records.EvalRecord(3, 3, 0.7, 0.5, 0.4, 24, 0.1),
         roll(4, 2, 3, 1, 750, []),
         roll(5, 2, 1, 2, 50, ["Reckless Attack"]),  # the Wraith again, at once
         roll(6, 2, 2, 2, 60, ["Reckless Attack"], rolled=False),  # not a roll: not counted
@@ -327,7 +330,7 @@ def test_game_summary_counts_hand_built_records():
         roll(9, 1, 1, 2, 200, ["Rage"]),  # a new monster after one step of the Ooze
     ]
     config = TrainConfig(character="barbarian", encounter_chance=0.5, experience=True)
-    assert rundir.game_summary(config, records) == {
+    assert dataclasses.asdict(records.game_summary(config, run_records)) == {
         "character": "barbarian",
         "encounter_chance": 0.5,
         "experience": True,
@@ -337,27 +340,34 @@ def test_game_summary_counts_hand_built_records():
         "final_level": 2,
         "final_xp": 200,
     }
-    rolls = [r for r in records if r["kind"] == "train" and r["rolled"]]
+    rolls = records.rolls(run_records)
     assert plots.encounter_spans(rolls) == [(2, 2, 4), (2, 5, 5), (0, 8, 8), (1, 9, 9)]
     # No roll yet: level 1, 0 XP, nothing counted.
-    empty = rundir.game_summary(TrainConfig(experience=True), [])
-    assert (empty["final_level"], empty["final_xp"], empty["abilities_fired"]) == (1, 0, {})
-    assert set(empty["encounters"].values()) == {0}
+    empty = records.game_summary(TrainConfig(experience=True), [])
+    assert (empty.final_level, empty.final_xp, empty.abilities_fired) == (1, 0, {})
+    assert set(empty.encounters.values()) == {0}
 
 
 def test_the_progress_bar_shows_the_level_and_the_monster():
+    import dataclasses
+
+    from examples.bert import records
+    from examples.bert.run_loop import TrainLog
     from examples.bert.train_config import TrainConfig
 
-    record = {"loss": 0.5, "lr": 1e-3, "rolled": True, "natural": 17, "total": 19, "scale": 1.2,
-              "level": 3, "monster": 1}  # fmt: skip
+    record = records.TrainRecord(
+        micro_step=1, step=1, loss=0.5, grad_norm=1.0, lr=1e-3, applied=True, rolled=True,
+        natural=17, total=19, scale=1.2, level=3, monster=1,
+    )  # fmt: skip
     log = SimpleNamespace(window_steps=0, t_window=0.0)
     log.config = TrainConfig(encounter_chance=0.5, experience=True)
-    postfix = train.TrainLog._postfix(log, [record], 1.0)
+    postfix = TrainLog._postfix(log, [record], 1.0)
     assert postfix["lvl"] == "3" and postfix["monster"] == "Loss Dragon"
-    postfix = train.TrainLog._postfix(log, [{**record, "monster": -1}], 1.0)
+    assert postfix["roll"] == "17+2=19" and postfix["scale"] == "+1.20"
+    postfix = TrainLog._postfix(log, [dataclasses.replace(record, monster=-1)], 1.0)
     assert postfix["monster"] == "-"
     log.config = TrainConfig(character="rogue")
-    assert {"lvl", "monster"}.isdisjoint(train.TrainLog._postfix(log, [record], 1.0))
+    assert {"lvl", "monster"}.isdisjoint(TrainLog._postfix(log, [record], 1.0))
 
 
 GAME_RUNS = {

@@ -10,7 +10,9 @@ checkpoint's step is its data position.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import functools
 import importlib.metadata
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -103,6 +105,49 @@ def _looks_like_file(name: str) -> bool:
     return ext.lower() in LOCAL_FORMATS or name.startswith((os.sep, ".", "~"))
 
 
+def _load_file(path: str, ext: str, encoding: str) -> Any:
+    """A local file's rows as a ``datasets.Dataset``; a bad ``--encoding`` or text that is not
+    in it is a :class:`DataError` that names the cause."""
+    import datasets
+
+    builder = LOCAL_FORMATS[ext]
+    kwargs: dict[str, Any] = {}
+    if builder == "csv":
+        try:
+            codecs.lookup(encoding)
+        except LookupError as err:
+            raise DataError(
+                f"--encoding {encoding!r} is not a text encoding Python knows: use e.g. utf-8 "
+                "or latin-1."
+            ) from err
+        kwargs["encoding"] = encoding
+        if ext == ".tsv":
+            kwargs["sep"] = "\t"
+    try:
+        return datasets.load_dataset(builder, data_files=path, split="train", **kwargs)
+    except Exception as err:
+        if "corresponds to no data" in str(err):  # datasets' words for no rows at all
+            raise DataError(f"The dataset file {path!r} is empty.") from err
+        cause = _cause(err, UnicodeDecodeError)
+        if cause is not None:
+            raise DataError(
+                f"Could not read dataset file {path!r} as {encoding}: {cause}. Give its "
+                "encoding with --encoding (latin-1 reads any bytes: try --encoding latin-1)."
+            ) from err
+        raise DataError(f"Could not read dataset file {path!r}: {err}") from err
+
+
+def _cause(err: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first error of ``kind`` in ``err``'s chain of causes, or None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def load_raw(
     dataset: str,
     *,
@@ -144,19 +189,7 @@ def load_raw(
             )
         if os.path.getsize(dataset) == 0:
             raise DataError(f"The dataset file {dataset!r} is empty (0 bytes).")
-        builder = LOCAL_FORMATS[ext]
-        kwargs: dict[str, Any] = {}
-        if builder == "csv":
-            kwargs["encoding"] = encoding
-            if ext == ".tsv":
-                kwargs["sep"] = "\t"
-        try:
-            train = datasets.load_dataset(builder, data_files=dataset, split="train", **kwargs)
-        except Exception as err:
-            if "corresponds to no data" in str(err):  # datasets' words for no rows at all
-                raise DataError(f"The dataset file {dataset!r} is empty.") from err
-            raise DataError(f"Could not read dataset file {dataset!r}: {err}") from err
-        return train, None, os.path.abspath(dataset)
+        return _load_file(dataset, ext, encoding), None, os.path.abspath(dataset)
 
     try:
         splits = datasets.load_dataset(dataset, dataset_config)
@@ -410,6 +443,92 @@ def trim_padding(splits: Sequence[dict[str, np.ndarray]], multiple: int = 8) -> 
     return seq_len
 
 
+def _columns(
+    train: Any,
+    validation: Any | None,
+    source: str,
+    text_column: str | None,
+    label_column: str | None,
+    text_pair_column: str | None,
+) -> tuple[str, str]:
+    """The text and label columns to use, checked in both splits (see :func:`pick_column`)."""
+    columns = train.column_names
+    text_column = pick_column(columns, text_column, TEXT_COLUMNS, "text")
+    label_column = pick_column(columns, label_column, LABEL_COLUMNS, "label")
+    if text_pair_column is not None:
+        pick_column(columns, text_pair_column, (), "text-pair")
+    if validation is not None:
+        for col in (text_column, label_column, text_pair_column):
+            if col is not None and col not in validation.column_names:
+                raise DataError(f"The validation split has no column {col!r}.")
+    if len(train) == 0:
+        raise DataError(f"The dataset {source} is empty.")
+    return text_column, label_column
+
+
+def _labels(
+    train: Any, validation: Any | None, source: str, label_column: str
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """The splits' label ids and the class names (see :func:`label_ids`); at least two."""
+    import datasets
+
+    feature = train.features.get(label_column)
+    class_names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    train_ids, val_ids, names = label_ids(
+        train[label_column],
+        None if validation is None else validation[label_column],
+        class_names,
+    )
+    if len(names) < 2:
+        raise DataError(
+            f"The labels of {source} (column {label_column!r}) hold a single class, "
+            f"{names}: a classifier needs at least two. Check --label-column, or the data."
+        )
+    return train_ids, val_ids, names
+
+
+def _subsamples(
+    source: str,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    max_train_samples: int | None,
+    max_eval_samples: int | None,
+    split_seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows kept of each split (seeded subsamples); neither may be empty."""
+    train_idx = subsample(train_idx, max_train_samples, split_seed + 1)
+    val_idx = subsample(val_idx, max_eval_samples, split_seed + 2)
+    if train_idx.size == 0:
+        raise DataError(f"The training split of {source} is empty.")
+    if val_idx.size == 0:
+        raise DataError(f"The validation split of {source} is empty.")
+    return train_idx, val_idx
+
+
+def _encode(
+    ds: Any,
+    ids: np.ndarray,
+    idx: np.ndarray,
+    perturb: Perturbation | None = None,
+    *,
+    tokenizer: Callable[..., Any],
+    text_column: str,
+    text_pair_column: str | None,
+    max_length: int,
+) -> dict[str, np.ndarray]:
+    """The rows ``idx`` of a split, tokenised (perturbed first, if asked), with their labels."""
+    arrays = tokenize(
+        ds.select(idx),
+        tokenizer,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        max_length=max_length,
+        perturbation=perturb,
+    )
+    arrays["labels"] = ids[idx].astype(np.int32)
+    return arrays
+
+
 def load_classification_data(
     dataset: str,
     tokenizer: Callable[..., Any],
@@ -449,36 +568,13 @@ def load_classification_data(
       The tokenised :class:`ClassificationData`.
 
     Raises:
-      DataError: for an unknown dataset, a missing column, an empty split, labels in
-        validation unseen in train, and the like.
+      DataError: for an unknown dataset, a missing column, an empty split, unseen labels, ...
     """
     train, validation, source = load_raw(dataset, dataset_config=dataset_config, encoding=encoding)
-    columns = train.column_names
-    text_column = pick_column(columns, text_column, TEXT_COLUMNS, "text")
-    label_column = pick_column(columns, label_column, LABEL_COLUMNS, "label")
-    if text_pair_column is not None:
-        pick_column(columns, text_pair_column, (), "text-pair")
-    if validation is not None:
-        for col in (text_column, label_column, text_pair_column):
-            if col is not None and col not in validation.column_names:
-                raise DataError(f"The validation split has no column {col!r}.")
-    if len(train) == 0:
-        raise DataError(f"The dataset {source} is empty.")
-
-    import datasets
-
-    feature = train.features.get(label_column)
-    class_names = feature.names if isinstance(feature, datasets.ClassLabel) else None
-    train_ids, val_ids, names = label_ids(
-        train[label_column],
-        None if validation is None else validation[label_column],
-        class_names,
+    text_column, label_column = _columns(
+        train, validation, source, text_column, label_column, text_pair_column
     )
-    if len(names) < 2:
-        raise DataError(
-            f"The labels of {source} (column {label_column!r}) hold a single class, "
-            f"{names}: a classifier needs at least two. Check --label-column, or the data."
-        )
+    train_ids, val_ids, names = _labels(train, validation, source, label_column)
     if validation is None:
         if len(train) < 2:
             raise DataError(f"The dataset {source} has {len(train)} example: too few to split.")
@@ -488,27 +584,13 @@ def load_classification_data(
     else:
         train_idx, val_idx = np.arange(len(train)), np.arange(len(validation))
         validation_from = "dataset"
-    train_idx = subsample(train_idx, max_train_samples, split_seed + 1)
-    val_idx = subsample(val_idx, max_eval_samples, split_seed + 2)
-    if train_idx.size == 0:
-        raise DataError(f"The training split of {source} is empty.")
-    if val_idx.size == 0:
-        raise DataError(f"The validation split of {source} is empty.")
-
-    def encode(
-        ds: Any, ids: np.ndarray, idx: np.ndarray, perturb: Perturbation | None = None
-    ) -> dict[str, np.ndarray]:
-        arrays = tokenize(
-            ds.select(idx),
-            tokenizer,
-            text_column=text_column,
-            text_pair_column=text_pair_column,
-            max_length=max_length,
-            perturbation=perturb,
-        )
-        arrays["labels"] = ids[idx].astype(np.int32)
-        return arrays
-
+    train_idx, val_idx = _subsamples(
+        source, train_idx, val_idx, max_train_samples, max_eval_samples, split_seed
+    )
+    encode = functools.partial(
+        _encode, tokenizer=tokenizer, text_column=text_column,
+        text_pair_column=text_pair_column, max_length=max_length,
+    )  # fmt: skip
     splits = [encode(train, train_ids, train_idx), encode(validation, val_ids, val_idx)]
     seq_len = trim_padding(splits)
     perturbed = None

@@ -228,79 +228,53 @@ def run_status(workdir: str) -> Status:
     """How far the run in ``workdir`` got, as the run folder says."""
     from examples.bert import rundir
 
-    if hasattr(rundir, "run_status"):
-        return rundir.run_status(workdir)
-    if not os.path.isdir(workdir) or not os.listdir(workdir):
-        return "missing"
-    summary = rundir.finished_summary(workdir)
-    return "unfinished" if summary is None else summary["status"]
+    return rundir.run_status(workdir)
 
 
 def saved_settings(workdir: str) -> dict[str, Any]:
     """The settings a run folder was made with (TrainConfig fields), empty if none saved."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        saved = json.load(f)
-    return dict(saved.get("args", saved))
+    from examples.bert import records
+
+    path = os.path.join(workdir, records.CONFIG_FILE)
+    return dict(records.read_json(path)["args"]) if os.path.isfile(path) else {}
 
 
 def read_summary(workdir: str) -> dict[str, Any]:
-    """The finished run's summary, as a dict of its fields."""
-    from examples.bert import rundir
+    """The finished run's summary, as a dict of its fields (:class:`records.Summary`)."""
+    from examples.bert import records
 
-    if hasattr(rundir, "read_summary"):
-        summary = rundir.read_summary(workdir)
-        return dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else summary
-    return rundir.read_json(os.path.join(workdir, rundir.SUMMARY_FILE))
+    summary = records.read_summary(workdir)
+    return {} if summary is None else dataclasses.asdict(summary)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """The run's metrics records, as dicts."""
-    from examples.bert import rundir
+    """The run's metrics records, as dicts of their fields (``kind`` among them)."""
+    from examples.bert import records
 
-    records = rundir.read_metrics(os.path.join(workdir, rundir.METRICS_FILE))
-    return [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r for r in records]
+    return [dataclasses.asdict(r) for r in records.read_metrics(workdir)]
 
 
 def train_here(settings: Mapping[str, Any], workdir: str) -> None:
     """Trains (or resumes) one run in this process; raises :class:`Interrupted` when Ctrl-C
     stopped it (after its checkpoint is saved)."""
-    from examples.bert import train, train_config
+    from examples.bert import train
+    from examples.bert.train_config import TrainConfig
 
-    if run_status(workdir) == "unfinished":
-        config = train_config.resumed({"resume": workdir, "no_progress": True})
-    else:
-        config = train_config.TrainConfig(**{**settings, "output_dir": workdir})
-    summary = train.train(config)
-    if summary["status"] not in FINAL:
+    config = TrainConfig(**{**settings, "output_dir": workdir})
+    try:
+        summary = train.train_and_evaluate(config, workdir)
+    except train.RunInterrupted as err:
+        raise Interrupted(workdir) from err
+    if summary.status not in FINAL:  # stopped (--stop-after): resumes on the next call
         raise Interrupted(workdir)
 
 
 def load_model(workdir: str) -> tuple[Any, Any]:
-    """A finished run's final model and its TrainConfig, restored from its checkpoint."""
-    try:
-        from examples.bert import restore
-    except ImportError:  # before examples.bert.restore: rebuild the run, then restore
-        return _reloaded_model(workdir)
+    """A finished run's final model and its TrainConfig, restored from its checkpoint and
+    config (no data set, no optimizer): :func:`examples.bert.restore.load_final_model`."""
+    from examples.bert import restore
+
     return restore.load_final_model(workdir)
-
-
-def _reloaded_model(workdir: str) -> tuple[Any, Any]:
-    from flax import nnx
-
-    from examples.bert import rundir, steps, train, train_config
-
-    config = train_config.resumed({"resume": workdir, "no_progress": True})
-    loaded = train.load(config)
-    _, _, params, model_state = steps.split_model(loaded.model)
-    like = steps.init_train_state(params, model_state, loaded.tx, loaded.mesh)
-    ckpt = rundir.Checkpointer(workdir, max_to_keep=None)
-    state, _ = ckpt.restore(ckpt.latest_step(), like)
-    ckpt.close()
-    nnx.update(loaded.model, state.params, state.model_state)
-    return loaded.model, config
 
 
 # ------------------------------------------------------------------------------ the loop

@@ -113,20 +113,14 @@ class FinalModel:
     """
 
     def __init__(self, run_dir: str) -> None:
-        from examples.bert import data, experiment, parallel, steps, train, weights
+        import dataclasses
 
-        with train.allow_transfers():
+        from examples.bert import experiment, parallel, steps, train, weights
+
+        with jax.transfer_guard_device_to_host("allow"):
             model, config = experiment.load_model(run_dir)
-            model_dir = weights.resolve_model_dir(config.model)
-            dataset = data.load_classification_data(
-                config.dataset, weights.load_tokenizer(model_dir),
-                dataset_config=config.dataset_config, text_column=config.text_column,
-                label_column=config.label_column, text_pair_column=config.text_pair_column,
-                max_length=config.max_length, max_train_samples=config.max_train_samples,
-                max_eval_samples=config.max_eval_samples or None,
-                validation_fraction=config.validation_fraction, split_seed=config.split_seed,
-                encoding=config.encoding,
-            )  # fmt: skip
+            clean = dataclasses.replace(config, perturbed_eval=False, label_noise=0.0)
+            dataset = train.load_data(clean, weights.resolve_model_dir(config.model))
             _, eval_graphdef, self.params, self.model_state = steps.split_model(model)
         self.validation, self.num_labels = dataset.validation, dataset.num_labels
         self.majority = dataset.majority_accuracy()
@@ -136,11 +130,11 @@ class FinalModel:
 
     def evaluate(self, params: Any) -> dict[str, Any]:
         """Loss, accuracy and macro-F1 of ``params`` on the whole validation split."""
-        from examples.bert import steps, train
+        from examples.bert import run_loop, steps
 
         state = steps.TrainState(None, params, self.model_state, None)
-        with train.allow_transfers():
-            return train.evaluate(
+        with jax.transfer_guard_device_to_host("allow"):
+            return run_loop.evaluate(
                 self.eval_step, state, self.validation, self.batch_size, self.num_labels,
                 self.mesh,
             )  # fmt: skip

@@ -21,8 +21,7 @@ import numpy as np
 import optax
 
 import optax_dice
-from optax_dice import dice as dice_lib
-from optax_dice._validation import parse_dice
+from examples.bert import dice_shim
 
 if TYPE_CHECKING:
     from examples.bert.train_config import TrainConfig
@@ -39,15 +38,6 @@ def dice_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), DICE_STREAM)
 
 
-def rolls_at(config: TrainConfig, micro_step: int) -> bool:
-    """Whether the micro-step that makes ``micro_step`` micro-steps done (from 1) rolls."""
-    if not config.uses_dice:
-        return False
-    if config.mode == "per_mini_batch" and config.dice_position == "before":
-        return True
-    return micro_step % config.accumulation_steps == 0
-
-
 def natural_face_probs(config: TrainConfig) -> np.ndarray | None:
     """The exact probability of each natural face of the run's die (None without dice).
 
@@ -56,8 +46,16 @@ def natural_face_probs(config: TrainConfig) -> np.ndarray | None:
     """
     if not config.uses_dice:
         return None
-    sides = parse_dice(config.dice_kwargs["dice"])
-    return dice_lib.face_probs(sides, config.advantage, config.disadvantage)
+    sides = dice_shim.parse_dice(config.dice_kwargs["dice"])
+    return dice_shim.natural_probs(sides, config.advantage, config.disadvantage)
+
+
+def rolls_per_update(config: TrainConfig) -> bool:
+    """Whether the dice roll once per applied update (not on every micro-batch): the train
+    step then reports each roll on the micro-step that applies its update."""
+    return config.uses_dice and not (
+        config.mode == "per_mini_batch" and config.dice_position == "before"
+    )
 
 
 def learning_rate_schedule(lr: float, total_updates: int, warmup_ratio: float) -> optax.Schedule:

@@ -1,16 +1,16 @@
-"""The run folder: everything a run leaves behind, and how it is read back.
+"""The run folder: how a run claims it, what it leaves there, and how its state is read back.
 
 * ``config.json``: the run's settings (``args``: :meth:`TrainConfig.saved`) and what they
   amounted to (the data, the optimizer, the machine, the versions).
-* ``metrics.jsonl``: one JSON object a line, of the kinds :func:`train_record` and
-  :func:`eval_record` define. ``micro_step`` counts micro-batches done, ``step`` applied
-  updates done (both from 1).
+* ``metrics.jsonl`` and ``summary.json``: the records (:mod:`examples.bert.records`).
 * ``checkpoints/<micro-step>/``: orbax checkpoints (:class:`Checkpointer`).
-* ``summary.json``: the result, with a ``status``: completed, diverged (final), stopped or
-  interrupted (resumable with ``--resume``).
-* ``run.png``: :func:`examples.bert.plots.plot_run`.
+* ``run.png``: :func:`examples.bert.plots.plot_run`; ``tensorboard/``: event files
+  (``--tensorboard``).
+* ``.lock``: held by the process that runs in the folder (its pid and host), created with
+  ``O_EXCL`` before anything else is written, so that two runs never share a folder.
 
-All JSON is strict: a NaN or infinite loss is written as ``null``.
+:func:`run_status` says where a run stands; :func:`resumed_config` is ``--resume DIR``'s
+config. Reading a folder's status starts no JAX backend.
 """
 
 from __future__ import annotations
@@ -18,223 +18,312 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
-import json
-import math
 import os
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+import re
+import socket
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
-
-import optax_dice
-from examples.bert import optim
-from optax_dice import game
+from examples.bert import records
+from examples.bert.records import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json, write_json
+from examples.bert.train_config import RESUME_FLAGS, TrainConfig, flag_name
 
 if TYPE_CHECKING:
     from examples.bert.data import ClassificationData
-    from examples.bert.train_config import TrainConfig
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.json"
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CONFIG_FILE",
+    "FIGURE_FILE",
+    "LOCK_FILE",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "Checkpointer",
+    "RunFolderError",
+    "claim",
+    "config_json",
+    "has_checkpoint",
+    "read_json",
+    "resumed_config",
+    "run_status",
+    "write_json",
+]
+
 FIGURE_FILE = "run.png"
 CHECKPOINT_DIR = "checkpoints"
-# A run that ended in one of these is final: --resume leaves its outputs as they are.
-FINAL_STATUSES = ("completed", "diverged")
+TENSORBOARD_DIR = "tensorboard"
+LOCK_FILE = ".lock"
+RUNS_DIR = "runs"
+RunStatus = Literal["missing", "unfinished", "completed", "diverged"]
 
 
-def strict_json(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, +-inf) replaced by None.
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked; the message says why and what to do."""
 
-    Python's json writes them as bare ``NaN`` / ``Infinity``, which strict JSON readers
-    refuse; a diverged run's loss is recorded as ``null`` instead.
+
+# ------------------------------------------------------------------------------ status
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """Whether the run folder holds a complete checkpoint (a step folder of digits)."""
+    folder = os.path.join(run_dir, CHECKPOINT_DIR)
+    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
+def run_status(workdir: str | os.PathLike) -> RunStatus:
+    """Where the run in ``workdir`` stands, from the folder itself.
+
+    Returns:
+      ``"completed"`` or ``"diverged"`` when its summary says it ended so (final);
+      ``"unfinished"`` when the folder holds a run (its ``config.json``) that has not ended:
+      stopped, interrupted, killed, or running now; ``"missing"`` when there is no run.
 
     Example:
-      >>> strict_json({"loss": float("nan"), "xs": [1.0, float("inf")], "n": 3})
-      {'loss': None, 'xs': [1.0, None], 'n': 3}
+      >>> run_status("/no/such/folder")
+      'missing'
     """
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return strict_json(value.tolist())
-    return value
+    status = records.read_status(workdir)
+    if status in records.FINAL_STATUSES:
+        return status  # type: ignore[return-value]
+    if os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+        return "unfinished"
+    return "missing"
 
 
-def dumps(value: Any, **kwargs: Any) -> str:
-    """``json.dumps`` of :func:`strict_json` of ``value``: always valid, strict JSON."""
-    return json.dumps(strict_json(value), allow_nan=False, default=_jsonable, **kwargs)
+def finished_summary(run_dir: str | os.PathLike) -> records.Summary | None:
+    """The summary of a run that ended for good (completed or diverged), else None."""
+    summary = records.read_summary(run_dir)
+    return summary if summary is not None and summary.finished else None
 
 
-def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Writes ``data`` as indented, strict JSON (NaN and infinities as null), atomically
-    (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(dumps(data, indent=2, sort_keys=False))
-        f.write("\n")
-    os.replace(tmp, path)
+# ---------------------------------------------------------------------- claiming a folder
 
 
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a JSON file."""
-    with open(path) as f:
-        return json.load(f)
+def default_output_dir(config: TrainConfig, runs_dir: str = RUNS_DIR) -> str:
+    """``runs/bert-<dataset>-<mode>-seed<seed>-<date>-<time>``; :func:`claim` adds ``-2``,
+    ``-3``, ... when another run took that name in the same second."""
+    name = re.sub(r"[^A-Za-z0-9]+", "_", os.path.basename(str(config.dataset))).strip("_")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(runs_dir, f"bert-{name or 'data'}-{config.mode}-seed{config.seed}-{stamp}")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+def check_writable(out: str) -> None:
+    """Refuses, before anything is loaded, a folder that cannot be made or written.
+
+    Raises:
+      RunFolderError: ``out`` is a file, or lies under a file, or in a folder without
+        write permission.
+    """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunFolderError(f"--output-dir {out} is a file, not a folder: name a folder.")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise RunFolderError(
+            f"--output-dir {out}: {parent} is a file, so no folder can be made under it: "
+            "name another folder."
+        )
+    target = out if os.path.isdir(out) else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise RunFolderError(
+            f"--output-dir {out}: {target} is not writable (permission denied): name a "
+            "folder you may write to."
+        )
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads ``metrics.jsonl`` (an incomplete last line, from a killed run, is skipped)."""
-    records = []
-    if not os.path.exists(path):
-        return records
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
+def claim(out: str, *, new: bool, unique: bool = False) -> str:
+    """Claims the run folder for this process, atomically, before anything is written.
 
-
-class MetricsLog:
-    """Appends records to ``metrics.jsonl``.
+    The folder is made with ``os.mkdir`` (or, when it exists, its lock file with ``O_EXCL``),
+    so of two runs started on one folder exactly one gets it. Release it with
+    :func:`release`.
 
     Args:
-      path: the file.
-      resume_micro_step: when resuming from the checkpoint at this micro-step, the records
-        after it (written by the run that was stopped, and about to be made again) are
-        dropped first, so that the file reads as if the run had never stopped.
+      out: the folder.
+      new: a new run, which needs a new or empty folder (else a resumed one).
+      unique: when ``out`` exists, claim ``out-2``, ``out-3``, ... instead (default names).
+
+    Returns:
+      The folder claimed.
+
+    Raises:
+      RunFolderError: the folder is a file, is not empty (for a new run), cannot be made,
+        or another live run holds it.
     """
-
-    def __init__(self, path: str | os.PathLike, *, resume_micro_step: int | None = None) -> None:
-        self.path = os.fspath(path)
-        if resume_micro_step is not None:
-            kept = [r for r in read_metrics(self.path) if r["micro_step"] <= resume_micro_step]
-            with open(self.path, "w") as f:
-                f.writelines(dumps(r) + "\n" for r in kept)
-        self._file = open(self.path, "a")
-
-    def write(self, records: Iterable[dict[str, Any]]) -> None:
-        """Appends records and flushes."""
-        self._file.writelines(dumps(r) + "\n" for r in records)
-        self._file.flush()
-
-    def close(self) -> None:
-        """Closes the file."""
-        self._file.close()
-
-
-# ------------------------------------------------------------------------------ the records
-
-
-def train_record(
-    micro_step: int,
-    metrics: dict[str, Any],
-    accumulation_steps: int,
-    rolled: bool,
-    loss_rolled: float,
-    *,
-    abilities: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """The record of one micro-step (``micro_step`` from 1), from the train step's metrics.
-
-    ``loss`` is the micro-batch's loss before the roll; a micro-step that rolled also has the
-    roll's ``natural``, ``total``, ``scale`` and ``scaled_loss`` (``loss_rolled`` x scale, where
-    ``loss_rolled`` is the loss the roll judged: the mean over the update when it rolls per
-    accumulated update).
-
-    With game mechanics (``abilities``: the names of the class's abilities, by bit of the
-    game state's ``fired``; empty without a class), a micro-step that rolled also has the
-    game's state after that roll: ``dice_scale`` (the rule's; ``scale`` is then the product
-    of every mechanic, as applied), ``monster`` (the code of the monster that acted, -1 for
-    none: ``optax_dice.game.MONSTERS``), ``encounter_step`` (1 on the step a monster
-    appears, up to 3), ``level``, ``xp`` and ``abilities_fired`` (the names of the
-    abilities that fired on that roll).
-    """
-    record = {
-        "kind": "train",
-        "micro_step": micro_step,
-        "step": micro_step // accumulation_steps,
-        "loss": float(metrics["loss"]),
-        "grad_norm": float(metrics["grad_norm"]),
-        "lr": float(metrics["lr"]),
-        "applied": micro_step % accumulation_steps == 0,
-        "rolled": rolled,
-    }
-    if rolled:
-        scale = float(metrics["scale"])
-        record.update(
-            natural=int(metrics["natural"]),
-            total=int(metrics["total"]),
-            scale=scale,
-            scaled_loss=loss_rolled * scale,
+    check_writable(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    candidate, n = out, 1
+    while True:
+        try:
+            os.mkdir(candidate)
+            break
+        except FileExistsError:
+            if not unique:
+                break
+            n += 1
+            candidate = f"{out}-{n}"
+        except OSError as err:
+            raise RunFolderError(f"--output-dir {out}: cannot make it ({err.strerror}).") from err
+    _lock(candidate)
+    if new and set(os.listdir(candidate)) - {LOCK_FILE}:
+        release(candidate)
+        raise RunFolderError(
+            f"--output-dir {candidate} exists and is not empty: choose another, or continue "
+            f"that run with --resume {candidate}."
         )
-        if abilities is not None:
-            fired = int(metrics["fired"])
-            record.update(
-                dice_scale=float(metrics["dice_scale"]),
-                monster=int(metrics["monster"]),
-                encounter_step=int(metrics["encounter_step"]),
-                level=int(metrics["level"]),
-                xp=int(metrics["xp"]),
-                abilities_fired=[name for bit, name in enumerate(abilities) if fired >> bit & 1],
-            )
-    return record
+    return candidate
 
 
-def eval_record(
-    micro_step: int,
-    accumulation_steps: int,
-    result: dict[str, Any],
-    seconds: float,
-    *,
-    perturbed: bool,
-) -> dict[str, Any]:
-    """The record of an evaluation: ``loss``, ``accuracy``, ``macro_f1``, ``examples``."""
-    return {
-        "kind": "eval_perturbed" if perturbed else "eval",
-        "micro_step": micro_step,
-        "step": micro_step // accumulation_steps,
-        **result,
-        "time_s": seconds,
+def _lock(out: str) -> None:
+    """Creates ``out/.lock`` with this process's pid and host; takes over a stale one."""
+    path = os.path.join(out, LOCK_FILE)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is None:  # its process is gone: a killed run's lock
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                continue
+            raise RunFolderError(
+                f"--output-dir {out} is in use by another run ({owner}): wait for it, or "
+                f"choose another folder (delete {path} if no run uses it)."
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return
+    raise RunFolderError(f"--output-dir {out}: could not take its lock {path}.")
+
+
+def _lock_owner(path: str) -> str | None:
+    """Who holds a lock file ("pid N on HOST"), or None when that process is gone."""
+    try:
+        with open(path) as f:
+            pid_text, _, host = f.read().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return "an unknown process"
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+    return f"process {pid} on {host}"
+
+
+def release(out: str) -> None:
+    """Gives up the claim on a folder (removes the lock if this process holds it)."""
+    path = os.path.join(out, LOCK_FILE)
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            mine = int(f.read().split()[0]) == os.getpid()
+        if mine:
+            os.remove(path)
+
+
+@contextlib.contextmanager
+def claimed(out: str, *, new: bool, unique: bool = False) -> Iterator[str]:
+    """:func:`claim` for the duration of a ``with`` block."""
+    folder = claim(out, new=new, unique=unique)
+    try:
+        yield folder
+    finally:
+        release(folder)
+
+
+# ---------------------------------------------------------------------------- resuming
+
+
+def saved_args(run: str | os.PathLike) -> dict[str, Any]:
+    """The settings saved in a run folder's ``config.json`` (its ``args``).
+
+    Raises:
+      RunFolderError: the folder has no readable ``config.json``.
+    """
+    path = os.path.join(run, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise RunFolderError(f"--resume {run}: no {CONFIG_FILE} there, not a run folder.")
+    try:
+        return dict(read_json(path)["args"])
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise RunFolderError(f"--resume {run}: its {CONFIG_FILE} is unreadable ({err}).") from err
+
+
+def resumed_config(typed: dict[str, Any]) -> TrainConfig:
+    """The config that ``--resume DIR`` continues, from ``DIR/config.json``.
+
+    Args:
+      typed: the settings the user typed (``resume`` among them), as
+        :func:`examples.bert.train_config.typed_flags` gives them.
+
+    Raises:
+      RunFolderError: not a run folder, a typed setting that differs from the run's (the
+        flags of ``RESUME_FLAGS`` may differ: they change how, not what, the run computes),
+        an ``--output-dir`` other than the run's folder, or nothing to resume from.
+    """
+    run = typed["resume"]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    # Older runs saved None for some real defaults: those keep the default.
+    saved = {
+        k: v
+        for k, v in saved_args(run).items()
+        if k in defaults and not (v is None and defaults[k] is not None)
     }
+    # Compare what the user typed with the saved run, not with the defaults: an explicit
+    # --threshold 12 against a run saved with 99 is a change, even though 12 is the default.
+    changed = [
+        f"{flag_name(k)} (the run has {saved.get(k, defaults[k])!r}, not {v!r})"
+        for k, v in typed.items()
+        if k not in RESUME_FLAGS and v != saved.get(k, defaults[k])
+    ]
+    if changed:
+        raise RunFolderError(
+            f"--resume continues a run with its saved settings; drop {', '.join(changed)} "
+            "(start a new run to change them)."
+        )
+    other = typed.get("output_dir")
+    if other is not None and os.path.abspath(other) != os.path.abspath(run):
+        raise RunFolderError(
+            f"--resume {run} continues the run in its own folder, not in --output-dir "
+            f"{other}: drop --output-dir (or give the same folder)."
+        )
+    if finished_summary(run) is None and not has_checkpoint(run):
+        raise RunFolderError(
+            f"--resume {run}: no checkpoint in {os.path.join(run, CHECKPOINT_DIR)} (it "
+            "was deleted, or the run stopped before its first save), so there is nothing to "
+            "resume from; start a new run with another --output-dir."
+        )
+    how = {k: v for k, v in typed.items() if k in RESUME_FLAGS}
+    no_progress = typed.get("no_progress", False) or saved.get("no_progress", False)
+    return TrainConfig(**{**saved, **how, "output_dir": run, "no_progress": no_progress})
+
+
+def same_run(config: TrainConfig, workdir: str | os.PathLike) -> list[str]:
+    """The settings in which ``config`` differs from the run saved in ``workdir`` (empty when
+    it is the same run, or when the folder holds none)."""
+    try:
+        saved = saved_args(workdir)
+    except RunFolderError:
+        return []
+    mine = config.saved()
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return [
+        f"{flag_name(k)} (the run has {saved.get(k, defaults[k])!r}, not {v!r})"
+        for k, v in mine.items()
+        if k != "no_progress" and v != saved.get(k, defaults[k])
+    ]
 
 
 # ---------------------------------------------------------------------------- checkpoints
 
 
-def has_checkpoint(run_dir: str | os.PathLike) -> bool:
-    """Whether the run folder holds a complete checkpoint."""
-    folder = os.path.join(run_dir, CHECKPOINT_DIR)
-    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
-
-
-def finished_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The summary of a run that ended for good (completed or diverged), else None."""
-    path = os.path.join(run_dir, SUMMARY_FILE)
-    if not os.path.isfile(path):
-        return None
-    summary = read_json(path)
-    return summary if summary.get("status") in FINAL_STATUSES else None
-
-
-def _abstract_like(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run folder could be restored; the message says which and why."""
 
 
 class Checkpointer:
@@ -253,6 +342,9 @@ class Checkpointer:
     """
 
     def __init__(self, output_dir: str | os.PathLike, *, max_to_keep: int | None = 2) -> None:
+        import orbax.checkpoint as ocp  # only a run that saves or restores needs orbax
+
+        self._ocp = ocp
         self.directory = os.path.abspath(os.path.join(output_dir, CHECKPOINT_DIR))
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -265,6 +357,7 @@ class Checkpointer:
         """Starts saving ``state`` and ``meta`` as checkpoint ``step`` (skipped if it exists)."""
         if step in self.manager.all_steps():
             return
+        ocp = self._ocp
         items = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=items, force=True)
 
@@ -274,11 +367,51 @@ class Checkpointer:
         Returns:
           ``(state, meta)``.
         """
+        import jax
+
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
+        )
+        ocp = self._ocp
         items = ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract_like(like)), meta=ocp.args.JsonRestore()
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
         )
         restored = self.manager.restore(step, args=items)
         return restored.state, dict(restored.meta)
+
+    def restore_latest_good(self, like: Any, say: Any = print) -> tuple[Any, dict[str, Any], int]:
+        """Restores the latest checkpoint that restores; says which ones were damaged.
+
+        Args:
+          like: the state whose structure, dtypes and shardings to restore into.
+          say: prints a line (process 0's).
+
+        Returns:
+          ``(state, meta, step)``.
+
+        Raises:
+          CheckpointError: none restores (a one-line message naming the folder and steps).
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failed: list[str] = []
+        for step in steps:
+            try:
+                state, meta = self.restore(step, like)
+            except Exception as err:  # orbax and tensorstore raise many kinds: all mean damage
+                failed.append(f"micro-step {step} ({_short(err)})")
+                say(
+                    f"The checkpoint at micro-step {step} in {self.directory} is damaged or "
+                    f"does not match this run: {_short(err)}"
+                )
+                continue
+            if failed:
+                say(f"Using the previous good checkpoint, at micro-step {step}, instead.")
+            return state, meta, step
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} can be restored "
+            f"({'; '.join(failed) or 'there is none'}): start a new run with another "
+            "--output-dir."
+        )
 
     def close(self) -> None:
         """Waits for the saves and releases the manager."""
@@ -286,7 +419,14 @@ class Checkpointer:
         self.manager.close()
 
 
-# ------------------------------------------------------------------- config.json, summary.json
+def _short(err: BaseException) -> str:
+    """The first line of an error, cut to 200 characters, with its type."""
+    lines = str(err).strip().splitlines() or [""]
+    text = lines[0][:200]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# ------------------------------------------------------------------------------ config.json
 
 
 def config_json(
@@ -295,12 +435,21 @@ def config_json(
     model_dir: str | os.PathLike,
     dataset: ClassificationData,
     total_updates: int,
-    odds: optax_dice.Odds | optax_dice.OddsEstimate | None,
+    odds: Any,
+    machine: dict[str, Any],
+    dice_key: str,
 ) -> dict[str, Any]:
     """``config.json``: the settings, and what they amounted to on this data and machine.
 
-    ``odds`` is None without dice, an :class:`optax_dice.Odds` (exact) or, for game mechanics
-    with memory, an :class:`optax_dice.OddsEstimate`, written with its standard error.
+    Args:
+      config: the run's settings.
+      model_dir: the model's folder.
+      dataset: the loaded data.
+      total_updates: the run's applied updates.
+      odds: None without dice, an :class:`optax_dice.Odds` (exact) or, for game mechanics
+        with memory, an :class:`optax_dice.OddsEstimate`, written with its standard error.
+      machine: ``devices``, ``processes`` and ``platform``.
+      dice_key: how the dice's key is made, as text.
     """
     versions = {}
     for name in ("jax", "jaxlib", "optax", "flax", "orbax-checkpoint", "optax-dice"):
@@ -329,186 +478,34 @@ def config_json(
             "total_updates": total_updates,
             "micro_steps": total_updates * config.accumulation_steps,
             "dice": config.dice_kwargs if config.uses_dice else None,
-            "dice_key": f"jax.random.fold_in(jax.random.key({config.seed}), "
-            f"{optim.DICE_STREAM:#x})",
-            **odds_fields(odds),
+            "dice_key": dice_key,
+            **records.odds_fields(odds),
         },
-        "devices": jax.device_count(),
-        "processes": jax.process_count(),
-        "platform": jax.devices()[0].platform,
+        **machine,
         "versions": versions,
     }
 
 
-def summary(
-    config: TrainConfig,
-    records: list[dict[str, Any]],
-    *,
-    dataset: ClassificationData,
-    odds: optax_dice.Odds | optax_dice.OddsEstimate | None,
-    out: str,
-    status: str,
-    micro_steps: int,
-    total_updates: int,
-    start: int,
-    diverged_at: int | None,
-    timing: dict[str, float | None],
-) -> dict[str, Any]:
-    """``summary.json``: how the run ended, its results (from the records), its set-up and
-    its timing.
-
-    Args:
-      config: the run's settings.
-      records: the metrics records (all of the run's, on process 0).
-      dataset: the run's data.
-      odds: the odds of its ruleset (None without dice): exact, or estimated for game
-        mechanics with memory (written with the estimate's standard error).
-      out: the run folder.
-      status: completed, diverged, stopped or interrupted.
-      micro_steps: micro-steps done; ``start``: done before this session.
-      total_updates: the run's applied updates, when complete.
-      diverged_at: the first micro-step with a non-finite loss, or None.
-      timing: the speed and time figures, in seconds.
-    """
-    k = config.accumulation_steps
-    face_probs = optim.natural_face_probs(config)
-    plays_game = config.uses_dice and config.uses_game
-    return {
-        "status": status,
-        "output_dir": os.path.abspath(out),
-        "micro_steps": micro_steps,
-        "steps": micro_steps // k,
-        "total_steps": total_updates,
-        "epochs": micro_steps * config.batch_size / len(dataset.train["labels"]),
-        "resumed_from_micro_step": start if config.resume is not None else None,
-        "diverged_at_micro_step": diverged_at,
-        **_result_fields(records, diverged=status == "diverged", face_probs=face_probs),
-        "majority_accuracy": dataset.majority_accuracy(),
-        "mode": config.mode,
-        "dice_position": config.dice_position if config.uses_dice else None,
-        "dice": config.dice_kwargs if config.uses_dice else None,
-        **odds_fields(odds),
-        **({"game": game_summary(config, records)} if plays_game else {}),
-        "devices": jax.device_count(),
-        "processes": jax.process_count(),
-        "platform": jax.devices()[0].platform,
-        "dtype": config.dtype,
-        "batch_size": config.batch_size,
+def data_changes(workdir: str | os.PathLike, dataset: ClassificationData) -> list[str]:
+    """How the data loaded now differs from the data the run in ``workdir`` began with."""
+    try:
+        saved = read_json(os.path.join(workdir, CONFIG_FILE)).get("data", {})
+    except (OSError, ValueError):
+        return []
+    now = {
+        "label_names": list(dataset.label_names),
+        "train_examples": len(dataset.train["labels"]),
+        "validation_examples": len(dataset.validation["labels"]),
         "seq_len": dataset.seq_len,
-        **timing,
     }
+    return [
+        f"{name} {saved[name]!r} then, {value!r} now"
+        for name, value in now.items()
+        if name in saved and saved[name] != value
+    ]
 
 
-def last_of(records: Iterable[dict[str, Any]], kind: str) -> dict[str, Any]:
-    """The last record of a kind, or an empty dict."""
-    found = [r for r in records if r["kind"] == kind]
-    return found[-1] if found else {}
-
-
-def odds_fields(odds: optax_dice.Odds | optax_dice.OddsEstimate | None) -> dict[str, Any]:
-    """The odds as ``config.json`` and ``summary.json`` write them.
-
-    ``expected_scale`` always (None without dice); for an estimate (game mechanics with
-    memory) also ``expected_scale_exact: False`` and ``odds_estimate``, every field of the
-    :class:`optax_dice.OddsEstimate` (its standard error, runs, steps, seed, ...).
-
-    Example:
-      >>> odds_fields(None)
-      {'expected_scale': None}
-      >>> fields = odds_fields(optax_dice.odds(threshold=12, experience=True, steps=10, runs=2))
-      >>> fields["expected_scale_exact"], sorted(fields["odds_estimate"])[:3]
-      (False, ['encounters_per_1000', 'exact', 'expected_scale'])
-    """
-    if odds is None:
-        return {"expected_scale": None}
-    if isinstance(odds, optax_dice.OddsEstimate):
-        return {
-            "expected_scale": odds.expected_scale,
-            "expected_scale_exact": False,
-            "odds_estimate": dataclasses.asdict(odds),
-        }
-    return {"expected_scale": odds.expected_scale}
-
-
-def game_summary(config: TrainConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The game's part of ``summary.json``, counted from the train records that rolled.
-
-    Args:
-      config: the run's settings (``character``, ``encounter_chance``, ``experience``).
-      records: the metrics records, every rolled train record carrying the game fields of
-        :func:`train_record`.
-
-    Returns:
-      ``character``, ``encounter_chance``, ``experience``; ``abilities_fired`` (how many
-      rolls fired each of the class's abilities, by name); ``encounters`` (how many times
-      each monster appeared, by name: a roll with ``encounter_step`` 1, so that a monster
-      that appears again right after it retreated counts twice); ``monster_steps`` (the
-      rolls each monster acted on); ``final_level`` and ``final_xp`` (after the last roll;
-      level 1 and 0 XP before any).
-
-    Example:
-      >>> from examples.bert.train_config import TrainConfig
-      >>> rolls = [
-      ...     {"kind": "train", "rolled": True, "monster": m, "encounter_step": e,
-      ...      "level": 1, "xp": x, "abilities_fired": f}
-      ...     for m, e, x, f in [(-1, 0, 0, []), (1, 1, 130, ["Rage"]), (1, 2, 260, [])]
-      ... ]
-      >>> out = game_summary(TrainConfig(character="barbarian", encounter_chance=0.5), rolls)
-      >>> out["abilities_fired"], out["encounters"]["Loss Dragon"], out["final_xp"]
-      ({'Rage': 1, 'Reckless Attack': 0}, 1, 260)
-    """
-    rolls = [r for r in records if r["kind"] == "train" and r.get("rolled")]
-    fired = dict.fromkeys(game.ABILITIES[config.character], 0)
-    encounters = dict.fromkeys(game.MONSTERS, 0)
-    steps = dict.fromkeys(game.MONSTERS, 0)
-    for r in rolls:
-        for name in r["abilities_fired"]:
-            fired[name] += 1
-        if r["monster"] >= 0:
-            name = game.MONSTERS[r["monster"]]
-            steps[name] += 1
-            encounters[name] += r["encounter_step"] == 1
-    last = rolls[-1] if rolls else {"level": 1, "xp": 0}
-    return {
-        "character": config.character,
-        "encounter_chance": config.encounter_chance,
-        "experience": config.experience,
-        "abilities_fired": fired,
-        "encounters": encounters,
-        "monster_steps": steps,
-        "final_level": last["level"],
-        "final_xp": last["xp"],
-    }
-
-
-def _result_fields(
-    records: list[dict[str, Any]], *, diverged: bool, face_probs: np.ndarray | None
-) -> dict[str, Any]:
-    """The summary's fields that the metrics give: the final (and perturbed) evaluation, the
-    best accuracy, the last training loss and the rolls. A diverged run has no final
-    evaluation: an earlier one is not its result. ``face_probs``: the die's natural faces'
-    odds (None without dice)."""
-    sides = None if face_probs is None else len(face_probs)
-    final = {} if diverged else last_of(records, "eval")
-    perturbed = last_of(records, "eval_perturbed")
-    rolls = [r for r in records if r["kind"] == "train" and r.get("rolled")]
-    return {
-        "eval_loss": final.get("loss"),
-        "eval_accuracy": final.get("accuracy"),
-        "eval_macro_f1": final.get("macro_f1"),
-        "eval_examples": final.get("examples"),
-        "best_eval_accuracy": max(
-            (r["accuracy"] for r in records if r["kind"] == "eval"), default=None
-        ),
-        "perturbed_accuracy": perturbed.get("accuracy"),
-        "perturbed_macro_f1": perturbed.get("macro_f1"),
-        "perturbed_loss": perturbed.get("loss"),
-        "train_loss_last": last_of(records, "train").get("loss"),
-        "rolls": len(rolls),
-        "mean_scale": float(np.mean([r["scale"] for r in rolls])) if rolls else None,
-        "natural_counts": (
-            np.bincount([r["natural"] for r in rolls], minlength=sides + 1)[1:].tolist()
-            if sides is not None and rolls
-            else None
-        ),
-    }
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The lines of ``metrics.jsonl`` as JSON objects, through
+    :func:`examples.bert.records.read_metrics` (typed records are the way to read them)."""
+    return [r.to_json() for r in records.read_metrics(path)]

@@ -88,6 +88,7 @@ def make_train_step(
     mesh: Mesh,
     *,
     uses_dice: bool,
+    rolls_per_update: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the jitted train step ``(state, batch) -> (state, metrics)``.
 
@@ -104,11 +105,14 @@ def make_train_step(
       accumulation_steps: micro-batches per applied update.
       mesh: the device mesh; the batch is split on its first axis over it.
       uses_dice: whether ``tx`` holds a ``dice_roll`` whose last roll to report.
+      rolls_per_update: whether the dice roll once per applied update (their roll is then
+        reported on the micro-step that applies it), not on every micro-batch.
 
     Returns:
       The step. Metrics: ``loss`` (the micro-batch's mean cross-entropy, before any roll),
       ``grad_norm``, ``lr`` (of the update this micro-batch feeds), and the dice state after
-      the step: ``natural``, ``total``, ``scale`` (the factor applied; 0, 0, 1 without dice),
+      the step: ``rolled`` (see :func:`dice_metrics`), ``natural``, ``total``, ``scale`` (the
+      factor applied; 0, 0, 1 without dice),
       and the game's ``dice_scale``, ``monster``, ``encounter_step``, ``level``, ``xp`` and
       ``fired`` (see :class:`optax_dice.DiceGameState`). Without game mechanics these are
       fixed (``scale``, -1, 0, 1, 0, 0), so every step's metrics have one structure.
@@ -136,7 +140,11 @@ def make_train_step(
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step // accumulation_steps), jnp.float32),
-            **dice_metrics(optax_dice.find_dice_state(opt_state) if uses_dice else None),
+            **dice_metrics(
+                optax_dice.find_dice_state(opt_state) if uses_dice else None,
+                optax_dice.find_dice_state(state.opt_state) if uses_dice else None,
+                applied=(state.step + 1) % accumulation_steps == 0 if rolls_per_update else None,
+            ),
         }
         new_state = TrainState(state.step + 1, params, model_state, opt_state)
         return new_state, metrics
@@ -152,24 +160,40 @@ def make_train_step(
 
 def dice_metrics(
     dice: optax_dice.DiceRollState | optax_dice.DiceGameState | None,
+    previous: optax_dice.DiceRollState | optax_dice.DiceGameState | None = None,
+    *,
+    applied: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """The metrics of the dice state after a step (on the device: no host transfer).
 
     Args:
-      dice: the state :func:`optax_dice.find_dice_state` found, or None without dice.
+      dice: the state :func:`optax_dice.find_dice_state` found after the step, or None
+        without dice.
+      previous: the same state before the step (None without dice).
+      applied: for dice that roll once per applied update, whether this step applied one (a
+        boolean array); None for dice that roll on every micro-batch.
 
     Returns:
-      ``natural``, ``total``, ``scale`` (the factor applied), ``dice_scale`` (the rule's),
-      ``monster`` (-1: none), ``encounter_step``, ``level``, ``xp`` and ``fired`` (the bit
-      mask of the class's abilities fired). Fields a state lacks take the values of a game
-      with nothing on (no dice: natural 0, total 0, scale 1), so the structure never varies.
+      ``rolled`` (bool: whether this micro-step made the roll it reports: the state's
+      ``count`` advanced, or, for a roll per applied update, the step applied it), ``natural``,
+      ``total``, ``scale`` (the factor applied), ``dice_scale`` (the rule's), ``monster`` (-1:
+      none), ``encounter_step``, ``level``, ``xp`` and ``fired`` (the bit mask of the class's
+      abilities fired). Fields a state lacks take the values of a game with nothing on (no
+      dice: not rolled, natural 0, total 0, scale 1), so the structure never varies.
     """
+    if dice is None:
+        rolled = jnp.zeros([], jnp.bool_)
+    elif applied is None:
+        rolled = dice.count != (dice.count if previous is None else previous.count)
+    else:
+        rolled = jnp.asarray(applied, jnp.bool_)
     int32 = functools.partial(jnp.full, [], dtype=jnp.int32)
     if dice is None:
         natural, total, scale = int32(0), int32(0), jnp.ones([], jnp.float32)
     else:
         natural, total, scale = dice.natural, dice.total, dice.scale.astype(jnp.float32)
     metrics = {
+        "rolled": rolled,
         "natural": natural,
         "total": total,
         "scale": scale,

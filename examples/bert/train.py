@@ -9,26 +9,22 @@ without dice, the baseline. ``--help`` lists every option (they are the fields o
 TPU-pod set-ups.
 
 Outputs (``--output-dir``, by default a new folder under ``runs/``; see
-:mod:`examples.bert.rundir`): ``config.json``, ``metrics.jsonl``, ``summary.json``, ``run.png``
-and orbax checkpoints, from which ``--resume DIR`` continues the run exactly.
+:mod:`examples.bert.rundir`): ``config.json``, ``metrics.jsonl``, ``summary.json``, ``run.png``,
+TensorBoard event files with ``--tensorboard``, and orbax checkpoints, from which
+``--resume DIR`` continues the run exactly.
 
-From Python: ``train(TrainConfig(steps=50, seed=1))`` returns the run's summary.
+From Python: ``train_and_evaluate(TrainConfig(steps=50, seed=1), "runs/a")`` runs (or resumes)
+the run in ``runs/a`` and returns its :class:`~examples.bert.records.Summary`.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
-import functools
-import math
 import os
-import re
-import shutil
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 if __package__ in (None, ""):  # run as a script: make `examples` importable
@@ -39,28 +35,67 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from tqdm.auto import tqdm
 
 import optax_dice
-from examples.bert import data, optim, parallel, perturb, plots, rundir, steps, weights
+from examples.bert import data, optim, parallel, perturb, plots, records, rundir, weights
 from examples.bert.config import BertConfig
-from examples.bert.train_config import DEFAULT_MODEL, TrainConfig, build_parser, parse_args
-from optax_dice import game
+from examples.bert.records import Summary
+from examples.bert.run_loop import LoopEnd, TrainLog, allow_transfers, evaluate, run_loop
+from examples.bert.train_config import DEFAULT_MODEL, TrainConfig, build_parser, typed_flags
+from examples.bert.train_config import parse_args as parse_config
 
-__all__ = ["TrainConfig", "UsageError", "main", "parse_args", "train"]
+__all__ = [
+    "Loaded",
+    "RunInterrupted",
+    "TrainConfig",
+    "UsageError",
+    "allow_transfers",
+    "evaluate",
+    "load",
+    "main",
+    "parse_args",
+    "train",
+    "train_and_evaluate",
+]
 
-RUNS_DIR = "runs"
+RUNS_DIR = rundir.RUNS_DIR
 
 
 class UsageError(ValueError):
     """Bad input found before training starts: ``main`` reports it as a usage error."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run; it saved a checkpoint and its summary first.
+
+    Attributes:
+      summary: the run's summary (status ``"interrupted"``).
+    """
+
+    def __init__(self, summary: Summary) -> None:
+        super().__init__(f"interrupted at micro-step {summary.micro_steps}")
+        self.summary = summary
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """The script's command line: :func:`~examples.bert.train_config.parse_args`, with
+    ``--resume DIR`` resolved against the run saved there
+    (:func:`~examples.bert.rundir.resumed_config`). Exits with a usage error on bad input."""
+    config = parse_config(argv)
+    if config.resume is None:
+        return config
+    try:
+        return rundir.resumed_config(typed_flags(argv))
+    except ValueError as err:
+        build_parser().error(str(err))
+    raise AssertionError("unreachable")
+
+
 # --------------------------------------------------------------------------------- set-up
 
 
 class Loaded(NamedTuple):
-    """What a run is made of, loaded and built before any file is written."""
+    """What a run is made of, loaded and built before any file but the lock is written."""
 
     model_dir: str
     dataset: data.ClassificationData
@@ -74,18 +109,19 @@ class Loaded(NamedTuple):
     load_report: weights.LoadReport
 
 
-def load(config: TrainConfig) -> Loaded:
-    """Loads the model, the tokenizer and the data; builds the optimizer. Creates no file."""
-    model_dir = weights.resolve_model_dir(config.model)
-    bert_config = BertConfig.from_json(model_dir / "config.json")
-    if config.max_length > bert_config.max_position_embeddings:
-        raise ValueError(
-            f"--max-length {config.max_length} exceeds the model's "
-            f"{bert_config.max_position_embeddings} positions."
-        )
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.batch_size, mesh)
-    parallel.check_batch_size(config.eval_batch_size or config.batch_size, mesh, "eval batch size")
+def ruleset_odds(config: TrainConfig) -> optax_dice.Odds | optax_dice.OddsEstimate | None:
+    """The odds of the run's ruleset (None without dice): the check that needs JAX (the exact
+    E[scale] of a normalized die, the estimate of a game), made when the run starts."""
+    if not config.uses_dice:
+        return None
+    try:
+        return optax_dice.odds(**config.dice_kwargs)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{'--normalize: ' if config.normalize else ''}{err}") from err
+
+
+def load_data(config: TrainConfig, model_dir: Any) -> data.ClassificationData:
+    """The tokenised data set, with ``--label-noise`` applied to the training labels."""
     perturbation = data.Perturbation(config.char_drop, config.word_swap, config.split_seed)
     dataset = data.load_classification_data(
         config.dataset,
@@ -107,6 +143,23 @@ def load(config: TrainConfig) -> Loaded:
             dataset.train["labels"], config.label_noise, dataset.num_labels, config.seed
         )
         dataset = dataclasses.replace(dataset, train={**dataset.train, "labels": noisy})
+    return dataset
+
+
+def load(config: TrainConfig) -> Loaded:
+    """Loads the model, the tokenizer and the data; builds the optimizer. Creates no file."""
+    odds = ruleset_odds(config)
+    model_dir = weights.resolve_model_dir(config.model)
+    bert_config = BertConfig.from_json(model_dir / "config.json")
+    if config.max_length > bert_config.max_position_embeddings:
+        raise ValueError(
+            f"--max-length {config.max_length} exceeds the model's "
+            f"{bert_config.max_position_embeddings} positions."
+        )
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size or config.batch_size, mesh, "eval batch size")
+    dataset = load_data(config, model_dir)
     batches = data.TrainBatches(
         dataset.train,
         config.batch_size,
@@ -116,7 +169,6 @@ def load(config: TrainConfig) -> Loaded:
     )
     total_updates = config.total_updates(batches.batches_per_epoch)
     tx, schedule = optim.build_optimizer(config, total_updates)
-    odds = optax_dice.odds(**config.dice_kwargs) if config.uses_dice else None
     model, load_report = weights.from_pretrained(
         model_dir,
         num_labels=dataset.num_labels,
@@ -124,290 +176,68 @@ def load(config: TrainConfig) -> Loaded:
         seed=config.seed,
     )
     return Loaded(
-        model_dir, dataset, batches, mesh, total_updates, tx, schedule, odds, model, load_report
-    )
+        str(model_dir), dataset, batches, mesh, total_updates, tx, schedule, odds, model,
+        load_report,
+    )  # fmt: skip
 
 
-def default_output_dir(config: TrainConfig) -> str:
-    """``runs/bert-<dataset>-<mode>-seed<seed>-<date>-<time>``."""
-    name = re.sub(r"[^A-Za-z0-9]+", "_", os.path.basename(str(config.dataset))).strip("_")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join(RUNS_DIR, f"bert-{name or 'data'}-{config.mode}-seed{config.seed}-{stamp}")
+def quiet_libraries(config: TrainConfig) -> None:
+    """Silences what a user need not see: transformers' advice that PyTorch is missing (it
+    only needs tokenizers), the ``datasets`` bars under ``--no-progress``, and the hub's
+    retries over an unreachable network for a model or data set that is not a local path."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if config.no_progress:
+        import datasets
+
+        datasets.disable_progress_bars()
+    hub_names = [
+        name
+        for name in (config.model, config.dataset)
+        if name not in (DEFAULT_MODEL, data.TWEETS) and not os.path.exists(os.path.expanduser(name))
+    ]
+    if hub_names and not weights.hub_reachable():
+        weights.go_offline()
 
 
-def output_dir(config: TrainConfig) -> str:
-    """The run folder: checked (a new run needs an empty or new folder), not yet created."""
-    out = config.output_dir
-    if out is None:
-        if jax.process_count() > 1:
-            raise UsageError("multi-host runs need --output-dir, on a shared filesystem.")
-        out = default_output_dir(config)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--output-dir {out} is a file, not a folder: name a folder.")
-    if config.resume is None and os.path.isdir(out) and os.listdir(out):
-        raise UsageError(
-            f"--output-dir {out} exists and is not empty: choose another, or continue that "
-            f"run with --resume {out}."
-        )
-    if jax.process_count() > 1:  # every process has checked the folder before 0 creates it
-        multihost_utils.sync_global_devices("output folder checked")
-    return out
+def claim_folder(config: TrainConfig, workdir: str, *, new: bool) -> str:
+    """Claims the run folder on process 0 (the others wait for it), before anything is written.
+
+    Raises:
+      UsageError: a folder that cannot be used (a file, not empty, not writable, in use).
+    """
+    error, folder = "", workdir
+    if jax.process_index() == 0:
+        try:
+            folder = rundir.claim(workdir, new=new, unique=config.output_dir is None)
+        except (rundir.RunFolderError, OSError) as err:
+            error = str(err)
+    if jax.process_count() > 1:  # every process learns whether process 0 got the folder
+        failed = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+        if int(failed) and not error:
+            error = f"process 0 could not claim --output-dir {workdir}"
+    if error:
+        raise UsageError(error)
+    return folder
 
 
 @contextlib.contextmanager
-def removed_on_failure(out: str) -> Iterator[None]:
+def removed_on_failure(out: str, created: bool) -> Iterator[None]:
     """A run that fails before its first checkpoint leaves no folder it created behind."""
-    created = not os.path.isdir(out)
     try:
         yield
     except BaseException:
         ckpt = os.path.join(out, rundir.CHECKPOINT_DIR)
         if jax.process_index() == 0 and created and not (os.path.isdir(ckpt) and os.listdir(ckpt)):
+            import shutil
+
             shutil.rmtree(out, ignore_errors=True)
         raise
-
-
-def allow_transfers() -> contextlib.AbstractContextManager:
-    """Host round-trips that are meant (set-up, evaluation results, checkpoints) are allowed
-    even when the caller runs the whole script under a transfer guard."""
-    return jax.transfer_guard_device_to_host("allow")
 
 
 def say(*parts: Any) -> None:
     """Prints on process 0 only."""
     if jax.process_index() == 0:
         print(*parts, flush=True)
-
-
-# ------------------------------------------------------------------------ the loop's parts
-
-
-class StopFlag:
-    """Set by SIGTERM (a pre-empted job): the loop then saves a checkpoint and stops."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> StopFlag:
-        with contextlib.suppress(ValueError):  # not the main thread: no handler
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def agreed(self, log_point: bool) -> bool:
-        """Whether to stop now. With several processes, they agree at log points only (a
-        collective), so that all stop at the same step and save one checkpoint together."""
-        if jax.process_count() == 1:
-            return self.requested
-        if not log_point:
-            return False
-        flags = multihost_utils.process_allgather(np.asarray(self.requested))
-        return bool(np.asarray(flags).any())
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-class TrainLog:
-    """Holds the train step's metrics on the device until a log point, then fetches them in one
-    transfer, writes their records, times the steady steps and moves the progress bar.
-
-    Args:
-      config: the run's settings.
-      start: micro-steps done before this session (a resumed run's checkpoint).
-      total: micro-steps of the whole run.
-      out: the run folder; process 0 appends to its ``metrics.jsonl``.
-    """
-
-    def __init__(self, config: TrainConfig, start: int, total: int, out: str) -> None:
-        self.config = config
-        self.is_main = jax.process_index() == 0
-        path = os.path.join(out, rundir.METRICS_FILE)
-        self.file = rundir.MetricsLog(path, resume_micro_step=start) if self.is_main else None
-        self.pending: list[dict[str, jax.Array]] = []
-        # With game mechanics, the class's abilities by bit of the state's ``fired``.
-        self.abilities = (
-            game.ABILITIES[config.character] if config.uses_dice and config.uses_game else None
-        )
-        self.records: list[dict[str, Any]] = []  # this session's
-        self.diverged_at: int | None = None  # the first micro-step with a non-finite loss
-        self.diverged_loss = math.nan
-        # The last k losses: at a roll per accumulated update, those it judges (their mean).
-        k = config.accumulation_steps
-        self.recent_losses: collections.deque[float] = collections.deque(maxlen=k)
-        if self.is_main and start % k:
-            previous = [r["loss"] for r in rundir.read_metrics(path) if r["kind"] == "train"]
-            self.recent_losses.extend(previous[-(start % k) :])
-        self.first_step_s: float | None = None
-        self.steady_s, self.steady_steps, self.window_steps = 0.0, 0, 0
-        self.t_loop = self.t_window = time.perf_counter()
-        self.bar = tqdm(
-            total=total,
-            initial=start,
-            disable=config.no_progress or not self.is_main,
-            unit="step",
-            dynamic_ncols=True,
-            desc="train",
-        )
-
-    def add(self, metrics: dict[str, jax.Array]) -> None:
-        """Keeps one step's metrics (on the device)."""
-        self.pending.append(metrics)
-        self.window_steps += 1
-
-    def flush(self, done: int) -> None:
-        """Fetches and writes the pending metrics; ``done`` micro-steps are done."""
-        fetched = jax.device_get(self.pending)
-        self.pending.clear()
-        now = time.perf_counter()
-        if self.first_step_s is None:
-            self.first_step_s = now - self.t_loop
-        else:
-            self.steady_s += now - self.t_window
-            self.steady_steps += self.window_steps
-        k = self.config.accumulation_steps
-        records = []
-        for micro_step, m in enumerate(fetched, start=done - len(fetched) + 1):
-            loss = float(m["loss"])
-            if not math.isfinite(loss) and self.diverged_at is None:
-                self.diverged_at, self.diverged_loss = micro_step, loss
-            self.recent_losses.append(loss)
-            rolled = optim.rolls_at(self.config, micro_step)
-            judged = loss if self.config.mode == "per_mini_batch" else np.mean(self.recent_losses)
-            records.append(
-                rundir.train_record(
-                    micro_step,
-                    m,
-                    k,
-                    rolled=rolled,
-                    loss_rolled=float(judged),
-                    abilities=self.abilities,
-                )
-            )
-        self.write(records)
-        self.bar.set_postfix(self._postfix(records, now), refresh=False)
-        self.bar.update(len(records))
-        self.restart_window()
-
-    def _postfix(self, records: list[dict[str, Any]], now: float) -> dict[str, str]:
-        last = records[-1]
-        postfix = {"loss": f"{last['loss']:.3f}", "lr": f"{last['lr']:.1e}"}
-        roll = next((r for r in reversed(records) if r["rolled"]), None)
-        if roll is not None:
-            postfix["roll"] = (
-                f"{roll['natural']}{roll['total'] - roll['natural']:+d}={roll['total']}"
-            )
-            postfix["scale"] = f"{roll['scale']:+.2f}"
-            if self.config.experience:
-                postfix["lvl"] = str(roll["level"])
-            if self.config.encounter_chance > 0:
-                monster = roll["monster"]
-                postfix["monster"] = game.MONSTERS[monster] if monster >= 0 else "-"
-        if self.window_steps:
-            rate = self.window_steps / max(now - self.t_window, 1e-9)
-            postfix["ex/s"] = f"{rate * self.config.batch_size:.1f}"
-        return postfix
-
-    def say(self, message: str) -> None:
-        """Prints on process 0, above the progress bar."""
-        if self.is_main:
-            self.bar.write(message)
-
-    def write(self, records: list[dict[str, Any]]) -> None:
-        """Appends records to this session's and, on process 0, to ``metrics.jsonl``."""
-        self.records += records
-        if self.file is not None:
-            self.file.write(records)
-
-    def restart_window(self) -> None:
-        """Starts timing steady steps afresh (after an evaluation or a save)."""
-        self.t_window, self.window_steps = time.perf_counter(), 0
-
-    def timing(self) -> dict[str, float | None]:
-        """The summary's speed figures."""
-        rate = self.steady_steps / self.steady_s if self.steady_s > 0 else None
-        return {
-            "first_step_s": self.first_step_s,
-            "steady_steps_per_s": rate,
-            "steady_examples_per_s": None if rate is None else rate * self.config.batch_size,
-        }
-
-    def close(self) -> None:
-        """Closes the progress bar and the file."""
-        self.bar.close()
-        if self.file is not None:
-            self.file.close()
-
-
-def evaluate(
-    eval_step: Callable[..., steps.EvalTotals],
-    state: steps.TrainState,
-    arrays: dict[str, np.ndarray],
-    batch_size: int,
-    num_labels: int,
-    mesh: jax.sharding.Mesh,
-) -> dict[str, Any]:
-    """Loss, accuracy, macro-F1 and examples of the model on one split."""
-    totals = steps.zero_totals(num_labels, mesh)
-    sharding = parallel.batch_sharding(mesh)
-    for batch in data.eval_batches(
-        arrays, batch_size, process_index=jax.process_index(), process_count=jax.process_count()
-    ):
-        batch = parallel.put_batch(batch, sharding)
-        totals = eval_step(state.params, state.model_state, batch, totals)
-    return steps.classification_metrics(jax.device_get(totals))
-
-
-def evaluate_and_log(
-    evaluate_on: Callable[..., dict[str, Any]],
-    state: steps.TrainState,
-    splits: dict[str, dict[str, np.ndarray]],
-    step: int,
-    log: TrainLog,
-) -> float:
-    """Evaluates on each split (``"eval"``, ``"eval_perturbed"``), writes the records, says the
-    results; returns the seconds it took."""
-    k, messages, seconds = log.config.accumulation_steps, [], 0.0
-    for kind, arrays in splits.items():
-        t0 = time.perf_counter()
-        with allow_transfers():
-            result = evaluate_on(state, arrays)
-        record = rundir.eval_record(
-            step, k, result, time.perf_counter() - t0, perturbed=kind == "eval_perturbed"
-        )
-        log.write([record])
-        seconds += record["time_s"]
-        text = f"accuracy {record['accuracy']:.4f}, macro-F1 {record['macro_f1']:.4f}"
-        messages.append(text if messages else f"loss {record['loss']:.4f}, {text}")
-    log.say(f"eval @ update {step // k}: " + "; perturbed: ".join(messages))
-    log.restart_window()
-    return seconds
-
-
-def save_checkpoint(
-    ckpt: rundir.Checkpointer,
-    batches: data.TrainBatches,
-    config: TrainConfig,
-    step: int,
-    state: steps.TrainState,
-    train_time_s: float,
-) -> None:
-    """Starts saving the state after ``step`` micro-steps, with where the data stands."""
-    epoch, index = batches.position(step)
-    meta = {
-        "micro_step": step,
-        "step": step // config.accumulation_steps,
-        "epoch": epoch,
-        "batch_in_epoch": index,
-        "examples_seen": step * config.batch_size,
-        "train_time_s": train_time_s,
-    }
-    with allow_transfers():
-        ckpt.save(step, state, meta)
 
 
 def join_processes(config: TrainConfig) -> None:
@@ -451,6 +281,9 @@ def describe(config: TrainConfig, run: Loaded, out: str) -> None:
             say(f"Dice: {config.mode}, scaling the {where}. The odds of one roll:\n{run.odds}")
         for note in game_notes(config):
             say(note)
+    note = config.epochs_note(run.batches.batches_per_epoch)
+    if note:
+        say(f"Note: {note}")
     say(
         f"Training {run.total_updates} updates x {k} micro-batch(es) of {config.batch_size} "
         f"on {run.mesh.devices.size} {jax.devices()[0].platform} device(s) "
@@ -485,239 +318,194 @@ def game_notes(config: TrainConfig) -> list[str]:
     return notes
 
 
-def game_line(counts: dict[str, Any]) -> str:
-    """One line of the game's results, from ``summary.json``'s ``game``.
+def game_line(counts: records.GameSummary) -> str:
+    """One line of the game's results, from the summary's ``game``.
 
     Example:
-      >>> game_line({"abilities_fired": {"Rage": 3, "Reckless Attack": 1},
-      ...            "encounters": {"Gradient Ooze": 0, "Loss Dragon": 2, "Weight Wraith": 1},
-      ...            "final_level": 2, "final_xp": 40, "experience": True})
+      >>> game_line(records.GameSummary(
+      ...     character="barbarian", encounter_chance=0.5, experience=True,
+      ...     abilities_fired={"Rage": 3, "Reckless Attack": 1},
+      ...     encounters={"Gradient Ooze": 0, "Loss Dragon": 2, "Weight Wraith": 1},
+      ...     monster_steps={}, final_level=2, final_xp=40))
       'Game: Rage 3, Reckless Attack 1; met Loss Dragon 2, Weight Wraith 1; level 2 (40 XP).'
     """
     parts = []
-    if counts["abilities_fired"]:
-        parts.append(", ".join(f"{k} {v}" for k, v in counts["abilities_fired"].items()))
-    met = {k: v for k, v in counts["encounters"].items() if v}
+    if counts.abilities_fired:
+        parts.append(", ".join(f"{k} {v}" for k, v in counts.abilities_fired.items()))
+    met = {k: v for k, v in counts.encounters.items() if v}
     if met:
         parts.append("met " + ", ".join(f"{k} {v}" for k, v in met.items()))
-    if counts["experience"]:
-        parts.append(f"level {counts['final_level']} ({counts['final_xp']} XP)")
+    if counts.experience:
+        parts.append(f"level {counts.final_level} ({counts.final_xp} XP)")
     return "Game: " + ("; ".join(parts) or "nothing happened") + "."
 
 
-def report(
-    config: TrainConfig,
-    run: Loaded,
-    out: str,
-    log: TrainLog,
-    *,
-    status: str,
-    step: int,
-    start: int,
-    eval_s: float,
-    t_start: float,
-) -> dict[str, Any]:
-    """Writes summary.json and run.png, says the results; returns the summary.
+# ---------------------------------------------------------------------------- the report
 
-    Args:
-      config: the run's settings.
-      run: what it was made of.
-      out: the run folder.
-      log: the loop's log (this session's records and timing).
-      status: how the loop ended.
-      step: micro-steps done; ``start``: done before this session.
-      eval_s: seconds spent evaluating; ``t_start``: when the run began.
-    """
+
+def report(config: TrainConfig, run: Loaded, out: str, log: TrainLog, end: LoopEnd) -> Summary:
+    """Writes summary.json and run.png, says the results; returns the summary."""
     is_main, k = jax.process_index() == 0, config.accumulation_steps
     dataset, odds = run.dataset, run.odds
-    total = run.total_updates * k
     train_time = time.perf_counter() - log.t_loop
-    records = (
-        rundir.read_metrics(os.path.join(out, rundir.METRICS_FILE)) if is_main else log.records
-    )
-    summary = rundir.summary(
-        config,
-        records,
-        dataset=dataset,
-        odds=odds,
-        out=out,
-        status=status,
-        micro_steps=step,
-        total_updates=total // k,
-        start=start,
-        diverged_at=log.diverged_at,
-        timing={
-            **log.timing(),
-            "eval_time_s": eval_s,
-            "train_time_s": train_time,
-            "wall_time_s": time.perf_counter() - t_start,
-        },
-    )
+    all_records = records.read_metrics(out) if is_main else log.records
+    facts = records.RunFacts(
+        output_dir=out, train_examples=len(dataset.train["labels"]),
+        majority_accuracy=dataset.majority_accuracy(), seq_len=dataset.seq_len,
+        odds=records.odds_fields(odds), devices=jax.device_count(),
+        processes=jax.process_count(), platform=jax.devices()[0].platform,
+        timing={**log.timing(), "eval_time_s": end.eval_s, "train_time_s": train_time,
+                "wall_time_s": time.perf_counter() - end.t_start},
+    )  # fmt: skip
+    summary = records.summarize(
+        config, all_records, facts, status=end.status, micro_steps=end.step,
+        total_updates=run.total_updates, start=end.start if end.resumed else None,
+        diverged_at=log.diverged_at, face_probs=optim.natural_face_probs(config),
+    )  # fmt: skip
     if is_main:
-        rundir.write_json(os.path.join(out, rundir.SUMMARY_FILE), summary)
+        records.write_summary(out, summary)
         with allow_transfers():
             plots.plot_run(
-                records,
+                all_records,
                 os.path.join(out, rundir.FIGURE_FILE),
                 face_probs=optim.natural_face_probs(config),
                 expected_scale=None if odds is None else odds.expected_scale,
                 expected_scale_exact=not isinstance(odds, optax_dice.OddsEstimate),
                 title=f"{_model_name(config)} on {os.path.basename(dataset.source)}: "
-                f"{total // k} updates, mode {config.mode}, seed {config.seed}",
+                f"{run.total_updates} updates, mode {config.mode}, seed {config.seed}",
                 majority_accuracy=dataset.majority_accuracy(),
             )
-    if summary["eval_accuracy"] is not None:
+    say_results(config, summary, dataset.majority_accuracy(), train_time, k)
+    return summary
+
+
+def say_results(
+    config: TrainConfig, summary: Summary, majority: float, train_time: float, k: int
+) -> None:
+    """The run's results in a few lines."""
+    if summary.eval_accuracy is not None:
         say(
-            f"Validation accuracy {summary['eval_accuracy']:.4f} (majority class "
-            f"{dataset.majority_accuracy():.4f}), macro-F1 {summary['eval_macro_f1']:.4f}, "
-            f"loss {summary['eval_loss']:.4f}, on {summary['eval_examples']} examples."
+            f"Validation accuracy {summary.eval_accuracy:.4f} (majority class "
+            f"{majority:.4f}), macro-F1 {summary.eval_macro_f1:.4f}, "
+            f"loss {summary.eval_loss:.4f}, on {summary.eval_examples} examples."
         )
-    if summary["perturbed_accuracy"] is not None:
+    if summary.perturbed_accuracy is not None:
         say(
-            f"Perturbed validation accuracy {summary['perturbed_accuracy']:.4f}, macro-F1 "
-            f"{summary['perturbed_macro_f1']:.4f} (char drop {config.char_drop}, word swap "
+            f"Perturbed validation accuracy {summary.perturbed_accuracy:.4f}, macro-F1 "
+            f"{summary.perturbed_macro_f1:.4f} (char drop {config.char_drop}, word swap "
             f"{config.word_swap})."
         )
-    if "game" in summary:
-        say(game_line(summary["game"]))
-    speed = summary["steady_steps_per_s"]
+    if summary.game is not None:
+        say(game_line(summary.game))
+    speed = summary.steady_steps_per_s
     say(
-        f"{status}: {step // k} updates in {train_time:.1f} s"
+        f"{summary.status}: {summary.micro_steps // k} updates in {train_time:.1f} s"
         + (f" ({speed:.2f} steps/s after compiling)" if speed else "")
-        + f", {summary['wall_time_s']:.1f} s in all. Outputs in {out}"
+        + f", {summary.wall_time_s:.1f} s in all. Outputs in {summary.output_dir}"
     )
-    return summary
 
 
 # ---------------------------------------------------------------------------- the run
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Trains as ``config`` says and returns the summary (also written to summary.json).
+def _finished(config: TrainConfig, workdir: str) -> Summary | None:
+    """The summary of a run that ended for good in ``workdir``: nothing to train, its outputs
+    stay as they are. Refuses a finished run made with other settings."""
+    summary = rundir.finished_summary(workdir)
+    if summary is None:
+        return None
+    changed = rundir.same_run(config, workdir)
+    if changed and config.resume is None:
+        raise UsageError(
+            f"{workdir} holds a finished run with other settings: {', '.join(changed)}; "
+            "choose another folder."
+        )
+    say(
+        f"The run in {workdir} has {summary.status} ({summary.steps} of {summary.total_steps} "
+        "updates); nothing to resume, its outputs are left as they are. Start a new run to "
+        "train more."
+    )
+    return summary
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str) -> Summary:
+    """Trains and evaluates as ``config`` says in the run folder ``workdir``; returns the
+    summary (also written to ``summary.json``).
+
+    A folder without a run starts one (a new or empty folder); a folder whose run is
+    unfinished, made with the same settings, resumes it from its latest good checkpoint; a
+    finished one is left as it is and its summary returned. The folder is claimed atomically
+    before anything is written, so a second run on it is refused.
 
     Raises:
-      UsageError: for bad input, before any file is written (``main`` turns it into a
-        usage error).
+      UsageError: bad input, before any file is written: a folder in use, holding another
+        run's settings, or not usable; data or a model that cannot be loaded; a checkpoint
+        that cannot be restored.
+      RunInterrupted: Ctrl-C or SIGTERM, after the checkpoint and the summary were written.
     """
     t_start = time.perf_counter()
-    if config.resume is not None and (finished := rundir.finished_summary(config.resume)):
-        # Leave a finished run's outputs as they are: nothing to train, nothing to write.
-        say(
-            f"The run in {config.resume} has {finished['status']} ({finished.get('steps')} of "
-            f"{finished.get('total_steps')} updates); nothing to resume, its outputs are left "
-            "as they are. Start a new run to train more."
-        )
+    finished = _finished(config, workdir)
+    if finished is not None:
         return finished
     if config.distributed:
         join_processes(config)
-    is_main = jax.process_index() == 0
-    out = output_dir(config)
+    status = rundir.run_status(workdir)
+    changed = rundir.same_run(config, workdir) if status == "unfinished" else []
+    if changed:
+        raise UsageError(
+            f"{workdir} holds an unfinished run with other settings: {', '.join(changed)}; "
+            f"continue it with --resume {workdir}, or choose another folder."
+        )
+    resume = status == "unfinished" and rundir.has_checkpoint(workdir)
+    quiet_libraries(config)
+    created = not os.path.isdir(workdir)
+    # An unfinished run without a checkpoint (killed before its first save) starts over.
+    out = claim_folder(config, workdir, new=status == "missing")
+    try:
+        with removed_on_failure(out, created):
+            return _run(config, out, resume=resume, t_start=t_start)
+    finally:
+        if jax.process_index() == 0:
+            rundir.release(out)
+
+
+def _run(config: TrainConfig, out: str, *, resume: bool, t_start: float) -> Summary:
+    """Loads, trains, evaluates and reports, in the claimed folder ``out``."""
     try:
         with allow_transfers():
             run = load(config)
     except (data.DataError, OSError, ValueError) as err:
         raise UsageError(str(err)) from err
-    dataset, mesh, batches = run.dataset, run.mesh, run.batches
-    k, eval_batch_size = config.accumulation_steps, config.eval_batch_size or config.batch_size
-    total = run.total_updates * k  # micro-steps
-    describe(config, run, out)
-
-    with removed_on_failure(out):
-        # The run folder, the train state (a resumed run's from its checkpoint) and the steps.
-        if is_main:
-            os.makedirs(out, exist_ok=True)
-            if config.resume is None:
-                description = rundir.config_json(
-                    config,
-                    model_dir=run.model_dir,
-                    dataset=run.dataset,
-                    total_updates=run.total_updates,
-                    odds=run.odds,
-                )
-                rundir.write_json(os.path.join(out, rundir.CONFIG_FILE), description)
-        with allow_transfers():
-            train_graphdef, eval_graphdef, params, model_state = steps.split_model(run.model)
-            state = steps.init_train_state(params, model_state, run.tx, mesh)
-            del params, model_state
-            run = run._replace(model=None)  # the state holds its arrays now
-            ckpt = rundir.Checkpointer(out, max_to_keep=config.keep_checkpoints)
-            start, meta = 0, {}
-            latest = ckpt.latest_step() if config.resume is not None else None
-            if latest is not None:
-                state, meta = ckpt.restore(latest, state)
-                start = int(jax.device_get(state.step))
-                say(f"Resumed from the checkpoint at micro-step {start} in {ckpt.directory}.")
-        train_step = steps.make_train_step(
-            train_graphdef, run.tx, run.schedule, k, mesh, uses_dice=config.uses_dice
+    if resume and (changes := rundir.data_changes(out, run.dataset)):
+        raise UsageError(
+            f"the data changed since the run in {out} began ({'; '.join(changes)}): it cannot "
+            "resume on other data; start a new run."
         )
-        evaluate_on = functools.partial(
-            evaluate, steps.make_eval_step(eval_graphdef, dataset.num_labels, mesh),
-            batch_size=eval_batch_size, num_labels=dataset.num_labels, mesh=mesh,
+    describe(config, run, out)
+    if jax.process_index() == 0 and not resume:
+        description = rundir.config_json(
+            config, model_dir=run.model_dir, dataset=run.dataset,
+            total_updates=run.total_updates, odds=run.odds, machine=_machine(),
+            dice_key=f"jax.random.fold_in(jax.random.key({config.seed}), "
+            f"{optim.DICE_STREAM:#x})",
         )  # fmt: skip
-        sharding = parallel.batch_sharding(mesh)
-        log = TrainLog(config, start, total, out)
-        train_time_before, eval_s = float(meta.get("train_time_s", 0.0)), 0.0
-        save = functools.partial(save_checkpoint, ckpt, batches, config)
-
-        # The loop: one micro-batch a step; ``step`` counts the micro-steps done.
-        status, step = "completed", start
-        with StopFlag() as stop:
-            try:
-                while step < total:
-                    state, metrics = train_step(state, parallel.put_batch(batches(step), sharding))
-                    log.add(metrics)
-                    step += 1
-                    update_done, last = step % k == 0, step == total
-                    log_now = step % config.log_every == 0 or step == start + 1
-                    halt = stop.agreed(log_now) or 0 < config.stop_after <= step
-                    eval_now = last or (update_done and _every(step // k, config.eval_every))
-                    save_now = (
-                        last or halt or (update_done and _every(step // k, config.save_every))
-                    )
-                    if log_now or eval_now or save_now:
-                        log.flush(step)
-                    if log.diverged_at is not None:
-                        # No evaluation and no checkpoint of a model whose loss is NaN or inf:
-                        # the last checkpoint stays the last sound state.
-                        status = "diverged"
-                        say(
-                            f"\nThe training loss became {log.diverged_loss} at micro-step "
-                            f"{log.diverged_at} (update {log.diverged_at // k}): the "
-                            f"run diverged and stopped at micro-step {step}. Lower --lr (now "
-                            f"{config.lr}) or check the data."
-                        )
-                        break
-                    if eval_now:
-                        splits = {"eval": dataset.validation}
-                        if last and dataset.perturbed_validation is not None:
-                            splits["eval_perturbed"] = dataset.perturbed_validation
-                        eval_s += evaluate_and_log(evaluate_on, state, splits, step, log)
-                    if save_now:
-                        save(step, state, train_time_before + time.perf_counter() - log.t_loop)
-                        log.restart_window()
-                    if halt and not last:
-                        status = "stopped" if 0 < config.stop_after <= step else "interrupted"
-                        break
-            except KeyboardInterrupt:
-                status = "interrupted"
-                if log.pending:
-                    log.flush(step)
-                with contextlib.suppress(Exception):
-                    save(step, state, train_time_before + time.perf_counter() - log.t_loop)
-                say(f"\nInterrupted at micro-step {step}; resume with --resume {out}")
-            finally:
-                log.close()
-                with allow_transfers():
-                    ckpt.close()
-
-    # The report: summary.json, run.png and a few lines.
-    return report(
-        config, run, out, log, status=status, step=step, start=start, eval_s=eval_s, t_start=t_start
-    )
+        rundir.write_json(os.path.join(out, rundir.CONFIG_FILE), description)
+    try:
+        log, end = run_loop(config, run, out, resume=resume, t_start=t_start, say=say)
+    except rundir.CheckpointError as err:
+        raise UsageError(f"--resume {out}: {err}") from err
+    summary = report(config, run, out, log, end)
+    if end.status == "interrupted":
+        raise RunInterrupted(summary)
+    return summary
 
 
-def _every(update: int, every: int) -> bool:
-    return bool(every) and update % every == 0
+def _machine() -> dict[str, Any]:
+    return {
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "platform": jax.devices()[0].platform,
+    }
 
 
 def _model_name(config: TrainConfig) -> str:
@@ -726,21 +514,62 @@ def _model_name(config: TrainConfig) -> str:
     return os.path.basename(os.path.normpath(str(config.model))) or str(config.model)
 
 
+def output_dir(config: TrainConfig) -> str:
+    """The run folder a config names: ``--output-dir``, else a new one under ``runs/``
+    (multi-host runs must name one on a shared filesystem).
+
+    Raises:
+      UsageError: a multi-host run without ``--output-dir``, or a folder that cannot be
+        made or written.
+    """
+    if config.output_dir is None:
+        if config.distributed:
+            raise UsageError("multi-host runs need --output-dir, on a shared filesystem.")
+        return rundir.default_output_dir(config, RUNS_DIR)
+    try:
+        rundir.check_writable(config.output_dir)
+    except rundir.RunFolderError as err:
+        raise UsageError(str(err)) from err
+    out = config.output_dir
+    if config.resume is None and os.path.isdir(out) and set(os.listdir(out)) - {rundir.LOCK_FILE}:
+        raise UsageError(
+            f"--output-dir {out} exists and is not empty: choose another, or continue that "
+            f"run with --resume {out}."
+        )
+    return out
+
+
+def train(config: TrainConfig) -> Summary:
+    """Trains in the folder ``config`` names (:func:`output_dir`); returns the summary.
+
+    Raises:
+      UsageError: as :func:`train_and_evaluate`.
+      RunInterrupted: as :func:`train_and_evaluate`.
+    """
+    return train_and_evaluate(config, output_dir(config))
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs the command line and returns the run's summary.
+    """Runs the command line and returns the run's summary, as ``summary.json`` holds it.
 
     Bad input (a missing model folder, an unreachable hub id, an unknown dataset, a missing
     column, an empty split or file, a single class, unseen validation labels, a bad or
-    non-finite number, an --output-dir that is a file) ends with a usage error
+    non-finite number, an --output-dir that is a file or in use) ends with a usage error
     (``SystemExit``) and leaves no output folder behind. A run whose training loss becomes
-    non-finite stops with status ``"diverged"``; run as a script, any status but
-    ``"completed"`` exits with 1.
+    non-finite stops with status ``"diverged"``; Ctrl-C or SIGTERM saves a checkpoint and
+    returns status ``"interrupted"`` (Ctrl-C before training began exits with 130, one line
+    said). Run as a script, any status but ``"completed"`` exits with 1.
     """
     config = parse_args(argv)
     try:
-        return train(config)
+        return train(config).to_json()
     except UsageError as err:
         build_parser().error(str(err))
+    except RunInterrupted as stop:
+        return stop.summary.to_json()
+    except KeyboardInterrupt:
+        print("\nInterrupted before training began; no run folder was left.", file=sys.stderr)
+        raise SystemExit(130) from None
     raise AssertionError("unreachable")
 
 

@@ -1,11 +1,13 @@
 """The settings of a fine-tuning run: one frozen dataclass, its checks, its command line.
 
 :class:`TrainConfig` holds every setting with its real default and its help; its checks all
-live in :meth:`TrainConfig.problems` and run on construction. ``transformers.HfArgumentParser``
-turns the fields into the command line (``--batch-size`` and ``--batch_size`` both work), and
-:func:`parse_args` adds what a dataclass cannot say: flags that exclude each other, and
-``--resume DIR``, which reloads the run's settings from ``DIR/config.json`` and refuses a typed
-flag that would change them.
+live in :meth:`TrainConfig.problems` and run on construction. A config is plain data: making,
+checking or parsing one imports no model library and starts no JAX backend (so
+``--distributed`` can initialise JAX after it). :func:`build_parser` turns the fields into an
+``argparse`` command line (``--batch-size`` and ``--batch_size`` both work), and
+:func:`parse_args` adds what a dataclass cannot say: flags that exclude each other.
+``--resume DIR`` is parsed here and resolved by the run (:func:`examples.bert.rundir.resumed_config`
+reloads the run's settings from ``DIR/config.json``).
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
+import types
+import typing
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from transformers import HfArgumentParser
-
 import optax_dice
-from examples.bert import rundir
+from examples.bert import dice_shim
 from optax_dice.accumulation import MODES as DICE_MODES
 from optax_dice.game import CHARACTERS
 from optax_dice.rules import RULES
@@ -41,6 +42,7 @@ RESUME_FLAGS = (
     "process_id",
     "coordinator_timeout",
     "no_progress",
+    "tensorboard",
 )
 # Pairs of flags of which a command line may give only one.
 EXCLUSIVE = (("modifier", "ability_score"), ("steps", "epochs"), ("advantage", "disadvantage"))
@@ -175,7 +177,12 @@ class TrainConfig:
     coordinator_timeout: float = _field(
         300.0, "with --distributed: seconds to wait for every process to join, then fail"
     )
-    no_progress: bool = _field(False, "no progress bar")
+    no_progress: bool = _field(False, "no progress bar (nor the datasets library's bars)")
+    tensorboard: bool = _field(
+        False,
+        "also write TensorBoard event files (tensorboardX, no TensorFlow) into "
+        "OUTPUT_DIR/tensorboard; metrics.jsonl stays the record",
+    )
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -218,10 +225,52 @@ class TrainConfig:
         return kwargs
 
     def total_updates(self, batches_per_epoch: int) -> int:
-        """The applied updates of the run: ``--epochs`` if given, else ``--steps``."""
+        """The applied updates of the run: ``--steps``, or ``--epochs`` worth of micro-batches
+        divided into updates of ``--accumulation-steps``, rounded to the nearest whole update
+        (at least 1): :meth:`epochs_note` says when that is not exactly ``--epochs``."""
         if self.epochs is None:
             return self.steps
-        return max(1, int(self.epochs * batches_per_epoch) // self.accumulation_steps)
+        return max(1, round(self.epochs * batches_per_epoch / self.accumulation_steps))
+
+    def epochs_note(self, batches_per_epoch: int) -> str | None:
+        """What the run trains instead of ``--epochs`` when its micro-batches do not make
+        whole updates (None when they do, or without ``--epochs``).
+
+        Example:
+          >>> print(TrainConfig(epochs=1, accumulation_steps=3).epochs_note(8))
+          --epochs 1 is 8 micro-batches, which updates of --accumulation-steps 3 do not
+          divide: training 3 updates (9 micro-batches, 1.125 epochs).
+        """
+        if self.epochs is None:
+            return None
+        micro = self.total_updates(batches_per_epoch) * self.accumulation_steps
+        wanted = self.epochs * batches_per_epoch
+        if math.isclose(micro, wanted):
+            return None
+        return (
+            f"--epochs {self.epochs:g} is {wanted:g} micro-batches, which updates of "
+            f"--accumulation-steps {self.accumulation_steps} do not divide: training "
+            f"{micro // self.accumulation_steps} updates ({micro} micro-batches, "
+            f"{micro / batches_per_epoch:g} epochs)."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, as plain JSON-able data (``TrainConfig.from_dict`` reads it back)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A config from :meth:`to_dict`'s data (or ``config.json``'s ``args``); unknown
+        keys are refused, missing ones take their defaults.
+
+        Raises:
+          ConfigError: for bad values or unknown keys.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown settings {unknown}: not fields of TrainConfig")
+        return cls(**data)
 
     def saved(self) -> dict[str, Any]:
         """The settings that define the run, as ``config.json`` keeps them."""
@@ -232,8 +281,36 @@ class TrainConfig:
         }
 
     def problems(self) -> list[str]:
-        """Every reason these settings cannot make a run (empty when they can)."""
-        problems = []
+        """Every reason these settings cannot make a run (empty when they can).
+
+        Numpy only: no check starts a JAX backend.
+        """
+        problems = self._number_problems()
+        if self.mode not in MODES:
+            problems.append(f"--mode {self.mode!r} is not one of {list(MODES)}")
+        if self.dice_position not in POSITIONS:
+            problems.append(f"--dice-position {self.dice_position!r} is not one of {POSITIONS}")
+        if not (self.rule in RULES or callable(self.rule)):
+            problems.append(f"--rule {self.rule!r} is not one of {sorted(RULES)}")
+        if self.output_dir is not None and not str(self.output_dir).strip():
+            problems.append("--output-dir is empty: name a folder (or leave it out for runs/)")
+        problems += self._dice_problems()
+        if (
+            self.uses_dice
+            and self.dice_position == "after"
+            and self.mode == "per_mini_batch"
+            and self.accumulation_steps > 1
+        ):
+            problems.append(
+                "--dice-position after scales the final step, which exists once per "
+                "accumulated update, so it cannot roll per mini-batch: use --mode "
+                "per_accumulation_step (or --accumulation-steps 1)"
+            )
+        return problems + self._process_problems()
+
+    def _number_problems(self) -> list[str]:
+        """The problems of the numeric settings."""
+        problems: list[str] = []
 
         def say(name: str, text: str) -> None:
             problems.append(f"{_flag(name)} {text}{_ALSO.get(name, '')}")
@@ -273,39 +350,28 @@ class TrainConfig:
             )
         if finite["warmup_ratio"] and not 0 <= self.warmup_ratio < 1:
             say("warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
-        if self.mode not in MODES:
-            problems.append(f"--mode {self.mode!r} is not one of {list(MODES)}")
-        if self.dice_position not in POSITIONS:
-            problems.append(f"--dice-position {self.dice_position!r} is not one of {POSITIONS}")
-        if not (self.rule in RULES or callable(self.rule)):
-            problems.append(f"--rule {self.rule!r} is not one of {sorted(RULES)}")
-        game_problems = self._game_problems(finite["encounter_chance"])
-        problems += game_problems
+        return problems
+
+    def _dice_problems(self) -> list[str]:
+        """The problems of the die, the ruleset and the game (numpy only)."""
+        try:
+            dice_shim.parse_dice(self.dice_kwargs["dice"])
+        except (TypeError, ValueError) as err:
+            return [f"--dice {self.dice!r}: {err}"]
+        chance_is_finite = self.encounter_chance is None or math.isfinite(self.encounter_chance)
+        game_problems = self._game_problems(chance_is_finite)
         if self.advantage and self.disadvantage:
-            problems.append("--advantage and --disadvantage exclude each other")
-        elif self.uses_game:
-            if not game_problems and finite["encounter_chance"] and self.uses_dice:
-                try:  # what dice_roll refuses at construction: --normalize with the game, ...
-                    optax_dice.dice_roll(**self.dice_kwargs)
-                except (TypeError, ValueError) as err:
-                    problems.append(f"{'--normalize: ' if self.normalize else ''}{err}")
-        elif self.uses_dice and self.normalize and self.rule in RULES:
-            try:
-                optax_dice.odds(**self.dice_kwargs)
-            except (TypeError, ValueError) as err:  # E[scale] <= 0, or a bad die
-                problems.append(f"--normalize: {err}")
-        if (
-            self.uses_dice
-            and self.dice_position == "after"
-            and self.mode == "per_mini_batch"
-            and self.accumulation_steps > 1
-        ):
-            problems.append(
-                "--dice-position after scales the final step, which exists once per "
-                "accumulated update, so it cannot roll per mini-batch: use --mode "
-                "per_accumulation_step (or --accumulation-steps 1)"
-            )
-        return problems + self._process_problems()
+            return [*game_problems, "--advantage and --disadvantage exclude each other"]
+        if game_problems or not self.uses_dice or not chance_is_finite:
+            return game_problems
+        try:  # what the library refuses: --normalize with the game, a losing ruleset, ...
+            if self.uses_game:
+                optax_dice.dice_roll(**self.dice_kwargs)  # builds nothing on a device
+            elif self.normalize and self.rule in RULES:
+                dice_shim.check_normalize(self.dice_kwargs)
+        except (TypeError, ValueError) as err:
+            return [f"{'--normalize: ' if self.normalize else ''}{err}"]
+        return []
 
     def _game_problems(self, chance_is_finite: bool) -> list[str]:
         """The problems of ``--character``, ``--encounter-chance`` and ``--experience``."""
@@ -376,8 +442,12 @@ _ALSO = {
 }
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The command-line flag of a field: ``--batch-size`` for ``batch_size``."""
     return "--" + name.replace("_", "-")
+
+
+_flag = flag_name
 
 
 def to_argv(settings: dict[str, Any]) -> list[str]:
@@ -392,16 +462,52 @@ def to_argv(settings: dict[str, Any]) -> list[str]:
     return argv
 
 
-def build_parser() -> HfArgumentParser:
-    """The command line of the training script, generated from :class:`TrainConfig`."""
-    return HfArgumentParser(
-        TrainConfig,
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its real default."""
+
+
+def _string_to_bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true or false), got {value!r}")
+
+
+def _argument(field: dataclasses.Field) -> dict[str, Any]:
+    """``add_argument``'s keywords for a field, from its type, default and help."""
+    kind = _TYPES[field.name]
+    options = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(options) == 1:
+        kind = options[0]  # X | None: an X, default None
+    spec: dict[str, Any] = {"default": field.default, "help": field.metadata["help"]}
+    if kind is bool:
+        return {**spec, "type": _string_to_bool, "nargs": "?", "const": True}
+    if typing.get_origin(kind) is Literal:
+        choices = list(typing.get_args(kind))
+        return {**spec, "type": type(choices[0]), "choices": choices}
+    return {**spec, "type": kind}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the training script, generated from :class:`TrainConfig`'s fields:
+    ``--batch-size`` and ``--batch_size`` name the same flag; ``--help`` shows every default."""
+    parser = argparse.ArgumentParser(
         prog="python examples/bert/train.py",
         description=(
             "Fine-tune a BERT for text classification with an optax-dice optimizer: every "
             "update (or micro-batch) is scaled by a d20 saving throw."
         ),
+        formatter_class=_HelpFormatter,
     )
+    for field in dataclasses.fields(TrainConfig):
+        names = [f"--{field.name}"]  # as HfArgumentParser named them: --batch_size, --batch-size
+        if "_" in field.name:
+            names.append(_flag(field.name))
+        parser.add_argument(*names, dest=field.name, **_argument(field))
+    return parser
 
 
 def typed_flags(argv: Sequence[str] | None) -> dict[str, Any]:
@@ -409,15 +515,15 @@ def typed_flags(argv: Sequence[str] | None) -> dict[str, Any]:
     parser = build_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
-    return vars(argparse.ArgumentParser.parse_args(parser, argv))
+    return vars(parser.parse_args(argv))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parses and checks the command line; exits with a usage error on bad input.
 
-    With ``--resume DIR`` the settings come from ``DIR/config.json``; a flag typed with
-    another value than the saved one is refused, except the flags of ``RESUME_FLAGS``, which
-    change how the run goes on, not what it computes (``--no-progress`` saved stays on).
+    With ``--resume DIR`` the config holds what was typed (``resume`` among it); the run
+    resolves it against ``DIR/config.json`` (:func:`examples.bert.rundir.resumed_config`,
+    which ``python examples/bert/train.py`` applies).
     """
     parser = build_parser()
     parser.parse_args(argv)  # --help (with the defaults), and malformed values, exit here
@@ -426,53 +532,11 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     if both:
         parser.error(f"give only one of {', '.join(both)}")
     try:
-        if "resume" in typed:
-            return resumed(typed)
         return TrainConfig(**typed)
     except ValueError as err:
         parser.error(str(err))
     raise AssertionError("unreachable")
 
 
-def resumed(typed: dict[str, Any]) -> TrainConfig:
-    """The config of the run in ``typed["resume"]``, from its ``config.json``.
-
-    Args:
-      typed: the settings the user gave, ``resume`` among them.
-
-    Raises:
-      ValueError: not a run folder, a typed setting that differs from the run's, or nothing
-        to resume from.
-    """
-    run = typed["resume"]
-    path = os.path.join(run, rundir.CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"--resume {run}: no {rundir.CONFIG_FILE} there, not a run folder.")
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    # Older runs saved None for some real defaults: those keep the default.
-    saved = {
-        k: v
-        for k, v in rundir.read_json(path)["args"].items()
-        if k in defaults and not (v is None and defaults[k] is not None)
-    }
-    # Compare what the user typed with the saved run, not with the defaults: an explicit
-    # --threshold 12 against a run saved with 99 is a change, even though 12 is the default.
-    changed = [
-        f"{_flag(k)} (the run has {saved.get(k, defaults[k])!r}, not {v!r})"
-        for k, v in typed.items()
-        if k not in RESUME_FLAGS and v != saved.get(k, defaults[k])
-    ]
-    if changed:
-        raise ValueError(
-            f"--resume continues a run with its saved settings; drop {', '.join(changed)} "
-            "(start a new run to change them)."
-        )
-    if rundir.finished_summary(run) is None and not rundir.has_checkpoint(run):
-        raise ValueError(
-            f"--resume {run}: no checkpoint in {os.path.join(run, rundir.CHECKPOINT_DIR)} (it "
-            "was deleted, or the run stopped before its first save), so there is nothing to "
-            "resume from; start a new run with another --output-dir."
-        )
-    how = {k: v for k, v in typed.items() if k in RESUME_FLAGS}
-    no_progress = typed.get("no_progress", False) or saved.get("no_progress", False)
-    return TrainConfig(**{**saved, **how, "output_dir": run, "no_progress": no_progress})
+# Each field's type, resolved once (the module uses postponed annotations).
+_TYPES = typing.get_type_hints(TrainConfig)

@@ -7,11 +7,13 @@ lacks (typically the classifier head) is initialised for real.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
 import os
 import re
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,30 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike | None = None) -> Path:
             f"holding {' and '.join(_CHECKPOINT_FILES)}, or {DEFAULT_PACKAGE} for {default}."
         ) from error
     return _checked(Path(folder))
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection within ``timeout_s`` seconds."""
+    from urllib.parse import urlparse
+
+    url = urlparse(huggingface_hub.constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def go_offline() -> None:
+    """Makes ``huggingface_hub`` and ``datasets`` fail at once on a hub name (the local cache
+    still serves), instead of retrying an unreachable network for half a minute."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    with contextlib.suppress(ImportError, AttributeError):
+        import datasets
+
+        datasets.config.HF_HUB_OFFLINE = True
 
 
 @dataclasses.dataclass
