@@ -517,3 +517,14 @@ def test_the_study_is_one_process_that_can_be_interrupted(assets, tmp_path, monk
         study.main(["--quick", "--arms", "baseline", "--runs-dir", str(tmp_path),
                     "--model", assets["model"], "--dataset", assets["data"]])  # fmt: skip
     assert not (tmp_path / "results").exists()
+
+
+def test_readme_quotes_the_committed_answers():
+    root = Path(study.__file__).resolve().parents[2]
+    md = (root / "benchmarks" / "results" / "study.md").read_text().splitlines()
+    readme = (root / "README.md").read_text()
+    quoted = [line for line in md if line[:3] in {f"{i}. " for i in range(1, 10)}]
+    quoted += [line for line in md if line.startswith("Multiple comparisons:")]
+    assert len(quoted) == 10
+    for line in quoted:
+        assert line in readme, line

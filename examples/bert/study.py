@@ -467,12 +467,18 @@ class View:
         return paired(at_best_rows(self.rows, self.best, steps or self.cfg.steps), arm, ref, key)
 
     def mean(self, arm: str, key: str = "accuracy") -> str:
-        """``mean ± std`` of the arm at its best lr."""
-        return mean_std(r.get(key) for r in self.at_best if r["arm"] == arm)
+        """``mean ± std`` of the arm at its best lr (``no runs yet`` without one)."""
+        text = mean_std(r.get(key) for r in self.at_best if r["arm"] == arm)
+        return "no runs yet" if text == "-" else text
 
     def lr(self, arm: str) -> str:
-        """The arm's best lr, or ``-``."""
-        return f"{self.best[arm]:.3g}" if arm in self.best else "-"
+        """The arm's best lr and how many of the grid's lrs it was chosen from."""
+        if arm not in self.best:
+            return "-"
+        grid = {f"{lr_of(self.cfg, arm, f):.6g}" for f in self.cfg.lr_factors}
+        tried = {f"{r['lr']:.6g}" for r in self.rows if r["arm"] == arm
+                 and r["steps"] == self.cfg.steps and not r["label_noise"]}  # fmt: skip
+        return f"{self.best[arm]:.3g}, best of {len(grid & tried)} of {len(grid)} lrs"
 
     def per_seed_lines(self) -> dict[int, dict[str, list[float]]]:
         """The lines by seed, alphas in order."""
@@ -521,9 +527,9 @@ def answers(v: View) -> list[str]:
     noisy = {a: said(interaction(v.rows, v.best, steps, noise, a))
              for a in ("dice before", "fair die before")}  # fmt: skip
     return [
-        f"1. **Tuned alike, do the dice before AdamW lose?** Baseline at lr {v.lr('baseline')} "
-        f"({v.mean('baseline')}), dice before at {v.lr('dice before')} "
-        f"({v.mean('dice before')}); dice minus baseline: {said(v.d('dice before', 'baseline'))}.",
+        f"1. **Tuned alike, do the dice before AdamW lose?** Baseline at lr {v.lr('baseline')}: "
+        f"{v.mean('baseline')}; dice before at lr {v.lr('dice before')}: "
+        f"{v.mean('dice before')}; dice minus baseline: {said(v.d('dice before', 'baseline'))}.",
         "2. **Is it the clip?** Against AdamW clipped at the dice's matched threshold "
         f"({CLIP_MATCHED}, {v.mean('baseline, clip 2.7')}): "
         f"{said(v.d('dice before', 'baseline, clip 2.7'))}; without any clip, dice minus "
@@ -540,9 +546,9 @@ def answers(v: View) -> list[str]:
         + "; "
         + budget_words(v, "dice after", "lr-matched control")
         + ".",
-        f"7. **Robust to noisy labels ({noise:.0%} flipped)?** What the noise costs the dice "
-        f"before minus what it costs the baseline: {noisy['dice before']}; the fair die "
-        f"before: {noisy['fair die before']}.",
+        f"7. **Robust to noisy labels ({noise:.0%} flipped)?** Noisy minus clean accuracy, "
+        "dice before minus baseline (positive: the dice lose less): "
+        f"{noisy['dice before']}; the fair die before: {noisy['fair die before']}.",
         f"8. **Flatter?** Flat sigma (of the mean curve): {flat}{change}.",
         "9. **A barrier between them?** The largest loss above the chord from the baseline's "
         f"final parameters to the dice's, per seed: {barrier_words(barriers)}.",
@@ -590,15 +596,37 @@ def aggregate(rows: Sequence[Row]) -> list[Row]:
     return table
 
 
-def headline_table(v: View) -> list[str]:
-    """Holm over the headline contrasts, and the seeds a power estimate asks for."""
+def headline(v: View) -> tuple[dict[int, str], dict[int, Any], dict[int, tuple[float, bool]]]:
+    """The headline contrasts: their names, paired differences and Holm-adjusted p-values."""
+    longest = max(v.cfg.budgets, default=v.cfg.steps)
     ds = {q.number: v.d(q.arm, q.ref) for q in HEADLINE}
-    ds[6] = v.d("dice before", "baseline", steps=max(v.cfg.budgets, default=v.cfg.steps))
+    ds[6] = v.d("dice before", "baseline", steps=longest)
     ds[7] = interaction(v.rows, v.best, v.cfg.steps, v.cfg.label_noise, "dice before")
     names = {q.number: f"{q.arm} - {q.ref}" for q in HEADLINE}
-    names |= {6: f"dice before - baseline at {max(v.cfg.budgets, default=v.cfg.steps)} updates",
+    names |= {6: f"dice before - baseline at {longest} updates",
               7: "label-noise cost, dice before - baseline"}  # fmt: skip
     adjusted = experiment.holm({n: math.nan if d is None else d["p"] for n, d in ds.items()})
+    return names, ds, adjusted
+
+
+def holm_sentence(v: View) -> str:
+    """Which headline answers hold once Holm's adjustment is made."""
+    _, ds, adjusted = headline(v)
+    measured = [n for n, d in ds.items() if d is not None and d["n"] > 1]
+    held = [str(n) for n in measured if adjusted[n][1]]
+    lost = [f"{n} ({adjusted[n][0]:.2g})" for n in measured
+            if not adjusted[n][1] and ds[n]["verdict"] in ("helps", "hurts")]  # fmt: skip
+    return (
+        f"Multiple comparisons: over the {len(measured)} headline contrasts measured, Holm's "
+        f"adjustment keeps answers {', '.join(held) or 'none'} at 5% family-wise; "
+        + (f"these do not hold after it (adjusted p): {', '.join(lost)}." if lost
+           else "every verdict above that it covers still holds.")
+    )  # fmt: skip
+
+
+def headline_table(v: View) -> list[str]:
+    """Holm over the headline contrasts, and the seeds a power estimate asks for."""
+    names, ds, adjusted = headline(v)
     body = []
     for n, d in ds.items():
         if d is None:
@@ -801,7 +829,7 @@ def report(v: View, command: str) -> str:
         stability_table, flatness_tables, lines_table,
     ]  # fmt: skip
     out = ["# Do the dice do anything a smaller learning rate or a looser clip does not?\n",
-           setup, "## Answers\n", *answers(v), ""]  # fmt: skip
+           setup, "## Answers\n", *answers(v), "", holm_sentence(v), ""]  # fmt: skip
     for section in sections:
         out += section(v)
     out.append(
