@@ -5,12 +5,13 @@ import json
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks import gpu
-from examples.bert import gpu_study
+from examples.bert import experiment, gpu_study
 from tests.train_helpers import make_tiny_model_dir, synthetic_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,3 +136,21 @@ def test_gpu_study_starts_no_run_after_its_budget(tmp_path):
     rows = json.loads((tmp_path / "runs" / "results" / "main_job.json").read_text())
     assert [r["status"] for r in rows] == ["not started (deadline)"] * 2
     assert not (tmp_path / "runs" / "results" / "sweep").exists()
+
+
+def test_every_run_stops_by_its_time(tmp_path, monkeypatch):
+    # Runs still going at --stop-by get SIGINT (a checkpoint, then exit) and count as
+    # stopped, not failed; the driver goes on to its tables.
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    monkeypatch.setattr(experiment, "child_argv", lambda job: sleeper)
+    monkeypatch.setattr(experiment, "pending", lambda jobs, skip: list(jobs))
+    monkeypatch.setattr(experiment, "run_status", lambda workdir: "missing")
+    jobs = [experiment.Job("sleeper", s, str(tmp_path / f"s{s}"), {}) for s in range(2)]
+    start = time.monotonic()
+    limits = experiment.Limits(stop_by=start + 2.0, keep_going=True)
+
+    outcomes = experiment.run_jobs(jobs, at_once=2, limits=limits, say=lambda s: None)
+
+    assert list(outcomes.values()) == ["stopped at its time limit"] * 2
+    assert time.monotonic() - start < 30
+    assert experiment.Limits(timeout=5.0, stop_by=time.monotonic() + 100).seconds_left() == 5.0

