@@ -134,7 +134,8 @@ def parse(
     """
     from examples.bert.train_config import TrainConfig
 
-    parser = Parser(prog=prog, description=description)
+    epilog = "Any other flag is a training flag (python examples/bert/train.py --help), given "
+    parser = Parser(prog=prog, description=description, epilog=epilog + "to every run.")
     add_dataclass(parser, cls)
     known, rest = parser.parse_known_args(argv)
     train_parser = Parser(prog=prog, add_help=False)

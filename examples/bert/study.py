@@ -167,7 +167,11 @@ class StudyConfig:
     weight_noise_draws: int = dataclasses.field(default=20, metadata=_help("draws per sigma"))
     alphas: int = dataclasses.field(default=21, metadata=_help("points from alpha -0.5 to 1.5"))
     arms: list[str] | None = dataclasses.field(
-        default=None, metadata=_help("a subset of the arms, by folder name (default: all)")
+        default=None,
+        metadata=_help(
+            "a subset of the arms, by folder name (default: all): "
+            + ", ".join(experiment.slug(a) for a in ARMS)
+        ),
     )
 
     def problems(self) -> list[str]:
