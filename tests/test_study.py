@@ -507,15 +507,16 @@ def test_quick_study_runs_every_phase(assets, tmp_path):
     assert {p["seed"] for p in lines} == {0, 1} and min(p["alpha"] for p in lines) == -0.5
 
 
-def test_the_study_is_one_process_that_can_be_interrupted(assets, tmp_path, monkeypatch):
+def test_the_study_is_one_process_that_can_be_interrupted(assets, tmp_path, monkeypatch, capsys):
     # Ctrl-C in a run stops the study: the run counts neither as finished nor as failed.
     def interrupted(settings, workdir):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiment, "train_here", interrupted)
-    with pytest.raises(SystemExit, match="Interrupted"):
+    with pytest.raises(SystemExit) as stop:
         study.main(["--quick", "--arms", "baseline", "--runs-dir", str(tmp_path),
                     "--model", assets["model"], "--dataset", assets["data"]])  # fmt: skip
+    assert stop.value.code == 130 and "Interrupted" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
 
 

@@ -444,11 +444,11 @@ def _run_in_subprocesses(
 
 
 def interrupted_exit(err: KeyboardInterrupt) -> NoReturn:
-    """What a driver does on Ctrl-C: one line, exit status 130."""
+    """What a driver does on Ctrl-C: one line on stderr, exit status 130."""
     where = f" ({err})" if str(err) else ""
-    raise SystemExit(
-        f"Interrupted{where}: run the same command again to resume from the last checkpoint."
-    ) from None
+    print(f"Interrupted{where}: run the same command again to resume from the last checkpoint.",
+          file=sys.stderr, flush=True)  # fmt: skip
+    raise SystemExit(INTERRUPTED_EXIT) from None
 
 
 # ------------------------------------------------------------------------------ statistics
