@@ -205,10 +205,22 @@ def test_a_folder_is_claimed_by_one_run_at_a_time(tmp_path):
 def test_default_names_never_collide(tmp_path):
     config = TrainConfig(dataset="some data.csv")
     name = rundir.default_output_dir(config, str(tmp_path))
-    first = rundir.claim(name, new=True, unique=True)
-    second = rundir.claim(name, new=True, unique=True)
+    assert os.path.basename(name).startswith("bert-some_data_csv-per_mini_batch-seed0-")
+    first, second = rundir.reserve(name), rundir.reserve(name)
     assert first == name and second == f"{name}-2"
     assert Path(first).is_dir() and Path(second).is_dir()
+    assert rundir.claim(second, new=True) == second  # reserved empty: a new run takes it
+
+
+def test_a_default_folder_is_removed_when_its_run_never_began(assets, tmp_path, monkeypatch,
+                                                              capsys):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    argv = base_args(assets, "unused", "--steps", "2", "--dataset", "/no/such/file.csv")
+    argv = argv[: argv.index("--output-dir")] + argv[argv.index("--output-dir") + 2 :]
+    with pytest.raises(SystemExit):
+        train.main(argv)
+    assert "does not exist" in capsys.readouterr().err
+    assert os.listdir(tmp_path / train.RUNS_DIR) == []
 
 
 def test_a_second_run_on_a_claimed_folder_is_refused_before_loading(assets, tmp_path, capsys,
@@ -293,7 +305,7 @@ def test_train_and_evaluate_runs_resumes_and_refuses_another_config(assets, tmp_
     from flax import nnx
 
     saved = final_checkpoint(workdir)["params"]
-    ours = nnx.state(model, nnx.Param).to_pure_dict()
+    ours = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     np.testing.assert_array_equal(
         saved["classifier"]["kernel"]["value"], np.asarray(ours["classifier"]["kernel"])
     )
@@ -330,7 +342,7 @@ def test_ctrl_c_while_loading_is_one_line(assets, tmp_path, capsys, monkeypatch)
         train.main(base_args(assets, tmp_path / "out", "--steps", "2"))
     assert exit_info.value.code == 130
     err = capsys.readouterr().err.strip()
-    assert err == "Interrupted before training began; no run folder was left."
+    assert err == "Interrupted before training began: nothing was trained or saved."
     assert not (tmp_path / "out").exists()
 
 
@@ -382,11 +394,13 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_good_one(how, saved_run
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert f"The checkpoint at micro-step 4 in {out / 'checkpoints'} is damaged" in output
-    assert "Using the previous good checkpoint, at micro-step 2, instead." in output
+    assert "Using the previous good checkpoint, at micro-step 2, instead" in output
     assert "Traceback" not in output and "Event loop is closed" not in output
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["status"], summary["resumed_from_micro_step"]) == ("completed", 2)
     assert [r["micro_step"] for r in train_records(out)] == list(range(1, 7))
+    # The damaged checkpoint was replaced by a good one: the final state restores.
+    assert final_checkpoint(out)["step"] == 6
 
 
 def test_no_good_checkpoint_is_one_line_naming_the_steps(saved_run, tmp_path, capsys):
@@ -502,3 +516,17 @@ def test_tensorboard_event_files_hold_the_logged_scalars(assets, tmp_path):
                                [r.accuracy for r in evals], rtol=1e-6)  # fmt: skip
     assert (out / "metrics.jsonl").exists()
     assert not (tmp_path / "plain" / "tensorboard").exists()
+
+
+def test_tensorboard_without_tensorboardx_is_refused_before_anything(assets, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def missing(name, *args, **kwargs):
+        return None if name == "tensorboardX" else find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", missing)
+    with pytest.raises(train.UsageError, match="pip install tensorboardX"):
+        train.train_and_evaluate(tiny(assets, tensorboard=True), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -6,7 +6,8 @@ elsewhere):
 
 * :class:`TrainRecord`: one micro-step (``kind`` ``"train"``); the roll's and the game's
   fields are there only on a micro-step that rolled (None otherwise, and left out of the file).
-* :class:`EvalRecord`: one evaluation (``kind`` ``"eval"`` or ``"eval_perturbed"``).
+* :class:`EvalRecord`: one evaluation (``kind`` ``"eval"`` or ``"eval_perturbed"``);
+  ``MetricsRecord`` is either, a line of ``metrics.jsonl`` (:func:`read_metrics`).
 * :class:`Summary`: how a run ended and its results.
 
 ``micro_step`` counts micro-batches done and ``step`` applied updates done (both from 1). All
@@ -180,7 +181,9 @@ class EvalRecord:
         return out
 
 
-Record = TrainRecord | EvalRecord
+#: A line of ``metrics.jsonl``: a train record or an evaluation.
+MetricsRecord = TrainRecord | EvalRecord
+Record = MetricsRecord
 
 
 def record_from_json(line: dict[str, Any]) -> Record:
@@ -198,7 +201,7 @@ def metrics_path(workdir: str | os.PathLike) -> str:
     return os.path.join(workdir, METRICS_FILE)
 
 
-def read_metrics(workdir: str | os.PathLike) -> list[Record]:
+def read_metrics(workdir: str | os.PathLike) -> list[MetricsRecord]:
     """The records of a run folder's ``metrics.jsonl`` (``workdir`` may also name the file).
 
     An incomplete last line, from a killed run, is skipped; a missing file reads as no records.

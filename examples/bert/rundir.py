@@ -21,8 +21,8 @@ import importlib.metadata
 import os
 import re
 import socket
+import sys
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from examples.bert import records
@@ -45,6 +45,8 @@ __all__ = [
     "config_json",
     "has_checkpoint",
     "read_json",
+    "release",
+    "reserve",
     "resumed_config",
     "run_status",
     "write_json",
@@ -101,7 +103,7 @@ def finished_summary(run_dir: str | os.PathLike) -> records.Summary | None:
 
 
 def default_output_dir(config: TrainConfig, runs_dir: str = RUNS_DIR) -> str:
-    """``runs/bert-<dataset>-<mode>-seed<seed>-<date>-<time>``; :func:`claim` adds ``-2``,
+    """``runs/bert-<dataset>-<mode>-seed<seed>-<date>-<time>``; :func:`reserve` adds ``-2``,
     ``-3``, ... when another run took that name in the same second."""
     name = re.sub(r"[^A-Za-z0-9]+", "_", os.path.basename(str(config.dataset))).strip("_")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -133,17 +135,37 @@ def check_writable(out: str) -> None:
         )
 
 
-def claim(out: str, *, new: bool, unique: bool = False) -> str:
+def reserve(out: str) -> str:
+    """Makes a new, empty folder named ``out``, or ``out-2``, ``out-3``, ... when that name is
+    taken (``os.mkdir`` is atomic: two runs never get the same one). Default names use it.
+
+    Raises:
+      RunFolderError: a folder that cannot be made there.
+    """
+    check_writable(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    candidate, n = out, 1
+    while True:
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{out}-{n}"
+        except OSError as err:
+            raise RunFolderError(f"--output-dir {out}: cannot make it ({err.strerror}).") from err
+
+
+def claim(out: str, *, new: bool) -> str:
     """Claims the run folder for this process, atomically, before anything is written.
 
-    The folder is made with ``os.mkdir`` (or, when it exists, its lock file with ``O_EXCL``),
-    so of two runs started on one folder exactly one gets it. Release it with
+    The folder is made with ``os.mkdir`` if it does not exist; then its lock file is created
+    with ``O_EXCL``, so of two runs started on one folder exactly one gets it. Release it with
     :func:`release`.
 
     Args:
       out: the folder.
       new: a new run, which needs a new or empty folder (else a resumed one).
-      unique: when ``out`` exists, claim ``out-2``, ``out-3``, ... instead (default names).
 
     Returns:
       The folder claimed.
@@ -153,27 +175,18 @@ def claim(out: str, *, new: bool, unique: bool = False) -> str:
         or another live run holds it.
     """
     check_writable(out)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    candidate, n = out, 1
-    while True:
-        try:
-            os.mkdir(candidate)
-            break
-        except FileExistsError:
-            if not unique:
-                break
-            n += 1
-            candidate = f"{out}-{n}"
-        except OSError as err:
-            raise RunFolderError(f"--output-dir {out}: cannot make it ({err.strerror}).") from err
-    _lock(candidate)
-    if new and set(os.listdir(candidate)) - {LOCK_FILE}:
-        release(candidate)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise RunFolderError(f"--output-dir {out}: cannot make it ({err.strerror}).") from err
+    _lock(out)
+    if new and set(os.listdir(out)) - {LOCK_FILE}:
+        release(out)
         raise RunFolderError(
-            f"--output-dir {candidate} exists and is not empty: choose another, or continue "
-            f"that run with --resume {candidate}."
+            f"--output-dir {out} exists and is not empty: choose another, or continue "
+            f"that run with --resume {out}."
         )
-    return candidate
+    return out
 
 
 def _lock(out: str) -> None:
@@ -226,16 +239,6 @@ def release(out: str) -> None:
             os.remove(path)
 
 
-@contextlib.contextmanager
-def claimed(out: str, *, new: bool, unique: bool = False) -> Iterator[str]:
-    """:func:`claim` for the duration of a ``with`` block."""
-    folder = claim(out, new=new, unique=unique)
-    try:
-        yield folder
-    finally:
-        release(folder)
-
-
 # ---------------------------------------------------------------------------- resuming
 
 
@@ -254,6 +257,21 @@ def saved_args(run: str | os.PathLike) -> dict[str, Any]:
         raise RunFolderError(f"--resume {run}: its {CONFIG_FILE} is unreadable ({err}).") from err
 
 
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _saved_settings(run: str | os.PathLike) -> dict[str, Any]:
+    """The saved settings that are fields; older runs saved None for some real defaults:
+    those keep the default."""
+    defaults = _defaults()
+    return {
+        k: v
+        for k, v in saved_args(run).items()
+        if k in defaults and not (v is None and defaults[k] is not None)
+    }
+
+
 def resumed_config(typed: dict[str, Any]) -> TrainConfig:
     """The config that ``--resume DIR`` continues, from ``DIR/config.json``.
 
@@ -267,13 +285,8 @@ def resumed_config(typed: dict[str, Any]) -> TrainConfig:
         an ``--output-dir`` other than the run's folder, or nothing to resume from.
     """
     run = typed["resume"]
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    # Older runs saved None for some real defaults: those keep the default.
-    saved = {
-        k: v
-        for k, v in saved_args(run).items()
-        if k in defaults and not (v is None and defaults[k] is not None)
-    }
+    defaults = _defaults()
+    saved = _saved_settings(run)
     # Compare what the user typed with the saved run, not with the defaults: an explicit
     # --threshold 12 against a run saved with 99 is a change, even though 12 is the default.
     changed = [
@@ -307,11 +320,11 @@ def same_run(config: TrainConfig, workdir: str | os.PathLike) -> list[str]:
     """The settings in which ``config`` differs from the run saved in ``workdir`` (empty when
     it is the same run, or when the folder holds none)."""
     try:
-        saved = saved_args(workdir)
+        saved = _saved_settings(workdir)
     except RunFolderError:
         return []
     mine = config.saved()
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = _defaults()
     return [
         f"{flag_name(k)} (the run has {saved.get(k, defaults[k])!r}, not {v!r})"
         for k, v in mine.items()
@@ -394,18 +407,26 @@ class Checkpointer:
         """
         steps = sorted(self.manager.all_steps(), reverse=True)
         failed: list[str] = []
+        damaged: list[int] = []
         for step in steps:
             try:
                 state, meta = self.restore(step, like)
             except Exception as err:  # orbax and tensorstore raise many kinds: all mean damage
+                _quiet_closed_loop_noise()
                 failed.append(f"micro-step {step} ({_short(err)})")
+                damaged.append(step)
                 say(
                     f"The checkpoint at micro-step {step} in {self.directory} is damaged or "
                     f"does not match this run: {_short(err)}"
                 )
                 continue
             if failed:
-                say(f"Using the previous good checkpoint, at micro-step {step}, instead.")
+                say(
+                    f"Using the previous good checkpoint, at micro-step {step}, instead (the "
+                    f"damaged one{'s' if len(damaged) > 1 else ''} deleted, to be saved again)."
+                )
+                for bad in damaged:
+                    self.manager.delete(bad)
             return state, meta, step
         raise CheckpointError(
             f"no checkpoint in {self.directory} can be restored "
@@ -417,6 +438,23 @@ class Checkpointer:
         """Waits for the saves and releases the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _quiet_closed_loop_noise() -> None:
+    """After a failed restore, tensorstore's reads still in flight call back into the event
+    loop orbax has closed, and each prints a ``RuntimeError: Event loop is closed`` traceback
+    (through ``sys.excepthook``). Those, and only those, are dropped from then on."""
+    previous = sys.excepthook
+    if getattr(previous, "quiet_closed_loop", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, tb)
+
+    hook.quiet_closed_loop = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _short(err: BaseException) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import sys
 import time
@@ -208,7 +209,7 @@ def claim_folder(config: TrainConfig, workdir: str, *, new: bool) -> str:
     error, folder = "", workdir
     if jax.process_index() == 0:
         try:
-            folder = rundir.claim(workdir, new=new, unique=config.output_dir is None)
+            folder = rundir.claim(workdir, new=new)
         except (rundir.RunFolderError, OSError) as err:
             error = str(err)
     if jax.process_count() > 1:  # every process learns whether process 0 got the folder
@@ -457,6 +458,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> Summary:
             f"continue it with --resume {workdir}, or choose another folder."
         )
     resume = status == "unfinished" and rundir.has_checkpoint(workdir)
+    if config.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise UsageError(
+            "--tensorboard writes through tensorboardX, which is not installed: "
+            "pip install tensorboardX (the examples extra has it)."
+        )
     quiet_libraries(config)
     created = not os.path.isdir(workdir)
     # An unfinished run without a checkpoint (killed before its first save) starts over.
@@ -515,8 +521,8 @@ def _model_name(config: TrainConfig) -> str:
 
 
 def output_dir(config: TrainConfig) -> str:
-    """The run folder a config names: ``--output-dir``, else a new one under ``runs/``
-    (multi-host runs must name one on a shared filesystem).
+    """The run folder a config names: ``--output-dir``, else a new one under ``runs/``, made
+    empty (multi-host runs must name one on a shared filesystem).
 
     Raises:
       UsageError: a multi-host run without ``--output-dir``, or a folder that cannot be
@@ -525,7 +531,10 @@ def output_dir(config: TrainConfig) -> str:
     if config.output_dir is None:
         if config.distributed:
             raise UsageError("multi-host runs need --output-dir, on a shared filesystem.")
-        return rundir.default_output_dir(config, RUNS_DIR)
+        try:
+            return rundir.reserve(rundir.default_output_dir(config, RUNS_DIR))
+        except rundir.RunFolderError as err:
+            raise UsageError(str(err)) from err
     try:
         rundir.check_writable(config.output_dir)
     except rundir.RunFolderError as err:
@@ -546,7 +555,13 @@ def train(config: TrainConfig) -> Summary:
       UsageError: as :func:`train_and_evaluate`.
       RunInterrupted: as :func:`train_and_evaluate`.
     """
-    return train_and_evaluate(config, output_dir(config))
+    out = output_dir(config)
+    try:
+        return train_and_evaluate(config, out)
+    except BaseException:
+        if config.output_dir is None and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)  # the default folder reserved for a run that never began
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -557,8 +572,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     non-finite number, an --output-dir that is a file or in use) ends with a usage error
     (``SystemExit``) and leaves no output folder behind. A run whose training loss becomes
     non-finite stops with status ``"diverged"``; Ctrl-C or SIGTERM saves a checkpoint and
-    returns status ``"interrupted"`` (Ctrl-C before training began exits with 130, one line
-    said). Run as a script, any status but ``"completed"`` exits with 1.
+    returns status ``"interrupted"`` (Ctrl-C before training began exits with 130 after one
+    line, and a new run's folder is removed). Run as a script, any status but ``"completed"``
+    exits with 1.
     """
     config = parse_args(argv)
     try:
@@ -568,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except RunInterrupted as stop:
         return stop.summary.to_json()
     except KeyboardInterrupt:
-        print("\nInterrupted before training began; no run folder was left.", file=sys.stderr)
+        print("\nInterrupted before training began: nothing was trained or saved.", file=sys.stderr)
         raise SystemExit(130) from None
     raise AssertionError("unreachable")
 
