@@ -529,3 +529,17 @@ def test_readme_quotes_the_committed_answers():
     assert len(quoted) == 10
     for line in quoted:
         assert line in readme, line
+
+
+def test_the_answers_are_re_quoted_in_the_readme(tmp_path):
+    readme = tmp_path / "README.md"
+    before = "# X\n\n1. **Elsewhere** kept\n\n## Results: y\n\nintro\n\n1. **Old** one\n"
+    readme.write_text(
+        before + "9. **Old** nine\nMultiple comparisons: old.\n\n## Next\n\n2. **Kept**\n"
+    )
+    report = "## Answers\n\n1. **New** one\n9. **New** nine\n\nMultiple comparisons: new.\n"
+    study.quote_in_readme(str(readme), report)
+    assert readme.read_text() == (
+        "# X\n\n1. **Elsewhere** kept\n\n## Results: y\n\nintro\n\n1. **New** one\n"
+        "9. **New** nine\nMultiple comparisons: new.\n\n## Next\n\n2. **Kept**\n"
+    )

@@ -166,6 +166,11 @@ class StudyConfig:
     )
     weight_noise_draws: int = dataclasses.field(default=20, metadata=_help("draws per sigma"))
     alphas: int = dataclasses.field(default=21, metadata=_help("points from alpha -0.5 to 1.5"))
+    readme: str | None = dataclasses.field(
+        default=None,
+        metadata=_help("a README.md whose Results section quotes the answers: rewrite them "
+                       "from this report"),
+    )  # fmt: skip
     arms: list[str] | None = dataclasses.field(
         default=None,
         metadata=_help(
@@ -946,6 +951,26 @@ def study(cfg: StudyConfig, extra: Mapping[str, Any]) -> View:
     return View(cfg, rows, lines_of(cfg, rows, best, lines0), best)
 
 
+def quote_in_readme(readme: str, report_text: str) -> None:
+    """Rewrites the answers (and the Holm sentence) that ``readme``'s Results section quotes
+    with the report's: each line that starts as one of them is replaced."""
+    quoted = {
+        line[:3]: line
+        for line in report_text.splitlines()
+        if re.match(r"\d\. \*\*", line) or line.startswith("Multiple comparisons:")
+    }
+    with open(readme) as f:
+        lines = f.read().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Results"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    for i in range(start, end):
+        head = lines[i][:3]
+        if head in quoted and (head == "Mul" or re.match(r"\d\. \*\*", lines[i])):
+            lines[i] = quoted[head]
+    with open(readme, "w") as f:
+        f.write("\n".join(lines))
+
+
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     """Runs (or resumes) the study and writes its report; returns the per-run rows."""
     from examples.bert import plots
@@ -967,6 +992,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     text = report(v, command)
     with open(os.path.join(out, "study.md"), "w") as f:
         f.write(text)
+    if cfg.readme:
+        quote_in_readme(cfg.readme, text)
     print(text)
     return v.rows
 
