@@ -543,3 +543,21 @@ def test_the_answers_are_re_quoted_in_the_readme(tmp_path):
         "# X\n\n1. **Elsewhere** kept\n\n## Results: y\n\nintro\n\n1. **New** one\n"
         "9. **New** nine\nMultiple comparisons: new.\n\n## Next\n\n2. **Kept**\n"
     )
+
+
+def test_the_figures_draw_from_rows_with_missing_values(tmp_path):
+    from examples.bert import plots
+
+    cfg = _cfg()
+    rows = _synthetic(seeds=3)
+    # Two sigma grids (round 1's and round 2's), a diverged run, a noisy run per seed.
+    one = {"sigmas": [0.1, 0.2], "clean": 0.7, "accuracy": {"0.1": [0.7], "0.2": [0.6]}}
+    two = {"sigmas": [0.05, 0.1], "clean": 0.7, "accuracy": {"0.05": [0.7], "0.1": [0.69]}}
+    rows = [study.add_flatness(r, one if r["seed"] else two) for r in rows]
+    rows.append(_row("dice after", 3, None))
+    rows += [_row(a, s, 0.6, noise=0.2) for a in ("baseline", "dice before") for s in range(3)]
+    lines = [{"seed": 0, "alpha": a, "loss": 0.5 + a * (1 - a), "accuracy": 0.7}
+             for a in (-0.5, 0.0, 0.5, 1.0, 1.5)]  # fmt: skip
+    plots.plot_study(study.View(cfg, rows, lines, study.best_lrs(cfg, rows)), str(tmp_path))
+    for name in ("accuracy_vs_lr", "budget", "weight_noise", "interpolation", "label_noise"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 0, name

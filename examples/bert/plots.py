@@ -296,8 +296,7 @@ def plot_study(v: Any, results_dir: str) -> None:
 
 
 def _mean_std(values: Any) -> tuple[float, float]:
-    v = np.array([float(x) for x in values], np.float64)
-    v = v[np.isfinite(v)]
+    v = experiment.finite(values)  # None, NaN and missing values left out
     return (float(v.mean()) if v.size else math.nan), (float(v.std()) if v.size else 0.0)
 
 

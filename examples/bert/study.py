@@ -272,12 +272,14 @@ def job(cfg: StudyConfig, extra: Mapping[str, Any], arm: str, lr: float, seed: i
 
 
 def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
-    """Phase 1: every arm at every lr of the grid, the tuning seeds."""
+    """Phase 1: every arm at every lr of the grid, the tuning seeds; seed by seed, the grid's
+    middle first, then outwards (what finishes first answers the most)."""
+    outwards = sorted(cfg.lr_factors, key=lambda f: (abs(math.log(f)), f))
     return [
         job(cfg, extra, arm, lr_of(cfg, arm, f), seed)
         for seed in range(cfg.seeds)
+        for f in outwards
         for arm in experiment.select(ARMS, cfg.arms)
-        for f in cfg.lr_factors
     ]
 
 
@@ -669,7 +671,7 @@ def tuning_table(v: View) -> list[str]:
     ]  # fmt: skip
     header = ["arm", "lr", "runs", "accuracy", "best accuracy", "macro-F1", "best macro-F1",
               "perturbed accuracy", "failed"]  # fmt: skip
-    best = ", ".join(f"{a} {v.lr(a)}" for a in ARMS if a in v.best)
+    best = "; ".join(f"{a} {v.lr(a)}" for a in ARMS if a in v.best)
     return [
         f"## Clean labels, every lr ({v.cfg.steps} updates)\n",
         experiment.markdown_table(header, body),
@@ -842,8 +844,9 @@ def report(v: View, command: str) -> str:
     for section in sections:
         out += section(v)
     out.append(
-        "Per-run rows: runs.csv; per arm: study.csv; the lines: lines.csv. Figures: "
-        "accuracy_vs_lr.png, weight_noise.png, interpolation.png, label_noise.png."
+        "Per-run rows: runs.csv; per arm: study.csv; the lines: lines.csv. Figures, where "
+        "measured: accuracy_vs_lr.png, budget.png, weight_noise.png, interpolation.png, "
+        "label_noise.png."
     )
     return "\n".join(out) + "\n"
 
