@@ -272,13 +272,13 @@ def job(cfg: StudyConfig, extra: Mapping[str, Any], arm: str, lr: float, seed: i
 
 
 def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
-    """Phase 1: every arm at every lr of the grid, the tuning seeds; seed by seed, the grid's
-    middle first, then outwards (what finishes first answers the most)."""
+    """Phase 1: every arm at every lr of the grid, the tuning seeds; the grid's middle first,
+    every seed of it, then outwards (what finishes first answers the most)."""
     outwards = sorted(cfg.lr_factors, key=lambda f: (abs(math.log(f)), f))
     return [
         job(cfg, extra, arm, lr_of(cfg, arm, f), seed)
-        for seed in range(cfg.seeds)
         for f in outwards
+        for seed in range(cfg.seeds)
         for arm in experiment.select(ARMS, cfg.arms)
     ]
 
