@@ -405,6 +405,7 @@ class Checkpointer:
         Raises:
           CheckpointError: none restores (a one-line message naming the folder and steps).
         """
+        _quiet_closed_loop_noise()  # a failing restore's reads may call back at any time
         steps = sorted(self.manager.all_steps(), reverse=True)
         failed: list[str] = []
         damaged: list[int] = []
@@ -412,7 +413,6 @@ class Checkpointer:
             try:
                 state, meta = self.restore(step, like)
             except Exception as err:  # orbax and tensorstore raise many kinds: all mean damage
-                _quiet_closed_loop_noise()
                 failed.append(f"micro-step {step} ({_short(err)})")
                 damaged.append(step)
                 say(
@@ -441,20 +441,21 @@ class Checkpointer:
 
 
 def _quiet_closed_loop_noise() -> None:
-    """After a failed restore, tensorstore's reads still in flight call back into the event
-    loop orbax has closed, and each prints a ``RuntimeError: Event loop is closed`` traceback
-    (through ``sys.excepthook``). Those, and only those, are dropped from then on."""
-    previous = sys.excepthook
+    """When a restore fails, tensorstore's reads still in flight call back into the event loop
+    orbax has closed, and each reports a ``RuntimeError: Event loop is closed`` traceback as an
+    unraisable exception (``sys.unraisablehook``). Those, and only those, are dropped."""
+    previous = sys.unraisablehook
     if getattr(previous, "quiet_closed_loop", False):
         return
 
-    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        if kind is RuntimeError and str(value) == "Event loop is closed":
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
             return
-        previous(kind, value, tb)
+        previous(unraisable)
 
     hook.quiet_closed_loop = True  # type: ignore[attr-defined]
-    sys.excepthook = hook
+    sys.unraisablehook = hook
 
 
 def _short(err: BaseException) -> str:
