@@ -49,7 +49,7 @@ def _add_ruleset_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--normalize",
         action="store_true",
-        help="divide every scale by the ruleset's E[scale]: a fair die, mean step 1",
+        help="divide every scale by the ruleset's E[scale]: a fair die, E[scale] = 1",
     )
 
 

@@ -94,11 +94,14 @@ def dice_roll(
         roll-to-train's code: see :func:`optax_dice.rules.original`), or a
         traceable ``(natural, total, sides, threshold) -> scale``.
       normalize: divide every scale by the ruleset's exact E[scale] (from
-        :func:`~optax_dice.odds`), so that the mean step equals the plain optimizer's
-        and only the randomness differs (a "fair die", as random scaling with E = 1 in
-        Zhang and Cutkosky, ICML 2024). Refused where E[scale] <= 0, and with game
-        mechanics (their E[scale] has no exact value). Needs a concrete threshold and
-        modifier (with ``optax.inject_hyperparams``, name them in ``static_args``).
+        :func:`~optax_dice.odds`), so that E[scale] = 1 (a "fair die", as random
+        scaling with E = 1 in Zhang and Cutkosky, ICML 2024): placed after the
+        optimizer, the mean step equals the plain optimizer's and only the randomness
+        differs; before an adaptive optimizer such as Adam, which cancels a constant
+        factor, the scale's size acts only through a clip between them. Refused where
+        E[scale] <= 0, and with game mechanics (their E[scale] has no exact value).
+        Needs a concrete threshold and modifier (with ``optax.inject_hyperparams``, name
+        them in ``static_args``).
       character: None, or a roll-to-train character class: ``"fighter"``,
         ``"wizard"``, ``"rogue"``, ``"cleric"``, ``"barbarian"`` or ``"paladin"``,
         whose ability multiplies the step when the modified roll triggers it (see

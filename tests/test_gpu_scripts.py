@@ -4,12 +4,14 @@ import argparse
 import json
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks import gpu
-from examples.bert import gpu_study
+from examples.bert import experiment, gpu_study
 from tests.train_helpers import make_tiny_model_dir, synthetic_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,8 +92,8 @@ def test_gpu_study_quick(tmp_path):
 
     rc = gpu_study.main(
         ["--quick", "--model", str(model), "--dataset", str(data), "--out", str(out),
-         "--runs-dir", str(tmp_path / "runs"), "--arms", "dc-15-disadvantage", "--seeds", "0",
-         "--jobs", "1"]
+         "--runs-dir", str(tmp_path / "runs"), "--arms", "dc-15-disadvantage", "baseline-off",
+         "--seeds", "0", "--jobs", "1", "--archive", str(tmp_path / "all.tgz")]
     )  # fmt: skip
 
     assert rc == 0
@@ -99,24 +101,56 @@ def test_gpu_study_quick(tmp_path):
     assert [r["run"] for r in rows] == ["dice (default: DC 12, +2)", "off"]
     assert all(r["status"] == "completed" and r["steps"] == 4 for r in rows)
     assert all(r["steady_examples_per_s"] > 0 and r["wall_time_s"] > 0 for r in rows)
-    assert "| off | completed | 4 |" in (out / "main_job.md").read_text()
-    off = json.loads((tmp_path / "runs" / "main-off" / "summary.json").read_text())
+    assert "| off | 0 | completed | 4 |" in (out / "main_job.md").read_text()
+    off = json.loads((tmp_path / "runs" / "main-off" / "seed0" / "summary.json").read_text())
     assert off["mode"] == "off" and off["rolls"] == 0
     results = (out / "sweep" / "results.md").read_text()
     assert "| DC 15, disadvantage | -0.2555" in results
-    assert "--micro-steps 8" in results
+    # The per-run CSV has the CPU sweep's columns; the figures are drawn from the runs' files.
+    header = (out / "sweep" / "runs.csv").read_text().splitlines()[0]
+    cpu = (ROOT / "benchmarks" / "results" / "rulesets" / "runs.csv").read_text().splitlines()[0]
+    assert header == cpu
+    assert (out / "sweep" / "loss_curves.png").stat().st_size > 0
+    assert "| DC 15, disadvantage | " in (out / "paired.md").read_text()
+    # One archive: every run's records and the results, no checkpoints.
+    with tarfile.open(tmp_path / "all.tgz") as tar:
+        names = tar.getnames()
+    assert "runs/main-dice/seed0/summary.json" in names
+    assert "runs/sweep/dc-15-disadvantage/seed0/metrics.jsonl" in names
+    assert "results/sweep/runs.csv" in names and "results/paired.md" in names
+    assert not [n for n in names if "checkpoints" in n]
 
 
-def test_gpu_study_stops_adding_seeds_at_its_budget(tmp_path, monkeypatch, capsys):
-    sittings = []
-    monkeypatch.setattr(gpu_study.sweep, "main", lambda argv: sittings.append(argv) or [])
-    clock = iter([0.0, 0.0, 100.0, 100.0, 200.0, 250.0])  # a sitting takes 100 s
-    monkeypatch.setattr(gpu_study.time, "perf_counter", lambda: next(clock))
+def test_gpu_study_checks_its_arms_before_running_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_study.experiment, "run_jobs", lambda *a, **k: pytest.fail("ran"))
+    with pytest.raises(SystemExit):
+        gpu_study.main(["--arms", "dc-99", "--runs-dir", str(tmp_path)])
+    assert "--arms: unknown arm(s) ['dc-99']" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
-    gpu_study.main(
-        ["--only", "sweep", "--out", str(tmp_path), "--seeds", "0", "1", "2",
-         "--sweep-budget", "150"]
-    )  # fmt: skip
 
-    assert len(sittings) == 1  # 100 s used + 100 s more > 150 s
-    assert "stopped at 1 seed(s)" in capsys.readouterr().out
+def test_gpu_study_starts_no_run_after_its_budget(tmp_path):
+    rc = gpu_study.main(["--sweep-budget", "0", "--runs-dir", str(tmp_path / "runs"),
+                         "--seeds", "1", "--arms", "baseline-off"])  # fmt: skip
+    assert rc == 1
+    rows = json.loads((tmp_path / "runs" / "results" / "main_job.json").read_text())
+    assert [r["status"] for r in rows] == ["not started (deadline)"] * 2
+    assert not (tmp_path / "runs" / "results" / "sweep").exists()
+
+
+def test_every_run_stops_by_its_time(tmp_path, monkeypatch):
+    # Runs still going at --stop-by get SIGINT (a checkpoint, then exit) and count as
+    # stopped, not failed; the driver goes on to its tables.
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    monkeypatch.setattr(experiment, "child_argv", lambda job: sleeper)
+    monkeypatch.setattr(experiment, "pending", lambda jobs, skip: list(jobs))
+    monkeypatch.setattr(experiment, "run_status", lambda workdir: "missing")
+    jobs = [experiment.Job("sleeper", s, str(tmp_path / f"s{s}"), {}) for s in range(2)]
+    start = time.monotonic()
+    limits = experiment.Limits(stop_by=start + 2.0, keep_going=True)
+
+    outcomes = experiment.run_jobs(jobs, at_once=2, limits=limits, say=lambda s: None)
+
+    assert list(outcomes.values()) == ["stopped at its time limit"] * 2
+    assert time.monotonic() - start < 30
+    assert experiment.Limits(timeout=5.0, stop_by=time.monotonic() + 100).seconds_left() == 5.0

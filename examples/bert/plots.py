@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from examples.bert import records, rundir
+from examples.bert import experiment, records
 from optax_dice import game
 
 # The sweep's figures: file name -> (x label, y label, title).
@@ -250,7 +250,7 @@ def plot_sweep(rows: list[dict[str, Any]], results_dir: str) -> None:
     for arm in arms:
         curves = []
         for r in (r for r in rows if r["arm"] == arm):
-            records = rundir.read_metrics(os.path.join(r["run_dir"], rundir.METRICS_FILE))
+            records = experiment.read_metrics(r["run_dir"])
             losses = [m["loss"] for m in records if m["kind"] == "train"]
             curves.append(np.asarray(losses, dtype=np.float64))
         n = min(len(c) for c in curves)
@@ -275,96 +275,139 @@ def _save(fig: Any, ax: Any, results_dir: str, name: str) -> None:
     plt.close(fig)
 
 
-def plot_study(
-    rows: list[dict[str, Any]],
-    best: dict[str, float],
-    line: dict[str, Any] | None,
-    sigmas: Sequence[float],
-    results_dir: str,
-) -> None:
-    """The study's four figures (see :mod:`examples.bert.study`): accuracy against lr per arm,
-    accuracy under weight noise, the loss along the line between two models, and clean against
-    noisy-label accuracy. ``best``: each arm's best lr factor."""
-    arms = list(dict.fromkeys(r["arm"] for r in rows))
-    colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(arms)}
-    clean = [r for r in rows if not r["label_noise"]]
+def plot_study(v: Any, results_dir: str) -> None:
+    """The study's figures (see :mod:`examples.bert.study`), from its rows: accuracy against
+    lr per arm, the budget curve, the accuracy change under weight noise, the loss along the
+    line between baseline and dice for every seed, and what noisy labels cost each arm.
 
-    def mean_std(values: Sequence[float]) -> tuple[float, float]:
-        v = np.asarray(values, np.float64)
-        v = v[np.isfinite(v)]
-        return (float(v.mean()) if v.size else math.nan), (float(v.std()) if v.size else 0.0)
+    Args:
+      v: the study's :class:`~examples.bert.study.View` (its settings, rows, lines, best lrs).
+      results_dir: where the PNGs go.
+    """
+    from examples.bert import study
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    arms = [arm for arm in study.ARMS if any(r["arm"] == arm for r in v.rows)]
+    colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(study.ARMS)}
+    _accuracy_vs_lr(v, arms, colors, results_dir)
+    _budget_curve(v, colors, results_dir)
+    _weight_noise(v, arms, colors, results_dir)
+    _interpolation(v, results_dir)
+    _label_noise(v, colors, results_dir)
+
+
+def _mean_std(values: Any) -> tuple[float, float]:
+    v = experiment.finite(values)  # None, NaN and missing values left out
+    return (float(v.mean()) if v.size else math.nan), (float(v.std()) if v.size else 0.0)
+
+
+def _accuracy_vs_lr(v: Any, arms: list[str], colors: dict, results_dir: str) -> None:
+    clean = [r for r in v.rows if r["steps"] == v.cfg.steps and not r["label_noise"]]
+    fig, ax = plt.subplots(figsize=(8, 5))
     for arm in arms:
         lrs = sorted({r["lr"] for r in clean if r["arm"] == arm})
-        stats = [mean_std([r["accuracy"] for r in clean if r["arm"] == arm and r["lr"] == lr])
+        stats = [_mean_std(r["accuracy"] for r in clean if r["arm"] == arm and r["lr"] == lr)
                  for lr in lrs]  # fmt: skip
         ax.errorbar(lrs, [m for m, _ in stats], yerr=[s for _, s in stats], color=colors[arm],
                     marker="o", capsize=3, label=arm)  # fmt: skip
     ax.set_xscale("log")
     _finish(fig, ax, results_dir, "accuracy_vs_lr.png", "peak learning rate",
-            "final validation accuracy (mean ± std over seeds)",
-            "Clean accuracy against the learning rate")  # fmt: skip
+            "final accuracy (mean ± std over seeds)",
+            f"Clean accuracy against the learning rate ({v.cfg.steps} updates)")  # fmt: skip
 
-    at_best = [r for r in clean if r["lr_factor"] == best.get(r["arm"]) and "flat_sigma" in r]
-    if at_best:
-        fig, ax = plt.subplots(figsize=(7.5, 5))
-        for arm in arms:
-            mine = [r for r in at_best if r["arm"] == arm]
-            if not mine:
-                continue
-            drops = [mean_std([r[f"weight_noise_{s:g}"] - r["weight_noise_clean"] for r in mine])
-                     for s in sigmas]  # fmt: skip
-            ax.errorbar([0.0, *sigmas], [0.0, *(m for m, _ in drops)],
-                        yerr=[0.0, *(s for _, s in drops)], color=colors[arm], marker="o",
+
+def _budget_curve(v: Any, colors: dict, results_dir: str) -> None:
+    from examples.bert import study
+
+    budgets = [v.cfg.steps, *v.cfg.budgets]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drawn = False
+    for arm in study.BUDGET_ARMS:
+        points = [(b, _mean_std(r["accuracy"] for r in study.at_best_rows(v.rows, v.best, b)
+                                if r["arm"] == arm)) for b in budgets]  # fmt: skip
+        points = [(b, m, s) for b, (m, s) in points if math.isfinite(m)]
+        if points:
+            drawn = True
+            ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                        yerr=[p[2] for p in points], color=colors[arm], marker="o", capsize=3,
+                        label=arm)  # fmt: skip
+    if not drawn:
+        plt.close(fig)
+        return
+    ax.set_xscale("log")
+    _finish(fig, ax, results_dir, "budget.png", "updates", "final accuracy (mean ± std)",
+            "The budget curve, each arm at its best lr")  # fmt: skip
+
+
+def _weight_noise(v: Any, arms: list[str], colors: dict, results_dir: str) -> None:
+    from examples.bert import study
+
+    rows = [r for r in v.at_best if "flat_sigma" in r and math.isfinite(float(r["flat_sigma"]))]
+    sigmas = study.sigmas_in(rows)
+    if not sigmas:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        if mine:
+            stats = [_mean_std(r.get(f"weight_noise_change_{s:g}") for r in mine) for s in sigmas]
+            ax.errorbar([0.0, *sigmas], [0.0, *(m for m, _ in stats)],
+                        yerr=[0.0, *(s for _, s in stats)], color=colors[arm], marker="o",
                         capsize=3, label=f"{arm} ({len(mine)} runs)")  # fmt: skip
-        ax.axhline(-0.01, color="grey", lw=0.8, ls="--")
-        _finish(fig, ax, results_dir, "weight_noise.png",
-                "sigma (each weight row moved by sigma x its norm)",
-                "accuracy change from the unperturbed model (mean ± std over seeds)",
-                "Weight-noise robustness at each arm's best lr")  # fmt: skip
-
-    if line is not None:
-        fig, ax = plt.subplots(figsize=(7.5, 5))
-        ax.plot(line["alphas"], line["loss"], marker="o", color="tab:blue", label="loss")
-        for x, name in ((0.0, "baseline"), (1.0, "dice before")):
-            ax.axvline(x, color="grey", lw=0.8, ls="--")
-            ax.annotate(name, (x, max(line["loss"])), ha="center", fontsize=8)
-        twin = ax.twinx()
-        twin.plot(line["alphas"], line["accuracy"], marker="s", color="tab:orange", alpha=0.7)
-        twin.set_ylabel("validation accuracy", color="tab:orange")
-        title = "(1 - alpha) x baseline + alpha x dice, same start (seed 0)"
-        _finish(fig, ax, results_dir, "interpolation.png", "alpha", "validation loss", title)
-
-    noisy = [r for r in rows if r["label_noise"]]
-    if noisy:
-        fig, ax = plt.subplots(figsize=(7.5, 5))
-        shown = [arm for arm in arms if any(r["arm"] == arm for r in noisy)]
-        x = np.arange(len(shown))
-        for offset, (label, group) in zip(
-            (-0.2, 0.2),
-            (("clean labels", [r for r in clean if r["lr_factor"] == best.get(r["arm"])]),
-             (f"{noisy[0]['label_noise']:.0%} flipped", noisy)),
-            strict=True,
-        ):  # fmt: skip
-            stats = [mean_std([r["accuracy"] for r in group if r["arm"] == arm]) for arm in shown]
-            ax.bar(x + offset, [m for m, _ in stats], 0.4, yerr=[s for _, s in stats],
-                   capsize=3, label=label)  # fmt: skip
-        ax.set_xticks(x, shown, rotation=20, ha="right", fontsize=8)
-        ax.set_ylim(
-            bottom=max(0.0, min(r["accuracy"] for r in noisy if math.isfinite(r["accuracy"])) - 0.1)
-        )
-        _finish(fig, ax, results_dir, "label_noise.png", "",
-                "final validation accuracy on clean labels (mean ± std)",
-                "Training on noisy labels, each arm at its best lr")  # fmt: skip
+    ax.axhline(-study.FLAT_LOSS, color="grey", lw=0.8, ls="--")
+    _finish(fig, ax, results_dir, "weight_noise.png", "sigma (each row moved by sigma x its norm)",
+            "accuracy change / headroom", "Weight noise at each arm's best lr "
+            "(-1: down to the majority class)")  # fmt: skip
 
 
-def _finish(fig: Any, ax: Any, results_dir: str, name: str, x: str, y: str, title: str) -> None:
+def _interpolation(v: Any, results_dir: str) -> None:
+    lines = v.per_seed_lines()
+    if not lines:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (seed, line) in enumerate(lines.items()):
+        color = plt.cm.tab10(i % 10)
+        ax.plot(line["alphas"], line["loss"], marker="o", ms=3, color=color, label=f"seed {seed}")
+        ends = [line["loss"][line["alphas"].index(a)] for a in (0.0, 1.0)]
+        ax.plot([0.0, 1.0], ends, color=color, ls=":", lw=1)
+    for x, name in ((0.0, "baseline"), (1.0, "dice before")):
+        ax.axvline(x, color="grey", lw=0.8, ls="--")
+        ax.annotate(name, (x, ax.get_ylim()[1]), ha="center", va="top", fontsize=8)
+    _finish(fig, ax, results_dir, "interpolation.png", "alpha", "validation loss",
+            "(1 - alpha) baseline + alpha dice, same seed; dotted: the chord")  # fmt: skip
+
+
+def _label_noise(v: Any, colors: dict, results_dir: str) -> None:
+    from examples.bert import study
+
+    noisy = study.at_best_rows(v.rows, v.best, v.cfg.steps, v.cfg.label_noise)
+    shown = [arm for arm in study.ORIGINAL_ARMS if any(r["arm"] == arm for r in noisy)]
+    if not shown:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for x, arm in enumerate(shown):
+        clean = {r["seed"]: r["accuracy"] for r in v.at_best if r["arm"] == arm}
+        cost = [r["accuracy"] - clean[r["seed"]] for r in noisy
+                if r["arm"] == arm and r["seed"] in clean]  # fmt: skip
+        ax.scatter([x] * len(cost), cost, color=colors[arm], alpha=0.7)
+        mean, std = _mean_std(cost)
+        ax.errorbar([x + 0.15], [mean], yerr=[std], color="black", marker="_", capsize=4)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(shown)), shown, rotation=20, ha="right", fontsize=8)
+    _finish(fig, ax, results_dir, "label_noise.png", "",
+            "noisy minus clean final accuracy, per seed",
+            f"What {v.cfg.label_noise:.0%} flipped labels cost each arm (paired by seed)",
+            legend=False)  # fmt: skip
+
+
+def _finish(
+    fig: Any, ax: Any, results_dir: str, name: str, x: str, y: str, title: str, legend: bool = True
+) -> None:
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if legend:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(os.path.join(results_dir, name), dpi=120)
     plt.close(fig)

@@ -1,39 +1,46 @@
-"""Do the dice do anything a smaller learning rate does not? The controlled study.
+"""Do the dice do anything a smaller learning rate, or a looser clip, does not? The study.
 
-Every run fine-tunes the packaged all-MiniLM-L6-v2 on the tweets with the training script
-(:mod:`examples.bert.train`): the same split, tokens, schedule and budget; runs of one seed
-share the classifier head's initialisation and the data order, so arms are compared seed by
-seed (paired). The arms:
+Every run fine-tunes the packaged all-MiniLM-L6-v2 on the tweets with the training script: the
+same split, tokens and schedule; runs of one seed share the classifier head's initialisation
+and the data order, so arms are compared seed by seed (paired). Every arm is tuned over the
+same learning-rate grid (``--lr`` x ``--lr-factors``, a factor 2 apart), each at its own best
+lr (highest mean final clean accuracy over the tuning seeds):
 
-==========================  ===================================================================
-baseline                    AdamW without dice, at lr/3, lr and 3 lr: the tuned reference
-dice before                 the default DC 12, +2 (E[scale] = 0.37) on the gradient, before
-                            AdamW, at the same three lrs
-lr-matched control          AdamW without dice at lr x 0.37: the dice's mean step, no randomness
-dice after                  DC 12, +2 on AdamW's final step (Adam cannot normalise it away)
-fair die before / after     DC 12, +2 with ``normalize=True``: E[scale] = 1, only randomness
-==========================  ===================================================================
+=========================  ======================================================================
+baseline                   AdamW, ``clip_by_global_norm(1.0)``: the reference
+lr-matched control         AdamW at 0.37 x each lr of the grid: the mean step of the dice after
+baseline, clip 2.7         AdamW clipped at 1 / 0.37: the clip the dice before AdamW meet (a die
+                           before AdamW with clip c is a fair die with clip c / E[scale])
+baseline, no clip          AdamW without clipping
+dice before                the default DC 12, +2 (E[scale] = 0.37) on the gradient, before AdamW
+dice before, no clip       the same without clipping: Adam cancels the scale, the randomness stays
+dice after                 DC 12, +2 on AdamW's final step (Adam cannot normalise it away)
+fair die before / after    DC 12, +2 with ``normalize=True`` (E[scale] = 1)
+=========================  ======================================================================
 
-The phases, in order (each run's folder is kept, so the study resumes where it stopped):
+The plan, in order (each run's folder is kept: the study resumes where it stopped; a run whose
+row is in ``--committed`` is not run again):
 
-1. clean labels, ``--seeds`` seeds, every arm (the two tuned arms at every lr);
-2. ``--extra-seeds`` more seeds for baseline, dice before and fair die before, each at its best
-   lr (by mean final clean accuracy over phase 1's seeds);
-3. weight noise (flatness, :func:`examples.bert.flatness.perturb_weights`) on the final model
-   of every clean run at its arm's best lr: accuracy on a fixed validation subset for each
-   sigma, ``--weight-noise-draws`` draws each, the same draws for every run;
-4. the validation loss along the line between the baseline's and the dice's final
-   parameters (seed 0, best lrs), ``alpha`` from -0.5 to 1.5;
-5. ``--label-noise`` of the training labels flipped (seeded by the run's seed), every arm at
-   its best lr, evaluated on clean validation labels.
+1. tuning: ``--seeds`` seeds, every arm at every lr of the grid, ``--steps`` updates;
+2. more seeds for the arms of the headline answers at their best lr, as many as a power
+   estimate from the observed paired standard deviations asks for (at most ``--max-seeds``);
+3. noisy labels (``--label-noise``), the original six arms at their best lr, the same seeds;
+4. the budget curve: baseline, dice before and after, and their controls at their best lr for
+   ``--budgets`` updates, ``--budget-seeds`` seeds;
+5. weight noise on the final model of every clean run at its arm's best lr (every validation
+   example, ``--weight-noise-draws`` draws per sigma);
+6. the validation loss along the line from the baseline's to the dice's final parameters, for
+   every seed that has both.
 
-Then it writes, under ``--results-dir``: ``runs.csv`` (one row per run), ``study.csv`` (per
-arm, lr and label noise), ``study.md`` (the tables, the paired differences with their 95%
-confidence intervals and what they support) and four figures. ``--quick`` shrinks everything
-to a smoke test of seconds (with ``--model``/``--dataset`` pointing at something small).
+It writes under ``--results-dir`` (default ``<runs-dir>/results``: the published results in
+benchmarks/results/ are written only when named): ``runs.csv``, ``lines.csv``, ``study.csv``,
+``study.md`` and four figures. ``--report-only`` trains and measures nothing: it writes the
+report from the committed rows and the finished runs. ``--quick`` is a smoke test of seconds
+(with ``--model``/``--dataset`` pointing at something small).
 
-Run ``python examples/bert/study.py``; any flag it does not know goes to every training run
-(``--model DIR --dataset FILE``, for instance). ``--help`` lists its own.
+Run ``python examples/bert/study.py``; any training flag (``--model DIR --dataset FILE``) goes
+to every run. Importing this module starts no JAX: training and the weight-space probes import
+it when they run.
 """
 
 from __future__ import annotations
@@ -41,805 +48,957 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import jax
 import numpy as np
-from scipy import stats
-from transformers import HfArgumentParser
 
-import optax_dice
-from examples.bert import flatness, plots, rundir, steps, sweep, train, train_config
-from examples.bert.train_config import TrainConfig
+from examples.bert import experiment
+from examples.bert.experiment import Job, cell, finite, mean_std, paired, said
+
+PROG = "python examples/bert/study.py"
+Row = dict[str, Any]
 
 # ----------------------------------------------------------------------------- the arms
 
-DICE = {"threshold": 12, "modifier": 2}  # the default ruleset, E[scale] = 0.37
-DICE_MEAN = optax_dice.odds(**DICE).expected_scale
+DICE = {"threshold": 12, "modifier": 2}  # the default ruleset
+DICE_MEAN = 0.37  # its exact E[scale] (DESIGN.md; tests check it against optax_dice.odds)
+CLIP_MATCHED = round(1 / DICE_MEAN, 3)  # the clip a die before AdamW with clip 1 amounts to
 
-#: name -> the arm's TrainConfig fields (the learning rate comes from the plan).
-ARMS: dict[str, dict[str, Any]] = {
-    "baseline": {"mode": "off"},
-    "dice before": dict(DICE),
-    "lr-matched control": {"mode": "off"},
-    "dice after": {**DICE, "dice_position": "after"},
-    "fair die before": {**DICE, "normalize": True},
-    "fair die after": {**DICE, "normalize": True, "dice_position": "after"},
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """An arm: TrainConfig overrides, and the multiple of each grid lr it runs at."""
+
+    overrides: Mapping[str, Any]
+    lr_scale: float = 1.0
+
+
+ARMS: dict[str, Arm] = {
+    "baseline": Arm({"mode": "off"}),
+    "dice before": Arm(DICE),
+    "lr-matched control": Arm({"mode": "off"}, DICE_MEAN),
+    "dice after": Arm({**DICE, "dice_position": "after"}),
+    "fair die before": Arm({**DICE, "normalize": True}),
+    "fair die after": Arm({**DICE, "normalize": True, "dice_position": "after"}),
+    "baseline, clip 2.7": Arm({"mode": "off", "clip_norm": CLIP_MATCHED}),
+    "baseline, no clip": Arm({"mode": "off", "clip_norm": 0.0}),
+    "dice before, no clip": Arm({**DICE, "clip_norm": 0.0}),
 }
-TUNED = ("baseline", "dice before")  # run at every lr factor; the others at one lr
-KEY_ARMS = ("baseline", "dice before", "fair die before")  # the ones with extra seeds
-LR_FACTOR = {"lr-matched control": DICE_MEAN}  # the untuned arms' lr factor (else 1)
-NO_DIFFERENCE = 0.01  # |paired difference| bound, in accuracy, under which "no difference"
-MIN_SEEDS = 3  # paired seeds a verdict needs
+ORIGINAL_ARMS = tuple(list(ARMS)[:6])  # round 1's arms: label noise runs these
+#: The budget curve's arms: the dice and the control of each.
+BUDGET_ARMS = ("baseline", "dice before", "baseline, clip 2.7", "dice after", "lr-matched control")
+ROUND1_STEPS = 150  # the budget of rows written before runs.csv had a steps column
+FAILED_MARGIN = 0.02  # a run fails if it ends within 2 points of the majority class
+FLAT_LOSS = 0.05  # flat while the mean loses at most 5% of the headroom above the majority
+BARRIER = 0.01  # a loss this far above the chord counts as a barrier
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    """A headline answer's contrast: ``arm - ref`` in final accuracy, each at its best lr."""
+
+    number: int
+    arm: str
+    ref: str
+
+
+#: The headline contrasts (Holm's family; their arms get the power estimate's seeds).
+HEADLINE = (
+    Question(1, "dice before", "baseline"),
+    Question(2, "dice before", "baseline, clip 2.7"),
+    Question(3, "dice after", "lr-matched control"),
+    Question(4, "fair die after", "baseline"),
+    Question(5, "fair die before", "baseline"),
+)
+
+
+def _help(text: str) -> Any:
+    return {"help": text}
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """The study's settings; any other flag goes to every training run."""
 
-    runs_dir: str = dataclasses.field(default="runs/study", metadata={"help": "the runs"})
-    results_dir: str = dataclasses.field(
-        default="benchmarks/results", metadata={"help": "the tables and figures"}
+    runs_dir: str = dataclasses.field(default="runs/study", metadata=_help("the runs"))
+    results_dir: str | None = dataclasses.field(
+        default=None, metadata=_help("the report (default: <runs-dir>/results)")
     )
-    quick: bool = dataclasses.field(
-        default=False, metadata={"help": "a smoke test of seconds: tiny budget, grids and seeds"}
-    )
-    steps: int = dataclasses.field(default=150, metadata={"help": "updates per run"})
-    batch_size: int = dataclasses.field(default=16, metadata={"help": "examples per update"})
-    max_length: int = dataclasses.field(default=48, metadata={"help": "tokens per example"})
-    lr: float = dataclasses.field(default=1e-4, metadata={"help": "the middle learning rate"})
-    lr_factors: list[float] = dataclasses.field(
-        default_factory=lambda: [1 / 3, 1.0, 3.0],
-        metadata={"help": "the tuned arms' learning rates, as multiples of --lr"},
-    )
-    evals: int = dataclasses.field(
-        default=3, metadata={"help": "evaluations per run, evenly spaced (best = their max)"}
-    )
-    seeds: int = dataclasses.field(default=3, metadata={"help": "seeds 0 .. n-1 for every arm"})
-    extra_seeds: int = dataclasses.field(
-        default=2, metadata={"help": "more seeds for baseline, dice before, fair die before"}
-    )
-    label_noise: float = dataclasses.field(
-        default=0.2, metadata={"help": "share of training labels flipped in phase 5 (0: skip)"}
-    )
-    max_eval_samples: int = dataclasses.field(
-        default=1000, metadata={"help": "validation examples (a fixed stratified subsample)"}
-    )
-    weight_noise_sigmas: list[float] = dataclasses.field(
-        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5],
-        metadata={"help": "relative weight-noise sizes (each row moves by sigma x its norm)"},
-    )
-    weight_noise_draws: int = dataclasses.field(default=5, metadata={"help": "draws per sigma"})
-    weight_noise_samples: int = dataclasses.field(
-        default=300, metadata={"help": "validation examples per weight-noise evaluation"}
-    )
-    arms: list[str] = dataclasses.field(
-        default_factory=lambda: [sweep.slug(arm) for arm in ARMS],
-        metadata={"help": "a subset of the arms, by folder name (all six)"},
-    )
+    committed: str | None = dataclasses.field(
+        default=None,
+        metadata=_help("runs.csv of finished runs not to run again (default: "
+                       "benchmarks/results/runs.csv, none with --quick; '' for none)"),
+    )  # fmt: skip
+    quick: bool = dataclasses.field(default=False, metadata=_help("a smoke test of seconds"))
     report_only: bool = dataclasses.field(
-        default=False,
-        metadata={
-            "help": "train and evaluate nothing: write the tables and figures from what is "
-            "finished (a study in progress, or spread over several sittings)"
-        },
+        default=False, metadata=_help("train and measure nothing: report what is finished")
     )
-    alphas: int = dataclasses.field(
-        default=17, metadata={"help": "points on the line from alpha -0.5 to 1.5"}
+    jobs: int = dataclasses.field(default=1, metadata=_help("training runs at once"))
+    steps: int = dataclasses.field(default=150, metadata=_help("updates per tuning run"))
+    budgets: list[int] = dataclasses.field(
+        default_factory=lambda: [600, 2000], metadata=_help("the budget curve's longer runs")
+    )
+    batch_size: int = dataclasses.field(default=16, metadata=_help("examples per update"))
+    max_length: int = dataclasses.field(default=48, metadata=_help("tokens per example"))
+    lr: float = dataclasses.field(default=1e-4, metadata=_help("the grid's middle lr"))
+    lr_factors: list[float] = dataclasses.field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
+        metadata=_help("the grid, as multiples of --lr (the same for every arm)"),
+    )
+    evals: int = dataclasses.field(default=3, metadata=_help("evaluations per run"))
+    seeds: int = dataclasses.field(default=3, metadata=_help("tuning seeds 0 .. n-1"))
+    max_seeds: int = dataclasses.field(default=10, metadata=_help("most seeds for a question"))
+    min_seeds: int = dataclasses.field(default=5, metadata=_help("fewest for a headline arm"))
+    budget_seeds: int = dataclasses.field(default=5, metadata=_help("seeds of the budget curve"))
+    label_noise: float = dataclasses.field(
+        default=0.2, metadata=_help("share of training labels flipped (0: skip)")
+    )
+    max_eval_samples: int = dataclasses.field(default=1000, metadata=_help("validation examples"))
+    weight_noise_sigmas: list[float] = dataclasses.field(
+        default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 11)],
+        metadata=_help("relative weight-noise sizes"),
+    )
+    weight_noise_draws: int = dataclasses.field(default=20, metadata=_help("draws per sigma"))
+    alphas: int = dataclasses.field(default=21, metadata=_help("points from alpha -0.5 to 1.5"))
+    readme: str | None = dataclasses.field(
+        default=None,
+        metadata=_help("a README.md whose Results section quotes the answers: rewrite them "
+                       "from this report"),
+    )  # fmt: skip
+    arms: list[str] | None = dataclasses.field(
+        default=None,
+        metadata=_help(
+            "a subset of the arms, by folder name (default: all): "
+            + ", ".join(experiment.slug(a) for a in ARMS)
+        ),
     )
 
+    def problems(self) -> list[str]:
+        """Every reason these settings cannot make a study (one line each)."""
+        out = []
+        try:
+            experiment.select(ARMS, self.arms)
+        except ValueError as err:
+            out.append(f"--arms: {err}")
+        for name in ("steps", "seeds", "evals", "jobs", "weight_noise_draws", "max_seeds",
+                     "budget_seeds", "batch_size", "max_length"):  # fmt: skip
+            if getattr(self, name) < 1:
+                out.append(f"{experiment._flag(name)} must be positive")
+        for name in ("lr", "lr_factors", "budgets", "weight_noise_sigmas"):
+            values = np.atleast_1d(np.asarray(getattr(self, name), np.float64))
+            if not (np.isfinite(values).all() and (values > 0).all()):
+                out.append(f"{experiment._flag(name)} must be positive and finite")
+        if not 0 <= self.label_noise < 1:
+            out.append(f"--label-noise must lie in [0, 1), got {self.label_noise}")
+        if self.alphas < 3:
+            out.append("--alphas must be at least 3")
+        return out
+
     def shrunk(self) -> StudyConfig:
-        """The ``--quick`` settings: every phase, at a size that runs in seconds (a setting
-        given with another value than its default keeps that value)."""
+        """The ``--quick`` settings (a setting given with another value than its default
+        keeps that value)."""
         if not self.quick:
             return self
         quick = dict(
-            steps=4, batch_size=8, max_length=16, evals=2, seeds=1, extra_seeds=1,
-            lr_factors=[1.0, 3.0], max_eval_samples=32, weight_noise_sigmas=[0.1, 1.0],
-            weight_noise_draws=2, weight_noise_samples=16, alphas=5,
+            steps=4, budgets=[8], batch_size=8, max_length=16, evals=2, seeds=1, max_seeds=2,
+            min_seeds=2, budget_seeds=1, lr_factors=[1.0, 2.0], max_eval_samples=32,
+            weight_noise_sigmas=[0.1, 1.0], weight_noise_draws=2, alphas=5,
         )  # fmt: skip
         defaults = StudyConfig()
         return dataclasses.replace(
-            self,
-            **{k: v for k, v in quick.items() if getattr(self, k) == getattr(defaults, k)},
+            self, **{k: v for k, v in quick.items() if getattr(self, k) == getattr(defaults, k)}
         )
+
+    def committed_rows(self) -> str:
+        """The committed runs.csv to read ('' for none)."""
+        if self.committed is not None:
+            return self.committed
+        return "" if self.quick else os.path.join("benchmarks", "results", "runs.csv")
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[StudyConfig, dict[str, Any]]:
-    """The study's settings and the training flags given (checked by the training parser)."""
-    parser = HfArgumentParser(
-        StudyConfig,
-        prog="python examples/bert/study.py",
-        description="Do the dice do anything a smaller learning rate does not? Fair controls.",
-    )
-    study, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if study.steps < 1 or study.seeds < 1 or study.evals < 1 or study.extra_seeds < 0:
-        parser.error("--steps, --seeds and --evals must be positive, --extra-seeds >= 0")
-    unknown = sorted(set(study.arms) - {sweep.slug(arm) for arm in ARMS})
-    if unknown:
-        parser.error(f"unknown arm(s) {unknown}: choose from {[sweep.slug(a) for a in ARMS]}")
-    if not 0 <= study.label_noise < 1:
-        parser.error(f"--label-noise must lie in [0, 1), got {study.label_noise}")
-    return study.shrunk(), train_config.typed_flags(rest)
+    """The study's settings and the training flags given for every run; bad input ends in one
+    line under the study's name."""
+    cfg, extra = experiment.parse(StudyConfig, argv, PROG, __doc__.split("\n\n")[0])
+    dataset = str(extra.get("dataset", ""))
+    if dataset.endswith((".csv", ".tsv", ".json", ".jsonl", ".parquet")) and not os.path.isfile(
+        dataset
+    ):
+        experiment.Parser(prog=PROG).error(f"--dataset {dataset}: no such file")
+    cfg = cfg.shrunk()
+    experiment.check_jobs(tuning_jobs(cfg, extra), PROG)
+    return cfg, extra
 
 
 # ----------------------------------------------------------------------------- the plan
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """One training run of the study."""
-
-    arm: str
-    lr_factor: float
-    seed: int
-    label_noise: float = 0.0
-
-    def out(self, runs_dir: str) -> str:
-        """The run's folder."""
-        return os.path.join(
-            runs_dir,
-            sweep.slug(self.arm),
-            f"lr-x{self.lr_factor:.4g}",
-            f"label-noise-{self.label_noise:g}",
-            f"seed{self.seed}",
-        )
+def lr_of(cfg: StudyConfig, arm: str, factor: float) -> float:
+    """The arm's lr at a grid factor."""
+    return cfg.lr * ARMS[arm].lr_scale * factor
 
 
-def arms(cfg: StudyConfig) -> list[str]:
-    """The arms the study runs (``--arms``), in ARMS's order."""
-    return [arm for arm in ARMS if sweep.slug(arm) in cfg.arms]
+def key(arm: str, steps: int, lr: float, label_noise: float, seed: int) -> tuple[Any, ...]:
+    """What identifies a run among the rows (its lr to 6 significant digits)."""
+    return (arm, int(steps), f"{lr:.6g}", float(label_noise), int(seed))
 
 
-def clean_runs(cfg: StudyConfig) -> list[Run]:
-    """Phase 1: every arm, every lr of the tuned arms, seeds 0 .. n-1."""
+def row_key(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The key of a row."""
+    return key(r["arm"], r["steps"], r["lr"], r["label_noise"], r["seed"])
+
+
+def job(cfg: StudyConfig, extra: Mapping[str, Any], arm: str, lr: float, seed: int,
+        steps: int | None = None, label_noise: float = 0.0) -> Job:  # fmt: skip
+    """One run of the study: the arm's overrides, the study's budget, then the flags given."""
+    steps = steps or cfg.steps
+    folder = (experiment.slug(arm), f"steps-{steps}", f"lr-{lr:.4g}", f"noise-{label_noise:g}")
+    workdir = os.path.join(cfg.runs_dir, *folder, f"seed{seed}")
+    settings = {
+        **ARMS[arm].overrides, "lr": lr, "seed": seed, "label_noise": label_noise,
+        "steps": steps, "batch_size": cfg.batch_size, "max_length": cfg.max_length,
+        "max_eval_samples": cfg.max_eval_samples, "eval_batch_size": cfg.batch_size * 8,
+        "eval_every": max(1, steps // cfg.evals), "save_every": max(1, steps // cfg.evals),
+        "keep_checkpoints": 1, "perturbed_eval": True, "char_drop": 0.1, "word_swap": 0.2,
+        "no_progress": True, **extra,
+    }  # fmt: skip
+    return Job(arm, seed, workdir, settings, key(arm, steps, lr, label_noise, seed))
+
+
+def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
+    """Phase 1: every arm at every lr of the grid, the tuning seeds; the grid's middle first,
+    every seed of it, then outwards (what finishes first answers the most)."""
+    outwards = sorted(cfg.lr_factors, key=lambda f: (abs(math.log(f)), f))
     return [
-        Run(arm, factor, seed)
+        job(cfg, extra, arm, lr_of(cfg, arm, f), seed)
+        for f in outwards
         for seed in range(cfg.seeds)
-        for arm in arms(cfg)
-        for factor in (cfg.lr_factors if arm in TUNED else [LR_FACTOR.get(arm, 1.0)])
+        for arm in experiment.select(ARMS, cfg.arms)
     ]
 
 
-def best_factors(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Each arm's lr factor of highest mean final clean accuracy (a diverged run counts 0;
-    ties go to the factor nearest 1)."""
-    best: dict[str, float] = {}
+def best_lrs(cfg: StudyConfig, rows: Sequence[Row]) -> dict[str, float]:
+    """Each arm's grid lr of highest mean final clean accuracy at ``--steps`` (a diverged or
+    missing accuracy counts 0; a tie goes to the lr nearest the grid's middle)."""
+    best = {}
     for arm in ARMS:
-        mine = [r for r in rows if r["arm"] == arm and not r["label_noise"]]
-        means = {
-            factor: float(
-                np.mean([np.nan_to_num(r["accuracy"]) for r in mine if r["lr_factor"] == factor])
-            )
-            for factor in dict.fromkeys(r["lr_factor"] for r in mine)
-        }
+        grid = {f"{lr_of(cfg, arm, f):.6g}": f for f in cfg.lr_factors}
+        means = {}
+        for r in rows:
+            if (r["arm"], r["steps"], r["label_noise"]) == (arm, cfg.steps, 0.0):
+                lr = f"{r['lr']:.6g}"
+                if lr in grid:
+                    means.setdefault(lr, []).append(np.nan_to_num(float(r["accuracy"])))
         if means:
-            best[arm] = max(means, key=lambda f: (means[f], -abs(math.log(f))))
+            top = max(means, key=lambda lr: (np.mean(means[lr]), -abs(math.log(grid[lr]))))
+            best[arm] = float(top)
     return best
 
 
-def extra_runs(cfg: StudyConfig, best: dict[str, float]) -> list[Run]:
-    """Phase 2: more seeds for the key arms at their best lr."""
-    seeds = range(cfg.seeds, cfg.seeds + cfg.extra_seeds)
-    return [Run(arm, best[arm], seed) for seed in seeds for arm in KEY_ARMS if arm in best]
+def seeds_for(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) -> dict[str, int]:
+    """Seeds per arm at its best lr: for each headline question, what a power estimate from
+    the observed paired SD asks for (80% power to detect 2 points at 5%), at least
+    ``--min-seeds``, at most ``--max-seeds``; an arm takes its questions' largest."""
+    at_best = at_best_rows(rows, best, cfg.steps)
+    out: dict[str, int] = {}
+    for q in HEADLINE:
+        d = paired(at_best, q.arm, q.ref, "accuracy")
+        n = cfg.min_seeds
+        if d is not None and d["n"] >= experiment.MIN_SEEDS:
+            n = max(n, experiment.seeds_needed(d["sd"]))
+        for arm in (q.arm, q.ref):
+            out[arm] = min(cfg.max_seeds, max(out.get(arm, 0), n))
+    return out
 
 
-def noisy_runs(cfg: StudyConfig, best: dict[str, float]) -> list[Run]:
-    """Phase 5: every arm at its best lr, on noisy training labels."""
-    if not cfg.label_noise:
-        return []
-    return [Run(arm, best[arm], seed, cfg.label_noise) for seed in range(cfg.seeds) for arm in best]
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def settings(cfg: StudyConfig, run: Run, extra: dict[str, Any], runs_dir: str) -> dict[str, Any]:
-    """The run's TrainConfig fields: the study's budget, the arm, then the passed-on flags."""
-    return {
-        **ARMS[run.arm],
-        "lr": cfg.lr * run.lr_factor,
-        "seed": run.seed,
-        "label_noise": run.label_noise,
-        "steps": cfg.steps,
-        "batch_size": cfg.batch_size,
-        "max_length": cfg.max_length,
-        "max_eval_samples": cfg.max_eval_samples,
-        "eval_batch_size": cfg.batch_size * 8,
-        "eval_every": max(1, cfg.steps // cfg.evals),
-        "save_every": 0,
-        "keep_checkpoints": 1,
-        "perturbed_eval": True,
-        "char_drop": 0.1,
-        "word_swap": 0.2,
-        "no_progress": True,
-        **extra,
-        "output_dir": run.out(runs_dir),
-    }
-
-
-def check_saved(out: str, fields: dict[str, Any]) -> None:
-    """Refuses a finished run made with other settings than the study's (say, another
-    ``--steps``): its results would be mixed with the new ones unnoticed."""
-    saved = rundir.read_json(os.path.join(out, rundir.CONFIG_FILE))["args"]
-    changed = [
-        f"{k} {saved[k]!r} (not {v!r})"
-        for k, v in fields.items()
-        if k not in ("output_dir", "no_progress") and k in saved and saved[k] != v
+def later_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) -> list[Job]:
+    """Phases 2-4, from the rows so far: more seeds, noisy labels, the budget curve."""
+    best = best_lrs(cfg, rows)
+    chosen = experiment.select(ARMS, cfg.arms)
+    more = [
+        job(cfg, extra, arm, best[arm], seed)
+        for arm, n in seeds_for(cfg, rows, best).items()
+        if arm in best and arm in chosen
+        for seed in range(cfg.seeds, n)
     ]
-    if changed:
-        raise SystemExit(
-            f"{out} was made with other settings: {', '.join(changed)}. Give the study the "
-            "settings it was made with, or another --runs-dir."
-        )
-
-
-def finished(cfg: StudyConfig, runs: list[Run]) -> list[Run]:
-    """The runs that have a summary."""
-    return [
-        r for r in runs if os.path.exists(os.path.join(r.out(cfg.runs_dir), rundir.SUMMARY_FILE))
+    noisy = [
+        job(cfg, extra, arm, best[arm], seed, label_noise=cfg.label_noise)
+        for seed in range(cfg.seeds)
+        for arm in ORIGINAL_ARMS
+        if arm in best and arm in chosen and cfg.label_noise
     ]
-
-
-def train_all(cfg: StudyConfig, runs: list[Run], extra: dict[str, Any]) -> None:
-    """Trains every run that has no summary yet (an unfinished one starts again); checks that
-    the finished ones were made with the same settings. Trains nothing with --report-only."""
-    for i, run in enumerate(runs, 1):
-        out = run.out(cfg.runs_dir)
-        if os.path.exists(os.path.join(out, rundir.SUMMARY_FILE)):
-            check_saved(out, settings(cfg, run, extra, cfg.runs_dir))
-            continue
-        if cfg.report_only:
-            continue
-        if os.path.isdir(out):  # killed mid-run (runs save only at the end): start afresh
-            shutil.rmtree(out)
-        fields = settings(cfg, run, extra, cfg.runs_dir)
-        config = TrainConfig(**fields)
-        argv = " ".join(train_config.to_argv(fields))
-        print(f"[study] run {i}/{len(runs)}: python examples/bert/train.py {argv}", flush=True)
-        train.train(config)
-
-
-def row(cfg: StudyConfig, run: Run) -> dict[str, Any]:
-    """The run's row of runs.csv (weight-noise columns are added by :func:`add_flatness`)."""
-    out = run.out(cfg.runs_dir)
-    summary = rundir.read_json(os.path.join(out, rundir.SUMMARY_FILE))
-    accuracy = summary["eval_accuracy"]
-    accuracy = math.nan if accuracy is None else accuracy  # diverged: no final model
-    perturbed = summary["perturbed_accuracy"]
-    evals = [
-        r
-        for r in rundir.read_metrics(os.path.join(out, rundir.METRICS_FILE))
-        if r["kind"] == "eval"
+    longer = [
+        job(cfg, extra, arm, best[arm], seed, steps=steps)
+        for steps in cfg.budgets
+        for seed in range(cfg.budget_seeds)
+        for arm in BUDGET_ARMS
+        if arm in best and arm in chosen
     ]
-    return {
-        "arm": run.arm,
-        "seed": run.seed,
-        "lr": cfg.lr * run.lr_factor,
-        "lr_factor": run.lr_factor,
-        "label_noise": run.label_noise,
-        "accuracy": accuracy,
-        "best_accuracy": summary["best_eval_accuracy"],
-        "macro_f1": summary["eval_macro_f1"],
-        "best_macro_f1": max((r["macro_f1"] for r in evals), default=math.nan),
-        "perturbed_accuracy": math.nan if perturbed is None else perturbed,
-        # What the character drops and word swaps cost this model.
-        "perturbation_drop": accuracy - (math.nan if perturbed is None else perturbed),
-        "majority_accuracy": summary["majority_accuracy"],
-        # A failed run ends within 2 points of always predicting the majority class.
-        "failed": not accuracy >= summary["majority_accuracy"] + 0.02,
-        "status": summary["status"],
-        "mean_scale": summary["mean_scale"],
-        "run_dir": out,
+    return more + noisy + longer
+
+
+# ----------------------------------------------------------------------------- the rows
+
+
+def row(job: Job) -> Row:
+    """A finished run's row of runs.csv (weight-noise columns come from :func:`add_flatness`)."""
+    s = job.settings
+    summary = experiment.read_summary(job.workdir)
+    evals = [r for r in experiment.read_metrics(job.workdir) if r["kind"] == "eval"]
+    r: Row = {"arm": job.arm, "seed": job.seed, "steps": s["steps"], "lr": s["lr"],
+              "clip_norm": s.get("clip_norm", 1.0), "label_noise": s["label_noise"]}  # fmt: skip
+    r |= {
+        "accuracy": summary.get("eval_accuracy"),
+        "best_accuracy": summary.get("best_eval_accuracy"),
+        "macro_f1": summary.get("eval_macro_f1"),
+        "best_macro_f1": max((e["macro_f1"] for e in evals), default=None),
+        "perturbed_accuracy": summary.get("perturbed_accuracy"),
+        "majority_accuracy": summary.get("majority_accuracy"),
+        "status": summary.get("status"),
+        "mean_scale": summary.get("mean_scale"),
+        "run_dir": job.workdir,
     }
+    return complete(r)
 
 
-# ------------------------------------------------------------------- weight-space probes
+def complete(r: Row) -> Row:
+    """A row with its derived columns: ``perturbation_drop``, ``failed`` (final accuracy
+    within 2 points of the majority class, or none), and the defaults of rows written before
+    the budget and the clip were columns."""
+    r = {k: (math.nan if v is None else v) for k, v in r.items()}
+    r.setdefault("steps", ROUND1_STEPS)
+    if not isinstance(r.get("clip_norm"), int | float) or math.isnan(r["clip_norm"]):
+        r["clip_norm"] = ARMS[r["arm"]].overrides.get("clip_norm", 1.0) if r["arm"] in ARMS else 1.0
+    r["perturbation_drop"] = r["accuracy"] - r["perturbed_accuracy"]
+    r["failed"] = not r["accuracy"] >= r["majority_accuracy"] + FAILED_MARGIN
+    clean = r.get("weight_noise_clean", math.nan)
+    measured = {k.rsplit("_", 1)[1]: v for k, v in r.items()
+                if re.fullmatch(r"weight_noise_[0-9.e+-]+", k) and not _nan(v)}  # fmt: skip
+    if measured and not _nan(clean):  # the derived columns, from their definition
+        accuracy = {sigma: [value] for sigma, value in measured.items()}
+        sigmas = sorted(float(sigma) for sigma in measured)
+        result = {"clean": clean, "sigmas": sigmas, "accuracy": accuracy}
+        r = add_flatness(r, result)
+    return r
 
 
-class FinalModel:
-    """A finished run's final model, restored from its checkpoint, with its eval step."""
-
-    def __init__(self, run_dir: str) -> None:
-        config = train_config.resumed({"resume": run_dir, "no_progress": True})
-        with train.allow_transfers():
-            loaded = train.load(config)
-            _, eval_graphdef, params, model_state = steps.split_model(loaded.model)
-            like = steps.init_train_state(params, model_state, loaded.tx, loaded.mesh)
-            ckpt = rundir.Checkpointer(run_dir, max_to_keep=None)
-            state, _ = ckpt.restore(ckpt.latest_step(), like)
-            ckpt.close()
-        self.params, self.model_state = state.params, state.model_state
-        self.validation = loaded.dataset.validation
-        self.num_labels, self.mesh = loaded.dataset.num_labels, loaded.mesh
-        self.batch_size = config.eval_batch_size or config.batch_size * 8
-        self.eval_step = steps.make_eval_step(eval_graphdef, self.num_labels, self.mesh)
-
-    def evaluate(self, params: Any, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-        """Loss, accuracy and macro-F1 of ``params`` on the validation split (or ``arrays``)."""
-        state = steps.TrainState(None, params, self.model_state, None)
-        with train.allow_transfers():
-            return train.evaluate(
-                self.eval_step, state, self.validation if arrays is None else arrays,
-                self.batch_size, self.num_labels, self.mesh,
-            )  # fmt: skip
-
-
-def subset(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """A fixed random subset of ``n`` examples (seed 0), the same for every run."""
-    total = len(arrays["labels"])
-    pick = np.sort(np.random.default_rng(0).choice(total, size=min(n, total), replace=False))
-    return {k: v[pick] for k, v in arrays.items()}
-
-
-def weight_noise(cfg: StudyConfig, run_dir: str) -> dict[str, Any] | None:
-    """Accuracy under relative weight noise, per sigma and draw (cached in the run folder;
-    None with --report-only where it is not cached)."""
-    path = os.path.join(run_dir, "weight_noise.json")
-    if os.path.exists(path):
-        cached = rundir.read_json(path)
-        if (
-            cached["sigmas"] == cfg.weight_noise_sigmas
-            and cached["draws"] == cfg.weight_noise_draws
-            and cached.get("samples", cached["examples"]) == cfg.weight_noise_samples
-        ):
-            return cached
-    if cfg.report_only:
-        return None
-    print(f"[study] weight noise: {run_dir}", flush=True)
-    model = FinalModel(run_dir)
-    arrays = subset(model.validation, cfg.weight_noise_samples)
-    result: dict[str, Any] = {
-        "sigmas": cfg.weight_noise_sigmas,
-        "draws": cfg.weight_noise_draws,
-        "samples": cfg.weight_noise_samples,
-        "examples": len(arrays["labels"]),
-        "clean": model.evaluate(model.params, arrays)["accuracy"],
-        "accuracy": {},
-    }
-    for i, sigma in enumerate(cfg.weight_noise_sigmas):
-        result["accuracy"][f"{sigma:g}"] = [
-            model.evaluate(
-                flatness.perturb_weights(model.params, sigma, jax.random.key(1000 * i + draw)),
-                arrays,
-            )["accuracy"]
-            for draw in range(cfg.weight_noise_draws)
-        ]
-    rundir.write_json(path, result)
-    return result
-
-
-def add_flatness(row: dict[str, Any], result: dict[str, Any]) -> None:
-    """Adds ``weight_noise_<sigma>`` (mean accuracy over draws), ``weight_noise_clean`` (the
-    unperturbed accuracy on the same examples) and ``flat_sigma``: the largest sigma of the
-    grid up to which every mean stays within 1 point of the unperturbed accuracy (0: none)."""
-    row["weight_noise_clean"] = result["clean"]
-    row["flat_sigma"], flat = 0.0, True
+def add_flatness(r: Row, result: Mapping[str, Any]) -> Row:
+    """The row with ``weight_noise_clean``, ``weight_noise_<sigma>`` (mean over draws),
+    ``weight_noise_change_<sigma>`` (normalised by the headroom above the majority class:
+    -1 is down to the majority) and ``flat_sigma`` (:func:`flat_sigma` of this run)."""
+    clean, majority = result["clean"], result.get("majority", r["majority_accuracy"])
+    r = {**r, "weight_noise_clean": clean}
     for sigma in result["sigmas"]:
         mean = float(np.mean(result["accuracy"][f"{sigma:g}"]))
-        row[f"weight_noise_{sigma:g}"] = mean
-        row[f"weight_noise_change_{sigma:g}"] = mean - result["clean"]
-        flat = flat and mean >= result["clean"] - 0.01
-        if flat:
-            row["flat_sigma"] = sigma
+        r[f"weight_noise_{sigma:g}"] = mean
+        r[f"weight_noise_change_{sigma:g}"] = (mean - clean) / max(clean - majority, 1e-9)
+    r["flat_sigma"] = flat_sigma([r], result["sigmas"])
+    return r
 
 
-def interpolation(cfg: StudyConfig, a_dir: str, b_dir: str) -> dict[str, Any] | None:
-    """Validation loss and accuracy along ``(1 - alpha) a + alpha b`` (cached; None with
-    --report-only where it is not cached)."""
-    path = os.path.join(cfg.runs_dir, "interpolation.json")
-    alphas = sorted({*np.linspace(-0.5, 1.5, cfg.alphas).round(6).tolist(), 0.0, 1.0})
-    if os.path.exists(path):
-        cached = rundir.read_json(path)
-        if cached["alphas"] == alphas and [cached["a"], cached["b"]] == [a_dir, b_dir]:
-            return cached
-    if cfg.report_only:
-        return None
-    a, b = FinalModel(a_dir), FinalModel(b_dir)
-    points = [a.evaluate(flatness.interpolate(a.params, b.params, alpha)) for alpha in alphas]
-    result = {
-        "a": a_dir,
-        "b": b_dir,
-        "alphas": alphas,
-        "loss": [p["loss"] for p in points],
-        "accuracy": [p["accuracy"] for p in points],
-    }
-    rundir.write_json(path, result)
-    return result
+def sigmas_in(rows: Sequence[Row]) -> list[float]:
+    """The weight-noise sigmas the rows have columns for, in order."""
+    found = {float(k.rsplit("_", 1)[1]) for r in rows for k in r
+             if k.startswith("weight_noise_change_")}  # fmt: skip
+    return sorted(found)
 
 
-# ------------------------------------------------------------------------------ statistics
+def flat_sigma(rows: Sequence[Row], sigmas: Sequence[float]) -> float:
+    """The largest sigma of the grid up to which the mean accuracy over ``rows`` (and their
+    draws) loses at most FLAT_LOSS of the headroom above the majority class (0: none):
+    computed on the mean curve, so an arm's flat sigma is that of its mean, not a mean of
+    per-run values."""
+    flat = 0.0
+    for sigma in sigmas:
+        change = finite(r.get(f"weight_noise_change_{sigma:g}") for r in rows)
+        if not change.size or change.mean() < -FLAT_LOSS - 1e-9:  # -5% itself is flat
+            break
+        flat = sigma
+    return flat
 
 
-def paired(rows: list[dict[str, Any]], arm: str, ref: str, key: str) -> dict[str, Any] | None:
-    """Mean paired difference ``arm - ref`` in ``key`` over the seeds both have, with its 95%
-    confidence interval (Student's t over the per-seed differences), and what it supports."""
-    mine = {r["seed"]: r.get(key, math.nan) for r in rows if r["arm"] == arm}
-    theirs = {r["seed"]: r.get(key, math.nan) for r in rows if r["arm"] == ref}
-    seeds = sorted(set(mine) & set(theirs))
-    diffs = np.array([mine[s] - theirs[s] for s in seeds], np.float64)
-    diffs = diffs[np.isfinite(diffs)]
-    if diffs.size == 0:
-        return None
-    mean = float(diffs.mean())
-    if diffs.size < 2:
-        lo = hi = math.nan
+def barrier(line: Mapping[str, Sequence[float]]) -> float:
+    """The largest loss above the chord between the two ends, over alpha in [0, 1] (0 when
+    the line never rises above it)."""
+    loss = dict(zip(line["alphas"], line["loss"], strict=True))
+    a, b = loss[0.0], loss[1.0]
+    return max(0.0, *(v - ((1 - t) * a + t * b) for t, v in loss.items() if 0 <= t <= 1))
+
+
+def at_best_rows(rows: Sequence[Row], best: Mapping[str, float], steps: int,
+                 noise: float = 0.0) -> list[Row]:  # fmt: skip
+    """The rows of each arm at its best lr, at ``steps`` updates and this label noise."""
+    return [
+        r for r in rows
+        if r["arm"] in best and f"{r['lr']:.6g}" == f"{best[r['arm']]:.6g}"
+        and r["steps"] == steps and r["label_noise"] == noise
+    ]  # fmt: skip
+
+
+def interaction(rows: Sequence[Row], best: Mapping[str, float], steps: int, noise: float,
+                arm: str, ref: str = "baseline") -> dict[str, Any] | None:  # fmt: skip
+    """Robustness to noisy labels as the paired interaction: (noisy - clean) of ``arm``
+    minus (noisy - clean) of ``ref``, seed by seed (positive: the arm loses less)."""
+    clean, noisy = at_best_rows(rows, best, steps), at_best_rows(rows, best, steps, noise)
+    loss = {}
+    for name in (arm, ref):
+        c = {r["seed"]: r["accuracy"] for r in clean if r["arm"] == name}
+        n = {r["seed"]: r["accuracy"] for r in noisy if r["arm"] == name}
+        loss[name] = {s: n[s] - c[s] for s in set(c) & set(n)}
+    seeds = sorted(set(loss[arm]) & set(loss[ref]))
+    diffs = finite(loss[arm][s] - loss[ref][s] for s in seeds)
+    return experiment.difference(diffs)
+
+
+# ----------------------------------------------------------------------------- the answers
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """The rows, seen as the report needs them."""
+
+    cfg: StudyConfig
+    rows: list[Row]
+    lines: list[Row]  # one per (seed, alpha): the line between baseline and dice before
+    best: dict[str, float]
+
+    @property
+    def at_best(self) -> list[Row]:
+        """Clean rows at each arm's best lr and the tuning budget."""
+        return at_best_rows(self.rows, self.best, self.cfg.steps)
+
+    def d(self, arm: str, ref: str, key: str = "accuracy", steps: int | None = None):
+        """The paired difference at the best lrs (and ``steps``, default the tuning's)."""
+        return paired(at_best_rows(self.rows, self.best, steps or self.cfg.steps), arm, ref, key)
+
+    def mean(self, arm: str, key: str = "accuracy") -> str:
+        """``mean ± std`` of the arm at its best lr (``no runs yet`` without one)."""
+        text = mean_std(r.get(key) for r in self.at_best if r["arm"] == arm)
+        return "no runs yet" if text == "-" else text
+
+    def lr(self, arm: str) -> str:
+        """The arm's best lr and how many of the grid's lrs it was chosen from."""
+        if arm not in self.best:
+            return "-"
+        grid = {f"{lr_of(self.cfg, arm, f):.6g}" for f in self.cfg.lr_factors}
+        tried = {f"{r['lr']:.6g}" for r in self.rows if r["arm"] == arm
+                 and r["steps"] == self.cfg.steps and not r["label_noise"]}  # fmt: skip
+        return f"{self.best[arm]:.3g}, best of {len(grid & tried)} of {len(grid)} lrs"
+
+    def per_seed_lines(self) -> dict[int, dict[str, list[float]]]:
+        """The lines by seed, alphas in order."""
+        out: dict[int, dict[str, list[float]]] = {}
+        for p in sorted(self.lines, key=lambda p: (p["seed"], p["alpha"])):
+            line = out.setdefault(int(p["seed"]), {"alphas": [], "loss": [], "accuracy": []})
+            for k, name in (("alphas", "alpha"), ("loss", "loss"), ("accuracy", "accuracy")):
+                line[k].append(float(p[name]))
+        return out
+
+
+def budget_words(v: View, arm: str, ref: str) -> str:
+    """ "ends worse" / "learns slower" / not resolved, from the gaps at each budget."""
+    budgets = [v.cfg.steps, *v.cfg.budgets]
+    gaps = {b: v.d(arm, ref, steps=b) for b in budgets}
+    shown = "; ".join(f"{b} updates {said(g)}" for b, g in gaps.items())
+    measured = [b for b in budgets if gaps[b] is not None]
+    if not measured:
+        return f"{arm} minus {ref}: not measured yet"
+    last = gaps[measured[-1]]["verdict"]
+    first = gaps[measured[0]]["verdict"]
+    if len(measured) > 1 and last == "hurts":
+        word = f"ends worse (still behind at {measured[-1]} updates)"
+    elif len(measured) > 1 and first == "hurts" and last == "no difference":
+        word = f"learns slower (behind at {measured[0]}, level by {measured[-1]} updates)"
     else:
-        half = stats.t.ppf(0.975, diffs.size - 1) * diffs.std(ddof=1) / math.sqrt(diffs.size)
-        lo, hi = mean - half, mean + half
-    return {
-        "n": int(diffs.size),
-        "mean": mean,
-        "lo": lo,
-        "hi": hi,
-        "verdict": verdict(lo, hi, diffs.size),
-    }
+        word = f"not resolved (measured at {', '.join(map(str, measured))} updates)"
+    return f"{arm} minus {ref}: {shown}: **{word}**"
 
 
-def verdict(lo: float, hi: float, n: int) -> str:
-    """What a 95% interval of a difference supports: "helps", "hurts", "no difference" (inside
-    +-NO_DIFFERENCE), or "not resolved at n seeds". Fewer than MIN_SEEDS paired seeds resolve
-    nothing: two seeds whose differences happen to agree (accuracy moves in steps of 1/n
-    examples) give an interval of width 0."""
-    if n < MIN_SEEDS or math.isnan(lo):
-        return f"not resolved at {n} seed(s)"
-    if lo > 0:
-        return "helps"
-    if hi < 0:
-        return "hurts"
-    if -NO_DIFFERENCE <= lo and hi <= NO_DIFFERENCE:
-        return "no difference"
-    return f"not resolved at {n} seeds"
+def answers(v: View) -> list[str]:
+    """The study's questions, each answered in one sentence from its paired interval."""
+    noise, steps, sigmas = v.cfg.label_noise, v.cfg.steps, sigmas_in(v.at_best)
+    mid = sigmas[len(sigmas) // 2] if sigmas else None
+    flat = ", ".join(
+        f"{a} {flat_sigma([r for r in v.at_best if r['arm'] == a], sigmas):g}"
+        for a in ("baseline", "dice before", "lr-matched control")
+    )
+    change = (
+        f"; the change at sigma {mid:g} as a share of the headroom, dice minus baseline: "
+        + said(v.d("dice before", "baseline", f"weight_noise_change_{mid:g}"))
+        if mid
+        else ": not measured yet"
+    )
+    barriers = [barrier(line) for line in v.per_seed_lines().values()]
+    noisy = {a: said(interaction(v.rows, v.best, steps, noise, a))
+             for a in ("dice before", "fair die before")}  # fmt: skip
+    return [
+        f"1. **Tuned alike, do the dice before AdamW lose?** Baseline at lr {v.lr('baseline')}: "
+        f"{v.mean('baseline')}; dice before at lr {v.lr('dice before')}: "
+        f"{v.mean('dice before')}; dice minus baseline: {said(v.d('dice before', 'baseline'))}.",
+        "2. **Is it the clip?** Against AdamW clipped at the dice's matched threshold "
+        f"({CLIP_MATCHED}, {v.mean('baseline, clip 2.7')}): "
+        f"{said(v.d('dice before', 'baseline, clip 2.7'))}; without any clip, dice minus "
+        f"baseline: {said(v.d('dice before, no clip', 'baseline, no clip'))}.",
+        "3. **Dice after AdamW against the tuned lr-matched control**: "
+        f"{v.mean('dice after')} against {v.mean('lr-matched control')}: "
+        f"{said(v.d('dice after', 'lr-matched control'))}.",
+        f"4. **The fair die after AdamW, at its own best lr ({v.lr('fair die after')})**, minus "
+        f"the baseline: {said(v.d('fair die after', 'baseline'))}.",
+        "5. **The fair die before AdamW** minus the baseline: "
+        f"{said(v.d('fair die before', 'baseline'))}.",
+        "6. **Ends worse or learns slower?** "
+        + budget_words(v, "dice before", "baseline")
+        + "; "
+        + budget_words(v, "dice after", "lr-matched control")
+        + ".",
+        f"7. **Robust to noisy labels ({noise:.0%} flipped)?** Noisy minus clean accuracy, "
+        "dice before minus baseline (positive: the dice lose less): "
+        f"{noisy['dice before']}; the fair die before: {noisy['fair die before']}.",
+        f"8. **Flatter?** Flat sigma (of the mean curve): {flat}{change}.",
+        "9. **A barrier between them?** The largest loss above the chord from the baseline's "
+        f"final parameters to the dice's, per seed: {barrier_words(barriers)}.",
+    ]
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per arm, lr and label noise: the runs, mean and std (ddof=1) of each result, and the
-    failed-run rate."""
-    table = []
-    groups = dict.fromkeys((r["arm"], r["lr"], r["label_noise"]) for r in rows)
-    keys = ["accuracy", "best_accuracy", "macro_f1", "best_macro_f1", "perturbed_accuracy"]
-    keys.append("flat_sigma")
-    keys += list(dict.fromkeys(k for r in rows for k in r if k.startswith("weight_noise_")))
-    for arm, lr, noise in groups:
-        mine = [r for r in rows if (r["arm"], r["lr"], r["label_noise"]) == (arm, lr, noise)]
-        entry: dict[str, Any] = {"arm": arm, "lr": lr, "label_noise": noise, "runs": len(mine)}
-        for key in keys:
-            values = np.array([r.get(key, math.nan) for r in mine], np.float64)
-            values = values[np.isfinite(values)]
-            entry[f"{key}_mean"] = float(values.mean()) if values.size else math.nan
-            entry[f"{key}_std"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
-        entry["failed_rate"] = float(np.mean([r["failed"] for r in mine]))
-        table.append(entry)
-    return table
+def barrier_words(barriers: Sequence[float]) -> str:
+    """The barriers of every seed in words: how high, and whether there is one."""
+    b = experiment.difference(np.array(barriers, np.float64))
+    if b is None:
+        return "not measured yet"
+    over = sum(x > BARRIER for x in barriers)
+    if b["n"] >= experiment.MIN_SEEDS and b["lo"] > BARRIER:
+        word = "a barrier"
+    elif over == 0:
+        word = f"no barrier (under {BARRIER} in loss on every seed)"
+    else:
+        word = f"a barrier above {BARRIER} on {over} of {b['n']} seed(s)"
+    ci = "" if math.isnan(b["lo"]) else f" [{b['lo']:.3f}, {b['hi']:.3f}]"
+    return (
+        f"mean {b['mean']:.3f}{ci}, at most {max(barriers):.3f} over {b['n']} seed(s): **{word}**"
+    )
 
 
 # ------------------------------------------------------------------------------ the report
 
+TABLE_KEYS = ("accuracy", "best_accuracy", "macro_f1", "best_macro_f1", "perturbed_accuracy")
 
-def _pm(entry: dict[str, Any], key: str) -> str:
-    mean, std = entry[f"{key}_mean"], entry[f"{key}_std"]
+
+def _pm(e: Mapping[str, Any], key: str) -> str:
+    mean, std = e[f"{key}_mean"], e[f"{key}_std"]
     if math.isnan(mean):
         return "-"
     return f"{mean:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
 
 
-def _diff(d: dict[str, Any] | None) -> str:
-    if d is None:
-        return "-"
-    ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
-    return f"{d['mean']:+.3f}{ci} (n={d['n']}): {d['verdict']}"
+def aggregate(rows: Sequence[Row]) -> list[Row]:
+    """study.csv: per arm, budget, lr and label noise, the runs, mean and std of each result
+    and the failed-run rate."""
+    by = ["arm", "steps", "lr", "label_noise"]
+    table = experiment.aggregate(rows, by, [*TABLE_KEYS, "perturbation_drop"])
+    for e in table:
+        mine = [r for r in rows if all(r[k] == e[k] for k in by)]
+        e["failed_rate"] = float(np.mean([bool(r["failed"]) for r in mine]))
+    return table
 
 
-def _said(d: dict[str, Any] | None, unit: str = "") -> str:
-    """A paired difference in words: ``-0.107 [-0.15, -0.06] (5 seeds): hurts``."""
-    if d is None:
-        return "not measured yet"
-    ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
-    return f"{d['mean']:+.3f}{unit}{ci} over {d['n']} paired seed(s): **{d['verdict']}**"
+def headline(v: View) -> tuple[dict[int, str], dict[int, Any], dict[int, tuple[float, bool]]]:
+    """The headline contrasts: their names, paired differences and Holm-adjusted p-values."""
+    longest = max(v.cfg.budgets, default=v.cfg.steps)
+    ds = {q.number: v.d(q.arm, q.ref) for q in HEADLINE}
+    ds[6] = v.d("dice before", "baseline", steps=longest)
+    ds[7] = interaction(v.rows, v.best, v.cfg.steps, v.cfg.label_noise, "dice before")
+    names = {q.number: f"{q.arm} - {q.ref}" for q in HEADLINE}
+    names |= {6: f"dice before - baseline at {longest} updates",
+              7: "label-noise cost, dice before - baseline"}  # fmt: skip
+    adjusted = experiment.holm({n: math.nan if d is None else d["p"] for n, d in ds.items()})
+    return names, ds, adjusted
 
 
-def answers(
-    cfg: StudyConfig,
-    rows: list[dict[str, Any]],
-    best: dict[str, float],
-    line: dict[str, Any] | None,
-) -> list[str]:
-    """The study's questions, each answered in one sentence from the measurements, with the
-    paired 95% interval and what it supports (README's Results quote them)."""
-    clean = [r for r in rows if not r["label_noise"]]
-    at_best = [r for r in clean if r["lr_factor"] == best.get(r["arm"])]
-    noisy = [r for r in rows if r["label_noise"]]
-
-    def mean(arm: str, key: str, pool: list[dict[str, Any]]) -> str:
-        v = np.array([r.get(key, math.nan) for r in pool if r["arm"] == arm], np.float64)
-        v = v[np.isfinite(v)]
-        return (
-            "-"
-            if not v.size
-            else f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if v.size > 1 else "")
-        )
-
-    def lr(arm: str) -> str:
-        return "-" if arm not in best else f"{cfg.lr * best[arm]:.3g}"
-
-    out = [
-        f"1. **Tuned alike, do the dice lose?** The baseline is best at lr {lr('baseline')} "
-        f"(accuracy {mean('baseline', 'accuracy', at_best)}), the dice before AdamW at "
-        f"{lr('dice before')} ({mean('dice before', 'accuracy', at_best)}); dice minus "
-        f"baseline: {_said(paired(at_best, 'dice before', 'baseline', 'accuracy'))}.",
-        "2. **Are the dice a smaller learning rate?** Against AdamW at lr x "
-        f"{DICE_MEAN:.2f} without dice ({mean('lr-matched control', 'accuracy', at_best)}), "
-        "the dice before AdamW at their best lr: "
-        f"{_said(paired(at_best, 'dice before', 'lr-matched control', 'accuracy'))}.",
-        "3. **Where Adam cannot undo them (dice after AdamW)**: "
-        f"{mean('dice after', 'accuracy', at_best)}; minus the lr-matched control: "
-        f"{_said(paired(at_best, 'dice after', 'lr-matched control', 'accuracy'))}; minus "
-        f"the baseline: {_said(paired(at_best, 'dice after', 'baseline', 'accuracy'))}.",
-        "4. **Randomness alone (the fair die, E[scale] = 1)**: before AdamW "
-        f"{mean('fair die before', 'accuracy', at_best)}, minus the baseline "
-        f"{_said(paired(at_best, 'fair die before', 'baseline', 'accuracy'))}; after AdamW "
-        f"{mean('fair die after', 'accuracy', at_best)}, minus the baseline "
-        f"{_said(paired(at_best, 'fair die after', 'baseline', 'accuracy'))}.",
-        f"5. **Noisy labels ({cfg.label_noise:.0%} flipped)**: the baseline ends at "
-        f"{mean('baseline', 'accuracy', noisy)}; dice before minus baseline "
-        f"{_said(paired(noisy, 'dice before', 'baseline', 'accuracy'))}; fair die before "
-        f"minus baseline {_said(paired(noisy, 'fair die before', 'baseline', 'accuracy'))}; "
-        "best accuracy over the run, dice before minus baseline "
-        f"{_said(paired(noisy, 'dice before', 'baseline', 'best_accuracy'))}.",
-    ]
-    sigma = cfg.weight_noise_sigmas[len(cfg.weight_noise_sigmas) // 2]
-    change = f"weight_noise_change_{sigma:g}"
-    out.append(
-        "6. **Flatness (weight noise)**: the flat sigma is "
-        f"{mean('baseline', 'flat_sigma', at_best)} for the baseline and "
-        f"{mean('dice before', 'flat_sigma', at_best)} for the dice and "
-        f"{mean('lr-matched control', 'flat_sigma', at_best)} for the lr-matched control; the "
-        "accuracy change at "
-        f"sigma {sigma:g}, dice minus baseline: "
-        f"{_said(paired(at_best, 'dice before', 'baseline', change))}; dice minus the "
-        "lr-matched control (as undertrained as the dice, without randomness): "
-        f"{_said(paired(at_best, 'dice before', 'lr-matched control', change))}; fair die "
-        f"before minus baseline: {_said(paired(at_best, 'fair die before', 'baseline', change))}."
-    )
-    out.append(
-        "7. **Input perturbation (character drops, word swaps)**: the accuracy it costs is "
-        f"{mean('baseline', 'perturbation_drop', at_best)} for the baseline; dice minus "
-        f"baseline {_said(paired(at_best, 'dice before', 'baseline', 'perturbation_drop'))}; "
-        "dice minus the lr-matched control "
-        f"{_said(paired(at_best, 'dice before', 'lr-matched control', 'perturbation_drop'))}; "
-        "fair die before minus baseline "
-        f"{_said(paired(at_best, 'fair die before', 'baseline', 'perturbation_drop'))}."
-    )
-    stability = []
-    for arm in KEY_ARMS:
-        mine = [r for r in at_best if r["arm"] == arm]
-        if mine:
-            acc = np.array([r["accuracy"] for r in mine], np.float64)
-            std = f"{np.nanstd(acc, ddof=1):.3f}" if acc.size > 1 else "-"
-            failed = sum(r["failed"] for r in mine)
-            stability.append(f"{arm} {std} ({failed} of {len(mine)} failed)")
-    out.append(
-        "8. **Seed stability**: the standard deviation of final accuracy over seeds at the best "
-        "lr is " + "; ".join(stability) + " (a run fails if it ends within 2 points of the "
-        "majority class)."
-    )
-    if line is not None:
-        loss = dict(zip(line["alphas"], line["loss"], strict=True))
-        ends = max(loss[0.0], loss[1.0])
-        ridge = max(v for a, v in loss.items() if 0 <= a <= 1)
-        shape = (
-            "no barrier: the two ends lie in one basin"
-            if ridge <= ends + 1e-6
-            else f"a barrier {ridge - ends:.3f} above the higher end"
-        )
-        out.append(
-            "9. **The landscape between them**: along the straight line from the baseline's "
-            "final parameters to the dice's (seed 0, same start, best lrs), the validation "
-            f"loss goes from {loss[0.0]:.3f} to {loss[1.0]:.3f}, at most {ridge:.3f} in "
-            f"between: {shape}."
-        )
-    return out
+def holm_sentence(v: View) -> str:
+    """Which headline answers hold once Holm's adjustment is made."""
+    _, ds, adjusted = headline(v)
+    measured = [n for n, d in ds.items() if d is not None and d["n"] > 1]
+    held = [str(n) for n in measured if adjusted[n][1]]
+    lost = [f"{n} ({adjusted[n][0]:.2g})" for n in measured
+            if not adjusted[n][1] and ds[n]["verdict"] in ("helps", "hurts")]  # fmt: skip
+    return (
+        f"Multiple comparisons: over the {len(measured)} headline contrasts measured, Holm's "
+        f"adjustment keeps answers {', '.join(held) or 'none'} at 5% family-wise; "
+        + (f"these do not hold after it (adjusted p): {', '.join(lost)}." if lost
+           else "every verdict above that it covers still holds.")
+    )  # fmt: skip
 
 
-def report(
-    cfg: StudyConfig,
-    rows: list[dict[str, Any]],
-    best: dict[str, float],
-    line: dict[str, Any] | None,
-    command: str,
-) -> str:
-    """study.md: the set-up, the tables and the paired comparisons."""
-    table = aggregate(rows)
-    present = [arm for arm in ARMS if any(r["arm"] == arm for r in rows)]
-    clean = [r for r in rows if not r["label_noise"]]
-    at_best = [r for r in clean if r["lr_factor"] == best.get(r["arm"])]
-    noisy = [r for r in rows if r["label_noise"]]
-    sigmas = cfg.weight_noise_sigmas
-    out = [
-        "# Do the dice do anything a smaller learning rate does not?\n",
-        f"Command: `{command}`. Each run: {cfg.steps} updates of {cfg.batch_size} tweets, "
-        f"{cfg.max_length} tokens, AdamW (warm-up 10%, linear decay), lr {cfg.lr:g} x "
-        f"{[round(f, 4) for f in cfg.lr_factors]} for the tuned arms; {cfg.max_eval_samples} "
-        f"validation examples, evaluated {cfg.evals} times (best = the highest of those). "
-        f"The lr-matched control runs at lr x {DICE_MEAN:.2f}, the dice's E[scale]. Runs of "
-        "one seed share the head's initialisation and the data order.\n",
-        "## Answers\n",
-        *answers(cfg, rows, best, line),
+def headline_table(v: View) -> list[str]:
+    """Holm over the headline contrasts, and the seeds a power estimate asks for."""
+    names, ds, adjusted = headline(v)
+    body = []
+    for n, d in ds.items():
+        if d is None:
+            body.append([n, names[n], 0, "-", "-", "-", "-", "-"])
+            continue
+        p, keep = adjusted[n]
+        need = experiment.seeds_needed(d["sd"]) if d["n"] > 1 else "-"
+        body.append([n, names[n], d["n"], f"{d['sd']:.3f}", f"{d['p']:.3g}", f"{p:.3g}",
+                     "yes" if keep else "no", need])  # fmt: skip
+    header = ["answer", "contrast", "seeds", "paired SD", "p", "Holm p", "holds at 5%",
+              "seeds for 80% power at 2 points"]  # fmt: skip
+    return [
+        "## Multiple comparisons and seeds\n",
+        f"{len(ds)} headline contrasts, one family: Holm's step-down adjustment of their paired "
+        "t-test p-values keeps the family-wise error at 5%; the intervals above are per "
+        "contrast, not adjusted. Seeds per question: a paired t-test at 5% needs the last "
+        "column's seeds to detect 2 points with 80% power at the observed paired SD (the plan "
+        f"runs that many, at least {v.cfg.min_seeds}, at most {v.cfg.max_seeds}).\n",
+        experiment.markdown_table(header, body),
         "",
-        "## Clean labels, every lr\n",
-        "| arm | lr | runs | accuracy | best accuracy | macro-F1 | best macro-F1 "
-        "| perturbed accuracy | failed |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for e in (e for e in table if not e["label_noise"]):
-        out.append(
-            f"| {e['arm']} | {e['lr']:.3g} | {e['runs']} | {_pm(e, 'accuracy')} "
-            f"| {_pm(e, 'best_accuracy')} | {_pm(e, 'macro_f1')} | {_pm(e, 'best_macro_f1')} "
-            f"| {_pm(e, 'perturbed_accuracy')} | {e['failed_rate']:.0%} |"
-        )
-    out += [
+
+
+def tuning_table(v: View) -> list[str]:
+    """Every arm at every lr, clean labels, the tuning budget."""
+    mine = [r for r in v.rows if r["steps"] == v.cfg.steps and not r["label_noise"]]
+    body = [
+        [e["arm"], f"{e['lr']:.3g}", e["runs"], *(_pm(e, k) for k in TABLE_KEYS),
+         f"{e['failed_rate']:.0%}"]
+        for e in sorted(aggregate(mine), key=lambda e: (list(ARMS).index(e["arm"]), e["lr"]))
+    ]  # fmt: skip
+    header = ["arm", "lr", "runs", "accuracy", "best accuracy", "macro-F1", "best macro-F1",
+              "perturbed accuracy", "failed"]  # fmt: skip
+    best = "; ".join(f"{a} {v.lr(a)}" for a in ARMS if a in v.best)
+    return [
+        f"## Clean labels, every lr ({v.cfg.steps} updates)\n",
+        experiment.markdown_table(header, body),
         "",
-        "Best lr (highest mean final accuracy over seeds 0-"
-        f"{cfg.seeds - 1}): "
-        + ", ".join(f"{arm} {cfg.lr * f:.3g}" for arm, f in best.items())
-        + ". Mean ± std over seeds; failed = final accuracy within 2 points of the majority "
-        "class.\n",
-        "## Paired differences at each arm's best lr (95% CI over seeds)\n",
-        f'"No difference" only where the whole interval lies within ±{NO_DIFFERENCE}; no '
-        f"verdict from fewer than {MIN_SEEDS} seeds.\n",
-        "| arm | vs | accuracy | best accuracy | macro-F1 | perturbed accuracy |",
-        "|---|---|---|---|---|---|",
+        f"Best lr (highest mean final accuracy over the grid {v.cfg.lr:g} x "
+        f"{v.cfg.lr_factors}, x {DICE_MEAN} for the lr-matched control): {best}. Mean ± std "
+        f"over seeds; failed = final accuracy within {FAILED_MARGIN:g} of the majority class; "
+        "best = the highest of the run's evaluations.\n",
     ]
-    for arm in present:
-        for ref in ("baseline", "lr-matched control"):
-            if arm in (ref, "baseline"):
-                continue
-            cells = [
-                _diff(paired(at_best, arm, ref, k))
-                for k in ("accuracy", "best_accuracy", "macro_f1", "perturbed_accuracy")
-            ]
-            out.append(f"| {arm} | {ref} | " + " | ".join(cells) + " |")
-    out += [
+
+
+def paired_table(v: View) -> list[str]:
+    """Each arm against the baseline and its own control, at their best lrs."""
+    controls = {"dice before": "baseline, clip 2.7", "dice after": "lr-matched control",
+                "dice before, no clip": "baseline, no clip"}  # fmt: skip
+    keys = ("accuracy", "best_accuracy", "macro_f1", "perturbed_accuracy", "perturbation_drop")
+    body = [
+        [arm, ref, *(cell(v.d(arm, ref, k)) for k in keys)]
+        for arm in ARMS if arm != "baseline"
+        for ref in dict.fromkeys(["baseline", controls.get(arm, "baseline")])
+    ]  # fmt: skip
+    header = ["arm", "vs", "accuracy", "best accuracy", "macro-F1", "perturbed accuracy",
+              "perturbation drop"]  # fmt: skip
+    return [
+        "## Paired differences at each arm's best lr (95% interval over seeds)\n",
+        f'"No difference" only where the whole interval lies within ±{experiment.NO_DIFFERENCE};'
+        f" no verdict from fewer than {experiment.MIN_SEEDS} seeds.\n",
+        experiment.markdown_table(header, body),
         "",
-        "## Seed stability at the best lr\n",
-        "| arm | runs | accuracy mean | std | failed runs |",
-        "|---|---|---|---|---|",
     ]
-    for arm in present:
-        acc = np.array([r["accuracy"] for r in at_best if r["arm"] == arm], np.float64)
-        if acc.size:
-            failed = sum(r["failed"] for r in at_best if r["arm"] == arm)
-            std = f"{np.nanstd(acc, ddof=1):.3f}" if acc.size > 1 else "-"
-            out.append(f"| {arm} | {acc.size} | {np.nanmean(acc):.3f} | {std} | {failed} |")
-    if any("flat_sigma" in r for r in at_best):
-        out += [
-            "",
-            "## Weight noise (flatness)\n",
-            f"Accuracy on {cfg.weight_noise_samples} validation examples when every row of "
-            "every weight matrix moves by sigma x its norm in a random direction (biases and "
-            f"LayerNorm kept), mean over {cfg.weight_noise_draws} draws and the seeds; flat "
-            "sigma = the largest sigma of the grid up to which the mean stays within 1 point "
-            "of the unperturbed accuracy.\n",
-            "| arm | runs | unperturbed | "
-            + " | ".join(f"sigma {s:g}" for s in sigmas)
-            + " | flat sigma |",
-            "|---|---|---|" + "---|" * len(sigmas) + "---|",
-        ]
-        for arm in present:
-            mine = [r for r in at_best if r["arm"] == arm and "flat_sigma" in r]
-            if mine:
-                cells = [np.mean([r[f"weight_noise_{s:g}"] for r in mine]) for s in sigmas]
-                unperturbed = np.mean([r["weight_noise_clean"] for r in mine])
-                flat = np.mean([r["flat_sigma"] for r in mine])
-                out.append(
-                    f"| {arm} | {len(mine)} | {unperturbed:.3f} | "
-                    + " | ".join(f"{c:.3f}" for c in cells)
-                    + f" | {flat:.3g} |"
-                )
-        out += [
-            "",
-            "Paired differences from the baseline: the accuracy change (perturbed minus "
-            "unperturbed) at each sigma, and the flat sigma.\n",
-            "| arm | " + " | ".join(f"change at sigma {s:g}" for s in sigmas) + " | flat sigma |",
-            "|---|" + "---|" * len(sigmas) + "---|",
-        ]
-        for arm in present:
-            if arm != "baseline":
-                cells = [_diff(paired(at_best, arm, "baseline", f"weight_noise_change_{s:g}"))
-                         for s in sigmas]  # fmt: skip
-                flat = _diff(paired(at_best, arm, "baseline", "flat_sigma"))
-                out.append(f"| {arm} | " + " | ".join(cells) + f" | {flat} |")
-    if noisy:
-        out += [
-            "",
-            f"## {cfg.label_noise:.0%} of the training labels flipped (each arm at its best lr)\n",
-            "| arm | runs | accuracy | best accuracy | macro-F1 | failed | vs baseline (accuracy) "
-            "| vs baseline (best accuracy) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for e in (e for e in table if e["label_noise"]):
-            d = paired(noisy, e["arm"], "baseline", "accuracy")
-            b = paired(noisy, e["arm"], "baseline", "best_accuracy")
-            same = e["arm"] == "baseline"
-            out.append(
-                f"| {e['arm']} | {e['runs']} | {_pm(e, 'accuracy')} | {_pm(e, 'best_accuracy')} "
-                f"| {_pm(e, 'macro_f1')} | {e['failed_rate']:.0%} | {'' if same else _diff(d)} "
-                f"| {'' if same else _diff(b)} |"
+
+
+def budget_table(v: View) -> list[str]:
+    """The budget curve: accuracy at each budget, and the gap to the baseline."""
+    budgets = [v.cfg.steps, *v.cfg.budgets]
+    body = []
+    for arm in BUDGET_ARMS:
+        cells = []
+        for b in budgets:
+            mine = at_best_rows(v.rows, v.best, b)
+            acc = [r["accuracy"] for r in mine if r["arm"] == arm]
+            gap = (
+                "" if arm == "baseline" else f"; {cell(paired(mine, arm, 'baseline', 'accuracy'))}"
             )
-    if line is not None:
-        loss = dict(zip(line["alphas"], line["loss"], strict=True))
-        lowest = min(loss, key=loss.__getitem__)
-        ridge = max(v for a, v in loss.items() if 0 <= a <= 1)
-        out += [
-            "",
-            "## The line between the baseline and the dice\n",
-            "Validation loss along (1 - alpha) baseline + alpha dice (seed 0, best lrs): "
-            f"{loss[0.0]:.4f} at alpha 0, {loss[1.0]:.4f} at alpha 1, lowest {loss[lowest]:.4f} "
-            f"at alpha {lowest:g}; the highest between the two: {ridge:.4f}.\n",
-        ]
-    out += [
+            cells.append(f"{mean_std(acc)} (n={len(acc)}){gap}")
+        body.append([arm, *cells])
+    return [
+        "## The budget curve (each arm at its best lr at the tuning budget)\n",
+        experiment.markdown_table(["arm", *(f"{b} updates" for b in budgets)], body),
         "",
-        "Per-run rows: runs.csv; per arm: study.csv. Figures: accuracy_vs_lr.png, "
-        "weight_noise.png, interpolation.png, label_noise.png.",
+        "Each cell: final accuracy mean ± std (runs); then minus the baseline, paired.\n",
     ]
+
+
+def noise_table(v: View) -> list[str]:
+    """Noisy labels: accuracy, what the noise costs each arm, and the interaction."""
+    noise = v.cfg.label_noise
+    noisy = at_best_rows(v.rows, v.best, v.cfg.steps, noise)
+    body = []
+    for arm in ORIGINAL_ARMS:
+        mine = [r["accuracy"] for r in noisy if r["arm"] == arm]
+        loss = {r["seed"]: r["accuracy"] for r in noisy if r["arm"] == arm}
+        clean = {r["seed"]: r["accuracy"] for r in v.at_best if r["arm"] == arm}
+        own = [loss[s] - clean[s] for s in loss if s in clean]
+        same = arm == "baseline" or not mine
+        inter = "" if same else cell(interaction(v.rows, v.best, v.cfg.steps, noise, arm))
+        body.append([arm, len(mine), mean_std(mine), mean_std(own), inter])
+    header = ["arm", "runs", "accuracy", "noisy - clean (paired by seed)",
+              "interaction: its cost - the baseline's"]  # fmt: skip
+    return [
+        f"## {noise:.0%} of the training labels flipped (each arm at its best lr)\n",
+        experiment.markdown_table(header, body),
+        "",
+    ]
+
+
+def stability_table(v: View) -> list[str]:
+    """The spread over seeds at the best lr, and the failed runs."""
+    body = []
+    for arm in ARMS:
+        acc = finite(r["accuracy"] for r in v.at_best if r["arm"] == arm)
+        n = sum(r["arm"] == arm for r in v.at_best)
+        if n:
+            failed = sum(bool(r["failed"]) for r in v.at_best if r["arm"] == arm)
+            std = f"{acc.std(ddof=1):.3f}" if acc.size > 1 else "-"
+            mean = f"{acc.mean():.3f}" if acc.size else "-"
+            body.append([arm, n, mean, std, failed])
+    return [
+        "## Seed stability at the best lr\n",
+        experiment.markdown_table(["arm", "runs", "accuracy mean", "std", "failed runs"], body),
+        "",
+    ]
+
+
+def flatness_tables(v: View) -> list[str]:
+    """Weight noise: the mean change per sigma as a share of the headroom, the flat sigma of
+    the mean curve, and the paired differences from the baseline."""
+    rows = [r for r in v.at_best if "weight_noise_clean" in r and not _nan(r["weight_noise_clean"])]
+    sigmas = sigmas_in(rows)
+    if not sigmas:
+        return []
+    means, diffs = [], []
+    for arm in ARMS:
+        mine = [r for r in rows if r["arm"] == arm]
+        if not mine:
+            continue
+        curve = [mean_std((r.get(f"weight_noise_change_{s:g}") for r in mine), 3) for s in sigmas]
+        means.append([arm, len(mine), mean_std(r["weight_noise_clean"] for r in mine), *curve,
+                      f"{flat_sigma(mine, sigmas):g}"])  # fmt: skip
+        if arm != "baseline":
+            diffs.append([arm, *(cell(paired(rows, arm, "baseline", f"weight_noise_change_{s:g}"))
+                                  for s in sigmas)])  # fmt: skip
+    cols = [f"sigma {s:g}" for s in sigmas]
+    return [
+        "## Weight noise (flatness)\n",
+        "Every row of every weight matrix moved by sigma x its norm in a random direction "
+        "(biases and LayerNorm kept); the accuracy change from the unperturbed model, mean "
+        "over the draws, as a share of the model's headroom above the majority class (-1: "
+        "down to the majority), mean ± std over seeds. Flat sigma: the largest sigma of the "
+        f"grid up to which the arm's mean curve loses at most {FLAT_LOSS:.0%} of the headroom.\n",
+        experiment.markdown_table(["arm", "runs", "unperturbed", *cols, "flat sigma"], means),
+        "",
+        "Paired differences from the baseline in that normalised change:\n",
+        experiment.markdown_table(["arm", *cols], diffs),
+        "",
+    ]
+
+
+def _nan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def lines_table(v: View) -> list[str]:
+    """The line between the baseline and the dice, per seed."""
+    lines = v.per_seed_lines()
+    if not lines:
+        return []
+    body = [
+        [seed, f"{line['loss'][line['alphas'].index(0.0)]:.4f}",
+         f"{line['loss'][line['alphas'].index(1.0)]:.4f}", f"{barrier(line):.4f}"]
+        for seed, line in lines.items()
+    ]  # fmt: skip
+    return [
+        "## The line between the baseline and the dice\n",
+        "Validation loss along (1 - alpha) baseline + alpha dice before (same seed, best "
+        "lrs); barrier = the largest loss above the straight chord between the two ends, "
+        "alpha in [0, 1].\n",
+        experiment.markdown_table(["seed", "loss at 0", "loss at 1", "barrier"], body),
+        "",
+    ]
+
+
+def report(v: View, command: str) -> str:
+    """study.md: the set-up, the answers, the tables."""
+    cfg = v.cfg
+    setup = (
+        f"Command: `{command}`. Each tuning run: {cfg.steps} updates of {cfg.batch_size} "
+        f"tweets, {cfg.max_length} tokens, AdamW (warm-up 10%, linear decay, clip 1 unless the "
+        f"arm says), every arm at lr {cfg.lr:g} x {cfg.lr_factors} (the lr-matched control at "
+        f"{DICE_MEAN} x those); the budget curve at {cfg.budgets} updates; "
+        f"{cfg.max_eval_samples} validation examples, evaluated {cfg.evals} times. Runs of one "
+        "seed share the head's initialisation and the data order.\n"
+    )
+    sections: list[Callable[[View], list[str]]] = [
+        headline_table, tuning_table, paired_table, budget_table, noise_table,
+        stability_table, flatness_tables, lines_table,
+    ]  # fmt: skip
+    out = ["# Do the dice do anything a smaller learning rate or a looser clip does not?\n",
+           setup, "## Answers\n", *answers(v), "", holm_sentence(v), ""]  # fmt: skip
+    for section in sections:
+        out += section(v)
+    out.append(
+        "Per-run rows: runs.csv; per arm: study.csv; the lines: lines.csv. Figures, where "
+        "measured: accuracy_vs_lr.png, budget.png, weight_noise.png, interpolation.png, "
+        "label_noise.png."
+    )
     return "\n".join(out) + "\n"
 
 
 # ------------------------------------------------------------------------------ the study
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Runs (or resumes) the study and writes its results; returns the per-run rows."""
-    cfg, extra = parse_args(argv)
-    os.makedirs(cfg.results_dir, exist_ok=True)
-    command = "python examples/bert/study.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-
-    # Phases 1 and 2: clean labels; then more seeds for the key arms at their best lr.
-    runs = clean_runs(cfg)
-    train_all(cfg, runs, extra)
-    best = best_factors([row(cfg, r) for r in finished(cfg, runs)])
-    runs += extra_runs(cfg, best)
-    train_all(cfg, runs, extra)
-    rows = [row(cfg, r) for r in finished(cfg, runs)]
-
-    # Phase 3: weight noise on every clean run at its arm's best lr.
-    for r in rows:
-        if r["lr_factor"] == best[r["arm"]] and r["status"] == "completed":
-            result = weight_noise(cfg, r["run_dir"])
-            if result is not None:
-                add_flatness(r, result)
-
-    # Phase 4: the line between the baseline and the dice, from the same start.
-    line = None
-    if "baseline" in best and "dice before" in best:
-        ends = [Run(arm, best[arm], 0) for arm in ("baseline", "dice before")]
-        if len(finished(cfg, ends)) == 2:
-            line = interpolation(cfg, *(end.out(cfg.runs_dir) for end in ends))
-
-    # Phase 5: noisy labels, every arm at its best lr.
-    noisy = noisy_runs(cfg, best)
-    train_all(cfg, noisy, extra)
-    rows += [row(cfg, r) for r in finished(cfg, noisy)]
-    if not rows:
-        raise SystemExit(f"no finished run in {cfg.runs_dir}: nothing to report")
-
-    # The report.
-    sweep.write_csv(os.path.join(cfg.results_dir, "runs.csv"), rows)
-    sweep.write_csv(os.path.join(cfg.results_dir, "study.csv"), aggregate(rows))
-    plots.plot_study(rows, best, line, cfg.weight_noise_sigmas, cfg.results_dir)
-    text = report(cfg, rows, best, line, command.strip())
-    with open(os.path.join(cfg.results_dir, "study.md"), "w") as f:
-        f.write(text)
-    print(text)
+def gather(plan: Sequence[Job], committed: Sequence[Row]) -> list[Row]:
+    """The committed rows, then those of the planned runs that finished and are not."""
+    rows, have = list(committed), {row_key(r) for r in committed}
+    for j in plan:
+        if j.key not in have and experiment.run_status(j.workdir) in experiment.FINAL:
+            rows.append(row(j))
+            have.add(j.key)
     return rows
+
+
+def with_flatness(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) -> list[Row]:
+    """Phase 5: weight noise on every clean run at its arm's best lr that has a folder and
+    no measurement (cached in the folder's weight_noise.json; none measured with
+    --report-only)."""
+    from examples.bert import rundir
+
+    targets = {id(r) for r in at_best_rows(rows, best, cfg.steps)}
+    out = []
+    for r in rows:
+        path = os.path.join(str(r["run_dir"]), "weight_noise.json")
+        wanted = id(r) in targets and r["status"] == "completed" and "flat_sigma" not in r
+        if wanted and os.path.isdir(str(r["run_dir"])):
+            cached = rundir.read_json(path) if os.path.isfile(path) else {}
+            same = [cached.get("sigmas"), cached.get("draws")]
+            if same != [cfg.weight_noise_sigmas, cfg.weight_noise_draws] and not cfg.report_only:
+                from examples.bert import flatness
+
+                print(f"[study] weight noise: {r['run_dir']}", flush=True)
+                model = flatness.FinalModel(str(r["run_dir"]))
+                cached = flatness.weight_noise(
+                    model, cfg.weight_noise_sigmas, cfg.weight_noise_draws
+                )
+                rundir.write_json(path, cached)
+            if cached:
+                r = add_flatness(r, cached)
+        out.append(r)
+    return out
+
+
+def lines_of(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float],
+             committed: Sequence[Row]) -> list[Row]:  # fmt: skip
+    """Phase 6: the line between baseline and dice before for every seed with both (cached in
+    ``<runs-dir>/lines/seed<n>.json``), else the committed line of that seed."""
+    from examples.bert import rundir
+
+    alphas = sorted({*np.linspace(-0.5, 1.5, cfg.alphas).round(6).tolist(), 0.0, 1.0})
+    ends: dict[int, dict[str, str]] = {}
+    for r in at_best_rows(rows, best, cfg.steps):
+        if r["arm"] in ("baseline", "dice before") and r["status"] == "completed":
+            ends.setdefault(int(r["seed"]), {})[r["arm"]] = str(r["run_dir"])
+    out = [p for p in committed]
+    have = {int(p["seed"]) for p in committed}
+    for seed, pair in sorted(ends.items()):
+        path = os.path.join(cfg.runs_dir, "lines", f"seed{seed}.json")
+        if seed in have or len(pair) < 2 or not all(map(os.path.isdir, pair.values())):
+            continue
+        line = rundir.read_json(path) if os.path.isfile(path) else {}
+        if line.get("alphas") != alphas and not cfg.report_only:
+            from examples.bert import flatness
+
+            print(f"[study] the line, seed {seed}", flush=True)
+            a, b = (flatness.FinalModel(pair[arm]) for arm in ("baseline", "dice before"))
+            line = flatness.line(a, b, alphas)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            rundir.write_json(path, line)
+        for alpha, loss, acc in zip(*(line.get(k, []) for k in ("alphas", "loss", "accuracy")),
+                                    strict=True):  # fmt: skip
+            out.append({"seed": seed, "alpha": alpha, "loss": loss, "accuracy": acc})
+    return out
+
+
+def committed(cfg: StudyConfig) -> tuple[list[Row], list[Row]]:
+    """The committed rows (typed, completed) and lines."""
+    path = cfg.committed_rows()
+    if not path:
+        return [], []
+    lines = experiment.read_csv(os.path.join(os.path.dirname(path), "lines.csv"))
+    return [complete(r) for r in experiment.read_csv(path)], lines
+
+
+def study(cfg: StudyConfig, extra: Mapping[str, Any]) -> View:
+    """Runs (or, with --report-only, reads) every phase; returns what the report needs."""
+    rows0, lines0 = committed(cfg)
+    done = {row_key(r) for r in rows0}
+
+    def run(jobs: list[Job]) -> None:
+        if not cfg.report_only:
+            experiment.run_jobs(jobs, at_once=cfg.jobs, skip=lambda j: j.key in done,
+                                say=lambda s: print(f"[study] {s}", flush=True))  # fmt: skip
+
+    plan = tuning_jobs(cfg, extra)
+    run(plan)
+    later = later_jobs(cfg, extra, gather(plan, rows0))
+    run(later)
+    rows = gather(plan + later, rows0)
+    best = best_lrs(cfg, rows)
+    rows = with_flatness(cfg, rows, best)
+    return View(cfg, rows, lines_of(cfg, rows, best, lines0), best)
+
+
+def quote_in_readme(readme: str, report_text: str) -> None:
+    """Rewrites the answers (and the Holm sentence) that ``readme``'s Results section quotes
+    with the report's: each line that starts as one of them is replaced."""
+    quoted = {
+        line[:3]: line
+        for line in report_text.splitlines()
+        if re.match(r"\d\. \*\*", line) or line.startswith("Multiple comparisons:")
+    }
+    with open(readme) as f:
+        lines = f.read().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Results"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    for i in range(start, end):
+        head = lines[i][:3]
+        if head in quoted and (head == "Mul" or re.match(r"\d\. \*\*", lines[i])):
+            lines[i] = quoted[head]
+    with open(readme, "w") as f:
+        f.write("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    """Runs (or resumes) the study and writes its report; returns the per-run rows."""
+    from examples.bert import plots
+
+    cfg, extra = parse_args(argv)
+    try:
+        v = study(cfg, extra)
+    except KeyboardInterrupt as err:
+        experiment.interrupted_exit(err)
+    if not v.rows:
+        raise SystemExit(f"no finished run in {cfg.runs_dir} nor {cfg.committed_rows() or '-'}")
+    out = experiment.results_dir(cfg.results_dir, cfg.runs_dir)
+    os.makedirs(out, exist_ok=True)
+    experiment.write_csv(os.path.join(out, "runs.csv"), v.rows)
+    experiment.write_csv(os.path.join(out, "lines.csv"), v.lines)
+    experiment.write_csv(os.path.join(out, "study.csv"), aggregate(v.rows))
+    plots.plot_study(v, out)
+    command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    text = report(v, command)
+    with open(os.path.join(out, "study.md"), "w") as f:
+        f.write(text)
+    if cfg.readme:
+        quote_in_readme(cfg.readme, text)
+    print(text)
+    return v.rows
 
 
 if __name__ == "__main__":

@@ -1,48 +1,46 @@
-"""The Results experiment: what each dice ruleset does to fine-tuning, on real data.
+"""The rulesets sweep: what each dice ruleset does to fine-tuning, on real data.
 
 Every arm fine-tunes the packaged all-MiniLM-L6-v2 on the tweets corpus with the training
 script (:mod:`examples.bert.train`), the same split, the same micro-batch budget and the
 same learning-rate schedule, for several seeds; every final model is also evaluated on a
 perturbed copy of the validation set (seeded character drops and word swaps), to measure
-robustness. Then it writes, under ``--results-dir``:
+robustness. Then it writes, under ``--results-dir`` (default ``<runs-dir>/results``; the
+published tables are in benchmarks/results/rulesets, written only when named):
 
 * ``results.md`` and ``results.csv``: per arm, mean and standard deviation of validation
   accuracy, macro-F1, final training loss, perturbed accuracy and the drop, with the arm's
   exact E[scale] and std from :func:`optax_dice.odds`;
 * ``runs.csv``: one row per run;
-* ``accuracy_vs_expected_scale.png`` and ``loss_curves.png``.
+* ``accuracy_vs_expected_scale.png`` and ``loss_curves.png``, drawn from the runs' files.
 
-The sweep resumes: a run whose ``summary.json`` exists is not run again, so it can be spread
-over several sittings, and it runs unchanged on a GPU (pass a bigger ``--micro-steps``).
-``--jobs N`` runs N training processes at once (a GPU that one small run leaves mostly idle
-is shared by several; each child process gets ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless
-set, so that none takes most of the device's memory), launching seed by seed so that
+The sweep runs through :mod:`examples.bert.experiment`: it resumes (a finished run is read, not
+run again; an unfinished one continues from its checkpoint), refuses finished runs made with
+other settings, and stops on Ctrl-C. ``--jobs N`` runs N training processes at once (a GPU
+that one small run leaves mostly idle is shared by several), launching seed by seed so that
 the later seeds of an arm find its compiled step in JAX's persistent cache where one is set
 (``JAX_COMPILATION_CACHE_DIR``).
 
-Run ``python examples/bert/sweep.py`` (``--help`` for the budget flags).
+Run ``python examples/bert/sweep.py`` (``--help`` for the budget flags); any training flag
+(``--model DIR``, ``--dataset FILE``) goes to every run, as does everything after
+``--train-args``.
 """
 
 from __future__ import annotations
 
-import argparse
-import concurrent.futures
-import csv
+import dataclasses
+import math
 import os
-import re
-import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import numpy as np
+from examples.bert import experiment
+from examples.bert.experiment import Job
 
-import optax_dice
-from examples.bert import plots, rundir, train, train_config
-from examples.bert.train_config import TrainConfig
+PROG = "python examples/bert/sweep.py"
 
 #: name -> the arm's settings of the training run (fields of TrainConfig).
 ARMS: dict[str, dict[str, Any]] = {
@@ -60,278 +58,197 @@ ARMS: dict[str, dict[str, Any]] = {
         "accumulation_steps": 4,
     },
 }
+#: What runs.csv averages into results.csv.
+KEYS = ("accuracy", "macro_f1", "train_loss", "perturbed_accuracy", "accuracy_drop")
 
 
-def slug(name: str) -> str:
-    """A folder name for an arm."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+def _help(text: str) -> Any:
+    return {"help": text}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of the sweep."""
-    p = argparse.ArgumentParser(
-        prog="python examples/bert/sweep.py",
-        description="Fine-tune with every dice ruleset and several seeds; tabulate and plot.",
-    )
-    p.add_argument("--runs-dir", default="runs/sweep", help="where the runs go (runs/sweep)")
-    p.add_argument(
-        "--results-dir",
-        default="benchmarks/results/rulesets",
-        help="tables and figures (benchmarks/results/rulesets)",
-    )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (0 1 2)")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="training runs at once, each in its own process (1: one after another, in this "
-        "process)",
-    )
-    p.add_argument(
-        "--arms",
-        nargs="+",
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """The sweep's settings; any other flag goes to every training run."""
+
+    runs_dir: str = dataclasses.field(default="runs/sweep", metadata=_help("where the runs go"))
+    results_dir: str | None = dataclasses.field(
         default=None,
-        metavar="ARM",
-        help=f"a subset of the arms, by folder name: {', '.join(slug(a) for a in ARMS)}",
+        metadata=_help("tables and figures (default: <runs-dir>/results; the published ones: "
+                       "benchmarks/results/rulesets)"),
+    )  # fmt: skip
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2], metadata=_help("seeds"))
+    jobs: int = dataclasses.field(
+        default=1,
+        metadata=_help("training runs at once, each in its own process (1: one after another, "
+                       "in this process)"),
+    )  # fmt: skip
+    arms: list[str] | None = dataclasses.field(
+        default=None,
+        metadata=_help("a subset of the arms, by folder name: "
+                       + ", ".join(experiment.slug(a) for a in ARMS)),
+    )  # fmt: skip
+    micro_steps: int = dataclasses.field(
+        default=120, metadata=_help("micro-batches per run, the same for every arm")
     )
-    p.add_argument(
-        "--micro-steps",
-        type=int,
-        default=120,
-        help="micro-batches per run, the same for every arm (120)",
+    batch_size: int = dataclasses.field(default=16, metadata=_help("examples per micro-batch"))
+    max_length: int = dataclasses.field(default=48, metadata=_help("tokens per example"))
+    lr: float = dataclasses.field(default=1e-4, metadata=_help("peak learning rate"))
+    max_eval_samples: int = dataclasses.field(default=1000, metadata=_help("validation examples"))
+    char_drop: float = dataclasses.field(
+        default=0.1, metadata=_help("perturbation: P(drop a char)")
     )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=48)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--max-eval-samples", type=int, default=1000)
-    p.add_argument("--char-drop", type=float, default=0.1, help="perturbation: P(drop a char)")
-    p.add_argument("--word-swap", type=float, default=0.2, help="perturbation: P(swap words)")
-    p.add_argument(
-        "--train-args",
-        nargs=argparse.REMAINDER,
-        default=[],
-        help="anything after this goes to every run of the training script as it is",
-    )
-    return p
+    word_swap: float = dataclasses.field(default=0.2, metadata=_help("perturbation: P(swap words)"))
 
-
-def _arms(selected: Sequence[str] | None) -> dict[str, dict[str, Any]]:
-    if not selected:
-        return ARMS
-    by_slug = {slug(name): name for name in ARMS}
-    unknown = [s for s in selected if s not in by_slug]
-    if unknown:
-        raise SystemExit(f"unknown arm(s) {unknown}: choose from {sorted(by_slug)}")
-    return {by_slug[s]: ARMS[by_slug[s]] for s in selected}
-
-
-def run_settings(
-    args: argparse.Namespace, arm: dict[str, Any], seed: int, out: str
-) -> dict[str, Any]:
-    """The settings (TrainConfig fields) of one run: the sweep's budget, the arm's dice, the
-    seed, then whatever ``--train-args`` says."""
-    k = arm.get("accumulation_steps", 1)
-    if args.micro_steps % k:
-        raise SystemExit(f"--micro-steps {args.micro_steps} is not a multiple of {k}")
-    budget = dict(
-        steps=args.micro_steps // k,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        lr=args.lr,
-        max_eval_samples=args.max_eval_samples,
-        eval_every=0,
-        save_every=0,
-        perturbed_eval=True,
-        char_drop=args.char_drop,
-        word_swap=args.word_swap,
-        no_progress=True,
-        output_dir=out,
-    )
-    return {**arm, "seed": seed, **budget, **train_config.typed_flags(args.train_args)}
-
-
-def final_train_loss(run_dir: str, last: int = 20) -> float:
-    """The mean training loss (before the roll) of a run's last ``last`` micro-batches."""
-    records = rundir.read_metrics(os.path.join(run_dir, rundir.METRICS_FILE))
-    losses = [r["loss"] for r in records if r["kind"] == "train"][-last:]
-    return float(np.mean(losses))
-
-
-def _run_in_process(todo: list[tuple[str, dict[str, Any]]]) -> None:
-    """Trains each run here, one after another, from its settings."""
-    for out, settings in todo:
+    def problems(self) -> list[str]:
+        """Every reason these settings cannot make a sweep."""
+        out = []
         try:
-            if "resume" in settings:
-                config = train_config.resumed(settings)
-            else:
-                config = TrainConfig(**settings)
-            train.train(config)
-        except ValueError as err:  # bad settings, or train.UsageError
-            raise SystemExit(f"{out}: {err}") from err
+            experiment.select(ARMS, self.arms)
+        except ValueError as err:
+            out.append(f"--arms: {err}")
+        if self.jobs < 1:
+            out.append(f"--jobs must be positive, got {self.jobs}")
+        for name in ("micro_steps", "batch_size", "max_eval_samples"):
+            if getattr(self, name) < 1:
+                out.append(f"{experiment._flag(name)} must be positive")
+        for arm in experiment.select(ARMS, self.arms) if not out else []:
+            k = ARMS[arm].get("accumulation_steps", 1)
+            if self.micro_steps % k:
+                out.append(f"--micro-steps {self.micro_steps} is not a multiple of {k} ({arm})")
+        return out
 
 
-def _run_in_subprocesses(todo: list[tuple[str, dict[str, Any]]], jobs: int) -> None:
-    """Runs the training script once per run, ``jobs`` at a time, each logging to
-    ``out + ".log"``; raises if any run fails, naming its log."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
-    env = dict(os.environ)
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+def parse_args(argv: Sequence[str] | None) -> tuple[SweepConfig, dict[str, Any]]:
+    """The sweep's settings and the training flags for every run (after ``--train-args`` too)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--train-args" in argv:  # kept: everything after it goes to every run as it is
+        argv.remove("--train-args")
+    cfg, extra = experiment.parse(SweepConfig, argv, PROG, __doc__.split("\n\n")[0])
+    experiment.check_jobs(jobs(cfg, extra), PROG)
+    return cfg, extra
 
-    def one(out: str, settings: dict[str, Any]) -> tuple[str, int]:
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        with open(out + ".log", "w") as log:
-            proc = subprocess.run(
-                [sys.executable, script, *train_config.to_argv(settings)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                check=False,
-            )
-        print(f"[sweep] {out}: exit {proc.returncode}", flush=True)
-        return out, proc.returncode
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda job: one(*job), todo))
-    failed = [out for out, rc in results if rc != 0]
-    if failed:
-        raise SystemExit(
-            f"{len(failed)} run(s) failed; see their logs: "
-            + ", ".join(out + ".log" for out in failed)
+def settings(cfg: SweepConfig, arm: str, seed: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """One run's TrainConfig fields: the arm's dice, the sweep's budget, the seed, then the
+    training flags given."""
+    k = ARMS[arm].get("accumulation_steps", 1)
+    budget = dict(
+        steps=cfg.micro_steps // k, batch_size=cfg.batch_size, max_length=cfg.max_length,
+        lr=cfg.lr, max_eval_samples=cfg.max_eval_samples, eval_every=0, save_every=0,
+        perturbed_eval=True, char_drop=cfg.char_drop, word_swap=cfg.word_swap, no_progress=True,
+    )  # fmt: skip
+    return {**ARMS[arm], "seed": seed, **budget, **extra}
+
+
+def jobs(cfg: SweepConfig, extra: Mapping[str, Any]) -> list[Job]:
+    """Every (arm, seed) run, seed by seed: every arm's first run comes first."""
+    return [
+        Job(
+            arm,
+            seed,
+            os.path.join(cfg.runs_dir, experiment.slug(arm), f"seed{seed}"),
+            settings(cfg, arm, seed, extra),
+            (arm, seed),
         )
-
-
-def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Runs (or, where summary.json exists, reads) every run; returns their rows."""
-    arms = _arms(args.arms)
-    if args.jobs < 1:
-        raise SystemExit(f"--jobs must be positive, got {args.jobs}")
-    todo: list[tuple[str, dict[str, Any]]] = []
-    for seed in args.seeds:  # seed by seed: every arm's first run comes first
-        for name, arm in arms.items():
-            out = os.path.join(args.runs_dir, slug(name), f"seed{seed}")
-            if os.path.exists(os.path.join(out, rundir.SUMMARY_FILE)):
-                print(f"[sweep] {name}, seed {seed}: done already, skipped")
-                continue
-            # An unfinished run continues where it stopped.
-            if os.path.isdir(out):
-                settings = {"resume": out, "no_progress": True}
-            else:
-                settings = run_settings(args, arm, seed, out)
-            argv = " ".join(train_config.to_argv(settings))
-            print(f"[sweep] {name}, seed {seed}: python examples/bert/train.py {argv}")
-            todo.append((out, settings))
-    if args.jobs == 1:
-        _run_in_process(todo)
-    elif todo:
-        _run_in_subprocesses(todo, args.jobs)
-
-    rows = []
-    for name in arms:
-        for seed in args.seeds:
-            out = os.path.join(args.runs_dir, slug(name), f"seed{seed}")
-            summary = rundir.read_json(os.path.join(out, rundir.SUMMARY_FILE))
-            # The run's own ruleset, as the training script saw it.
-            odds = None if summary["dice"] is None else optax_dice.odds(**summary["dice"])
-            rows.append(
-                {
-                    "arm": name,
-                    "seed": seed,
-                    "expected_scale": 1.0 if odds is None else odds.expected_scale,
-                    "std_scale": 0.0 if odds is None else odds.std_scale,
-                    "accuracy": summary["eval_accuracy"],
-                    "macro_f1": summary["eval_macro_f1"],
-                    "train_loss": final_train_loss(out),
-                    "perturbed_accuracy": summary["perturbed_accuracy"],
-                    "accuracy_drop": summary["eval_accuracy"] - summary["perturbed_accuracy"],
-                    "mean_scale": summary["mean_scale"],
-                    "run_dir": out,
-                }
-            )
-    return rows
-
-
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per arm: mean and standard deviation (ddof=1) over seeds."""
-    table = []
-    for arm in dict.fromkeys(r["arm"] for r in rows):
-        mine = [r for r in rows if r["arm"] == arm]
-        entry: dict[str, Any] = {
-            "arm": arm,
-            "runs": len(mine),
-            "expected_scale": mine[0]["expected_scale"],
-            "std_scale": mine[0]["std_scale"],
-        }
-        for key in ("accuracy", "macro_f1", "train_loss", "perturbed_accuracy", "accuracy_drop"):
-            values = np.array([r[key] for r in mine], dtype=np.float64)
-            entry[f"{key}_mean"] = float(values.mean())
-            entry[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        table.append(entry)
-    return table
-
-
-def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    """Writes dict rows under the union of their keys (a missing value is left empty)."""
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def markdown_table(table: list[dict[str, Any]]) -> str:
-    """The per-arm table in markdown."""
-
-    def pm(entry: dict[str, Any], key: str) -> str:
-        return f"{entry[key + '_mean']:.3f} ± {entry[key + '_std']:.3f}"
-
-    lines = [
-        "| arm | E[scale] (std) | accuracy | macro-F1 | final train loss "
-        "| perturbed accuracy | drop | runs |",
-        "|---|---|---|---|---|---|---|---|",
+        for seed in cfg.seeds
+        for arm in experiment.select(ARMS, cfg.arms)
     ]
-    for e in table:
-        scale = (
-            "off"
-            if e["std_scale"] == 0.0 and e["expected_scale"] == 1.0
-            else f"{e['expected_scale']:+.4f} ({e['std_scale']:.3f})"
-        )
-        lines.append(
-            f"| {e['arm']} | {scale} | {pm(e, 'accuracy')} | {pm(e, 'macro_f1')} "
-            f"| {pm(e, 'train_loss')} | {pm(e, 'perturbed_accuracy')} "
-            f"| {pm(e, 'accuracy_drop')} | {e['runs']} |"
-        )
-    return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Runs the sweep and writes the results; returns the per-arm table."""
-    args = build_parser().parse_args(argv)
-    os.makedirs(args.results_dir, exist_ok=True)
-    rows = run_all(args)
-    table = aggregate(rows)
-    write_csv(os.path.join(args.results_dir, "runs.csv"), rows)
-    write_csv(os.path.join(args.results_dir, "results.csv"), table)
-    plots.plot_sweep(rows, args.results_dir)
-    command = "python examples/bert/sweep.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    example = train_config.to_argv(run_settings(args, ARMS["DC 12, +2 (default)"], 0, "OUT"))
-    with open(os.path.join(args.results_dir, "results.md"), "w") as f:
+def final_train_loss(records: Sequence[Mapping[str, Any]], last: int = 20) -> float:
+    """The mean training loss (before the roll) of the last ``last`` micro-batches."""
+    losses = experiment.finite(r["loss"] for r in records if r["kind"] == "train")[-last:]
+    return float(losses.mean()) if losses.size else math.nan
+
+
+def row(job: Job) -> dict[str, Any]:
+    """A finished run's row of runs.csv (the columns of every sweep, CPU or GPU)."""
+    import optax_dice
+
+    summary = experiment.read_summary(job.workdir)
+    dice = summary.get("dice")
+    odds = None if dice is None else optax_dice.odds(**dice)  # the run's own ruleset
+    accuracy, perturbed = summary.get("eval_accuracy"), summary.get("perturbed_accuracy")
+    drop = math.nan if accuracy is None or perturbed is None else accuracy - perturbed
+    return {
+        "arm": job.arm,
+        "seed": job.seed,
+        "expected_scale": 1.0 if odds is None else odds.expected_scale,
+        "std_scale": 0.0 if odds is None else odds.std_scale,
+        "accuracy": accuracy,
+        "macro_f1": summary.get("eval_macro_f1"),
+        "train_loss": final_train_loss(experiment.read_metrics(job.workdir)),
+        "perturbed_accuracy": perturbed,
+        "accuracy_drop": drop,
+        "mean_scale": summary.get("mean_scale"),
+        "run_dir": job.workdir,
+    }
+
+
+def table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per arm: mean and standard deviation (ddof=1) over seeds."""
+    return experiment.aggregate(rows, ["arm"], KEYS, same=["expected_scale", "std_scale"])
+
+
+def markdown(entries: Sequence[Mapping[str, Any]]) -> str:
+    """The per-arm table in Markdown."""
+
+    def pm(e: Mapping[str, Any], key: str) -> str:
+        mean, std = e[key + "_mean"], e[key + "_std"]
+        return "-" if math.isnan(mean) else f"{mean:.3f} ± {0.0 if math.isnan(std) else std:.3f}"
+
+    def scale(e: Mapping[str, Any]) -> str:
+        if e["std_scale"] == 0.0 and e["expected_scale"] == 1.0:
+            return "off"
+        return f"{e['expected_scale']:+.4f} ({e['std_scale']:.3f})"
+
+    header = ["arm", "E[scale] (std)", "accuracy", "macro-F1", "final train loss",
+              "perturbed accuracy", "drop", "runs"]  # fmt: skip
+    body = [[e["arm"], scale(e), *(pm(e, k) for k in KEYS), e["runs"]] for e in entries]
+    return experiment.markdown_table(header, body)
+
+
+def write_report(cfg: SweepConfig, extra: Mapping[str, Any], rows: list, out: str, command: str):
+    """runs.csv, results.csv, the figures and results.md; returns the per-arm table."""
+    from examples.bert import plots
+
+    os.makedirs(out, exist_ok=True)
+    entries = table(rows)
+    experiment.write_csv(os.path.join(out, "runs.csv"), rows)
+    experiment.write_csv(os.path.join(out, "results.csv"), entries)
+    plots.plot_sweep(rows, out)
+    example = Job("", 0, "OUT", settings(cfg, "DC 12, +2 (default)", 0, extra)).command()
+    model = extra.get("model", "all-MiniLM-L6-v2")
+    dataset = extra.get("dataset", "the tweets")
+    with open(os.path.join(out, "results.md"), "w") as f:
         f.write(
-            "# Results: dice rulesets fine-tuning all-MiniLM-L6-v2 on the tweets\n\n"
-            f"Command: `{command.strip()}`\n\n"
-            f"Each run: `python examples/bert/train.py {' '.join(example)}` with the arm's "
-            f"dice flags; seeds {args.seeds}; {args.micro_steps} micro-batches of "
-            f"{args.batch_size}; robustness on the validation set with characters dropped "
-            f"(p={args.char_drop}) and neighbouring words swapped (p={args.word_swap}).\n\n"
-            + markdown_table(table)
-            + "\n\nMean ± standard deviation over seeds. `drop` = accuracy - perturbed "
-            "accuracy. Per-run rows: runs.csv.\n\n"
+            f"# Results: dice rulesets fine-tuning {model} on {dataset}\n\n"
+            f"Command: `{command}`\n\n"
+            f"Each run: `{example}` with the arm's dice flags; seeds {cfg.seeds}; "
+            f"{cfg.micro_steps} micro-batches of {cfg.batch_size}; robustness on the validation "
+            f"set with characters dropped (p={cfg.char_drop}) and neighbouring words swapped "
+            f"(p={cfg.word_swap}).\n\n" + markdown(entries) + "\n\nMean ± standard deviation "
+            "over seeds. `drop` = accuracy - perturbed accuracy. Per-run rows: runs.csv.\n\n"
             "![accuracy against E[scale]](accuracy_vs_expected_scale.png)\n\n"
             "![loss curves](loss_curves.png)\n"
         )
-    print(markdown_table(table))
-    return table
+    return entries
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Runs (or resumes) the sweep and writes the results; returns the per-arm table."""
+    cfg, extra = parse_args(argv)
+    plan = jobs(cfg, extra)
+    try:
+        experiment.run_jobs(plan, at_once=cfg.jobs, say=lambda s: print(f"[sweep] {s}", flush=True))
+    except KeyboardInterrupt as err:
+        experiment.interrupted_exit(err)
+    rows = [row(job) for job in plan]
+    command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    entries = write_report(cfg, extra, rows, experiment.results_dir(cfg.results_dir, cfg.runs_dir),
+                           command)  # fmt: skip
+    print(markdown(entries))
+    return entries
 
 
 if __name__ == "__main__":

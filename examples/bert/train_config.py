@@ -121,8 +121,10 @@ class TrainConfig:
     )
     normalize: bool = _field(
         False,
-        "divide every scale by the ruleset's exact E[scale] (a fair die: the mean step is the "
-        "plain optimizer's, only the randomness differs)",
+        "divide every scale by the ruleset's exact E[scale] (a fair die, E[scale] = 1: with "
+        "--dice-position after, the mean step is the plain optimizer's; before AdamW, which "
+        "cancels a constant factor, only the randomness and the clip differ: with --clip-norm c "
+        "it acts as the plain die with clip E[scale] x c)",
     )
     dice_position: Position = _field(  # noqa: RUF009
         "before",

@@ -1,0 +1,678 @@
+"""The experiment runner that the drivers share (sweep.py, study.py, gpu_study.py).
+
+An *arm* is a named set of :class:`~examples.bert.train_config.TrainConfig` overrides; a
+:class:`Job` is one training run of an arm: its seed, its folder and its full settings. A driver
+declares its jobs and hands them to :func:`run_jobs`, which
+
+* asks each run folder how far its run got (``missing``, ``unfinished``, ``completed`` or
+  ``diverged``), never "is there a summary.json";
+* skips a finished run, after checking that it was made with the same settings (a finished run
+  made with other settings is refused: its results would be mixed with the new ones unnoticed);
+* trains the others, here one after another, or ``jobs`` at a time in subprocesses; an
+  unfinished run resumes from its checkpoint;
+* stops the whole driver on Ctrl-C (:class:`Interrupted`): the interrupted run resumes from its
+  checkpoint on the next call and counts neither as finished nor as failed.
+
+The rest is shared too: one command-line system for the drivers' settings dataclasses
+(:func:`parse`; any flag a driver does not know is a training flag, checked against
+TrainConfig and reported under the driver's own name), one aggregate (:func:`aggregate`), one
+paired statistic (:func:`paired`, with :func:`holm` and :func:`seeds_needed`), one CSV reader
+and writer, one Markdown table (:func:`markdown_table`) and one way to restore a finished
+run's model (:func:`load_model`).
+
+Importing this module imports no JAX, flax or transformers: the functions that train or restore
+import them when called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, NoReturn
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+Status = Literal["missing", "unfinished", "completed", "diverged"]
+FINAL = ("completed", "diverged")
+#: TrainConfig fields that change how a run goes, not what it computes.
+HOW_FIELDS = ("output_dir", "resume", "no_progress", "stop_after", "log_every")
+INTERRUPTED_EXIT = 130  # a child run stopped by Ctrl-C / SIGTERM, resumable
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a run; it resumes from its checkpoint on the next call."""
+
+
+# ------------------------------------------------------------------------- the command line
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors said in one line under the program's own name, and no
+    abbreviated flags (``--seed`` must not stand for a driver's ``--seeds``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_field(parser: argparse.ArgumentParser, name: str, hint: Any, help: str, default: Any):
+    """One dataclass field as a flag (``--a-b`` and ``--a_b``), typed from its annotation."""
+    names = dict.fromkeys([_flag(name), "--" + name])
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    kwargs: dict[str, Any] = {"help": help, "default": default, "dest": name}
+    if hint is bool:
+        kwargs.update(nargs="?", const=True, type=_bool, metavar="BOOL")
+    elif typing.get_origin(hint) is Literal:
+        kwargs.update(choices=args, type=type(args[0]))
+    elif typing.get_origin(hint) is list:
+        kwargs.update(nargs="+", type=args[0])
+    else:
+        kwargs.update(type=hint)
+    parser.add_argument(*names, **kwargs)
+
+
+def add_dataclass(parser: argparse.ArgumentParser, cls: type, *, defaults: bool = True) -> None:
+    """Adds every field of the dataclass ``cls`` as a flag, with its help (its metadata's
+    ``help``) and its default (or no default: the flag is absent unless typed)."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if defaults:
+            default = field.default
+            if field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
+        else:
+            default = argparse.SUPPRESS
+        help = field.metadata.get("help", "")
+        if defaults and default not in (None, argparse.SUPPRESS, ""):
+            help += f" (default: {default})"
+        _add_field(parser, field.name, hints[field.name], help, default)
+
+
+def parse(
+    cls: type, argv: Sequence[str] | None, prog: str, description: str
+) -> tuple[Any, dict[str, Any]]:
+    """Parses a driver's command line: its own settings (the fields of the dataclass ``cls``)
+    and the training flags given for every run (TrainConfig fields), each checked; an unknown
+    flag, a bad value or a problem the settings report (``cls.problems()``) ends in one line
+    under ``prog``.
+
+    Returns:
+      ``(settings, train_overrides)``.
+    """
+    from examples.bert.train_config import TrainConfig
+
+    epilog = "Any other flag is a training flag (python examples/bert/train.py --help), given "
+    parser = Parser(prog=prog, description=description, epilog=epilog + "to every run.")
+    add_dataclass(parser, cls)
+    known, rest = parser.parse_known_args(argv)
+    train_parser = Parser(prog=prog, add_help=False)
+    add_dataclass(train_parser, TrainConfig, defaults=False)
+    overrides = vars(train_parser.parse_args(rest))
+    settings = cls(**vars(known))
+    problems = [*getattr(settings, "problems", list)(), *train_problems(overrides)]
+    if problems:
+        parser.error("; ".join(problems))
+    return settings, overrides
+
+
+def train_problems(overrides: Mapping[str, Any]) -> list[str]:
+    """What TrainConfig says about training flags given for every run (empty: fine)."""
+    from examples.bert.train_config import TrainConfig
+
+    try:
+        TrainConfig(**overrides)
+    except (TypeError, ValueError) as err:
+        return [str(err)]
+    return []
+
+
+def check_jobs(jobs: Sequence[Job], prog: str) -> None:
+    """Builds every job's TrainConfig before anything runs; the first problem ends the
+    driver in one line under ``prog`` (a bad ``--lr`` fails now, not after an hour)."""
+    for job in jobs:
+        problems = train_problems(job.settings)
+        if problems:
+            Parser(prog=prog).error(f"{job.arm}, seed {job.seed}: {problems[0]}")
+
+
+# ------------------------------------------------------------------------- arms and jobs
+
+
+def slug(name: str) -> str:
+    """A folder (and ``--arms``) name for an arm: ``"DC 12, +2"`` -> ``"dc-12-2"``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def select(names: Iterable[str], chosen: Sequence[str] | None) -> list[str]:
+    """The arms among ``names`` whose slug is in ``chosen`` (all when None or empty), in
+    ``names``' order; raises ValueError naming the unknown ones."""
+    names = list(names)
+    if not chosen:
+        return names
+    by_slug = {slug(n): n for n in names}
+    unknown = [c for c in chosen if c not in by_slug]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}: choose from {list(by_slug)}")
+    return [n for n in names if slug(n) in chosen]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One training run: ``settings`` are its TrainConfig fields (overrides of the defaults);
+    ``key`` what identifies it among a driver's rows (its row in a committed runs.csv)."""
+
+    arm: str
+    seed: int
+    workdir: str
+    settings: Mapping[str, Any]
+    key: tuple[Any, ...] = ()
+
+    def command(self) -> str:
+        """The training script's command line for this run."""
+        return "python examples/bert/train.py " + " ".join(to_argv(self.settings, self.workdir))
+
+
+def to_argv(settings: Mapping[str, Any], workdir: str) -> list[str]:
+    """The training script's flags for these settings: one per setting that differs from
+    TrainConfig's default, then ``--output-dir``."""
+    from examples.bert.train_config import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    argv = []
+    for name, value in settings.items():
+        if name in ("output_dir", "resume") or value == defaults[name] or value is None:
+            continue
+        if isinstance(value, bool):
+            argv += [_flag(name)] if value else [_flag(name), "false"]
+        else:
+            argv += [_flag(name), str(value)]
+    return [*argv, "--output-dir", workdir]
+
+
+# ------------------------------------------------------ what the run folder says (train.py)
+
+
+def run_status(workdir: str) -> Status:
+    """How far the run in ``workdir`` got, as the run folder says."""
+    from examples.bert import rundir
+
+    return rundir.run_status(workdir)
+
+
+def saved_settings(workdir: str) -> dict[str, Any]:
+    """The settings a run folder was made with (TrainConfig fields), empty if none saved."""
+    from examples.bert import records
+
+    path = os.path.join(workdir, records.CONFIG_FILE)
+    return dict(records.read_json(path)["args"]) if os.path.isfile(path) else {}
+
+
+def read_summary(workdir: str) -> dict[str, Any]:
+    """The finished run's summary, as a dict of its fields (:class:`records.Summary`)."""
+    from examples.bert import records
+
+    summary = records.read_summary(workdir)
+    return {} if summary is None else dataclasses.asdict(summary)
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """The run's metrics records, as dicts of their fields (``kind`` among them)."""
+    from examples.bert import records
+
+    return [dataclasses.asdict(r) for r in records.read_metrics(workdir)]
+
+
+def train_here(settings: Mapping[str, Any], workdir: str) -> None:
+    """Trains (or resumes) one run in this process; raises :class:`Interrupted` when Ctrl-C
+    stopped it (after its checkpoint is saved)."""
+    from examples.bert import train
+    from examples.bert.train_config import TrainConfig
+
+    config = TrainConfig(**{**settings, "output_dir": workdir})
+    try:
+        summary = train.train_and_evaluate(config, workdir)
+    except train.RunInterrupted as err:
+        raise Interrupted(workdir) from err
+    if summary.status not in FINAL:  # stopped (--stop-after): resumes on the next call
+        raise Interrupted(workdir)
+
+
+def load_model(workdir: str) -> tuple[Any, Any]:
+    """A finished run's final model and its TrainConfig, restored from its checkpoint and
+    config (no data set, no optimizer): :func:`examples.bert.restore.load_final_model`."""
+    from examples.bert import restore
+
+    return restore.load_final_model(workdir)
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def differences(job: Job) -> list[str]:
+    """The settings in which the run already in ``job.workdir`` differs from the job's."""
+    from examples.bert.train_config import TrainConfig
+
+    saved = saved_settings(job.workdir)
+    wanted = dataclasses.asdict(TrainConfig(**{**job.settings, "output_dir": job.workdir}))
+    return [
+        f"{k} {saved[k]!r} (not {v!r})"
+        for k, v in wanted.items()
+        if k not in HOW_FIELDS and k in saved and saved[k] != v and not callable(v)
+    ]
+
+
+def pending(jobs: Sequence[Job], *, skip: Callable[[Job], bool] = lambda job: False) -> list[Job]:
+    """The jobs still to train, in order: neither skipped (``skip``: a row is committed) nor
+    finished. Refuses (``SystemExit``) a run folder made with other settings."""
+    todo = []
+    for job in jobs:
+        if skip(job):
+            continue
+        status = run_status(job.workdir)
+        if status != "missing" and (changed := differences(job)):
+            raise SystemExit(
+                f"{job.workdir} was made with other settings: {', '.join(changed)}. Give the "
+                "settings it was made with, or another --runs-dir."
+            )
+        if status not in FINAL:
+            todo.append(job)
+    return todo
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How far :func:`run_jobs` may go: start no run after ``deadline`` (a
+    ``time.monotonic()`` value), stop a subprocess run after ``timeout`` seconds or at
+    ``stop_by`` (it saves a checkpoint and resumes on the next call), and with ``keep_going``
+    report a failed run and go on instead of stopping."""
+
+    deadline: float | None = None
+    timeout: float | None = None
+    keep_going: bool = False
+    stop_by: float | None = None  # a time.monotonic() value: every run stops by then
+
+    def seconds_left(self) -> float | None:
+        """How long a run started now may go on (None: no limit)."""
+        left = [t for t in (self.timeout,) if t is not None]
+        if self.stop_by is not None:
+            left.append(max(0.0, self.stop_by - time.monotonic()))
+        return min(left) if left else None
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    *,
+    at_once: int = 1,
+    skip: Callable[[Job], bool] = lambda job: False,
+    say: Callable[[str], None] = print,
+    limits: Limits = Limits(),
+) -> dict[str, str]:
+    """Trains every job still to train (see :func:`pending`), one after another in this
+    process, or ``at_once`` at a time in subprocesses (each logging to ``<workdir>.log``).
+
+    Returns:
+      Each trained job's workdir -> ``"done"``, ``"failed"``, ``"stopped at its time
+      limit"`` or ``"not started (deadline)"``.
+
+    Raises:
+      Interrupted: Ctrl-C stopped a run (it resumes on the next call); nothing else is
+        started.
+      SystemExit: a run failed (unless ``limits.keep_going``), or a finished run was made
+        with other settings.
+    """
+    todo = pending(jobs, skip=skip)
+    if len(todo) < len(jobs):
+        say(f"{len(jobs) - len(todo)} of {len(jobs)} run(s) finished already: read, not run again")
+    for i, job in enumerate(todo, 1):
+        how = "resumes" if run_status(job.workdir) == "unfinished" else "starts"
+        say(f"[{i}/{len(todo)}] {job.arm}, seed {job.seed} {how}: {job.command()}")
+    if at_once > 1 and todo:
+        outcomes = _run_in_subprocesses(todo, at_once, say, limits)
+    else:
+        outcomes = {job.workdir: _run_here(job, limits) for job in todo}
+    failed = [w + ".log" if at_once > 1 else w for w, o in outcomes.items() if o == "failed"]
+    if failed and not limits.keep_going:
+        raise SystemExit(f"{len(failed)} run(s) failed; see their logs: {', '.join(failed)}")
+    return outcomes
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _run_here(job: Job, limits: Limits) -> str:
+    if _past(limits.deadline):
+        return "not started (deadline)"
+    try:
+        train_here(job.settings, job.workdir)
+    except ValueError as err:  # bad settings, or train.UsageError
+        if not limits.keep_going:
+            raise SystemExit(f"{job.workdir}: {err}") from err
+        print(f"{job.workdir}: {err}", file=sys.stderr)
+        return "failed"
+    return "done"
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several runs share a GPU
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def child_argv(job: Job) -> list[str]:
+    """The command that runs one job in a subprocess (:func:`main`)."""
+    return [sys.executable, "-m", "examples.bert.experiment", job.workdir,
+            json.dumps(dict(job.settings))]  # fmt: skip
+
+
+def _run_in_subprocesses(
+    todo: Sequence[Job], at_once: int, say: Callable[[str], None], limits: Limits
+) -> dict[str, str]:
+    """Each job in ``python -m examples.bert.experiment``, ``at_once`` at a time."""
+    procs: dict[str, subprocess.Popen] = {}
+
+    def one(job: Job) -> str:
+        if _past(limits.deadline):
+            return "not started (deadline)"
+        os.makedirs(os.path.dirname(job.workdir) or ".", exist_ok=True)
+        with open(job.workdir + ".log", "a") as log:
+            procs[job.workdir] = proc = subprocess.Popen(
+                child_argv(job), stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT
+            )
+            try:
+                rc = proc.wait(timeout=limits.seconds_left())
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)  # it saves a checkpoint, then exits
+                proc.wait()
+                rc = None
+        outcome = {0: "done", None: "stopped at its time limit"}.get(rc, "failed")
+        outcome = "interrupted" if rc == INTERRUPTED_EXIT else outcome
+        say(f"{job.arm}, seed {job.seed}: {outcome} (exit {rc})")
+        return outcome
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=at_once)
+    futures = {job.workdir: pool.submit(one, job) for job in todo}
+    try:
+        outcomes = {w: f.result() for w, f in futures.items()}
+    except KeyboardInterrupt:
+        for f in futures.values():
+            f.cancel()
+        for proc in list(procs.values()):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # each saves its checkpoint, then exits
+        pool.shutdown(wait=True)
+        raise Interrupted("the runs in progress") from None
+    pool.shutdown()
+    stopped = [w for w, o in outcomes.items() if o == "interrupted"]
+    if stopped:
+        raise Interrupted(", ".join(stopped))
+    return outcomes
+
+
+def interrupted_exit(err: KeyboardInterrupt) -> NoReturn:
+    """What a driver does on Ctrl-C: one line on stderr, exit status 130."""
+    where = f" ({err})" if str(err) else ""
+    print(f"Interrupted{where}: run the same command again to resume from the last checkpoint.",
+          file=sys.stderr, flush=True)  # fmt: skip
+    raise SystemExit(INTERRUPTED_EXIT) from None
+
+
+# ------------------------------------------------------------------------------ statistics
+
+NO_DIFFERENCE = 0.01  # |difference| bound, in accuracy, under which "no difference"
+MIN_SEEDS = 3  # paired seeds a verdict needs
+
+
+def finite(values: Iterable[Any]) -> np.ndarray:
+    """The finite numbers among ``values`` (None, NaN, text and infinities dropped)."""
+    out = []
+    for v in values:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(x):
+            out.append(x)
+    return np.array(out, np.float64)
+
+
+def aggregate(
+    rows: Sequence[Mapping[str, Any]],
+    by: Sequence[str],
+    keys: Sequence[str],
+    same: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Per group of rows equal in ``by``: ``runs``, and ``<key>_mean`` / ``<key>_std``
+    (ddof=1) of each of ``keys`` over the finite values (NaN when none, std NaN under two);
+    ``same``: fields copied from the group's first row."""
+    table = []
+    for group in dict.fromkeys(tuple(r.get(b) for b in by) for r in rows):
+        mine = [r for r in rows if tuple(r.get(b) for b in by) == group]
+        entry: dict[str, Any] = {**dict(zip(by, group, strict=True)), "runs": len(mine)}
+        entry |= {k: mine[0].get(k) for k in same}
+        for key in keys:
+            v = finite(r.get(key) for r in mine)
+            entry[f"{key}_mean"] = float(v.mean()) if v.size else math.nan
+            entry[f"{key}_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        table.append(entry)
+    return table
+
+
+def paired(
+    rows: Sequence[Mapping[str, Any]],
+    arm: str,
+    ref: str,
+    key: str,
+    ref_rows: Sequence | None = None,
+) -> dict[str, Any] | None:
+    """The mean paired difference ``arm - ref`` in ``key`` over the seeds both have (finite),
+    with its 95% interval (Student's t), two-sided p-value and verdict; None without a pair.
+    ``ref_rows``: where the reference's rows are (default: ``rows``)."""
+    from scipy import stats
+
+    mine = {r["seed"]: r.get(key) for r in rows if r["arm"] == arm}
+    theirs = {r["seed"]: r.get(key) for r in (rows if ref_rows is None else ref_rows)
+              if r["arm"] == ref}  # fmt: skip
+    diffs = []
+    for s in sorted(set(mine) & set(theirs), key=str):
+        pair = finite([mine[s], theirs[s]])
+        if pair.size == 2:
+            diffs.append(pair[0] - pair[1])
+    return difference(np.array(diffs, np.float64), stats)
+
+
+def difference(diffs: np.ndarray, stats: Any = None) -> dict[str, Any] | None:
+    """Mean, 95% interval, p-value and verdict of per-seed differences (None when empty)."""
+    if stats is None:
+        from scipy import stats
+    if diffs.size == 0:
+        return None
+    mean = float(diffs.mean())
+    lo = hi = p = sd = math.nan
+    if diffs.size > 1:
+        sd = float(diffs.std(ddof=1))
+        half = stats.t.ppf(0.975, diffs.size - 1) * sd / math.sqrt(diffs.size)
+        lo, hi = mean - half, mean + half
+        t = mean / (sd / math.sqrt(diffs.size)) if sd > 0 else math.copysign(math.inf, mean)
+        p = float(2 * stats.t.sf(abs(t), diffs.size - 1)) if mean or sd else 1.0
+    n = int(diffs.size)
+    return {"n": n, "mean": mean, "lo": lo, "hi": hi, "sd": sd, "p": p,
+            "verdict": verdict(lo, hi, n)}  # fmt: skip
+
+
+def verdict(lo: float, hi: float, n: int) -> str:
+    """What a 95% interval of a difference supports: "helps", "hurts", "no difference" (all
+    of it within +-NO_DIFFERENCE) or "not resolved at n seeds"; fewer than MIN_SEEDS paired
+    seeds resolve nothing (two agreeing seeds give an interval of width 0)."""
+    if n < MIN_SEEDS or math.isnan(lo):
+        return f"not resolved at {n} seed(s)"
+    if lo > 0:
+        return "helps"
+    if hi < 0:
+        return "hurts"
+    if -NO_DIFFERENCE <= lo and hi <= NO_DIFFERENCE:
+        return "no difference"
+    return f"not resolved at {n} seeds"
+
+
+def holm(pvalues: Mapping[str, float], alpha: float = 0.05) -> dict[str, tuple[float, bool]]:
+    """Holm's step-down adjustment: name -> (adjusted p, rejected at family-wise ``alpha``).
+    NaN p-values are kept out of the family and returned as (NaN, False).
+
+    Example:
+      >>> holm({"a": 0.01, "b": 0.04, "c": 0.03})
+      {'a': (0.03, True), 'b': (0.06, False), 'c': (0.06, False)}
+    """
+    ok = sorted((p, name) for name, p in pvalues.items() if not math.isnan(p))
+    out: dict[str, tuple[float, bool]] = {n: (math.nan, False) for n in pvalues}
+    running, rejecting = 0.0, True
+    for i, (p, name) in enumerate(ok):
+        running = max(running, min(1.0, (len(ok) - i) * p))
+        rejecting = rejecting and running <= alpha
+        out[name] = (round(running, 12), rejecting)
+    return {n: out[n] for n in pvalues}
+
+
+def seeds_needed(sd: float, delta: float = 0.02, power: float = 0.8, most: int = 50) -> int:
+    """Paired seeds a two-sided t-test at 5% needs to detect a mean difference ``delta`` with
+    ``power``, when the per-seed differences have standard deviation ``sd`` (from the
+    noncentral t; at least 3, ``most`` if even that many do not suffice).
+
+    Example:
+      >>> seeds_needed(0.01), seeds_needed(0.02), seeds_needed(0.04)
+      (5, 10, 34)
+    """
+    from scipy import stats
+
+    if not sd > 0:
+        return MIN_SEEDS
+    for n in range(MIN_SEEDS, most + 1):
+        df, shift = n - 1, delta / (sd / math.sqrt(n))
+        crit = stats.t.ppf(0.975, df)
+        if stats.nct.sf(crit, df, shift) + stats.nct.cdf(-crit, df, shift) >= power:
+            return n
+    return most
+
+
+# --------------------------------------------------------------------------- files, tables
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Writes dict rows under the union of their keys (a missing value left empty)."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _value(text: str) -> Any:
+    if text == "":
+        return math.nan
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if re.fullmatch(r"-?\d+", text) else number
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+    """Reads rows that :func:`write_csv` wrote, numbers and booleans typed back (an empty
+    cell is NaN); an absent file gives no rows."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def markdown_table(header: Sequence[str], body: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def mean_std(values: Iterable[Any], digits: int = 3) -> str:
+    """``0.748 ± 0.004`` over the finite values (``-`` when none; no ± for one)."""
+    v = finite(values)
+    if not v.size:
+        return "-"
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
+
+
+def said(d: Mapping[str, Any] | None) -> str:
+    """A paired difference in words: ``-0.107 [-0.150, -0.060] over 5 paired seeds: hurts``."""
+    if d is None:
+        return "not measured yet"
+    ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    return f"{d['mean']:+.3f}{ci} over {d['n']} paired seed(s): **{d['verdict']}**"
+
+
+def cell(d: Mapping[str, Any] | None) -> str:
+    """A paired difference in a table cell: ``-0.089 [-0.134, -0.045] (n=5): hurts``."""
+    if d is None:
+        return "-"
+    ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    return f"{d['mean']:+.3f}{ci} (n={d['n']}): {d['verdict']}"
+
+
+def results_dir(given: str | None, runs_dir: str) -> str:
+    """Where a driver writes its tables and figures: ``given`` (``--results-dir``), else
+    ``<runs-dir>/results``: published results (benchmarks/results/) are written only when named."""
+    return given if given else os.path.join(runs_dir, "results")
+
+
+# -------------------------------------------------------------------- a run in a subprocess
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m examples.bert.experiment WORKDIR SETTINGS_JSON``: one run, as
+    :func:`run_jobs` starts it in a subprocess (exit 130 when interrupted)."""
+    workdir, settings = argv if argv is not None else sys.argv[1:]
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        train_here(json.loads(settings), workdir)
+    except KeyboardInterrupt:
+        print(f"Interrupted: {workdir} resumes from its checkpoint on the next call.")
+        return INTERRUPTED_EXIT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
