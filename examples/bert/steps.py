@@ -1,9 +1,12 @@
 """The jit-compiled train and eval steps, functional over the model's split state.
 
 The model is split once with ``nnx.split`` into a graph definition (static) and two states:
-the parameters and the rest (dropout's RNG keys and counters). The steps merge them inside
-``jax.jit``, which is flax's recommended fast path: no NNX graph traversal per call, the
-train state is donated so XLA updates it in place, and the shardings are explicit
+the parameters and the rest (dropout's RNG keys and counters), each kept as plain nested
+dicts of arrays (``nnx.State.to_pure_dict``). The steps merge them into the model inside
+``jax.jit``, so nothing but plain containers of arrays crosses the jit boundary: JAX
+flattens and rebuilds those in C++, where ``nnx.Variable`` objects would cost Python work per
+leaf and per call (4-5 ms for BERT-base's 663 leaves on a CPU host; benchmarks/host_time.py).
+The train state is donated so XLA updates it in place, and the shardings are explicit
 (``NamedSharding``: batch split over the mesh, everything else replicated).
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +28,8 @@ from examples.bert import parallel
 from optax_dice.game import NO_MONSTER
 
 Batch = dict[str, jax.Array]
+#: A model state as plain nested dicts of arrays (``nnx.State.to_pure_dict()``).
+Params = dict[str, Any]
 
 
 class TrainState(NamedTuple):
@@ -32,35 +37,46 @@ class TrainState(NamedTuple):
 
     Attributes:
       step: micro-steps made so far (int32); the data position and the schedule follow it.
-      params: the model's ``nnx.Param`` state.
-      model_state: the rest of the model's state (dropout's RNG keys and counts).
+      params: the model's ``nnx.Param`` state, as nested dicts of arrays.
+      model_state: the rest of the model's state (dropout's RNG keys and counts), likewise.
       opt_state: the optimizer's state, the dice key included.
     """
 
     step: jax.Array
-    params: nnx.State
-    model_state: nnx.State
+    params: Params
+    model_state: Params
     opt_state: optax.OptState
 
 
-def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State]:
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, Params, Params]:
     """Splits a model into its train and eval graph definitions and its two states.
 
     Returns:
       ``(train graphdef, eval graphdef, params, model_state)``; the graph definitions differ
-      only in dropout being on or off. The model is left in training mode.
+      only in dropout being on or off; the states are nested dicts of arrays
+      (``nnx.merge(graphdef, params, model_state)`` rebuilds the model). The model is left in
+      training mode.
     """
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     model.train()
     train_graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-    return train_graphdef, eval_graphdef, params, model_state
+    return train_graphdef, eval_graphdef, params.to_pure_dict(), model_state.to_pure_dict()
+
+
+def _pure(state: nnx.State | Params) -> Params:
+    return state.to_pure_dict() if isinstance(state, nnx.State) else state
 
 
 def init_train_state(
-    params: nnx.State, model_state: nnx.State, tx: optax.GradientTransformation, mesh: Mesh
+    params: Params | nnx.State,
+    model_state: Params | nnx.State,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
 ) -> TrainState:
-    """Builds the first train state, replicated over the mesh."""
+    """Builds the first train state, replicated over the mesh (``nnx.State`` arguments are
+    turned into nested dicts of arrays, as :func:`split_model` returns them)."""
+    params, model_state = _pure(params), _pure(model_state)
     state = TrainState(
         step=jnp.zeros([], jnp.int32),
         params=params,
@@ -70,14 +86,13 @@ def init_train_state(
     return parallel.replicate(state, mesh)
 
 
-def _forward(graphdef: nnx.GraphDef, params: nnx.State, model_state: nnx.State, batch: Batch):
-    # Fresh Variable objects, owned by the current trace (the state may come from an outer
-    # one, e.g. jit's when called under grad), so that dropout may advance its counts.
-    params, model_state = jax.tree.map(lambda x: x, (params, model_state))
+def _forward(graphdef: nnx.GraphDef, params: Params, model_state: Params, batch: Batch):
+    # nnx.merge makes fresh Variable objects from the plain arrays, owned by the current trace,
+    # so that dropout may advance its counts.
     model = nnx.merge(graphdef, params, model_state)
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     _, _, model_state = nnx.split(model, nnx.Param, ...)
-    return logits, model_state
+    return logits, model_state.to_pure_dict()
 
 
 def make_train_step(
@@ -117,7 +132,7 @@ def make_train_step(
     tx_extra = optax.with_extra_args_support(tx)  # any optimizer takes value= then
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        def loss_fn(params: nnx.State, model_state: nnx.State) -> tuple[jax.Array, nnx.State]:
+        def loss_fn(params: Params, model_state: Params) -> tuple[jax.Array, Params]:
             logits, model_state = _forward(graphdef, params, model_state, batch)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
             return loss.mean(), model_state
@@ -218,7 +233,7 @@ def zero_totals(num_labels: int, mesh: Mesh) -> EvalTotals:
 
 def make_eval_step(
     graphdef: nnx.GraphDef, num_labels: int, mesh: Mesh
-) -> Callable[[nnx.State, nnx.State, Batch, EvalTotals], EvalTotals]:
+) -> Callable[[Params, Params, Batch, EvalTotals], EvalTotals]:
     """Builds the jitted eval step ``(params, model_state, batch, totals) -> totals``.
 
     The batch carries ``weights`` (0 for the padding of the last batch). The totals are
@@ -234,7 +249,7 @@ def make_eval_step(
     """
 
     def eval_step(
-        params: nnx.State, model_state: nnx.State, batch: Batch, totals: EvalTotals
+        params: Params, model_state: Params, batch: Batch, totals: EvalTotals
     ) -> EvalTotals:
         logits, _ = _forward(graphdef, params, model_state, batch)
         weights = batch["weights"]
