@@ -57,8 +57,9 @@ def bert_config(shape: str = "bert-base", layers: int | None = None, **overrides
     return BertConfig(**settings | overrides)
 
 
-def optimizer(total_updates: int = 10_000) -> tuple[Any, Any]:
-    """The training script's optimizer and schedule with vs_pytorch's settings."""
+def optimizer(total_updates: int = 10_000, *, dice: bool = True) -> tuple[Any, Any]:
+    """The training script's optimizer and schedule with vs_pytorch's settings (``dice``
+    False: the same without the dice, the baseline)."""
     from examples.bert import optim
     from examples.bert.train_config import TrainConfig
 
@@ -67,7 +68,7 @@ def optimizer(total_updates: int = 10_000) -> tuple[Any, Any]:
         weight_decay=WEIGHT_DECAY,
         warmup_ratio=WARMUP_RATIO,
         accumulation_steps=1,
-        mode="per_mini_batch",
+        mode="per_mini_batch" if dice else "off",
         dice_position="before",
         dice="d20",
         threshold=15,
@@ -89,6 +90,8 @@ def build(
     mesh: Any = None,
     nbatches: int = 4,
     abstract: bool = False,
+    dice: bool = True,
+    log_grad_norm: bool = True,
 ) -> Built:
     """Builds one side's step, its first state and ``nbatches`` batches on the mesh.
 
@@ -103,6 +106,9 @@ def build(
       nbatches: how many different batches.
       abstract: return ``jax.ShapeDtypeStruct`` state and batches (for ``.lower``), sharded
         on ``mesh``, instead of arrays.
+      dice: roll the dice (False: the optimizer without them).
+      log_grad_norm: today's step computes the gradient norm for its metrics besides the
+        optimizer's own (False: only the optimizer's; the step before always does).
     """
     from flax import nnx
 
@@ -120,11 +126,12 @@ def build(
     )
     if side == "after" and attention is not None:
         model.set_attributes(attention_implementation=attention)
-    tx, schedule = optimizer()
+    tx, schedule = optimizer(dice=dice)
     graphdef, _, params, model_state = steps.split_model(model)
     host_mesh = parallel.make_mesh()
     mesh = host_mesh if mesh is None else mesh
-    step = steps.make_train_step(graphdef, tx, schedule, 1, mesh, uses_dice=True)
+    options = {} if side == "before" else {"log_grad_norm": log_grad_norm}
+    step = steps.make_train_step(graphdef, tx, schedule, 1, mesh, uses_dice=dice, **options)
     vocab = config.vocab_size
     host_batches = _common.make_batches(
         nbatches, batch_size, seq_len, vocab, NUM_LABELS, low_id=1000 if vocab > 2000 else 1

@@ -2,7 +2,7 @@
 
 The model is split once with ``nnx.split`` into a graph definition (static) and two states:
 the parameters and the rest (dropout's RNG keys and counters), each kept as plain nested
-dicts of arrays (``nnx.State.to_pure_dict``). The steps merge them into the model inside
+dicts of arrays (``nnx.to_pure_dict``). The steps merge them into the model inside
 ``jax.jit``, so nothing but plain containers of arrays crosses the jit boundary: JAX
 flattens and rebuilds those in C++, where ``nnx.Variable`` objects would cost Python work per
 leaf and per call (4-5 ms for BERT-base's 663 leaves on a CPU host; benchmarks/host_time.py).
@@ -28,7 +28,7 @@ from examples.bert import parallel
 from optax_dice.game import NO_MONSTER
 
 Batch = dict[str, jax.Array]
-#: A model state as plain nested dicts of arrays (``nnx.State.to_pure_dict()``).
+#: A model state as plain nested dicts of arrays (``nnx.to_pure_dict``).
 Params = dict[str, Any]
 
 
@@ -61,11 +61,11 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, Params, 
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     model.train()
     train_graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-    return train_graphdef, eval_graphdef, params.to_pure_dict(), model_state.to_pure_dict()
+    return train_graphdef, eval_graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
 
 
 def _pure(state: nnx.State | Params) -> Params:
-    return state.to_pure_dict() if isinstance(state, nnx.State) else state
+    return nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
 
 
 def init_train_state(
@@ -92,7 +92,7 @@ def _forward(graphdef: nnx.GraphDef, params: Params, model_state: Params, batch:
     model = nnx.merge(graphdef, params, model_state)
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     _, _, model_state = nnx.split(model, nnx.Param, ...)
-    return logits, model_state.to_pure_dict()
+    return logits, nnx.to_pure_dict(model_state)
 
 
 def make_train_step(
@@ -103,6 +103,7 @@ def make_train_step(
     mesh: Mesh,
     *,
     uses_dice: bool,
+    log_grad_norm: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the jitted train step ``(state, batch) -> (state, metrics)``.
 
@@ -119,6 +120,10 @@ def make_train_step(
       accumulation_steps: micro-batches per applied update.
       mesh: the device mesh; the batch is split on its first axis over it.
       uses_dice: whether ``tx`` holds a ``dice_roll`` whose last roll to report.
+      log_grad_norm: whether to compute the gradient's norm for the metrics. With False the
+        metric is NaN and the step computes only the norms ``tx`` itself computes (one for
+        clipping), as a PyTorch loop that logs ``clip_grad_norm_``'s result does; the
+        benchmarks that compare the two use it.
 
     Returns:
       The step. Metrics: ``loss`` (the micro-batch's mean cross-entropy, before any roll),
@@ -149,7 +154,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": optax.tree.norm(grads) if log_grad_norm else jnp.float32(jnp.nan),
             "lr": jnp.asarray(schedule(state.step // accumulation_steps), jnp.float32),
             **dice_metrics(optax_dice.find_dice_state(opt_state) if uses_dice else None),
         }
