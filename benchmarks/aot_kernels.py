@@ -231,6 +231,7 @@ def compile_side(side: str, args: argparse.Namespace, dump: str) -> dict[str, fl
         mesh=mesh,
         nbatches=1,
         abstract=True,
+        log_grad_norm=not args.one_norm,
     )
     state, batch = built.state, built.batches[0]
     randoms = random_values(jax.make_jaxpr(built.step)(state, batch).jaxpr)
@@ -280,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         help="today's attention_implementation (cudnn: as a GPU run asks; xla: the portable "
         "spelled-out attention while training with dropout)",
     )
+    parser.add_argument(
+        "--one-norm",
+        action="store_true",
+        help="today's step computing only the optimizer's gradient norm, not the metric's "
+        "(the same work as PyTorch's loop: benchmarks/gpu_speed.py's 'after, one norm')",
+    )
     parser.add_argument("--before", action="store_true", help="compile the step before too")
     parser.add_argument("--dump", default=None, help="keep XLA's dumps in this folder")
     args = parser.parse_args(argv)
@@ -302,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"BERT-base shape, {args.layers} layers; batch {args.batch_size}, length {args.seq_len}, "
         f"bfloat16, dropout 0.1; today's attention: {args.attention}"
+        + ("; today's step computes one gradient norm" if args.one_norm else "")
     )
     root = args.dump or tempfile.mkdtemp(prefix="aot_kernels_")
     figures = {}

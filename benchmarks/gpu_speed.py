@@ -236,7 +236,7 @@ def report(args: argparse.Namespace) -> str:
          "-" if row["mfu"] is None else f"{row['mfu']:.1%}", f"{base['ms'] / row['ms']:.2f}x"]
         for label, row in pair.items()
     ]  # fmt: skip
-    head = ["step (batch 128)", "ms/step", "IQR ms", "samples/s", "MFU", "speed vs before"]
+    head = [f"step (batch {base['batch']})", "ms/step", "IQR ms", "samples/s", "MFU", "speed vs before"]
     lines += [_common.table(head, rows), ""]
     rows = []
     for size, row in sorted(ours["sweep"].items(), key=lambda kv: int(kv[0])):

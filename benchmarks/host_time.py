@@ -4,7 +4,9 @@ On an accelerator the device runs ahead of the host only while the host's work p
 Python call, flattening the arguments, dispatching, rebuilding the outputs) stays under the
 device's time per step. This measures that work on any machine: the CPU time of the calling
 thread from the call until it returns (``time.thread_time``: what other processes do to the
-cores does not count), for BERT-base's train step as the training script builds it.
+cores does not count), for BERT-base's train step as the training script builds it. The
+host's work depends on the model (how many arrays the state holds), not on the batch: a small
+batch (2 sequences of 32 tokens by default) keeps the CPU's own compute per step short.
 
 * ``before``: the train state crosses the jit boundary as ``nnx.State`` of ``nnx.Variable``
   objects, which JAX flattens and rebuilds leaf by leaf in Python (benchmarks/baseline).
@@ -16,7 +18,7 @@ each round starts on an idle device and waits for it at the end); the table give
 call and the IQR over every call, and the paired ratio after / before per round. It also
 times flattening and rebuilding each side's state alone.
 
-Run:  python -m benchmarks.host_time            (BERT-base, batch 8: ~3 min of compiling on 2 cores)
+Run:  python -m benchmarks.host_time            (BERT-base: ~5 min on 2 cores, compiling included)
       python -m benchmarks.host_time --quick    (a tiny BERT, seconds; nothing judged)
 """
 
@@ -70,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny BERT, few rounds")
     parser.add_argument("--layers", type=int, default=None, help="BERT-base's depth (12)")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (8)")
-    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (128)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (12)")
+    parser.add_argument("--batch-size", type=int, default=2, help="sequences per step (2)")
+    parser.add_argument("--seq-len", type=int, default=32, help="tokens per sequence (32)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (8)")
     parser.add_argument("--calls", type=int, default=5, help="calls per side per round (5)")
     args = parser.parse_args(argv)
     for flag in ("layers", "batch_size", "seq_len", "rounds", "calls"):
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
     quick = args.quick
-    rounds = args.rounds or (3 if quick else 12)
+    rounds = args.rounds or (3 if quick else 8)
     shape = "tiny" if quick else "bert-base"
     config = _pair.bert_config(shape, args.layers, vocab_size=1000 if quick else 30522)
     seq_len = 16 if quick else args.seq_len

@@ -14,11 +14,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from benchmarks import _pair
 from examples.bert import model as model_lib
+from examples.bert import steps
 from examples.bert.config import BertConfig
 
 TINY = dict(vocab_size=1000, max_position_embeddings=64)
@@ -59,12 +61,14 @@ def test_the_step_computes_what_the_step_before_did(dtype):
             losses.append(metrics["loss"])
         results[side] = (np.asarray(losses), state)
 
-    np.testing.assert_array_equal(results["after"][0], results["before"][0])
+    # q, k and v now come from one GEMM, whose sums may round otherwise than three GEMMs'.
+    tolerance = 1e-6 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(results["after"][0], results["before"][0], rtol=tolerance)
     before = nnx.to_pure_dict(results["before"][1].params)
     after = results["after"][1].params
     assert jax.tree.structure(before) == jax.tree.structure(after)
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
-        np.testing.assert_array_equal(x, y)
+        np.testing.assert_allclose(x, y, rtol=0, atol=tolerance * 1e-2)
 
 
 # ------------------------------------------------------------------------------ dropout
@@ -174,13 +178,22 @@ def test_training_with_cudnn_calls_the_fused_attention_with_dropout(monkeypatch)
     monkeypatch.setattr(model_lib, "cudnn_dropout_attention", lambda: fused)
     model = _training_model("cudnn")
     model(INPUT_IDS, MASK)
-    model.eval()
-    model(jnp.ones((2, 12), jnp.int32))  # no dropout, no mask: the public API (XLA here)
 
-    assert len(calls) == 2  # one per layer, while training only
+    assert len(calls) == 2  # one per layer
     q_shape, k_shape, v_shape, kwargs = calls[0]
     assert q_shape == k_shape == v_shape == (2, 12, 2, 16)  # (batch, seq, heads, head_dim)
     assert kwargs["dropout_rate"] == pytest.approx(0.2)
     assert kwargs["scale"] == pytest.approx(1 / 4)
     np.testing.assert_array_equal(kwargs["q_seqlen"], [12, 7])
     np.testing.assert_array_equal(kwargs["kv_seqlen"], [12, 7])
+
+
+def test_global_norm_is_optax_s_norm():
+    tree = {
+        "a": jnp.arange(12.0).reshape(3, 4),
+        "b": [jnp.ones((3, 4)), jnp.full((5,), 2.0, jnp.bfloat16)],
+        "c": jnp.float32(3.0),
+    }
+
+    np.testing.assert_allclose(steps.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
+    assert steps.global_norm(tree).dtype == jnp.float32

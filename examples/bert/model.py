@@ -223,8 +223,7 @@ class BertSelfAttention(nnx.Module):
         Returns:
           The heads' outputs concatenated, shaped as ``x``.
         """
-        heads = (*x.shape[:-1], self.num_heads, -1)  # (batch, seq, heads, head_dim)
-        q, k, v = (f(x).reshape(heads) for f in (self.query, self.key, self.value))
+        q, k, v = self._project(x)
         dropout = not (self.dropout.deterministic or self.dropout.rate == 0.0)
         cudnn = self.attention_implementation == "cudnn"
         if not dropout and cudnn and mask is not None:
@@ -251,6 +250,17 @@ class BertSelfAttention(nnx.Module):
         else:
             out = self._spelled_out(q, k, v, mask)
         return out.reshape(x.shape)
+
+    def _project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        # One GEMM for q, k and v: their kernels side by side, (hidden, 3 x hidden); the result
+        # is reshaped, not transposed, to (batch, seq, 3, heads, head_dim).
+        layers = (self.query, self.key, self.value)
+        kernel = jnp.concatenate([layer.kernel[...] for layer in layers], axis=1)
+        bias = jnp.concatenate([layer.bias[...] for layer in layers])
+        dtype = self.query.dtype or x.dtype
+        qkv = jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+        qkv = qkv.reshape(*x.shape[:-1], 3, self.num_heads, -1)
+        return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
 
     def _spelled_out(
         self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
