@@ -109,6 +109,23 @@ def jax_runner(built: Any) -> Callable[[int], Any]:
     return run
 
 
+def pair_runners(config: Any, seq: int, batch: int, attention: str | None) -> dict:
+    """The variants of :data:`PAIR` at one batch, compiled and warmed up: label -> run(n)."""
+    import jax
+
+    from benchmarks import _pair
+
+    runners = {}
+    for label, (side, dice, norm) in PAIR.items():
+        built = _pair.build(side, config, batch_size=batch, seq_len=seq, attention=attention,
+                            dice=dice, log_grad_norm=norm, nbatches=8)  # fmt: skip
+        runners[label] = jax_runner(built)
+        start = time.perf_counter()
+        jax.block_until_ready(runners[label](3))
+        print(f"compiled {label} in {time.perf_counter() - start:.0f} s", flush=True)
+    return runners
+
+
 def run_jax(args: argparse.Namespace) -> dict:
     """The ``jax`` command: the pair at batch 128, traces, the batch sweep."""
     import jax
@@ -123,16 +140,16 @@ def run_jax(args: argparse.Namespace) -> dict:
     flops = train_flops_per_token(config, seq)
     result: dict[str, Any] = {"machine": _common.machine_line(), "pair": {}, "sweep": {}}
     batch = args.batch_size
-    built = {
-        label: _pair.build(side, config, batch_size=batch, seq_len=seq, attention=attention,
-                           dice=dice, log_grad_norm=norm, nbatches=8)
-        for label, (side, dice, norm) in PAIR.items()
-    }  # fmt: skip
-    runners = {label: jax_runner(b) for label, b in built.items()}
-    for label, run in runners.items():  # compile and warm up
-        start = time.perf_counter()
-        jax.block_until_ready(run(3))
-        print(f"compiled {label} in {time.perf_counter() - start:.0f} s", flush=True)
+    try:
+        runners = pair_runners(config, seq, batch, attention)
+    except Exception as error:  # jax's private cuDNN attention failed: say so, go without
+        if attention is None:
+            raise
+        print(f"cuDNN attention failed ({str(error).splitlines()[0][:300]}); without", flush=True)
+        result["attention"] = f"xla: cudnn failed ({str(error).splitlines()[0][:300]})"
+        attention = None
+        runners = pair_runners(config, seq, batch, attention)
+    result.setdefault("attention", str(attention))
     times = interleave(runners, args.windows, args.window, jax.block_until_ready)
     for label, ms in times.items():
         result["pair"][label] = stats(ms, batch, flops * batch * seq, peak)
@@ -145,7 +162,7 @@ def run_jax(args: argparse.Namespace) -> dict:
         text = trace_summary.summarise(folder, args.trace_steps)
         Path(args.out, f"trace_{label}.md").write_text(text)
         print(f"TRACE {label}\n{text}", flush=True)
-    del built, runners
+    del runners
     gc.collect()
     for size in (16,) if args.tiny else SWEEP:
         if time.perf_counter() - T0 > args.deadline - 60:
@@ -168,10 +185,11 @@ def run_jax(args: argparse.Namespace) -> dict:
 
 def run_torch(args: argparse.Namespace) -> dict:
     """The ``torch`` command: roll-to-train's loop at batch 128 and at the best batch."""
+    os.environ["JAX_PLATFORMS"] = "cpu"  # JAX must not start on (and hold memory of) the GPU
     import torch
 
     from benchmarks import _common, _pair, vs_pytorch
-    from benchmarks.train_step import peak_flops, train_flops_per_token
+    from benchmarks.train_step import PEAK_BF16_TFLOPS, train_flops_per_token
 
     config, seq = shape(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -182,7 +200,8 @@ def run_torch(args: argparse.Namespace) -> dict:
     sizes = sorted({args.batch_size, best or args.batch_size})
     kind = torch.cuda.get_device_name() if device == "cuda" else _common.cpu_model()
     result: dict[str, Any] = {"machine": f"torch {torch.__version__} on {kind}", "rows": {}}
-    peak = peak_flops(None) if device == "cuda" else None
+    peaks = [t * 1e12 for name, t in PEAK_BF16_TFLOPS.items() if name in kind.lower()]
+    peak = peaks[0] if device == "cuda" and peaks else None
     for size in sizes:
         low = 1000 if config.vocab_size > 2000 else 1
         batches = _common.make_batches(
@@ -230,13 +249,15 @@ def report(args: argparse.Namespace) -> str:
     path = Path(args.out, "torch.json")
     theirs = json.loads(path.read_text()) if path.exists() else {"rows": {}, "machine": "-"}
     pair, base = ours["pair"], ours["pair"]["before"]
-    lines = [f"# gpu_speed: {ours['machine']}; {theirs['machine']}", ""]
+    lines = [f"# gpu_speed: {ours['machine']}; {theirs['machine']}"]
+    lines += [f"today's attention: {ours.get('attention', '-')}", ""]
     rows = [
         [label, row["ms"], f"{row['iqr_ms'][0]}-{row['iqr_ms'][1]}", row["samples_s"],
          "-" if row["mfu"] is None else f"{row['mfu']:.1%}", f"{base['ms'] / row['ms']:.2f}x"]
         for label, row in pair.items()
     ]  # fmt: skip
-    head = [f"step (batch {base['batch']})", "ms/step", "IQR ms", "samples/s", "MFU", "speed vs before"]
+    head = [f"step (batch {base['batch']})", "ms/step", "IQR ms", "samples/s", "MFU"]
+    head.append("speed vs before")
     lines += [_common.table(head, rows), ""]
     rows = []
     for size, row in sorted(ours["sweep"].items(), key=lambda kv: int(kv[0])):
