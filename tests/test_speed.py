@@ -41,6 +41,13 @@ def test_the_train_state_holds_plain_arrays_only():
     for tree in (built.state, state):
         assert nodes(tree) and all(isinstance(x, jax.Array) for x in nodes(tree))
     assert jax.tree.structure(state) == jax.tree.structure(built.state)
+    # Dropout keeps its keys as raw data: the one typed key left is the dice's.
+    keys = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    assert len(keys) == 1
+    assert not any(
+        jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+        for x in jax.tree.leaves((state.params, state.model_state))
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])

@@ -63,13 +63,58 @@ def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.A
     return (lanes[..., :last].astype(jnp.uint32) < threshold).reshape(shape)
 
 
+class DropoutKey(nnx.Variable):
+    """A dropout stream's key, kept as raw key data (``jax.random.key_data``, uint32)."""
+
+
+class DropoutCount(nnx.Variable):
+    """How many keys a dropout stream has drawn (uint32)."""
+
+
 class Dropout(nnx.Dropout):
     """``nnx.Dropout`` with a mask of 16 random bits per element (see :func:`keep_mask`).
 
-    It takes ``nnx.Dropout``'s arguments and keys (its ``rngs`` stream), is turned off by
-    ``model.eval()`` as that is, and scales kept elements by ``1 / (1 - rate)`` alike; only
-    the mask is drawn with half the random bits.
+    It takes ``nnx.Dropout``'s arguments, is turned off by ``model.eval()`` as that is, and
+    scales kept elements by ``1 / (1 - rate)`` alike. Its key stream is ``nnx``'s (the same
+    fork of the ``rngs`` given, the same keys: ``fold_in(key, count)``, the count then
+    advanced), but kept as plain arrays, :class:`DropoutKey` (the key's raw data) and
+    :class:`DropoutCount`: a train state that crosses a jit boundary then holds no typed PRNG
+    key, which JAX rebuilds in Python on every call.
     """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        broadcast_dims: tuple[int, ...] = (),
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+    ):
+        super().__init__(
+            rate,
+            broadcast_dims=broadcast_dims,
+            deterministic=deterministic,
+            rng_collection=rng_collection,
+            rngs=rngs,
+        )
+        stream, self.rngs = self.rngs, nnx.data(None)
+        self.key_impl: str | None = None
+        if stream is not None:
+            key = stream.key[...]
+            self.key_impl = str(jax.random.key_impl(key))
+            self.key_data = DropoutKey(jax.random.key_data(key))
+            self.count = DropoutCount(stream.count[...])
+
+    def _next_key(self) -> jax.Array:
+        if self.key_impl is None:
+            raise ValueError(
+                "This Dropout was built without rngs: pass rngs= to it or to the call."
+            )
+        key = jax.random.wrap_key_data(self.key_data[...], impl=self.key_impl)
+        key = jax.random.fold_in(key, self.count[...])
+        self.count[...] += 1
+        return key
 
     def __call__(
         self,
@@ -93,8 +138,9 @@ class Dropout(nnx.Dropout):
             return inputs
         if self.rate == 1.0:
             return jnp.zeros_like(inputs)
-        rngs = self.rngs if rngs is None else rngs
-        if isinstance(rngs, nnx.Rngs):
+        if rngs is None:
+            key = self._next_key()
+        elif isinstance(rngs, nnx.Rngs):
             key = rngs[self.rng_collection]()
         elif isinstance(rngs, nnx.RngStream):
             key = rngs()
