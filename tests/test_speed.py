@@ -204,3 +204,44 @@ def test_global_norm_is_optax_s_norm():
 
     np.testing.assert_allclose(steps.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
     assert steps.global_norm(tree).dtype == jnp.float32
+
+
+def _tree():
+    keys = jax.random.split(jax.random.key(0), 6)
+    shapes = [(3, 4), (5,), (5,), (2, 4), (7, 3), (300, 300)]  # the last: too large to group
+    leaves = [jax.random.normal(k, s) for k, s in zip(keys, shapes, strict=True)]
+    return {"a": leaves[0], "b": [leaves[1], leaves[2]], "c": {"d": leaves[3], "e": leaves[4]},
+            "big": leaves[5]}  # fmt: skip
+
+
+def test_grouped_leaves_keep_their_rank_and_come_back_unchanged():
+    tree = _tree()
+
+    groups = steps.group_leaves(tree)
+
+    # (3, 4) and (2, 4) together; the two (5,) together; (7, 3) and the large one alone.
+    assert sorted(g.shape for g in groups.values()) == [(5, 4), (7, 3), (10,), (300, 300)]
+    back = steps.ungroup_leaves(groups, tree)
+    assert jax.tree.structure(back) == jax.tree.structure(tree)
+    for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(tree), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_adamw_on_grouped_leaves_is_adamw_on_the_leaves():
+    # Elementwise updates and a mask by rank: grouping changes nothing, bit for bit.
+    tx = optax.adamw(1e-2, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    params, grads = _tree(), jax.tree.map(lambda x: x * 0.5 + 1.0, _tree())
+
+    updates, _ = tx.update(grads, tx.init(params), params)
+    grouped, _ = tx.update(
+        steps.group_leaves(grads),
+        tx.init(steps.group_leaves(params)),
+        steps.group_leaves(params),
+    )
+
+    for x, y in zip(
+        jax.tree.leaves(steps.ungroup_leaves(grouped, params)),
+        jax.tree.leaves(updates),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(x, y)

@@ -81,7 +81,7 @@ def init_train_state(
         step=jnp.zeros([], jnp.int32),
         params=params,
         model_state=model_state,
-        opt_state=tx.init(params),
+        opt_state=tx.init(group_leaves(params)),
     )
     return parallel.replicate(state, mesh)
 
@@ -150,8 +150,10 @@ def make_train_step(
         # MultiSteps and optax_dice.accumulate hand extra arguments only to the
         # transformations that take them), so a run without a Cleric computes exactly what it
         # did before. An unused argument costs nothing under jit.
-        updates, opt_state = tx_extra.update(grads, state.opt_state, state.params, value=loss)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = tx_extra.update(
+            group_leaves(grads), state.opt_state, group_leaves(state.params), value=loss
+        )
+        params = optax.apply_updates(state.params, ungroup_leaves(updates, state.params))
         metrics = {
             "loss": loss,
             "grad_norm": global_norm(grads) if log_grad_norm else jnp.float32(jnp.nan),
@@ -168,6 +170,48 @@ def make_train_step(
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
+
+
+#: Leaves of at most this many elements are grouped (see :func:`group_leaves`).
+GROUPED_SIZE = 2**16
+
+
+def _group_keys(tree: Any) -> list[str]:
+    keys = []
+    for i, leaf in enumerate(jax.tree.leaves(tree)):
+        if jnp.size(leaf) > GROUPED_SIZE:
+            keys.append(f"leaf{i:04d}")
+        else:
+            trailing = "x".join(map(str, jnp.shape(leaf)[1:]))
+            keys.append(f"group_{jnp.ndim(leaf)}d_{leaf.dtype}_{trailing}")
+    return keys
+
+
+def group_leaves(tree: Any) -> dict[str, jax.Array]:
+    """The small leaves of ``tree`` (at most :data:`GROUPED_SIZE` elements) concatenated along
+    their first axis, by rank, trailing shape and dtype; the large ones as they are.
+
+    An optimizer updates each array of its tree with its own kernels; on a GPU a kernel per
+    bias and LayerNorm vector costs more in launches than in work. Every group keeps its
+    leaves' rank, so rules by ``ndim`` (AdamW's weight-decay mask: matrices decay, vectors do
+    not) say the same of a group as of its leaves.
+    """
+    groups: dict[str, list[jax.Array]] = {}
+    for key, leaf in zip(_group_keys(tree), jax.tree.leaves(tree), strict=True):
+        groups.setdefault(key, []).append(jnp.reshape(leaf, (-1, *jnp.shape(leaf)[1:])))
+    return {key: jnp.concatenate(leaves) for key, leaves in groups.items()}
+
+
+def ungroup_leaves(groups: dict[str, jax.Array], like: Any) -> Any:
+    """The inverse of :func:`group_leaves`: a tree of ``like``'s structure and shapes."""
+    offsets = dict.fromkeys(groups, 0)
+    leaves = []
+    for key, leaf in zip(_group_keys(like), jax.tree.leaves(like), strict=True):
+        rows = (jnp.shape(leaf) or (1,))[0]
+        part = jax.lax.slice_in_dim(groups[key], offsets[key], offsets[key] + rows)
+        leaves.append(jnp.reshape(part, jnp.shape(leaf)))
+        offsets[key] += rows
+    return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
 def global_norm(tree: Any) -> jax.Array:
