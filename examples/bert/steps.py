@@ -8,6 +8,11 @@ flattens and rebuilds those in C++, where ``nnx.Variable`` objects would cost Py
 leaf and per call (4-5 ms for BERT-base's 663 leaves on a CPU host; benchmarks/host_time.py).
 The train state is donated so XLA updates it in place, and the shardings are explicit
 (``NamedSharding``: batch split over the mesh, everything else replicated).
+
+The optimizer sees the parameters with their small leaves grouped (:func:`group_leaves`:
+biases and LayerNorm vectors concatenated by rank and trailing shape), so that it spends a
+few kernels on them rather than a few per vector; its per-parameter choices must therefore
+depend on a leaf's rank only, as the training script's weight-decay mask does.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ class TrainState(NamedTuple):
       step: micro-steps made so far (int32); the data position and the schedule follow it.
       params: the model's ``nnx.Param`` state, as nested dicts of arrays.
       model_state: the rest of the model's state (dropout's RNG keys and counts), likewise.
-      opt_state: the optimizer's state, the dice key included.
+      opt_state: the optimizer's state over the grouped parameters (:func:`group_leaves`),
+        the dice key included.
     """
 
     step: jax.Array
@@ -115,7 +121,9 @@ def make_train_step(
     Args:
       graphdef: the model's training graph definition (see :func:`split_model`).
       tx: the optimizer (a plain ``GradientTransformation`` too: it is given extra-args
-        support, which drops ``value`` for the transformations that do not take it).
+        support, which drops ``value`` for the transformations that do not take it). It
+        updates the parameters as :func:`group_leaves` groups them, the state
+        :func:`init_train_state` made.
       schedule: its learning-rate schedule, of the applied-update count.
       accumulation_steps: micro-batches per applied update.
       mesh: the device mesh; the batch is split on its first axis over it.
