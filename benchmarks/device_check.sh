@@ -39,14 +39,15 @@ if [ "$what" = speed ]; then
     python3 -c "import torch; print('torch', torch.__version__)"; python3 --version; } \
     > "$OUT/machine.txt" 2>&1
   tiny=${TINY:-}
-  timeout 345 python3 -m benchmarks.gpu_speed jax $tiny --out "$OUT/speed" --deadline 300 \
+  timeout 355 python3 -m benchmarks.gpu_speed jax $tiny --out "$OUT/speed" --deadline 330 \
     > "$OUT/speed-jax.log" 2>&1
   stamp "jax side done"
-  timeout 110 python3 -m benchmarks.gpu_speed torch $tiny --out "$OUT/speed" \
+  timeout 95 python3 -m benchmarks.gpu_speed torch $tiny --out "$OUT/speed" \
     > "$OUT/speed-torch.log" 2>&1
   stamp "torch side done"
   python3 -m benchmarks.gpu_speed report --out "$OUT/speed" > "$OUT/speed-report.md" 2>&1
-  find "$OUT/speed" -name '*.pb' -delete  # the traces' summaries are kept, not the traces
+  # The traces' summaries are kept, not the traces.
+  find "$OUT/speed" \( -name '*.pb' -o -name '*.json.gz' \) -delete
   tar -czf /tmp/all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/all.tgz "$OUT/all.tgz"
   tar -xzf "$OUT/all.tgz" -O ./speed-report.md ./speed/trace_after.md 2>/dev/null | cut -c1-300
   exit 0

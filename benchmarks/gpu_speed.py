@@ -155,6 +155,7 @@ def run_jax(args: argparse.Namespace) -> dict:
         result["pair"][label] = stats(ms, batch, flops * batch * seq, peak)
         print(f"ROW {label}: {json.dumps(result['pair'][label])}", flush=True)
     result["sweep"][str(batch)] = result["pair"][ONE_NORM]
+    save(args, "jax", result)
     for label in ("before", "after"):
         folder = os.path.join(args.out, f"trace_{label.replace(' ', '_')}")
         with jax.profiler.trace(folder):
@@ -178,6 +179,7 @@ def run_jax(args: argparse.Namespace) -> dict:
         except Exception as error:  # out of memory at a large batch: that batch does not fit
             result["sweep"][str(size)] = {"batch": size, "error": str(error).splitlines()[0]}
         print(f"SWEEP {size}: {json.dumps(result['sweep'][str(size)])}", flush=True)
+        save(args, "jax", result)
         one = run = None
         gc.collect()
     return result
@@ -224,11 +226,17 @@ def run_torch(args: argparse.Namespace) -> dict:
         flops = train_flops_per_token(config, seq) * size * seq
         result["rows"][str(size)] = stats(ms, size, flops, peak)
         print(f"TORCH {size}: {json.dumps(result['rows'][str(size)])}", flush=True)
+        save(args, "torch", result)
         del step
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
     return result
+
+
+def save(args: argparse.Namespace, command: str, result: dict) -> None:
+    """Writes what a command has measured so far (a run stopped at its limit keeps it)."""
+    Path(args.out, f"{command}.json").write_text(json.dumps(result, indent=1))
 
 
 def best_batch(out: str) -> int | None:
@@ -309,12 +317,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
     os.makedirs(args.out, exist_ok=True)
     if args.command == "report":
+        if not Path(args.out, "jax.json").exists():
+            print(f"gpu_speed report: no jax.json in {args.out}: the jax run measured nothing")
+            return 1
         text = report(args)
         Path(args.out, "report.md").write_text(text + "\n")
         print(text)
         return 0
     result = run_jax(args) if args.command == "jax" else run_torch(args)
-    Path(args.out, f"{args.command}.json").write_text(json.dumps(result, indent=1))
+    save(args, args.command, result)
     print(f"done {args.command} in {time.perf_counter() - T0:.0f} s")
     return 0
 
