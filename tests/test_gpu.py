@@ -132,3 +132,28 @@ def test_cudnn_attention_ignores_padding():
     np.testing.assert_allclose(
         np.asarray(hidden, np.float32)[real], np.asarray(hidden_other, np.float32)[real], atol=1e-3
     )
+
+
+def test_training_with_cudnn_attention_dropout_runs_and_drops():
+    # attention_implementation="cudnn" while training with attention dropout: cuDNN's fused
+    # attention with dropout (jax's private API), where this jax is one it is pinned to.
+    from examples.bert import model as model_lib
+
+    if model_lib.cudnn_dropout_attention() is None:
+        pytest.skip(f"jax {jax.__version__} is outside {model_lib.CUDNN_DROPOUT_JAX}")
+    config = BertConfig(
+        vocab_size=1000, hidden_size=768, num_hidden_layers=2, num_attention_heads=12,
+        intermediate_size=3072, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.1,
+    )  # fmt: skip
+    model = BertForSequenceClassification(config, 3, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    model.set_attributes(attention_implementation="cudnn")
+    input_ids, mask, labels = _batch()
+
+    loss, logits, grads = _loss_and_grads(model, input_ids, mask, labels)
+    model.eval()
+    _, eval_logits, _ = _loss_and_grads(model, input_ids, mask, labels)
+
+    assert np.isfinite(float(loss))
+    assert all(np.isfinite(np.asarray(g.get_value(), np.float32)).all() for g in grads.values())
+    assert not np.allclose(np.asarray(logits), np.asarray(eval_logits))  # something dropped
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(eval_logits), atol=0.5)

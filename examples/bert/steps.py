@@ -1,17 +1,25 @@
 """The jit-compiled train and eval steps, functional over the model's split state.
 
 The model is split once with ``nnx.split`` into a graph definition (static) and two states:
-the parameters and the rest (dropout's RNG keys and counters). The steps merge them inside
-``jax.jit``, which is flax's recommended fast path: no NNX graph traversal per call, the
-train state is donated so XLA updates it in place, and the shardings are explicit
+the parameters and the rest (dropout's RNG keys and counters), each kept as plain nested
+dicts of arrays (``nnx.to_pure_dict``). The steps merge them into the model inside
+``jax.jit``, so nothing but plain containers of arrays crosses the jit boundary: JAX
+flattens and rebuilds those in C++, where ``nnx.Variable`` objects would cost Python work per
+leaf and per call (4-5 ms for BERT-base's 663 leaves on a CPU host; benchmarks/host_time.py).
+The train state is donated so XLA updates it in place, and the shardings are explicit
 (``NamedSharding``: batch split over the mesh, everything else replicated).
+
+The optimizer sees the parameters with their small leaves grouped (:func:`group_leaves`:
+biases and LayerNorm vectors concatenated by rank and trailing shape), so that it spends a
+few kernels on them rather than a few per vector; its per-parameter choices must therefore
+depend on a leaf's rank only, as the training script's weight-decay mask does.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +33,8 @@ from examples.bert import parallel
 from optax_dice.game import NO_MONSTER
 
 Batch = dict[str, jax.Array]
+#: A model state as plain nested dicts of arrays (``nnx.to_pure_dict``).
+Params = dict[str, Any]
 
 
 class TrainState(NamedTuple):
@@ -32,52 +42,63 @@ class TrainState(NamedTuple):
 
     Attributes:
       step: micro-steps made so far (int32); the data position and the schedule follow it.
-      params: the model's ``nnx.Param`` state.
-      model_state: the rest of the model's state (dropout's RNG keys and counts).
-      opt_state: the optimizer's state, the dice key included.
+      params: the model's ``nnx.Param`` state, as nested dicts of arrays.
+      model_state: the rest of the model's state (dropout's RNG keys and counts), likewise.
+      opt_state: the optimizer's state over the grouped parameters (:func:`group_leaves`),
+        the dice key included.
     """
 
     step: jax.Array
-    params: nnx.State
-    model_state: nnx.State
+    params: Params
+    model_state: Params
     opt_state: optax.OptState
 
 
-def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State]:
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, Params, Params]:
     """Splits a model into its train and eval graph definitions and its two states.
 
     Returns:
       ``(train graphdef, eval graphdef, params, model_state)``; the graph definitions differ
-      only in dropout being on or off. The model is left in training mode.
+      only in dropout being on or off; the states are nested dicts of arrays
+      (``nnx.merge(graphdef, params, model_state)`` rebuilds the model). The model is left in
+      training mode.
     """
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     model.train()
     train_graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-    return train_graphdef, eval_graphdef, params, model_state
+    return train_graphdef, eval_graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
+
+
+def _pure(state: nnx.State | Params) -> Params:
+    return nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
 
 
 def init_train_state(
-    params: nnx.State, model_state: nnx.State, tx: optax.GradientTransformation, mesh: Mesh
+    params: Params | nnx.State,
+    model_state: Params | nnx.State,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
 ) -> TrainState:
-    """Builds the first train state, replicated over the mesh."""
+    """Builds the first train state, replicated over the mesh (``nnx.State`` arguments are
+    turned into nested dicts of arrays, as :func:`split_model` returns them)."""
+    params, model_state = _pure(params), _pure(model_state)
     state = TrainState(
         step=jnp.zeros([], jnp.int32),
         params=params,
         model_state=model_state,
-        opt_state=tx.init(params),
+        opt_state=tx.init(group_leaves(params)),
     )
     return parallel.replicate(state, mesh)
 
 
-def _forward(graphdef: nnx.GraphDef, params: nnx.State, model_state: nnx.State, batch: Batch):
-    # Fresh Variable objects, owned by the current trace (the state may come from an outer
-    # one, e.g. jit's when called under grad), so that dropout may advance its counts.
-    params, model_state = jax.tree.map(lambda x: x, (params, model_state))
+def _forward(graphdef: nnx.GraphDef, params: Params, model_state: Params, batch: Batch):
+    # nnx.merge makes fresh Variable objects from the plain arrays, owned by the current trace,
+    # so that dropout may advance its counts.
     model = nnx.merge(graphdef, params, model_state)
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     _, _, model_state = nnx.split(model, nnx.Param, ...)
-    return logits, model_state
+    return logits, nnx.to_pure_dict(model_state)
 
 
 def make_train_step(
@@ -89,6 +110,7 @@ def make_train_step(
     *,
     uses_dice: bool,
     rolls_per_update: bool = False,
+    log_grad_norm: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the jitted train step ``(state, batch) -> (state, metrics)``.
 
@@ -100,13 +122,19 @@ def make_train_step(
     Args:
       graphdef: the model's training graph definition (see :func:`split_model`).
       tx: the optimizer (a plain ``GradientTransformation`` too: it is given extra-args
-        support, which drops ``value`` for the transformations that do not take it).
+        support, which drops ``value`` for the transformations that do not take it). It
+        updates the parameters as :func:`group_leaves` groups them, the state
+        :func:`init_train_state` made.
       schedule: its learning-rate schedule, of the applied-update count.
       accumulation_steps: micro-batches per applied update.
       mesh: the device mesh; the batch is split on its first axis over it.
       uses_dice: whether ``tx`` holds a ``dice_roll`` whose last roll to report.
       rolls_per_update: whether the dice roll once per applied update (their roll is then
         reported on the micro-step that applies it), not on every micro-batch.
+      log_grad_norm: whether to compute the gradient's norm for the metrics. With False the
+        metric is NaN and the step computes only the norms ``tx`` itself computes (one for
+        clipping), as a PyTorch loop that logs ``clip_grad_norm_``'s result does; the
+        benchmarks that compare the two use it.
 
     Returns:
       The step. Metrics: ``loss`` (the micro-batch's mean cross-entropy, before any roll),
@@ -121,7 +149,7 @@ def make_train_step(
     tx_extra = optax.with_extra_args_support(tx)  # any optimizer takes value= then
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        def loss_fn(params: nnx.State, model_state: nnx.State) -> tuple[jax.Array, nnx.State]:
+        def loss_fn(params: Params, model_state: Params) -> tuple[jax.Array, Params]:
             logits, model_state = _forward(graphdef, params, model_state, batch)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
             return loss.mean(), model_state
@@ -134,11 +162,13 @@ def make_train_step(
         # MultiSteps and optax_dice.accumulate hand extra arguments only to the
         # transformations that take them), so a run without a Cleric computes exactly what it
         # did before. An unused argument costs nothing under jit.
-        updates, opt_state = tx_extra.update(grads, state.opt_state, state.params, value=loss)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = tx_extra.update(
+            group_leaves(grads), state.opt_state, group_leaves(state.params), value=loss
+        )
+        params = optax.apply_updates(state.params, ungroup_leaves(updates, state.params))
         metrics = {
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": global_norm(grads) if log_grad_norm else jnp.float32(jnp.nan),
             "lr": jnp.asarray(schedule(state.step // accumulation_steps), jnp.float32),
             **dice_metrics(
                 optax_dice.find_dice_state(opt_state) if uses_dice else None,
@@ -156,6 +186,63 @@ def make_train_step(
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
+
+
+#: Leaves of at most this many elements are grouped (see :func:`group_leaves`).
+GROUPED_SIZE = 2**16
+
+
+def _group_keys(tree: Any) -> list[str]:
+    keys = []
+    for i, leaf in enumerate(jax.tree.leaves(tree)):
+        if jnp.size(leaf) > GROUPED_SIZE:
+            keys.append(f"leaf{i:04d}")
+        else:
+            trailing = "x".join(map(str, jnp.shape(leaf)[1:]))
+            keys.append(f"group_{jnp.ndim(leaf)}d_{leaf.dtype}_{trailing}")
+    return keys
+
+
+def group_leaves(tree: Any) -> dict[str, jax.Array]:
+    """The small leaves of ``tree`` (at most :data:`GROUPED_SIZE` elements) concatenated along
+    their first axis, by rank, trailing shape and dtype; the large ones as they are.
+
+    An optimizer updates each array of its tree with its own kernels; on a GPU a kernel per
+    bias and LayerNorm vector costs more in launches than in work. Every group keeps its
+    leaves' rank, so rules by ``ndim`` (AdamW's weight-decay mask: matrices decay, vectors do
+    not) say the same of a group as of its leaves.
+    """
+    groups: dict[str, list[jax.Array]] = {}
+    for key, leaf in zip(_group_keys(tree), jax.tree.leaves(tree), strict=True):
+        groups.setdefault(key, []).append(jnp.reshape(leaf, (-1, *jnp.shape(leaf)[1:])))
+    return {key: jnp.concatenate(leaves) for key, leaves in groups.items()}
+
+
+def ungroup_leaves(groups: dict[str, jax.Array], like: Any) -> Any:
+    """The inverse of :func:`group_leaves`: a tree of ``like``'s structure and shapes."""
+    offsets = dict.fromkeys(groups, 0)
+    leaves = []
+    for key, leaf in zip(_group_keys(like), jax.tree.leaves(like), strict=True):
+        rows = (jnp.shape(leaf) or (1,))[0]
+        part = jax.lax.slice_in_dim(groups[key], offsets[key], offsets[key] + rows)
+        leaves.append(jnp.reshape(part, jnp.shape(leaf)))
+        offsets[key] += rows
+    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """The L2 norm of all the leaves of ``tree`` together, in float32, as ``optax.tree.norm``.
+
+    Leaves of one shape and dtype are stacked and reduced together: XLA fuses the stack into
+    one reduction, where a reduction per leaf (BERT-base has 201) is a kernel per leaf, most
+    of them too small to fill a GPU. The sum's order differs from a leaf-by-leaf sum's, so the
+    result may differ from ``optax.tree.norm``'s in the last bits.
+    """
+    groups: dict[tuple[tuple[int, ...], Any], list[jax.Array]] = {}
+    for leaf in jax.tree.leaves(tree):
+        groups.setdefault((leaf.shape, leaf.dtype), []).append(leaf)
+    squares = [jnp.sum(jnp.square(jnp.stack(g).astype(jnp.float32))) for g in groups.values()]
+    return jnp.sqrt(sum(squares, jnp.float32(0)))
 
 
 def dice_metrics(
@@ -242,7 +329,7 @@ def zero_totals(num_labels: int, mesh: Mesh) -> EvalTotals:
 
 def make_eval_step(
     graphdef: nnx.GraphDef, num_labels: int, mesh: Mesh
-) -> Callable[[nnx.State, nnx.State, Batch, EvalTotals], EvalTotals]:
+) -> Callable[[Params, Params, Batch, EvalTotals], EvalTotals]:
     """Builds the jitted eval step ``(params, model_state, batch, totals) -> totals``.
 
     The batch carries ``weights`` (0 for the padding of the last batch). The totals are
@@ -258,7 +345,7 @@ def make_eval_step(
     """
 
     def eval_step(
-        params: nnx.State, model_state: nnx.State, batch: Batch, totals: EvalTotals
+        params: Params, model_state: Params, batch: Batch, totals: EvalTotals
     ) -> EvalTotals:
         logits, _ = _forward(graphdef, params, model_state, batch)
         weights = batch["weights"]
