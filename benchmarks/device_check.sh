@@ -84,7 +84,7 @@ else
   pkill -f examples/bert/train.py  # runs left behind if the sweep outlived the deadline
   # The runs' records, not their checkpoints.
   (cd /tmp/study-runs && find . \( -name summary.json -o -name metrics.jsonl -o -name config.json \
-    -o -name '*.log' -o -path './main-*/run.png' \) -print0 | tar --null -cf - -T -) \
+    -o -name '*.log' -o -path './main-*/seed*/run.png' \) -print0 | tar --null -cf - -T -) \
     | tar -xf - -C "$OUT/study"
   summaries=(./study/main_job.md ./study/sweep/results.md)
 fi

@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import outcome
+
 ROOT = Path(__file__).resolve().parents[1]
 GPU_TESTS = ["tests/test_gpu.py"]
 FLOAT32_TESTS = [
@@ -183,7 +185,7 @@ def summary(results: Sequence[Part], header: str) -> str:
         elif part.returncode is None:
             result = f"stopped at its {part.timeout:.0f} s limit"
         else:
-            result = "passed" if part.returncode == 0 else f"FAILED (exit {part.returncode})"
+            result = outcome.part_result(part.returncode, part.last_lines)
         lines.append(f"| {part.name} | {result} | {part.seconds:.0f} |")
     for part in results:
         lines += ["", f"## {part.name}", "", "```", "$ " + " ".join(part.argv[1:])]
