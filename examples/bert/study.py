@@ -1,46 +1,19 @@
 """Do the dice do anything a smaller learning rate, or a looser clip, does not? The study.
 
-Every run fine-tunes the packaged all-MiniLM-L6-v2 on the tweets with the training script: the
-same split, tokens and schedule; runs of one seed share the classifier head's initialisation
-and the data order, so arms are compared seed by seed (paired). Every arm is tuned over the
-same learning-rate grid (``--lr`` x ``--lr-factors``, a factor 2 apart), each at its own best
-lr (highest mean final clean accuracy over the tuning seeds):
+Every run fine-tunes the packaged all-MiniLM-L6-v2 on the tweets with the training script; runs
+of one seed share the head's initialisation and the data order, so arms are compared seed by
+seed (paired). Every arm (:data:`ARMS`) is tuned over the same lr grid (``--lr`` x
+``--lr-factors``) and compared at its own best lr. The plan, resumed where it stopped (a run
+whose row is in ``--committed`` is not run again): 1. tuning, ``--seeds`` seeds, every arm at
+every lr; 2. more seeds for the headline arms, as many as a power estimate asks for (at most
+``--max-seeds``); 3. noisy labels (``--label-noise``); 4. the budget curve (``--budgets``,
+``--budget-seeds``); 5. weight noise on every clean run at its arm's best lr; 6. the validation
+loss along the line from the baseline's to the dice's final parameters, per seed.
 
-=========================  ======================================================================
-baseline                   AdamW, ``clip_by_global_norm(1.0)``: the reference
-lr-matched control         AdamW at 0.37 x each lr of the grid: the mean step of the dice after
-baseline, clip 2.7         AdamW clipped at 1 / 0.37: the clip the dice before AdamW meet (a die
-                           before AdamW with clip c is a fair die with clip c / E[scale])
-baseline, no clip          AdamW without clipping
-dice before                the default DC 12, +2 (E[scale] = 0.37) on the gradient, before AdamW
-dice before, no clip       the same without clipping: Adam cancels the scale, the randomness stays
-dice after                 DC 12, +2 on AdamW's final step (Adam cannot normalise it away)
-fair die before / after    DC 12, +2 with ``normalize=True`` (E[scale] = 1)
-=========================  ======================================================================
-
-The plan, in order (each run's folder is kept: the study resumes where it stopped; a run whose
-row is in ``--committed`` is not run again):
-
-1. tuning: ``--seeds`` seeds, every arm at every lr of the grid, ``--steps`` updates;
-2. more seeds for the arms of the headline answers at their best lr, as many as a power
-   estimate from the observed paired standard deviations asks for (at most ``--max-seeds``);
-3. noisy labels (``--label-noise``), the original six arms at their best lr, the same seeds;
-4. the budget curve: baseline, dice before and after, and their controls at their best lr for
-   ``--budgets`` updates, ``--budget-seeds`` seeds;
-5. weight noise on the final model of every clean run at its arm's best lr (every validation
-   example, ``--weight-noise-draws`` draws per sigma);
-6. the validation loss along the line from the baseline's to the dice's final parameters, for
-   every seed that has both.
-
-It writes under ``--results-dir`` (default ``<runs-dir>/results``: the published results in
-benchmarks/results/ are written only when named): ``runs.csv``, ``lines.csv``, ``study.csv``,
-``study.md`` and four figures. ``--report-only`` trains and measures nothing: it writes the
-report from the committed rows and the finished runs. ``--quick`` is a smoke test of seconds
-(with ``--model``/``--dataset`` pointing at something small).
-
-Run ``python examples/bert/study.py``; any training flag (``--model DIR --dataset FILE``) goes
-to every run. Importing this module starts no JAX: training and the weight-space probes import
-it when they run.
+It writes ``runs.csv``, ``lines.csv``, ``study.csv``, ``study.md`` and the figures under
+``--results-dir`` (default ``<runs-dir>/results``). ``--report-only`` trains and measures
+nothing; ``--quick`` is a smoke test of seconds. Any training flag goes to every run. Importing
+this module starts no JAX.
 """
 
 from __future__ import annotations
@@ -59,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
 import numpy as np
 
 from examples.bert import experiment
-from examples.bert.experiment import Job, cell, finite, mean_std, paired, said
+from examples.bert.experiment import Job, cell, finite, mean_std, opt, paired, said
 
 PROG = "python examples/bert/study.py"
 Row = dict[str, Any]
@@ -118,65 +91,44 @@ HEADLINE = (
 )
 
 
-def _help(text: str) -> Any:
-    return {"help": text}
-
-
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """The study's settings; any other flag goes to every training run."""
 
-    runs_dir: str = dataclasses.field(default="runs/study", metadata=_help("the runs"))
-    results_dir: str | None = dataclasses.field(
-        default=None, metadata=_help("the report (default: <runs-dir>/results)")
+    runs_dir: str = opt("runs/study", "the runs")
+    results_dir: str | None = opt(None, "the report (default: <runs-dir>/results)")
+    committed: str | None = opt(
+        None, "runs.csv of finished runs not to run again (default: benchmarks/results/"
+        "runs.csv, none with --quick; '' for none)")  # fmt: skip
+    quick: bool = opt(False, "a smoke test of seconds")
+    report_only: bool = opt(False, "train and measure nothing: report what is finished")
+    jobs: int = opt(1, "training runs at once")
+    steps: int = opt(150, "updates per tuning run")
+    budgets: list[int] = opt([600, 2000], "the budget curve's longer runs")  # noqa: RUF009
+    batch_size: int = opt(16, "examples per update")
+    max_length: int = opt(48, "tokens per example")
+    lr: float = opt(1e-4, "the grid's middle lr")
+    lr_factors: list[float] = opt(  # noqa: RUF009
+        [0.25, 0.5, 1.0, 2.0, 4.0], "the grid, as multiples of --lr (the same for every arm)"
     )
-    committed: str | None = dataclasses.field(
-        default=None,
-        metadata=_help("runs.csv of finished runs not to run again (default: "
-                       "benchmarks/results/runs.csv, none with --quick; '' for none)"),
-    )  # fmt: skip
-    quick: bool = dataclasses.field(default=False, metadata=_help("a smoke test of seconds"))
-    report_only: bool = dataclasses.field(
-        default=False, metadata=_help("train and measure nothing: report what is finished")
+    evals: int = opt(3, "evaluations per run")
+    seeds: int = opt(3, "tuning seeds 0 .. n-1")
+    max_seeds: int = opt(10, "most seeds for a question")
+    min_seeds: int = opt(5, "fewest for a headline arm")
+    budget_seeds: int = opt(5, "seeds of the budget curve")
+    label_noise: float = opt(0.2, "share of training labels flipped (0: skip)")
+    max_eval_samples: int = opt(1000, "validation examples")
+    weight_noise_sigmas: list[float] = opt(  # noqa: RUF009
+        [round(0.05 * i, 2) for i in range(1, 11)], "relative weight-noise sizes"
     )
-    jobs: int = dataclasses.field(default=1, metadata=_help("training runs at once"))
-    steps: int = dataclasses.field(default=150, metadata=_help("updates per tuning run"))
-    budgets: list[int] = dataclasses.field(
-        default_factory=lambda: [600, 2000], metadata=_help("the budget curve's longer runs")
-    )
-    batch_size: int = dataclasses.field(default=16, metadata=_help("examples per update"))
-    max_length: int = dataclasses.field(default=48, metadata=_help("tokens per example"))
-    lr: float = dataclasses.field(default=1e-4, metadata=_help("the grid's middle lr"))
-    lr_factors: list[float] = dataclasses.field(
-        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
-        metadata=_help("the grid, as multiples of --lr (the same for every arm)"),
-    )
-    evals: int = dataclasses.field(default=3, metadata=_help("evaluations per run"))
-    seeds: int = dataclasses.field(default=3, metadata=_help("tuning seeds 0 .. n-1"))
-    max_seeds: int = dataclasses.field(default=10, metadata=_help("most seeds for a question"))
-    min_seeds: int = dataclasses.field(default=5, metadata=_help("fewest for a headline arm"))
-    budget_seeds: int = dataclasses.field(default=5, metadata=_help("seeds of the budget curve"))
-    label_noise: float = dataclasses.field(
-        default=0.2, metadata=_help("share of training labels flipped (0: skip)")
-    )
-    max_eval_samples: int = dataclasses.field(default=1000, metadata=_help("validation examples"))
-    weight_noise_sigmas: list[float] = dataclasses.field(
-        default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 11)],
-        metadata=_help("relative weight-noise sizes"),
-    )
-    weight_noise_draws: int = dataclasses.field(default=20, metadata=_help("draws per sigma"))
-    alphas: int = dataclasses.field(default=21, metadata=_help("points from alpha -0.5 to 1.5"))
-    readme: str | None = dataclasses.field(
-        default=None,
-        metadata=_help("a README.md whose Results section quotes the answers: rewrite them "
-                       "from this report"),
-    )  # fmt: skip
-    arms: list[str] | None = dataclasses.field(
-        default=None,
-        metadata=_help(
-            "a subset of the arms, by folder name (default: all): "
-            + ", ".join(experiment.slug(a) for a in ARMS)
-        ),
+    weight_noise_draws: int = opt(20, "draws per sigma")
+    alphas: int = opt(21, "points from alpha -0.5 to 1.5")
+    readme: str | None = opt(None, "a README.md whose Results section quotes the answers: "
+                             "rewrite them from this report")  # fmt: skip
+    arms: list[str] | None = opt(  # noqa: RUF009
+        None,
+        "a subset of the arms, by folder name (default: all): "
+        + ", ".join(map(experiment.slug, ARMS)),
     )
 
     def problems(self) -> list[str]:
