@@ -215,14 +215,6 @@ def run_status(workdir: str) -> Status:
     return rundir.run_status(workdir)
 
 
-def saved_settings(workdir: str) -> dict[str, Any]:
-    """The settings a run folder was made with (TrainConfig fields), empty if none saved."""
-    from examples.bert import records
-
-    path = os.path.join(workdir, records.CONFIG_FILE)
-    return dict(records.read_json(path)["args"]) if os.path.isfile(path) else {}
-
-
 def read_summary(workdir: str) -> dict[str, Any]:
     """The finished run's summary, as a dict of its fields (:class:`records.Summary`)."""
     from examples.bert import records
@@ -264,9 +256,11 @@ def load_model(workdir: str) -> tuple[Any, Any]:
 
 def differences(job: Job) -> list[str]:
     """The settings in which the run already in ``job.workdir`` differs from the job's."""
+    from examples.bert import records
     from examples.bert.train_config import TrainConfig
 
-    saved = saved_settings(job.workdir)
+    path = os.path.join(job.workdir, records.CONFIG_FILE)
+    saved = dict(records.read_json(path)["args"]) if os.path.isfile(path) else {}
     wanted = dataclasses.asdict(TrainConfig(**{**job.settings, "output_dir": job.workdir}))
     return [
         f"{k} {saved[k]!r} (not {v!r})"
@@ -363,13 +357,6 @@ def _run_here(job: Job, limits: Limits) -> str:
     return "done"
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several runs share a GPU
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-    return env
-
-
 def child_argv(job: Job) -> list[str]:
     """The command that runs one job in a subprocess (:func:`main`)."""
     return [sys.executable, "-m", "examples.bert.experiment", job.workdir,
@@ -381,6 +368,9 @@ def _run_in_subprocesses(
 ) -> dict[str, str]:
     """Each job in ``python -m examples.bert.experiment``, ``at_once`` at a time."""
     procs: dict[str, subprocess.Popen] = {}
+    env = dict(os.environ)
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several runs share a GPU
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
 
     def one(job: Job) -> str:
         if _past(limits.deadline):
@@ -388,7 +378,7 @@ def _run_in_subprocesses(
         os.makedirs(os.path.dirname(job.workdir) or ".", exist_ok=True)
         with open(job.workdir + ".log", "a") as log:
             procs[job.workdir] = proc = subprocess.Popen(
-                child_argv(job), stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT
+                child_argv(job), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
             )
             try:
                 rc = proc.wait(timeout=limits.seconds_left())

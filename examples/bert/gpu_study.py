@@ -88,12 +88,6 @@ class GpuStudyConfig:
         return out
 
 
-def extra(cfg: GpuStudyConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The training flags every run gets: those given, and --model and --dataset."""
-    given = {k: v for k, v in (("model", cfg.model), ("dataset", cfg.dataset)) if v}
-    return {**overrides, **given}
-
-
 def main_jobs(cfg: GpuStudyConfig, flags: Mapping[str, Any]) -> list[Job]:
     """The main job, dice and off, for every seed."""
     budget: dict[str, Any] = {"epochs": cfg.main_epochs}
@@ -192,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the study; returns 0 when every main-job run completed."""
     start = time.monotonic()
     cfg, overrides = experiment.parse(GpuStudyConfig, argv, PROG, __doc__.split("\n\n")[0])
-    scfg, flags = sweep_config(cfg), extra(cfg, overrides)
+    given = {k: v for k, v in (("model", cfg.model), ("dataset", cfg.dataset)) if v}
+    scfg, flags = sweep_config(cfg), {**overrides, **given}  # --model, --dataset: every run
     mains = main_jobs(cfg, flags) if cfg.only != "sweep" else []
     sweeps = sweep.jobs(scfg, flags) if cfg.only != "main" else []
     experiment.check_jobs(mains + sweeps, PROG)  # --arms, --lr, ... before anything runs

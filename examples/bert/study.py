@@ -153,8 +153,7 @@ class StudyConfig:
         return out
 
     def shrunk(self) -> StudyConfig:
-        """The ``--quick`` settings (a setting given with another value than its default
-        keeps that value)."""
+        """The ``--quick`` settings (a setting given other than its default keeps its value)."""
         if not self.quick:
             return self
         quick = dict(
@@ -175,8 +174,7 @@ class StudyConfig:
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[StudyConfig, dict[str, Any]]:
-    """The study's settings and the training flags given for every run; bad input ends in one
-    line under the study's name."""
+    """The study's settings and the training flags for every run (bad input: one line)."""
     cfg, extra = experiment.parse(StudyConfig, argv, PROG, __doc__.split("\n\n")[0])
     dataset = str(extra.get("dataset", ""))
     if dataset.endswith((".csv", ".tsv", ".json", ".jsonl", ".parquet")) and not os.path.isfile(
@@ -224,8 +222,7 @@ def job(cfg: StudyConfig, extra: Mapping[str, Any], arm: str, lr: float, seed: i
 
 
 def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
-    """Phase 1: every arm at every lr of the grid, the tuning seeds; the grid's middle first,
-    every seed of it, then outwards (what finishes first answers the most)."""
+    """Phase 1: every arm at every lr, every tuning seed; the grid's middle first, then out."""
     outwards = sorted(cfg.lr_factors, key=lambda f: (abs(math.log(f)), f))
     return [
         job(cfg, extra, arm, lr_of(cfg, arm, f), seed)
@@ -236,8 +233,7 @@ def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
 
 
 def best_lrs(cfg: StudyConfig, rows: Sequence[Row]) -> dict[str, float]:
-    """Each arm's grid lr of highest mean final clean accuracy at ``--steps`` (a diverged or
-    missing accuracy counts 0; a tie goes to the lr nearest the grid's middle)."""
+    """Each arm's grid lr of highest mean clean accuracy (NaN: 0; ties: nearest the middle)."""
     best = {}
     for arm in ARMS:
         grid = {f"{lr_of(cfg, arm, f):.6g}": f for f in cfg.lr_factors}
@@ -254,9 +250,8 @@ def best_lrs(cfg: StudyConfig, rows: Sequence[Row]) -> dict[str, float]:
 
 
 def seeds_for(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) -> dict[str, int]:
-    """Seeds per arm at its best lr: for each headline question, what a power estimate from
-    the observed paired SD asks for (80% power to detect 2 points at 5%), at least
-    ``--min-seeds``, at most ``--max-seeds``; an arm takes its questions' largest."""
+    """Seeds per headline arm: its questions' most by a power estimate (80% to detect 2 points
+    at 5%) from the observed paired SD, within ``--min-seeds`` .. ``--max-seeds``."""
     at_best = at_best_rows(rows, best, cfg.steps)
     out: dict[str, int] = {}
     for q in HEADLINE:
@@ -310,19 +305,16 @@ def row(job: Job) -> Row:
         "best_accuracy": summary.get("best_eval_accuracy"),
         "macro_f1": summary.get("eval_macro_f1"),
         "best_macro_f1": max((e["macro_f1"] for e in evals), default=None),
-        "perturbed_accuracy": summary.get("perturbed_accuracy"),
-        "majority_accuracy": summary.get("majority_accuracy"),
-        "status": summary.get("status"),
-        "mean_scale": summary.get("mean_scale"),
+        **{k: summary.get(k) for k in ("perturbed_accuracy", "majority_accuracy", "status",
+                                       "mean_scale")},
         "run_dir": job.workdir,
-    }
+    }  # fmt: skip
     return complete(r)
 
 
 def complete(r: Row) -> Row:
-    """A row with its derived columns: ``perturbation_drop``, ``failed`` (final accuracy
-    within 2 points of the majority class, or none), and the defaults of rows written before
-    the budget and the clip were columns."""
+    """A row with ``perturbation_drop``, ``failed`` and the weight-noise columns derived, and
+    the defaults of old rows (before the budget and the clip were columns)."""
     r = {k: (math.nan if v is None else v) for k, v in r.items()}
     r.setdefault("steps", ROUND1_STEPS)
     if not isinstance(r.get("clip_norm"), int | float) or math.isnan(r["clip_norm"]):
@@ -341,9 +333,8 @@ def complete(r: Row) -> Row:
 
 
 def add_flatness(r: Row, result: Mapping[str, Any]) -> Row:
-    """The row with ``weight_noise_clean``, ``weight_noise_<sigma>`` (mean over draws),
-    ``weight_noise_change_<sigma>`` (normalised by the headroom above the majority class:
-    -1 is down to the majority) and ``flat_sigma`` (:func:`flat_sigma` of this run)."""
+    """The row with ``weight_noise_clean``, ``weight_noise_<sigma>`` (mean over draws), its
+    ``_change_<sigma>`` (over the headroom above the majority: -1 is down to it), ``flat_sigma``."""
     clean, majority = result["clean"], result.get("majority", r["majority_accuracy"])
     r = {**r, "weight_noise_clean": clean}
     for sigma in result["sigmas"]:
@@ -362,10 +353,8 @@ def sigmas_in(rows: Sequence[Row]) -> list[float]:
 
 
 def flat_sigma(rows: Sequence[Row], sigmas: Sequence[float]) -> float:
-    """The largest sigma of the grid up to which the mean accuracy over ``rows`` (and their
-    draws) loses at most FLAT_LOSS of the headroom above the majority class (0: none):
-    computed on the mean curve, so an arm's flat sigma is that of its mean, not a mean of
-    per-run values."""
+    """The largest sigma up to which the mean curve over ``rows`` loses at most FLAT_LOSS of
+    the headroom (0: none)."""
     flat = 0.0
     for sigma in sigmas:
         change = finite(r.get(f"weight_noise_change_{sigma:g}") for r in rows)
@@ -376,8 +365,7 @@ def flat_sigma(rows: Sequence[Row], sigmas: Sequence[float]) -> float:
 
 
 def barrier(line: Mapping[str, Sequence[float]]) -> float:
-    """The largest loss above the chord between the two ends, over alpha in [0, 1] (0 when
-    the line never rises above it)."""
+    """The largest loss above the chord between the ends, alpha in [0, 1] (at least 0)."""
     loss = dict(zip(line["alphas"], line["loss"], strict=True))
     a, b = loss[0.0], loss[1.0]
     return max(0.0, *(v - ((1 - t) * a + t * b) for t, v in loss.items() if 0 <= t <= 1))
@@ -395,8 +383,7 @@ def at_best_rows(rows: Sequence[Row], best: Mapping[str, float], steps: int,
 
 def interaction(rows: Sequence[Row], best: Mapping[str, float], steps: int, noise: float,
                 arm: str, ref: str = "baseline") -> dict[str, Any] | None:  # fmt: skip
-    """Robustness to noisy labels as the paired interaction: (noisy - clean) of ``arm``
-    minus (noisy - clean) of ``ref``, seed by seed (positive: the arm loses less)."""
+    """(noisy - clean) of ``arm`` minus that of ``ref``, paired (> 0: the arm loses less)."""
     clean, noisy = at_best_rows(rows, best, steps), at_best_rows(rows, best, steps, noise)
     loss = {}
     for name in (arm, ref):
@@ -549,8 +536,7 @@ def _pm(e: Mapping[str, Any], key: str) -> str:
 
 
 def aggregate(rows: Sequence[Row]) -> list[Row]:
-    """study.csv: per arm, budget, lr and label noise, the runs, mean and std of each result
-    and the failed-run rate."""
+    """study.csv: per arm, budget, lr and label noise, each result's mean and std, failures."""
     by = ["arm", "steps", "lr", "label_noise"]
     table = experiment.aggregate(rows, by, [*TABLE_KEYS, "perturbation_drop"])
     for e in table:
@@ -719,8 +705,7 @@ def stability_table(v: View) -> list[str]:
 
 
 def flatness_tables(v: View) -> list[str]:
-    """Weight noise: the mean change per sigma as a share of the headroom, the flat sigma of
-    the mean curve, and the paired differences from the baseline."""
+    """Weight noise: the mean change per sigma, the flat sigma, the paired differences."""
     rows = [r for r in v.at_best if "weight_noise_clean" in r and not _nan(r["weight_noise_clean"])]
     sigmas = sigmas_in(rows)
     if not sigmas:
@@ -817,9 +802,8 @@ def gather(plan: Sequence[Job], committed: Sequence[Row]) -> list[Row]:
 
 
 def with_flatness(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) -> list[Row]:
-    """Phase 5: weight noise on every clean run at its arm's best lr that has a folder and
-    no measurement (cached in the folder's weight_noise.json; none measured with
-    --report-only)."""
+    """Phase 5: weight noise on the clean runs at their best lr (cached in weight_noise.json;
+    none measured with --report-only)."""
     from examples.bert import rundir
 
     targets = {id(r) for r in at_best_rows(rows, best, cfg.steps)}
@@ -847,8 +831,7 @@ def with_flatness(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, floa
 
 def lines_of(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float],
              committed: Sequence[Row]) -> list[Row]:  # fmt: skip
-    """Phase 6: the line between baseline and dice before for every seed with both (cached in
-    ``<runs-dir>/lines/seed<n>.json``), else the committed line of that seed."""
+    """Phase 6: the baseline-dice line of each seed with both (cached in lines/seed<n>.json)."""
     from examples.bert import rundir
 
     alphas = sorted({*np.linspace(-0.5, 1.5, cfg.alphas).round(6).tolist(), 0.0, 1.0})
@@ -907,8 +890,7 @@ def study(cfg: StudyConfig, extra: Mapping[str, Any]) -> View:
 
 
 def quote_in_readme(readme: str, report_text: str) -> None:
-    """Rewrites the answers (and the Holm sentence) that ``readme``'s Results section quotes
-    with the report's: each line that starts as one of them is replaced."""
+    """Rewrites the answers and the Holm sentence that ``readme``'s Results section quotes."""
     quoted = {
         line[:3]: line
         for line in report_text.splitlines()

@@ -118,12 +118,6 @@ def jobs(cfg: SweepConfig, extra: Mapping[str, Any]) -> list[Job]:
     ]  # fmt: skip
 
 
-def final_train_loss(records: Sequence[Mapping[str, Any]], last: int = 20) -> float:
-    """The mean training loss (before the roll) of the last ``last`` micro-batches."""
-    losses = experiment.finite(r["loss"] for r in records if r["kind"] == "train")[-last:]
-    return float(losses.mean()) if losses.size else math.nan
-
-
 def row(job: Job) -> dict[str, Any]:
     """A finished run's row of runs.csv (the columns of every sweep, CPU or GPU)."""
     import optax_dice
@@ -133,20 +127,17 @@ def row(job: Job) -> dict[str, Any]:
     odds = None if dice is None else optax_dice.odds(**dice)  # the run's own ruleset
     accuracy, perturbed = summary.get("eval_accuracy"), summary.get("perturbed_accuracy")
     drop = math.nan if accuracy is None or perturbed is None else accuracy - perturbed
+    metrics = experiment.read_metrics(job.workdir)
+    losses = experiment.finite(r["loss"] for r in metrics if r["kind"] == "train")[-20:]
     return {
         "arm": job.arm, "seed": job.seed,
         "expected_scale": 1.0 if odds is None else odds.expected_scale,
         "std_scale": 0.0 if odds is None else odds.std_scale,
         "accuracy": accuracy, "macro_f1": summary.get("eval_macro_f1"),
-        "train_loss": final_train_loss(experiment.read_metrics(job.workdir)),
+        "train_loss": float(losses.mean()) if losses.size else math.nan,  # the last 20
         "perturbed_accuracy": perturbed, "accuracy_drop": drop,
         "mean_scale": summary.get("mean_scale"), "run_dir": job.workdir,
     }  # fmt: skip
-
-
-def table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per arm: mean and standard deviation (ddof=1) over seeds."""
-    return experiment.aggregate(rows, ["arm"], KEYS, same=["expected_scale", "std_scale"])
 
 
 def markdown(entries: Sequence[Mapping[str, Any]]) -> str:
@@ -172,7 +163,7 @@ def write_report(cfg: SweepConfig, extra: Mapping[str, Any], rows: list, out: st
     from examples.bert import plots
 
     os.makedirs(out, exist_ok=True)
-    entries = table(rows)
+    entries = experiment.aggregate(rows, ["arm"], KEYS, same=["expected_scale", "std_scale"])
     experiment.write_csv(os.path.join(out, "runs.csv"), rows)
     experiment.write_csv(os.path.join(out, "results.csv"), entries)
     plots.plot_sweep(rows, out)
