@@ -177,9 +177,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[StudyConfig, dict[str, Any]]
     """The study's settings and the training flags for every run (bad input: one line)."""
     cfg, extra = experiment.parse(StudyConfig, argv, PROG, __doc__.split("\n\n")[0])
     dataset = str(extra.get("dataset", ""))
-    if dataset.endswith((".csv", ".tsv", ".json", ".jsonl", ".parquet")) and not os.path.isfile(
-        dataset
-    ):
+    is_file = dataset.endswith((".csv", ".tsv", ".json", ".jsonl", ".parquet"))
+    if is_file and not os.path.isfile(dataset):
         experiment.Parser(prog=PROG).error(f"--dataset {dataset}: no such file")
     cfg = cfg.shrunk()
     experiment.check_jobs(tuning_jobs(cfg, extra), PROG)
@@ -448,8 +447,7 @@ def budget_words(v: View, arm: str, ref: str) -> str:
     measured = [b for b in budgets if gaps[b] is not None]
     if not measured:
         return f"{arm} minus {ref}: not measured yet"
-    last = gaps[measured[-1]]["verdict"]
-    first = gaps[measured[0]]["verdict"]
+    first, last = gaps[measured[0]]["verdict"], gaps[measured[-1]]["verdict"]
     if len(measured) > 1 and last == "hurts":
         word = f"ends worse (still behind at {measured[-1]} updates)"
     elif len(measured) > 1 and first == "hurts" and last == "no difference":
@@ -491,11 +489,8 @@ def answers(v: View) -> list[str]:
         f"the baseline: {said(v.d('fair die after', 'baseline'))}.",
         "5. **The fair die before AdamW** minus the baseline: "
         f"{said(v.d('fair die before', 'baseline'))}.",
-        "6. **Ends worse or learns slower?** "
-        + budget_words(v, "dice before", "baseline")
-        + "; "
-        + budget_words(v, "dice after", "lr-matched control")
-        + ".",
+        f"6. **Ends worse or learns slower?** {budget_words(v, 'dice before', 'baseline')}; "
+        f"{budget_words(v, 'dice after', 'lr-matched control')}.",
         f"7. **Robust to noisy labels ({noise:.0%} flipped)?** Noisy minus clean accuracy, "
         "dice before minus baseline (positive: the dice lose less): "
         f"{noisy['dice before']}; the fair die before: {noisy['fair die before']}.",
