@@ -1,27 +1,11 @@
-"""The experiment runner that the drivers share (sweep.py, study.py, gpu_study.py).
+"""The experiment runner that sweep.py, study.py and gpu_study.py share.
 
-An *arm* is a named set of :class:`~examples.bert.train_config.TrainConfig` overrides; a
-:class:`Job` is one training run of an arm: its seed, its folder and its full settings. A driver
-declares its jobs and hands them to :func:`run_jobs`, which
-
-* asks each run folder how far its run got (``missing``, ``unfinished``, ``completed`` or
-  ``diverged``), never "is there a summary.json";
-* skips a finished run, after checking that it was made with the same settings (a finished run
-  made with other settings is refused: its results would be mixed with the new ones unnoticed);
-* trains the others, here one after another, or ``jobs`` at a time in subprocesses; an
-  unfinished run resumes from its checkpoint;
-* stops the whole driver on Ctrl-C (:class:`Interrupted`): the interrupted run resumes from its
-  checkpoint on the next call and counts neither as finished nor as failed.
-
-The rest is shared too: one command-line system for the drivers' settings dataclasses
-(:func:`parse`; any flag a driver does not know is a training flag, checked against
-TrainConfig and reported under the driver's own name), one aggregate (:func:`aggregate`), one
-paired statistic (:func:`paired`, with :func:`holm` and :func:`seeds_needed`), one CSV reader
-and writer, one Markdown table (:func:`markdown_table`) and one way to restore a finished
-run's model (:func:`load_model`).
-
-Importing this module imports no JAX, flax or transformers: the functions that train or restore
-import them when called.
+An *arm* is a named set of TrainConfig overrides; a :class:`Job` is one run of an arm (its
+seed, folder and settings). :func:`run_jobs` trains the jobs not finished yet, here or ``jobs``
+at a time in subprocesses: an unfinished run resumes from its checkpoint, a finished run made
+with other settings is refused, Ctrl-C stops the driver (:class:`Interrupted`). Also shared:
+the command line (:func:`parse`), the aggregate, the paired statistics, CSV and Markdown
+tables, and restoring a finished run's model. Importing this module imports no JAX.
 """
 
 from __future__ import annotations
@@ -62,8 +46,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with errors said in one line under the program's own name, and no
-    abbreviated flags (``--seed`` must not stand for a driver's ``--seeds``)."""
+    """argparse with one-line errors and no abbreviated flags (``--seed`` is not ``--seeds``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
@@ -83,6 +66,13 @@ def _bool(text: str) -> bool:
     if low in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A settings dataclass field with its ``--help`` text (a list default: a fresh copy)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 def _add_field(parser: argparse.ArgumentParser, name: str, hint: Any, help: str, default: Any):
@@ -105,8 +95,7 @@ def _add_field(parser: argparse.ArgumentParser, name: str, hint: Any, help: str,
 
 
 def add_dataclass(parser: argparse.ArgumentParser, cls: type, *, defaults: bool = True) -> None:
-    """Adds every field of the dataclass ``cls`` as a flag, with its help (its metadata's
-    ``help``) and its default (or no default: the flag is absent unless typed)."""
+    """Every field of the dataclass ``cls`` as a flag, with its help and (or no) default."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if defaults:
@@ -124,10 +113,8 @@ def add_dataclass(parser: argparse.ArgumentParser, cls: type, *, defaults: bool 
 def parse(
     cls: type, argv: Sequence[str] | None, prog: str, description: str
 ) -> tuple[Any, dict[str, Any]]:
-    """Parses a driver's command line: its own settings (the fields of the dataclass ``cls``)
-    and the training flags given for every run (TrainConfig fields), each checked; an unknown
-    flag, a bad value or a problem the settings report (``cls.problems()``) ends in one line
-    under ``prog``.
+    """A driver's settings (fields of ``cls``) and training flags for every run; a bad flag or
+    value, or a ``cls.problems()``, ends in one line under ``prog``.
 
     Returns:
       ``(settings, train_overrides)``.
@@ -160,8 +147,7 @@ def train_problems(overrides: Mapping[str, Any]) -> list[str]:
 
 
 def check_jobs(jobs: Sequence[Job], prog: str) -> None:
-    """Builds every job's TrainConfig before anything runs; the first problem ends the
-    driver in one line under ``prog`` (a bad ``--lr`` fails now, not after an hour)."""
+    """Builds every job's TrainConfig before anything runs; the first problem ends ``prog``."""
     for job in jobs:
         problems = train_problems(job.settings)
         if problems:
@@ -177,8 +163,7 @@ def slug(name: str) -> str:
 
 
 def select(names: Iterable[str], chosen: Sequence[str] | None) -> list[str]:
-    """The arms among ``names`` whose slug is in ``chosen`` (all when None or empty), in
-    ``names``' order; raises ValueError naming the unknown ones."""
+    """The arms whose slug is in ``chosen`` (all if empty); ValueError names unknown ones."""
     names = list(names)
     if not chosen:
         return names
@@ -191,8 +176,7 @@ def select(names: Iterable[str], chosen: Sequence[str] | None) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One training run: ``settings`` are its TrainConfig fields (overrides of the defaults);
-    ``key`` what identifies it among a driver's rows (its row in a committed runs.csv)."""
+    """One run: ``settings`` its TrainConfig fields, ``key`` its identity among the rows."""
 
     arm: str
     seed: int
@@ -206,8 +190,7 @@ class Job:
 
 
 def to_argv(settings: Mapping[str, Any], workdir: str) -> list[str]:
-    """The training script's flags for these settings: one per setting that differs from
-    TrainConfig's default, then ``--output-dir``."""
+    """The training script's flags for the settings that differ from the defaults."""
     from examples.bert.train_config import TrainConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -232,14 +215,6 @@ def run_status(workdir: str) -> Status:
     return rundir.run_status(workdir)
 
 
-def saved_settings(workdir: str) -> dict[str, Any]:
-    """The settings a run folder was made with (TrainConfig fields), empty if none saved."""
-    from examples.bert import records
-
-    path = os.path.join(workdir, records.CONFIG_FILE)
-    return dict(records.read_json(path)["args"]) if os.path.isfile(path) else {}
-
-
 def read_summary(workdir: str) -> dict[str, Any]:
     """The finished run's summary, as a dict of its fields (:class:`records.Summary`)."""
     from examples.bert import records
@@ -256,8 +231,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 
 def train_here(settings: Mapping[str, Any], workdir: str) -> None:
-    """Trains (or resumes) one run in this process; raises :class:`Interrupted` when Ctrl-C
-    stopped it (after its checkpoint is saved)."""
+    """Trains (or resumes) one run here; :class:`Interrupted` when Ctrl-C stopped it."""
     from examples.bert import train
     from examples.bert.train_config import TrainConfig
 
@@ -271,8 +245,7 @@ def train_here(settings: Mapping[str, Any], workdir: str) -> None:
 
 
 def load_model(workdir: str) -> tuple[Any, Any]:
-    """A finished run's final model and its TrainConfig, restored from its checkpoint and
-    config (no data set, no optimizer): :func:`examples.bert.restore.load_final_model`."""
+    """A finished run's model and TrainConfig, from its checkpoint (no data, no optimizer)."""
     from examples.bert import restore
 
     return restore.load_final_model(workdir)
@@ -283,9 +256,11 @@ def load_model(workdir: str) -> tuple[Any, Any]:
 
 def differences(job: Job) -> list[str]:
     """The settings in which the run already in ``job.workdir`` differs from the job's."""
+    from examples.bert import records
     from examples.bert.train_config import TrainConfig
 
-    saved = saved_settings(job.workdir)
+    path = os.path.join(job.workdir, records.CONFIG_FILE)
+    saved = dict(records.read_json(path)["args"]) if os.path.isfile(path) else {}
     wanted = dataclasses.asdict(TrainConfig(**{**job.settings, "output_dir": job.workdir}))
     return [
         f"{k} {saved[k]!r} (not {v!r})"
@@ -295,8 +270,7 @@ def differences(job: Job) -> list[str]:
 
 
 def pending(jobs: Sequence[Job], *, skip: Callable[[Job], bool] = lambda job: False) -> list[Job]:
-    """The jobs still to train, in order: neither skipped (``skip``: a row is committed) nor
-    finished. Refuses (``SystemExit``) a run folder made with other settings."""
+    """The jobs neither skipped nor finished; SystemExit for a folder with other settings."""
     todo = []
     for job in jobs:
         if skip(job):
@@ -314,10 +288,8 @@ def pending(jobs: Sequence[Job], *, skip: Callable[[Job], bool] = lambda job: Fa
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """How far :func:`run_jobs` may go: start no run after ``deadline`` (a
-    ``time.monotonic()`` value), stop a subprocess run after ``timeout`` seconds or at
-    ``stop_by`` (it saves a checkpoint and resumes on the next call), and with ``keep_going``
-    report a failed run and go on instead of stopping."""
+    """No run starts after ``deadline``; a subprocess run stops (with a checkpoint) after
+    ``timeout`` s or at ``stop_by`` (monotonic times); ``keep_going`` goes on past failures."""
 
     deadline: float | None = None
     timeout: float | None = None
@@ -340,8 +312,7 @@ def run_jobs(
     say: Callable[[str], None] = print,
     limits: Limits = Limits(),
 ) -> dict[str, str]:
-    """Trains every job still to train (see :func:`pending`), one after another in this
-    process, or ``at_once`` at a time in subprocesses (each logging to ``<workdir>.log``).
+    """Trains the :func:`pending` jobs here, or ``at_once`` at a time in subprocesses.
 
     Returns:
       Each trained job's workdir -> ``"done"``, ``"failed"``, ``"stopped at its time
@@ -386,13 +357,6 @@ def _run_here(job: Job, limits: Limits) -> str:
     return "done"
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several runs share a GPU
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-    return env
-
-
 def child_argv(job: Job) -> list[str]:
     """The command that runs one job in a subprocess (:func:`main`)."""
     return [sys.executable, "-m", "examples.bert.experiment", job.workdir,
@@ -404,6 +368,9 @@ def _run_in_subprocesses(
 ) -> dict[str, str]:
     """Each job in ``python -m examples.bert.experiment``, ``at_once`` at a time."""
     procs: dict[str, subprocess.Popen] = {}
+    env = dict(os.environ)
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several runs share a GPU
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
 
     def one(job: Job) -> str:
         if _past(limits.deadline):
@@ -411,7 +378,7 @@ def _run_in_subprocesses(
         os.makedirs(os.path.dirname(job.workdir) or ".", exist_ok=True)
         with open(job.workdir + ".log", "a") as log:
             procs[job.workdir] = proc = subprocess.Popen(
-                child_argv(job), stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=ROOT
+                child_argv(job), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
             )
             try:
                 rc = proc.wait(timeout=limits.seconds_left())
@@ -444,7 +411,7 @@ def _run_in_subprocesses(
 
 
 def interrupted_exit(err: KeyboardInterrupt) -> NoReturn:
-    """What a driver does on Ctrl-C: one line on stderr, exit status 130."""
+    """On Ctrl-C: one line on stderr, exit status 130."""
     where = f" ({err})" if str(err) else ""
     print(f"Interrupted{where}: run the same command again to resume from the last checkpoint.",
           file=sys.stderr, flush=True)  # fmt: skip
@@ -476,9 +443,8 @@ def aggregate(
     keys: Sequence[str],
     same: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Per group of rows equal in ``by``: ``runs``, and ``<key>_mean`` / ``<key>_std``
-    (ddof=1) of each of ``keys`` over the finite values (NaN when none, std NaN under two);
-    ``same``: fields copied from the group's first row."""
+    """Per group of ``by``: ``runs``, ``<key>_mean``/``_std`` (ddof=1, finite values, NaN when
+    none) of each of ``keys``, and the ``same`` fields of the group's first row."""
     table = []
     for group in dict.fromkeys(tuple(r.get(b) for b in by) for r in rows):
         mine = [r for r in rows if tuple(r.get(b) for b in by) == group]
@@ -499,9 +465,7 @@ def paired(
     key: str,
     ref_rows: Sequence | None = None,
 ) -> dict[str, Any] | None:
-    """The mean paired difference ``arm - ref`` in ``key`` over the seeds both have (finite),
-    with its 95% interval (Student's t), two-sided p-value and verdict; None without a pair.
-    ``ref_rows``: where the reference's rows are (default: ``rows``)."""
+    """:func:`difference` of ``arm - ref`` in ``key``, seed by seed (``ref`` in ``ref_rows``)."""
     from scipy import stats
 
     mine = {r["seed"]: r.get(key) for r in rows if r["arm"] == arm}
@@ -535,9 +499,8 @@ def difference(diffs: np.ndarray, stats: Any = None) -> dict[str, Any] | None:
 
 
 def verdict(lo: float, hi: float, n: int) -> str:
-    """What a 95% interval of a difference supports: "helps", "hurts", "no difference" (all
-    of it within +-NO_DIFFERENCE) or "not resolved at n seeds"; fewer than MIN_SEEDS paired
-    seeds resolve nothing (two agreeing seeds give an interval of width 0)."""
+    """The verdict of a 95% interval: "helps", "hurts", "no difference" (within
+    +-NO_DIFFERENCE) or "not resolved at n seeds" (always under MIN_SEEDS)."""
     if n < MIN_SEEDS or math.isnan(lo):
         return f"not resolved at {n} seed(s)"
     if lo > 0:
@@ -550,8 +513,7 @@ def verdict(lo: float, hi: float, n: int) -> str:
 
 
 def holm(pvalues: Mapping[str, float], alpha: float = 0.05) -> dict[str, tuple[float, bool]]:
-    """Holm's step-down adjustment: name -> (adjusted p, rejected at family-wise ``alpha``).
-    NaN p-values are kept out of the family and returned as (NaN, False).
+    """Holm's step-down adjustment: name -> (adjusted p, rejected); NaN p: (NaN, False).
 
     Example:
       >>> holm({"a": 0.01, "b": 0.04, "c": 0.03})
@@ -568,9 +530,8 @@ def holm(pvalues: Mapping[str, float], alpha: float = 0.05) -> dict[str, tuple[f
 
 
 def seeds_needed(sd: float, delta: float = 0.02, power: float = 0.8, most: int = 50) -> int:
-    """Paired seeds a two-sided t-test at 5% needs to detect a mean difference ``delta`` with
-    ``power``, when the per-seed differences have standard deviation ``sd`` (from the
-    noncentral t; at least 3, ``most`` if even that many do not suffice).
+    """Paired seeds a t-test at 5% needs to detect ``delta`` with ``power`` at per-seed SD
+    ``sd`` (noncentral t; between MIN_SEEDS and ``most``).
 
     Example:
       >>> seeds_needed(0.01), seeds_needed(0.02), seeds_needed(0.04)
@@ -613,8 +574,7 @@ def _value(text: str) -> Any:
 
 
 def read_csv(path: str) -> list[dict[str, Any]]:
-    """Reads rows that :func:`write_csv` wrote, numbers and booleans typed back (an empty
-    cell is NaN); an absent file gives no rows."""
+    """:func:`write_csv`'s rows, typed back (empty: NaN); no rows for an absent file."""
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
@@ -636,25 +596,24 @@ def mean_std(values: Iterable[Any], digits: int = 3) -> str:
     return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
 
 
-def said(d: Mapping[str, Any] | None) -> str:
-    """A paired difference in words: ``-0.107 [-0.150, -0.060] over 5 paired seeds: hurts``."""
+def said(d: Mapping[str, Any] | None, table: bool = False) -> str:
+    """A paired difference in words (``-0.107 [-0.150, -0.060] over 5 paired seed(s):
+    **hurts**``), or with ``table`` in a cell (``... (n=5): hurts``)."""
     if d is None:
-        return "not measured yet"
+        return "-" if table else "not measured yet"
     ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    if table:
+        return f"{d['mean']:+.3f}{ci} (n={d['n']}): {d['verdict']}"
     return f"{d['mean']:+.3f}{ci} over {d['n']} paired seed(s): **{d['verdict']}**"
 
 
 def cell(d: Mapping[str, Any] | None) -> str:
     """A paired difference in a table cell: ``-0.089 [-0.134, -0.045] (n=5): hurts``."""
-    if d is None:
-        return "-"
-    ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
-    return f"{d['mean']:+.3f}{ci} (n={d['n']}): {d['verdict']}"
+    return said(d, table=True)
 
 
 def results_dir(given: str | None, runs_dir: str) -> str:
-    """Where a driver writes its tables and figures: ``given`` (``--results-dir``), else
-    ``<runs-dir>/results``: published results (benchmarks/results/) are written only when named."""
+    """``given`` (``--results-dir``), else ``<runs-dir>/results``."""
     return given if given else os.path.join(runs_dir, "results")
 
 

@@ -1,17 +1,11 @@
 """Weight-space probes of a trained model: relative weight noise and the line between two models.
 
-Both work on the ``nnx.Param`` state of :func:`examples.bert.steps.split_model` and return a
-state of the same structure, to evaluate with the run's own eval step.
-
-* :func:`perturb_weights` moves every row of every weight matrix by a fixed share ``sigma``
-  of that row's norm, in a random direction: the filter-normalised perturbation of Li et al.
-  (2018, "Visualizing the loss landscape of neural nets"), which makes ``sigma`` mean the same
-  for a layer of large weights as for one of small weights. A row is what feeds one unit: the
-  column ``kernel[..., j]`` of a dense layer (all axes but the last), one token's vector of an
-  embedding table. Biases and LayerNorm parameters are left as they are (Li et al. do the same
-  for biases and batch-norm).
-* :func:`interpolate` is the straight line ``(1 - alpha) * a + alpha * b`` between two
-  parameter sets of the same model (Goodfellow et al., 2015), all parameters included.
+:func:`perturb_weights` moves every row of every weight matrix by a share ``sigma`` of its norm,
+in a random direction (the filter-normalised perturbation of Li et al., 2018): a row is what
+feeds one unit, the column ``kernel[..., j]`` of a dense layer or one token's embedding; biases
+and LayerNorm are kept. :func:`interpolate` is the line ``(1 - alpha) * a + alpha * b`` between
+two parameter sets (Goodfellow et al., 2015). Both map the ``nnx.Param`` state of
+:func:`examples.bert.steps.split_model` to a state of the same structure.
 """
 
 from __future__ import annotations
@@ -21,8 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-# The leaf names of weight matrices (nnx.Linear's and nnx.Embed's).
-KERNEL, EMBEDDING = "kernel", "embedding"
+KERNEL, EMBEDDING = "kernel", "embedding"  # the leaf names of nnx.Linear's and nnx.Embed's
 
 
 def matrix_kind(path: tuple[Any, ...]) -> str | None:
@@ -35,19 +28,15 @@ def matrix_kind(path: tuple[Any, ...]) -> str | None:
 
 
 def _row_norms(w: jax.Array, kind: str) -> jax.Array:
-    # kernel [..., out]: one row per output unit, over all other axes; embedding [n, d]: per
-    # token. keepdims, so the norms broadcast against w.
+    # kernel [..., out]: a row per output unit; embedding [n, d]: per token (kept dims)
     axes = tuple(range(w.ndim - 1)) if kind == KERNEL else (w.ndim - 1,)
     return jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)), axis=axes, keepdims=True))
 
 
 @jax.jit
 def perturb_weights(params: Any, sigma: jax.Array | float, key: jax.Array) -> Any:
-    """Every row of every weight matrix moved by ``sigma`` times its norm, at random.
-
-    For a row ``r`` (see the module's docstring), ``r <- r + sigma * ||r|| * e / ||e||`` with
-    ``e ~ N(0, I)`` drawn afresh for every row: the perturbation of each row has norm exactly
-    ``sigma * ||r||``. Leaves that are not weight matrices are returned unchanged.
+    """Every row ``r`` of every weight matrix moved to ``r + sigma * ||r|| * e / ||e||``,
+    ``e ~ N(0, I)`` drawn per row; other leaves unchanged.
 
     Args:
       params: a parameter tree (an ``nnx.State`` or any pytree).
@@ -105,12 +94,8 @@ def interpolate(a: Any, b: Any, alpha: jax.Array | float) -> Any:
 
 
 class FinalModel:
-    """A finished run's final model, with its validation split and its eval step.
-
-    The model comes from :func:`examples.bert.experiment.load_model` (its checkpoint and
-    config, no optimizer); the validation split is loaded with the run's own settings, so the
-    examples are the ones the run was evaluated on.
-    """
+    """A finished run's final model (:func:`examples.bert.experiment.load_model`), with the
+    validation split of its own settings and its eval step."""
 
     def __init__(self, run_dir: str) -> None:
         import dataclasses
@@ -144,30 +129,20 @@ def weight_noise(model: FinalModel, sigmas: list[float], draws: int) -> dict[str
     """Accuracy on every validation example under :func:`perturb_weights`, for each sigma and
     draw (draw ``d`` of the ``i``-th sigma uses key ``1000 i + d``: the same draws for every
     run); ``clean`` is the unperturbed accuracy, ``majority`` the majority class's share."""
-    accuracy = {
-        f"{sigma:g}": [
-            model.evaluate(perturb_weights(model.params, sigma, jax.random.key(1000 * i + d)))[
-                "accuracy"
-            ]
-            for d in range(draws)
-        ]
-        for i, sigma in enumerate(sigmas)
-    }
+
+    def acc(params: Any) -> float:
+        return model.evaluate(params)["accuracy"]
+
+    accuracy = {f"{s:g}": [acc(perturb_weights(model.params, s, jax.random.key(1000 * i + d)))
+                           for d in range(draws)] for i, s in enumerate(sigmas)}  # fmt: skip
     return {
-        "sigmas": sigmas,
-        "draws": draws,
-        "examples": len(model.validation["labels"]),
-        "clean": model.evaluate(model.params)["accuracy"],
-        "majority": model.majority,
-        "accuracy": accuracy,
-    }
+        "sigmas": sigmas, "draws": draws, "examples": len(model.validation["labels"]),
+        "clean": acc(model.params), "majority": model.majority, "accuracy": accuracy,
+    }  # fmt: skip
 
 
 def line(a: FinalModel, b: FinalModel, alphas: list[float]) -> dict[str, list[float]]:
     """Validation loss and accuracy along ``(1 - alpha) a + alpha b``."""
     points = [a.evaluate(interpolate(a.params, b.params, alpha)) for alpha in alphas]
-    return {
-        "alphas": alphas,
-        "loss": [p["loss"] for p in points],
-        "accuracy": [p["accuracy"] for p in points],
-    }
+    return {"alphas": alphas, "loss": [p["loss"] for p in points],
+            "accuracy": [p["accuracy"] for p in points]}  # fmt: skip

