@@ -161,17 +161,12 @@ def record_from_json(line: dict[str, Any]) -> Record:
     return cls(**values)
 
 
-def metrics_path(workdir: str | os.PathLike) -> str:
-    """The run folder's ``metrics.jsonl``."""
-    return os.path.join(workdir, METRICS_FILE)
-
-
 def read_metrics(workdir: str | os.PathLike) -> list[Record]:
     """The records of a run folder's ``metrics.jsonl`` (or of that file); an incomplete last
     line (a killed run's) is skipped, a missing file has none."""
     path = os.fspath(workdir)
     if os.path.isdir(path):
-        path = metrics_path(path)
+        path = os.path.join(path, METRICS_FILE)
     records: list[Record] = []
     if not os.path.exists(path):
         return records
