@@ -246,7 +246,7 @@ def label_ids(
 
     train_arr = check(train_labels, "train")
     val_arr = None if validation_labels is None else check(validation_labels, "validation")
-    if class_names is not None:
+    if class_names is not None:  # the ids are the labels
         names = [str(n) for n in class_names]
         for arr, split in ((train_arr, "train"), (val_arr, "validation")):
             if arr is not None and arr.size and (arr.min() < 0 or arr.max() >= len(names)):
@@ -254,25 +254,18 @@ def label_ids(
                     f"{split} has label ids outside 0..{len(names) - 1} "
                     "(unlabelled examples, such as a test split's -1, cannot be used)."
                 )
-        train_ids = train_arr.astype(np.int32)
-        val_ids = None if val_arr is None else val_arr.astype(np.int32)
-        seen = set(np.unique(train_ids).tolist())
-        if val_ids is not None:
-            unseen = sorted(set(np.unique(val_ids).tolist()) - seen)
-            if unseen:
-                raise DataError(
-                    f"Validation labels {[names[i] for i in unseen]} never occur in train."
-                )
-        return train_ids, val_ids, names
-
-    values = np.unique(train_arr)
+        values = np.arange(len(names))
+    else:
+        values = np.unique(train_arr)
+        names = [str(v) for v in values.tolist()]
     if val_arr is not None:
-        unseen = np.setdiff1d(np.unique(val_arr), values)
+        unseen = np.setdiff1d(np.unique(val_arr), np.unique(train_arr))
         if unseen.size:
-            raise DataError(f"Validation labels {unseen.tolist()} never occur in train.")
+            shown = unseen.tolist() if class_names is None else [names[i] for i in unseen]
+            raise DataError(f"Validation labels {shown} never occur in train.")
     train_ids = np.searchsorted(values, train_arr).astype(np.int32)
     val_ids = None if val_arr is None else np.searchsorted(values, val_arr).astype(np.int32)
-    return train_ids, val_ids, [str(v) for v in values.tolist()]
+    return train_ids, val_ids, names
 
 
 def numpy_seed(seed: int) -> int:

@@ -328,10 +328,9 @@ class Checkpointer:
         """``(state, meta, step)`` of the latest checkpoint that restores (into ``like``);
         ``say`` names the damaged ones, which are deleted. CheckpointError when none does."""
         _quiet_closed_loop_noise()  # a failing restore's reads may call back at any time
-        steps = sorted(self.manager.all_steps(), reverse=True)
         failed: list[str] = []
         damaged: list[int] = []
-        for step in steps:
+        for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 state, meta = self.restore(step, like)
             except Exception as err:  # orbax and tensorstore raise many kinds: all mean damage

@@ -465,14 +465,11 @@ def _model_name(config: TrainConfig) -> str:
 def output_dir(config: TrainConfig) -> str:
     """``--output-dir``, else a new empty folder under ``runs/``; UsageError for a multi-host
     run without one, or a folder that cannot be made or written."""
-    if config.output_dir is None:
-        if config.distributed:
-            raise UsageError("multi-host runs need --output-dir, on a shared filesystem.")
-        try:
-            return rundir.reserve(rundir.default_output_dir(config, RUNS_DIR))
-        except rundir.RunFolderError as err:
-            raise UsageError(str(err)) from err
+    if config.output_dir is None and config.distributed:
+        raise UsageError("multi-host runs need --output-dir, on a shared filesystem.")
     try:
+        if config.output_dir is None:
+            return rundir.reserve(rundir.default_output_dir(config, RUNS_DIR))
         rundir.check_writable(config.output_dir)
     except rundir.RunFolderError as err:
         raise UsageError(str(err)) from err
