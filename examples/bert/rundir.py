@@ -194,27 +194,24 @@ def release(out: str) -> None:
             os.remove(path)
 
 
-def saved_args(run: str | os.PathLike) -> dict[str, Any]:
-    """The settings saved in a run folder's ``config.json``; RunFolderError without one."""
-    path = os.path.join(run, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise RunFolderError(f"--resume {run}: no {CONFIG_FILE} there, not a run folder.")
-    try:
-        return dict(read_json(path)["args"])
-    except (ValueError, KeyError, TypeError, OSError) as err:
-        raise RunFolderError(f"--resume {run}: its {CONFIG_FILE} is unreadable ({err}).") from err
-
-
 def _defaults() -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def _saved_settings(run: str | os.PathLike) -> dict[str, Any]:
-    """The saved settings that are fields (a None saved for a real default keeps the default)."""
+    """The settings in a run folder's ``config.json`` that are fields (a None saved for a real
+    default keeps the default); RunFolderError without a readable one."""
+    path = os.path.join(run, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise RunFolderError(f"--resume {run}: no {CONFIG_FILE} there, not a run folder.")
+    try:
+        saved = dict(read_json(path)["args"])
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise RunFolderError(f"--resume {run}: its {CONFIG_FILE} is unreadable ({err}).") from err
     defaults = _defaults()
     return {
         k: v
-        for k, v in saved_args(run).items()
+        for k, v in saved.items()
         if k in defaults and not (v is None and defaults[k] is not None)
     }
 

@@ -194,17 +194,6 @@ def say(*parts: Any) -> None:
         print(*parts, flush=True)
 
 
-def join_processes(config: TrainConfig) -> None:
-    """Joins the multi-process run (``--distributed``); a failure is a usage error."""
-    try:
-        parallel.initialize_distributed(
-            config.coordinator_address, config.num_processes, config.process_id,
-            config.coordinator_timeout,
-        )  # fmt: skip
-    except (ConnectionError, ValueError) as err:
-        raise UsageError(str(err)) from err
-
-
 def describe(config: TrainConfig, run: Loaded, out: str) -> None:
     """Says what was loaded and what the run will do."""
     dataset, k = run.dataset, config.accumulation_steps
@@ -390,8 +379,14 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> Summary:
     finished = _finished(config, workdir)
     if finished is not None:
         return finished
-    if config.distributed:
-        join_processes(config)
+    if config.distributed:  # joins the processes, before any other JAX call
+        try:
+            parallel.initialize_distributed(
+                config.coordinator_address, config.num_processes, config.process_id,
+                config.coordinator_timeout,
+            )  # fmt: skip
+        except (ConnectionError, ValueError) as err:
+            raise UsageError(str(err)) from err
     status = rundir.run_status(workdir)
     changed = rundir.same_run(config, workdir) if status == "unfinished" else []
     if changed:

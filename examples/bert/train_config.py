@@ -13,7 +13,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import optax_dice
@@ -47,6 +47,28 @@ def _field(default: Any, help: str) -> Any:
 
 class ConfigError(ValueError):
     """Settings that cannot make a run; the message lists every problem."""
+
+
+# Numbers that must be finite (nan passes no comparison and inf passes "positive").
+_FINITE = (
+    "lr", "weight_decay", "epochs", "warmup_ratio", "validation_fraction", "char_drop",
+    "word_swap", "label_noise", "clip_norm", "coordinator_timeout", "encounter_chance",
+)  # fmt: skip
+# The other numeric checks, in order: (fields, whether a finite value passes, what it must be).
+_NUMBER_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
+    (("seed", "split_seed"), lambda v: MIN_SEED <= v <= MAX_SEED,
+     "must lie in [-2**63, 2**63 - 1] (what jax.random.key takes), got {}"),
+    (("batch_size", "eval_batch_size", "steps", "epochs", "accumulation_steps", "lr", "log_every",
+      "max_train_samples", "keep_checkpoints"), lambda v: v is None or v > 0,
+     "must be positive, got {}"),
+    (("max_eval_samples", "eval_every", "save_every", "stop_after", "clip_norm", "weight_decay"),
+     lambda v: not v < 0, "must be >= 0, got {}"),
+    (("max_length",), lambda v: not v < 8, "must be at least 8, got {}"),
+    (("validation_fraction",), lambda v: 0 < v < 1, "must lie in (0, 1), got {}"),
+    (("char_drop", "word_swap"), lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
+    (("label_noise",), lambda v: 0 <= v < 1, "must lie in [0, 1) (a share of the labels), got {}"),
+    (("warmup_ratio",), lambda v: 0 <= v < 1, "must lie in [0, 1), got {}"),
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,48 +308,22 @@ class TrainConfig:
         return problems + self._process_problems()
 
     def _number_problems(self) -> list[str]:
-        """The problems of the numeric settings."""
-        problems: list[str] = []
-
-        def say(name: str, text: str) -> None:
-            problems.append(f"{flag_name(name)} {text}{_ALSO.get(name, '')}")
-
-        # nan passes no comparison and inf passes "positive": refuse both first.
-        finite = {}
-        for name in ("lr", "weight_decay", "epochs", "warmup_ratio", "validation_fraction",
-                     "char_drop", "word_swap", "label_noise", "clip_norm",
-                     "coordinator_timeout", "encounter_chance"):  # fmt: skip
-            value = getattr(self, name)
-            finite[name] = value is None or math.isfinite(value)
-            if not finite[name]:
-                say(name, f"must be a finite number, got {value}")
-        for name in ("seed", "split_seed"):
-            if not MIN_SEED <= getattr(self, name) <= MAX_SEED:
-                say(name, f"must lie in [-2**63, 2**63 - 1] (what jax.random.key takes), "
-                          f"got {getattr(self, name)}")  # fmt: skip
-        for name in ("batch_size", "eval_batch_size", "steps", "epochs", "accumulation_steps",
-                     "lr", "log_every", "max_train_samples", "keep_checkpoints"):  # fmt: skip
-            value = getattr(self, name)
-            if finite.get(name, True) and value is not None and not value > 0:
-                say(name, f"must be positive, got {value}")
-        for name in ("max_eval_samples", "eval_every", "save_every", "stop_after", "clip_norm",
-                     "weight_decay"):  # fmt: skip
-            if finite.get(name, True) and getattr(self, name) < 0:
-                say(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.max_length < 8:
-            say("max_length", f"must be at least 8, got {self.max_length}")
-        if finite["validation_fraction"] and not 0 < self.validation_fraction < 1:
-            say("validation_fraction", f"must lie in (0, 1), got {self.validation_fraction}")
-        for name in ("char_drop", "word_swap"):
-            if finite[name] and not 0 <= getattr(self, name) <= 1:
-                say(name, "must lie in [0, 1]")
-        if finite["label_noise"] and not 0 <= self.label_noise < 1:
-            say(
-                "label_noise", f"must lie in [0, 1) (a share of the labels), got {self.label_noise}"
-            )
-        if finite["warmup_ratio"] and not 0 <= self.warmup_ratio < 1:
-            say("warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
-        return problems
+        """The problems of the numeric settings: non-finite first, then :data:`_NUMBER_CHECKS`."""
+        bad = [
+            n
+            for n in _FINITE
+            if getattr(self, n) is not None and not math.isfinite(getattr(self, n))
+        ]
+        failed = [(n, "must be a finite number, got {}") for n in bad] + [
+            (name, text)
+            for names, passes, text in _NUMBER_CHECKS
+            for name in names
+            if name not in bad and not passes(getattr(self, name))
+        ]
+        return [
+            f"{flag_name(n)} {text.format(getattr(self, n))}{_ALSO.get(n, '')}"
+            for n, text in failed
+        ]
 
     def _dice_problems(self) -> list[str]:
         """The problems of the die, the ruleset and the game (numpy only)."""
@@ -426,10 +422,6 @@ def to_argv(settings: dict[str, Any]) -> list[str]:
     return argv
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every flag's help ends with its real default."""
-
-
 def _string_to_bool(value: str | bool) -> bool:
     if isinstance(value, bool):
         return value
@@ -464,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Fine-tune a BERT for text classification with an optax-dice optimizer: every "
             "update (or micro-batch) is scaled by a d20 saving throw."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every help ends with its default
     )
     for field in dataclasses.fields(TrainConfig):
         names = [f"--{field.name}"]  # as HfArgumentParser named them: --batch_size, --batch-size
