@@ -103,11 +103,11 @@ class TrainRecord:
     abilities_fired: tuple[str, ...] | None = None
     kind: str = TRAIN
 
-    ROLL_FIELDS: ClassVar[tuple[str, ...]] = ("natural", "total", "scale", "scaled_loss")
-    GAME_FIELDS: ClassVar[tuple[str, ...]] = (
+    # The roll's fields and the game's: left out of the line when None.
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "natural", "total", "scale", "scaled_loss",
         "dice_scale", "monster", "encounter_step", "level", "xp", "abilities_fired",
     )  # fmt: skip
-    OPTIONAL: ClassVar[tuple[str, ...]] = ROLL_FIELDS + GAME_FIELDS
 
     @property
     def has_game(self) -> bool:
@@ -264,15 +264,10 @@ def eval_record(
 ) -> EvalRecord:
     """The record of an evaluation: ``loss``, ``accuracy``, ``macro_f1``, ``examples``."""
     return EvalRecord(
-        micro_step=micro_step,
-        step=micro_step // accumulation_steps,
-        loss=_finite(result["loss"]),
-        accuracy=result["accuracy"],
-        macro_f1=result["macro_f1"],
-        examples=result["examples"],
-        time_s=seconds,
-        kind=EVAL_PERTURBED if perturbed else EVAL,
-    )
+        micro_step, micro_step // accumulation_steps, _finite(result["loss"]),
+        result["accuracy"], result["macro_f1"], result["examples"], seconds,
+        EVAL_PERTURBED if perturbed else EVAL,
+    )  # fmt: skip
 
 
 def train_records(records: Iterable[Record]) -> list[TrainRecord]:

@@ -59,19 +59,15 @@ def load_final_model(
 
 def _restore_latest(workdir: str | os.PathLike) -> dict[str, Any]:
     """The latest checkpoint's train state, as nested dicts of arrays."""
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, rundir.CHECKPOINT_DIR)))
+    ckpt = rundir.Checkpointer(workdir, max_to_keep=None)
     try:
-        step = manager.latest_step()
+        step = ckpt.latest_step()
         if step is None:
             raise RestoreError(f"{workdir} holds no checkpoint to restore the model from.")
-        items = ocp.args.Composite(state=ocp.args.StandardRestore())
         with jax.transfer_guard_device_to_host("allow"):
-            state = manager.restore(step, args=items).state
+            return ckpt.restore(step)[0]
     finally:
-        manager.close()
-    return state
+        ckpt.close()
 
 
 def _pure(tree: Any) -> Any:

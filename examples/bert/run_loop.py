@@ -283,13 +283,10 @@ def save_checkpoint(
     """Starts saving the state after ``step`` micro-steps, with where the data stands."""
     epoch, index = batches.position(step)
     meta = {
-        "micro_step": step,
-        "step": step // config.accumulation_steps,
-        "epoch": epoch,
-        "batch_in_epoch": index,
-        "examples_seen": step * config.batch_size,
+        "micro_step": step, "step": step // config.accumulation_steps, "epoch": epoch,
+        "batch_in_epoch": index, "examples_seen": step * config.batch_size,
         "train_time_s": train_time_s,
-    }
+    }  # fmt: skip
     with allow_transfers():
         ckpt.save(step, state, meta)
 

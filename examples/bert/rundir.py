@@ -307,13 +307,16 @@ class Checkpointer:
         items = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=items, force=True)
 
-    def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
-        """``(state, meta)`` of checkpoint ``step``, shaped, typed and sharded like ``like``."""
+    def restore(self, step: int, like: Any = None) -> tuple[Any, dict[str, Any]]:
+        """``(state, meta)`` of checkpoint ``step``, shaped, typed and sharded like ``like`` (as
+        saved, nested dicts of arrays, when None)."""
         import jax
 
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
-        )
+        abstract = None
+        if like is not None:
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
+            )
         ocp = self._ocp
         items = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
