@@ -342,14 +342,11 @@ def tokenize(
     def encode(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, Any]:
         texts = ["" if t is None else str(t) for t in batch[text_column]]
         if perturbation is not None:
+            p, seed = perturbation, numpy_seed(perturbation.seed)
+            rngs = (np.random.default_rng([seed, i]) for i in indices)
             texts = [
-                perturb_text(
-                    t,
-                    np.random.default_rng([numpy_seed(perturbation.seed), i]),
-                    perturbation.char_drop,
-                    perturbation.word_swap,
-                )
-                for t, i in zip(texts, indices, strict=True)
+                perturb_text(t, rng, p.char_drop, p.word_swap)
+                for t, rng in zip(texts, rngs, strict=True)
             ]
         pairs = None
         if text_pair_column is not None:

@@ -366,11 +366,8 @@ class TrainConfig:
         return problems
 
     def _process_problems(self) -> list[str]:
-        given = {
-            "--coordinator-address": self.coordinator_address,
-            "--num-processes": self.num_processes,
-            "--process-id": self.process_id,
-        }
+        names = ("coordinator_address", "num_processes", "process_id")
+        given = {flag_name(name): getattr(self, name) for name in names}
         named = [flag for flag, value in given.items() if value is not None]
         if not self.distributed:
             return [f"{', '.join(named)} need(s) --distributed"] if named else []
