@@ -49,8 +49,8 @@ def perturb_texts(
     Args:
       texts: the texts.
       seed: the noise's seed.
-      char_drop: the probability that a letter or digit is dropped.
-      word_swap: the probability that a word changes place with the next one.
+      char_drop: as :func:`perturb_text`.
+      word_swap: as :func:`perturb_text`.
 
     Returns:
       The perturbed texts, in order.

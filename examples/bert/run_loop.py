@@ -292,8 +292,6 @@ def save_checkpoint(
 
 
 class _Session(NamedTuple):
-    """What the loop works with."""
-
     state: steps.TrainState
     start: int
     train_time_before: float

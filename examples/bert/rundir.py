@@ -119,11 +119,8 @@ def claim(out: str, *, new: bool) -> str:
     ``O_EXCL``, so of two runs exactly one gets it). Release it with :func:`release`.
 
     Args:
-      out: the folder.
+      out: the folder (returned).
       new: a new run, which needs a new or empty folder (else a resumed one).
-
-    Returns:
-      The folder claimed.
 
     Raises:
       RunFolderError: the folder is a file, is not empty (for a new run), cannot be made,
