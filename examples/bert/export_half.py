@@ -1,14 +1,9 @@
 """Writes a BERT checkpoint folder with its weights in float16, half the size on disk.
 
-The packaged all-MiniLM-L6-v2 is 87 MiB in float32, more than can travel to a machine that
-has no network (a GPU lent for a few minutes, say); in float16 it is 44 MiB. The training
-script loads the copy like any checkpoint folder (``--model DIR``): :mod:`examples.bert.weights`
-reads each tensor and upcasts it to float32, so training still keeps float32 parameters; only
-the starting weights carry float16's rounding (a relative error of at most 2**-11).
-
-float16 rather than bfloat16 because safetensors' numpy reader, which the loader uses so as to
-need no torch, has no bfloat16; float16 also keeps 3 more bits of mantissa, and BERT's weights
-are far inside its range (refused otherwise).
+The packaged all-MiniLM-L6-v2 is 87 MiB in float32, 44 MiB in float16: small enough to travel
+to a machine without network. ``--model DIR`` loads the copy, upcast to float32 parameters
+(only the starting weights carry float16's rounding, at most 2**-11 relative). float16, not
+bfloat16: safetensors' numpy reader has no bfloat16 (weights out of range are refused).
 
 Run:  python examples/bert/export_half.py OUT_DIR            (the packaged MiniLM)
       python examples/bert/export_half.py OUT_DIR --model DIR (any BERT checkpoint folder)
@@ -34,12 +29,9 @@ from examples.bert import weights
 
 #: Files copied as they are: the config and the tokenizer's files, where present.
 COPIED = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
+    "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "vocab.txt",
-)
+)  # fmt: skip
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 

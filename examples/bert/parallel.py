@@ -1,9 +1,5 @@
-"""Data parallelism over every device: one mesh axis, the batch split on it, the rest replicated.
-
-On one host this spans the local devices (a GPU, a TPU slice, or ``--xla_force_host_platform_
-device_count`` fake CPUs); after ``jax.distributed.initialize()`` it spans every device of
-every host (a TPU pod, several GPU hosts), and each process feeds its own share of the rows.
-"""
+"""Data parallelism over every device (of every host after ``jax.distributed.initialize``):
+one mesh axis, the batch split on it (each process feeds its rows), the rest replicated."""
 
 from __future__ import annotations
 
@@ -28,17 +24,10 @@ def initialize_distributed(
 ) -> None:
     """Joins a multi-process run (``jax.distributed.initialize``), or fails within a bound.
 
-    It must come before any other JAX call. On Cloud TPU pods, SLURM, Open MPI and the other
-    clusters JAX knows, the arguments are found automatically and may all be None; elsewhere
-    give all three (the same coordinator ``host:port`` to every process). On CPU the processes
-    exchange data through gloo (``jax_cpu_collectives_implementation``, JAX's default).
-
-    A process other than 0 first waits up to ``timeout_s`` for the coordinator's port to
-    open, and fails with ``ConnectionError`` if it does not. Once every process has joined,
-    they compare what each was told: a process given another ``num_processes`` or a
-    ``process_id`` JAX did not give it makes every process fail with ``ValueError``. Where
-    processes never join (process 0 waits for the others), JAX itself ends the process after
-    ``timeout_s`` with ``DEADLINE_EXCEEDED``.
+    It must come before any other JAX call. On clusters JAX knows (TPU pods, SLURM, MPI) the
+    arguments may all be None; elsewhere give all three. A process other than 0 first waits
+    for the coordinator's port; once joined, the processes check that each was told the same
+    run. Processes that never join end with JAX's ``DEADLINE_EXCEEDED`` after ``timeout_s``.
 
     Args:
       coordinator_address: ``host:port`` of process 0.
@@ -129,15 +118,8 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch size") -> N
 
 
 def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Makes global arrays from this process's rows of a batch, split over the mesh.
-
-    Args:
-      batch: this process's share of the global batch (all of it on one host).
-      sharding: :func:`batch_sharding` of the mesh.
-
-    Returns:
-      The global batch, each array sharded on its first axis.
-    """
+    """The global batch, sharded on its first axis (``sharding``: :func:`batch_sharding`), from
+    this process's rows of it."""
     count = jax.process_count()
     return {
         k: jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * count, *v.shape[1:]))
@@ -146,12 +128,8 @@ def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every array of ``tree`` on every device of the mesh.
-
-    With several processes, ``jax.device_put`` cannot reach the other processes' devices:
-    each process then builds the global array from its own copy, which must be the same on
-    every process (it is: everything replicated derives from the seed).
-    """
+    """Places every array of ``tree`` on every device of the mesh (with several processes,
+    from each process's own copy, the same everywhere since it derives from the seed)."""
     sharding = replicated(mesh)
     if sharding.is_fully_addressable:
         return jax.device_put(tree, sharding)

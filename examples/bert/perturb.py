@@ -1,11 +1,5 @@
-"""Seeded text perturbations, for measuring how robust a fine-tuned model is.
-
-Two kinds of noise, both deterministic given a seed and a text's index (so the perturbed
-validation set is the same for every run that uses it):
-
-* character drops: every letter or digit is deleted with probability ``char_drop``;
-* word swaps: each pair of neighbouring words is swapped with probability ``word_swap``.
-"""
+"""Seeded noise for robustness checks: character drops and word swaps in texts (deterministic
+given a seed and a text's index), and flipped labels."""
 
 from __future__ import annotations
 
@@ -50,14 +44,13 @@ def perturb_texts(
 ) -> list[str]:
     """Perturbs every text with its own seeded generator.
 
-    Text ``i`` draws from ``np.random.default_rng([seed mod 2**64, i])``, so its noise does not
-    depend on the other texts or their order (any int seed works).
+    Text ``i`` draws from ``default_rng([seed mod 2**64, i])``: independent of the others.
 
     Args:
       texts: the texts.
       seed: the noise's seed.
-      char_drop: the probability that a letter or digit is dropped.
-      word_swap: the probability that a word changes place with the next one.
+      char_drop: as :func:`perturb_text`.
+      word_swap: as :func:`perturb_text`.
 
     Returns:
       The perturbed texts, in order.
@@ -81,11 +74,8 @@ def perturb_texts(
 def flip_labels(labels: np.ndarray, fraction: float, num_labels: int, seed: int) -> np.ndarray:
     """Label noise: a copy of ``labels`` with a share of them changed to another class.
 
-    Exactly ``round(fraction * n)`` examples, drawn without replacement, get a label drawn
-    uniformly from the ``num_labels - 1`` other classes (symmetric noise, as in the
-    noisy-label literature), so a flipped label is always wrong. The draws come from
-    ``np.random.default_rng([seed mod 2**64, 0x1abe1])``: the same seed flips the same
-    examples the same way in every run.
+    Exactly ``round(fraction * n)`` examples get a label drawn uniformly from the other
+    classes (symmetric noise: always wrong), from ``default_rng([seed mod 2**64, 0x1abe1])``.
 
     Args:
       labels: the integer labels, ``[n]``, in ``[0, num_labels)``.

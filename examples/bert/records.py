@@ -1,18 +1,8 @@
-"""A run's records, typed: the metrics of ``metrics.jsonl`` and the summary of ``summary.json``.
+"""A run's records, typed and defined once: the lines of ``metrics.jsonl`` (:class:`TrainRecord`,
+:class:`EvalRecord`) and ``summary.json`` (:class:`Summary`), read and written only here.
 
-Every record is a frozen dataclass defined here once, and read and written only through this
-module, so a field has one spelling (``Summary.perturbed_accuracy``, never a string typed
-elsewhere):
-
-* :class:`TrainRecord`: one micro-step (``kind`` ``"train"``); the roll's and the game's
-  fields are there only on a micro-step that rolled (None otherwise, and left out of the file).
-* :class:`EvalRecord`: one evaluation (``kind`` ``"eval"`` or ``"eval_perturbed"``);
-  ``MetricsRecord`` is either, a line of ``metrics.jsonl`` (:func:`read_metrics`).
-* :class:`Summary`: how a run ended and its results.
-
-``micro_step`` counts micro-batches done and ``step`` applied updates done (both from 1). All
-JSON is strict: a NaN or infinite loss is written as ``null``. Reading records starts no JAX
-backend: the experiment drivers read run folders without one.
+``micro_step`` counts micro-batches done, ``step`` applied updates done. All JSON is strict (a
+non-finite loss is ``null``). Reading records starts no JAX backend.
 """
 
 from __future__ import annotations
@@ -37,18 +27,11 @@ CONFIG_FILE = "config.json"
 
 TRAIN, EVAL, EVAL_PERTURBED = "train", "eval", "eval_perturbed"
 Status = Literal["completed", "diverged", "stopped", "interrupted"]
-# A run that ended in one of these is final: resuming leaves its outputs as they are.
 FINAL_STATUSES = ("completed", "diverged")
 
 
-# ------------------------------------------------------------------------------ strict JSON
-
-
 def strict_json(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, +-inf) replaced by None.
-
-    Python's json writes them as bare ``NaN`` / ``Infinity``, which strict JSON readers
-    refuse; a diverged run's loss is recorded as ``null`` instead.
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN).
 
     Example:
       >>> strict_json({"loss": float("nan"), "xs": [1.0, float("inf")], "n": 3})
@@ -81,7 +64,7 @@ def dumps(value: Any, **kwargs: Any) -> str:
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Writes ``data`` as indented, strict JSON, atomically (a temporary file, then a rename)."""
+    """Writes ``data`` as indented, strict JSON, atomically (through a renamed temporary)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(dumps(data, indent=2, sort_keys=False))
@@ -95,21 +78,11 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         return json.load(f)
 
 
-# -------------------------------------------------------------------------------- metrics
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainRecord:
-    """One micro-step of training.
-
-    ``loss`` is the micro-batch's loss before the roll (None when it was not finite). A
-    micro-step that rolled also has the roll's ``natural``, ``total``, ``scale`` and
-    ``scaled_loss`` (the loss the roll judged x scale: the mean over the update when it rolls
-    per accumulated update). With game mechanics a roll also has the game's state after it:
-    ``dice_scale`` (the rule's; ``scale`` is the product of every mechanic, as applied),
-    ``monster`` (``optax_dice.game.MONSTERS`` code, -1 for none), ``encounter_step`` (1 on
-    the step a monster appears, up to 3), ``level``, ``xp`` and ``abilities_fired`` (names).
-    """
+    """One micro-step: its loss (None when not finite); on a roll, the roll's fields
+    (``scaled_loss``: the judged loss x scale); with the game, the game's state after it
+    (``dice_scale`` the rule's part of ``scale``, ``monster`` -1 for none)."""
 
     micro_step: int
     step: int
@@ -130,14 +103,15 @@ class TrainRecord:
     abilities_fired: tuple[str, ...] | None = None
     kind: str = TRAIN
 
-    ROLL_FIELDS: ClassVar[tuple[str, ...]] = ("natural", "total", "scale", "scaled_loss")
-    GAME_FIELDS: ClassVar[tuple[str, ...]] = (
+    # The roll's fields and the game's: left out of the line when None.
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "natural", "total", "scale", "scaled_loss",
         "dice_scale", "monster", "encounter_step", "level", "xp", "abilities_fired",
     )  # fmt: skip
 
     @property
     def has_game(self) -> bool:
-        """Whether the record carries the game's state (a roll with game mechanics on)."""
+        """Whether the record carries the game's state."""
         return self.level is not None
 
     def to_json(self) -> dict[str, Any]:
@@ -145,21 +119,14 @@ class TrainRecord:
         out = {"kind": self.kind}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "kind" or (value is None and f.name in self.optional()):
-                continue
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+            if f.name != "kind" and not (value is None and f.name in self.OPTIONAL):
+                out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
-
-    @classmethod
-    def optional(cls) -> tuple[str, ...]:
-        """The fields a record may leave out."""
-        return cls.ROLL_FIELDS + cls.GAME_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalRecord:
-    """One evaluation after ``micro_step`` micro-steps: on the validation split (``kind``
-    ``"eval"``) or its perturbed copy (``"eval_perturbed"``)."""
+    """One evaluation, on the validation split (``"eval"``) or its perturbed copy."""
 
     micro_step: int
     step: int
@@ -177,13 +144,11 @@ class EvalRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The line of ``metrics.jsonl``."""
-        out = {"kind": self.kind, **dataclasses.asdict(self)}
-        return out
+        return {"kind": self.kind, **dataclasses.asdict(self)}
 
 
-#: A line of ``metrics.jsonl``: a train record or an evaluation.
-MetricsRecord = TrainRecord | EvalRecord
-Record = MetricsRecord
+#: A line of ``metrics.jsonl``.
+Record = TrainRecord | EvalRecord
 
 
 def record_from_json(line: dict[str, Any]) -> Record:
@@ -196,19 +161,12 @@ def record_from_json(line: dict[str, Any]) -> Record:
     return cls(**values)
 
 
-def metrics_path(workdir: str | os.PathLike) -> str:
-    """The run folder's ``metrics.jsonl``."""
-    return os.path.join(workdir, METRICS_FILE)
-
-
-def read_metrics(workdir: str | os.PathLike) -> list[MetricsRecord]:
-    """The records of a run folder's ``metrics.jsonl`` (``workdir`` may also name the file).
-
-    An incomplete last line, from a killed run, is skipped; a missing file reads as no records.
-    """
+def read_metrics(workdir: str | os.PathLike) -> list[Record]:
+    """The records of a run folder's ``metrics.jsonl`` (or of that file); an incomplete last
+    line (a killed run's) is skipped, a missing file has none."""
     path = os.fspath(workdir)
     if os.path.isdir(path):
-        path = metrics_path(path)
+        path = os.path.join(path, METRICS_FILE)
     records: list[Record] = []
     if not os.path.exists(path):
         return records
@@ -226,9 +184,8 @@ class MetricsLog:
 
     Args:
       path: the file.
-      resume_micro_step: when resuming from the checkpoint at this micro-step, the records
-        after it (written by the run that was stopped, and about to be made again) are
-        dropped first, so that the file reads as if the run had never stopped.
+      resume_micro_step: resuming from this micro-step's checkpoint: the records after it are
+        dropped first, so the file reads as if the run had never stopped.
     """
 
     def __init__(self, path: str | os.PathLike, *, resume_micro_step: int | None = None) -> None:
@@ -257,16 +214,14 @@ def train_record(
     loss_rolled: float,
     abilities: Sequence[str] | None = None,
 ) -> TrainRecord:
-    """The record of one micro-step (``micro_step`` from 1), from the train step's fetched
-    metrics (their ``rolled`` says whether the dice rolled).
+    """The record of one micro-step from the train step's fetched metrics.
 
     Args:
       micro_step: micro-steps done.
-      metrics: the step's metrics, on the host.
+      metrics: the step's metrics, on the host (``rolled``: whether the dice rolled).
       accumulation_steps: micro-batches per applied update.
-      loss_rolled: the loss the roll judged (the update's mean loss when it rolls per
-        accumulated update).
-      abilities: with game mechanics, the class's abilities by bit of the state's ``fired``.
+      loss_rolled: the loss the roll judged (the update's mean when it rolls per update).
+      abilities: with the game, the class's abilities by bit of the state's ``fired``.
     """
     k = accumulation_steps
     rolled = bool(metrics["rolled"])
@@ -309,15 +264,10 @@ def eval_record(
 ) -> EvalRecord:
     """The record of an evaluation: ``loss``, ``accuracy``, ``macro_f1``, ``examples``."""
     return EvalRecord(
-        micro_step=micro_step,
-        step=micro_step // accumulation_steps,
-        loss=_finite(result["loss"]),
-        accuracy=result["accuracy"],
-        macro_f1=result["macro_f1"],
-        examples=result["examples"],
-        time_s=seconds,
-        kind=EVAL_PERTURBED if perturbed else EVAL,
-    )
+        micro_step, micro_step // accumulation_steps, _finite(result["loss"]),
+        result["accuracy"], result["macro_f1"], result["examples"], seconds,
+        EVAL_PERTURBED if perturbed else EVAL,
+    )  # fmt: skip
 
 
 def train_records(records: Iterable[Record]) -> list[TrainRecord]:
@@ -335,18 +285,10 @@ def evals(records: Iterable[Record], *, perturbed: bool = False) -> list[EvalRec
     return [r for r in records if isinstance(r, EvalRecord) and r.perturbed == perturbed]
 
 
-# -------------------------------------------------------------------------------- summary
-
-
 @dataclasses.dataclass(frozen=True)
 class GameSummary:
-    """The game's part of the summary, counted from the train records that rolled.
-
-    ``abilities_fired``: how many rolls fired each of the class's abilities, by name;
-    ``encounters``: how many times each monster appeared (a roll with ``encounter_step`` 1);
-    ``monster_steps``: the rolls each monster acted on; ``final_level`` and ``final_xp``:
-    after the last roll (level 1 and 0 XP before any).
-    """
+    """The game's part of the summary: rolls that fired each ability, each monster's
+    appearances and the rolls it acted on, the level and XP after the last roll."""
 
     character: str | None
     encounter_chance: float
@@ -360,14 +302,8 @@ class GameSummary:
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """``summary.json``: how a run ended, its results, its set-up and its timing.
-
-    ``status`` is completed or diverged (final), stopped or interrupted (resumable). The
-    ``eval_*`` fields are the final evaluation's (None for a diverged run, whose earlier
-    evaluations are not its result), ``perturbed_*`` the evaluation on the perturbed copy
-    (``--perturbed-eval``). ``expected_scale_exact`` and ``odds_estimate`` appear only for
-    game mechanics with memory (the odds are then estimated), ``game`` only with the game.
-    """
+    """``summary.json``: how a run ended, its results, set-up and timing. ``eval_*`` is the
+    final evaluation (None when diverged); the ``OPTIONAL`` fields appear only when set."""
 
     status: Status
     output_dir: str
@@ -410,7 +346,6 @@ class Summary:
     odds_estimate: dict[str, Any] | None = None
     game: GameSummary | None = None
 
-    # Left out of summary.json when None (present only for the runs they describe).
     OPTIONAL: ClassVar[tuple[str, ...]] = ("expected_scale_exact", "odds_estimate", "game")
 
     @property
@@ -420,26 +355,13 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         """``summary.json``'s object (strict JSON: non-finite numbers as None)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in self.OPTIONAL and value is None:
-                continue
-            if f.name == "devices":  # the optional fields sit between the odds and the machine
-                out.update(self._optional_json())
-            if f.name not in self.OPTIONAL:
-                out[f.name] = value
+        data, out = dataclasses.asdict(self), {}
+        for name, value in data.items():
+            if name == "devices":  # the optional fields sit between the odds and the machine
+                out.update((k, data[k]) for k in self.OPTIONAL if data[k] is not None)
+            if name not in self.OPTIONAL:
+                out[name] = value
         return strict_json(out)
-
-    def _optional_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.expected_scale_exact is not None:
-            out["expected_scale_exact"] = self.expected_scale_exact
-        if self.odds_estimate is not None:
-            out["odds_estimate"] = self.odds_estimate
-        if self.game is not None:
-            out["game"] = dataclasses.asdict(self.game)
-        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Summary:
@@ -451,14 +373,9 @@ class Summary:
         return cls(**values)
 
 
-def summary_path(workdir: str | os.PathLike) -> str:
-    """The run folder's ``summary.json``."""
-    return os.path.join(workdir, SUMMARY_FILE)
-
-
 def read_summary(workdir: str | os.PathLike) -> Summary | None:
     """The summary in a run folder, or None when it has none (or an unreadable one)."""
-    path = summary_path(workdir)
+    path = os.path.join(workdir, SUMMARY_FILE)
     if not os.path.isfile(path):
         return None
     try:
@@ -470,7 +387,7 @@ def read_summary(workdir: str | os.PathLike) -> Summary | None:
 def read_status(workdir: str | os.PathLike) -> str | None:
     """The ``status`` of a run folder's ``summary.json`` (None without a readable one)."""
     try:
-        status = read_json(summary_path(workdir)).get("status")
+        status = read_json(os.path.join(workdir, SUMMARY_FILE)).get("status")
     except (OSError, ValueError, AttributeError):
         return None
     return status if isinstance(status, str) else None
@@ -478,20 +395,13 @@ def read_status(workdir: str | os.PathLike) -> str | None:
 
 def write_summary(workdir: str | os.PathLike, summary: Summary) -> None:
     """Writes ``summary.json`` (atomically)."""
-    write_json(summary_path(workdir), summary.to_json())
-
-
-# ------------------------------------------------------------------------ building a summary
+    write_json(os.path.join(workdir, SUMMARY_FILE), summary.to_json())
 
 
 @dataclasses.dataclass(frozen=True)
 class RunFacts:
-    """What a summary says about a run besides its records: set-up, machine and timing.
-
-    ``odds`` are :func:`odds_fields` of the ruleset's odds; ``timing`` the speed and time
-    figures in seconds (``first_step_s``, ``steady_steps_per_s``, ``steady_examples_per_s``,
-    ``eval_time_s``, ``train_time_s``, ``wall_time_s``).
-    """
+    """What a summary says besides the records: ``odds`` (:func:`odds_fields`), the machine
+    and ``timing`` (the summary's ``*_s`` fields)."""
 
     output_dir: str
     train_examples: int
@@ -516,16 +426,16 @@ def summarize(
     diverged_at: int | None,
     face_probs: np.ndarray | None,
 ) -> Summary:
-    """The summary of a run from its settings, its records (all of them) and its facts.
+    """The summary of a run from its settings, all its records and its facts.
 
     Args:
       config: the run's settings.
       records: every metrics record of the run.
       facts: its set-up, machine and timing.
-      status: completed, diverged, stopped or interrupted.
+      status: how it ended.
       micro_steps: micro-steps done.
       total_updates: the run's applied updates, when complete.
-      start: micro-steps done before this session when it resumed (None for a fresh run).
+      start: micro-steps done before this session when resumed (None for a fresh run).
       diverged_at: the first micro-step with a non-finite loss, or None.
       face_probs: the exact odds of the die's natural faces (None without dice).
     """
@@ -567,11 +477,8 @@ def _get(record: EvalRecord | None, name: str) -> Any:
 
 
 def odds_fields(odds: Any) -> dict[str, Any]:
-    """The odds as ``config.json`` and ``summary.json`` write them.
-
-    ``expected_scale`` always (None without dice); for an estimate (game mechanics with
-    memory) also ``expected_scale_exact: False`` and ``odds_estimate``, every field of the
-    :class:`optax_dice.OddsEstimate` (its standard error, runs, steps, seed, ...).
+    """The odds as ``config.json`` and ``summary.json`` write them: ``expected_scale``, and
+    for an estimate also ``expected_scale_exact: False`` and ``odds_estimate`` (its fields).
 
     Args:
       odds: None, an :class:`optax_dice.Odds` or an :class:`optax_dice.OddsEstimate`.
@@ -580,22 +487,17 @@ def odds_fields(odds: Any) -> dict[str, Any]:
       >>> odds_fields(None)
       {'expected_scale': None}
     """
-    if odds is None:
-        return {"expected_scale": None}
-    if not getattr(odds, "exact", True):
-        return {
-            "expected_scale": odds.expected_scale,
-            "expected_scale_exact": False,
-            "odds_estimate": dataclasses.asdict(odds),
-        }
-    return {"expected_scale": odds.expected_scale}
+    out = {"expected_scale": None if odds is None else odds.expected_scale}
+    if odds is not None and not getattr(odds, "exact", True):
+        out.update(expected_scale_exact=False, odds_estimate=dataclasses.asdict(odds))
+    return out
 
 
 def game_summary(config: TrainConfig, records: Sequence[Record]) -> GameSummary:
     """The game's part of the summary, counted from the train records that rolled.
 
     Args:
-      config: the run's settings (``character``, ``encounter_chance``, ``experience``).
+      config: the run's settings.
       records: the metrics records; every roll carries the game's fields.
 
     Example:

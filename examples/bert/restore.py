@@ -1,10 +1,5 @@
-"""A finished run's model, back from its folder: ``load_final_model(workdir)``.
-
-It reads ``config.json`` (the settings, the model's folder, the labels) and the latest
-checkpoint, and builds the model around the checkpoint's parameters and dropout state: no
-data set is loaded and no optimizer is built (the weight-space probes of the experiment
-drivers evaluate it on data they hold already).
-"""
+"""A finished run's model, back from its folder (``config.json`` and the latest checkpoint),
+with no data loaded and no optimizer built: ``load_final_model(workdir)``."""
 
 from __future__ import annotations
 
@@ -34,8 +29,7 @@ def load_final_model(
       workdir: a run folder (a finished run's: its last checkpoint is its final model).
 
     Returns:
-      ``(model, config)``: the model in evaluation mode (dropout off), its parameters float32
-      and its compute dtype the run's, on the default device; the run's :class:`TrainConfig`.
+      ``(model, config)``: the model in evaluation mode, float32 parameters, the run's dtype.
 
     Raises:
       RestoreError: no ``config.json``, or no checkpoint, in ``workdir``.
@@ -65,24 +59,19 @@ def load_final_model(
 
 def _restore_latest(workdir: str | os.PathLike) -> dict[str, Any]:
     """The latest checkpoint's train state, as nested dicts of arrays."""
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, rundir.CHECKPOINT_DIR)))
+    ckpt = rundir.Checkpointer(workdir, max_to_keep=None)
     try:
-        step = manager.latest_step()
+        step = ckpt.latest_step()
         if step is None:
             raise RestoreError(f"{workdir} holds no checkpoint to restore the model from.")
-        items = ocp.args.Composite(state=ocp.args.StandardRestore())
         with jax.transfer_guard_device_to_host("allow"):
-            state = manager.restore(step, args=items).state
+            return ckpt.restore(step)[0]
     finally:
-        manager.close()
-    return state
+        ckpt.close()
 
 
 def _pure(tree: Any) -> Any:
-    """A saved ``nnx.State`` as the pure dict ``nnx.replace_by_pure_dict`` takes: every
-    variable, saved as ``{"value": array}``, becomes its array."""
+    """A saved ``nnx.State`` (variables as ``{"value": array}``) as a pure dict of arrays."""
     if isinstance(tree, dict):
         if set(tree) == {"value"}:
             return tree["value"]

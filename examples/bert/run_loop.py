@@ -1,9 +1,6 @@
-"""The training loop of :mod:`examples.bert.train` and its parts: the log, the stop flag, the
-evaluation, the checkpoints.
-
-One micro-batch a step; ``step`` counts the micro-steps done. The step's metrics stay on the
-device until a log point, then :class:`TrainLog` fetches them in one transfer and writes their
-records (:mod:`examples.bert.records`), and, with ``--tensorboard``, TensorBoard scalars.
+"""The training loop of :mod:`examples.bert.train`: the log, the stop flag, the evaluation,
+the checkpoints. The step's metrics stay on the device until a log point, when
+:class:`TrainLog` fetches them in one transfer and writes their records.
 """
 
 from __future__ import annotations
@@ -32,15 +29,13 @@ if TYPE_CHECKING:
 
 
 def allow_transfers() -> contextlib.AbstractContextManager:
-    """Host round-trips that are meant (set-up, evaluation results, checkpoints) are allowed
-    even when the caller runs the whole script under a transfer guard."""
+    """Allows the host round-trips that are meant (set-up, evaluation, checkpoints) under a
+    caller's transfer guard."""
     return jax.transfer_guard_device_to_host("allow")
 
 
 class LoopEnd(NamedTuple):
-    """How the loop ended: ``status`` (completed, diverged, stopped, interrupted), ``step``
-    (micro-steps done), ``start`` (done before this session), ``resumed``, ``eval_s``
-    (seconds evaluating) and ``t_start`` (when the run began)."""
+    """How the loop ended; ``step`` and ``start``: micro-steps done, and done before."""
 
     status: records.Status
     step: int
@@ -66,8 +61,7 @@ class StopFlag:
         self.requested = True
 
     def agreed(self, log_point: bool) -> bool:
-        """Whether to stop now. With several processes, they agree at log points only (a
-        collective), so that all stop at the same step and save one checkpoint together."""
+        """Whether to stop now; several processes agree at log points only (a collective)."""
         if jax.process_count() == 1:
             return self.requested
         if not log_point:
@@ -81,10 +75,8 @@ class StopFlag:
 
 
 class TensorBoard:
-    """Writes the records as TensorBoard scalars into ``<run>/tensorboard`` (``tensorboardX``:
-    no TensorFlow), by micro-step: ``train/loss``, ``train/grad_norm``, ``train/lr``; a roll's
-    ``dice/scale``, ``dice/natural``, ``dice/scaled_loss``; each evaluation's
-    ``eval/{loss,accuracy,macro_f1}`` (``eval_perturbed/...`` on the perturbed copy)."""
+    """Writes the records as TensorBoard scalars (``train/``, ``dice/``, ``eval/``,
+    ``eval_perturbed/``) into ``<run>/tensorboard``, by micro-step, with ``tensorboardX``."""
 
     def __init__(self, out: str) -> None:
         from tensorboardX import SummaryWriter
@@ -115,12 +107,12 @@ class TensorBoard:
 
 
 class TrainLog:
-    """Holds the train step's metrics on the device until a log point, then fetches them in one
-    transfer, writes their records, times the steady steps and moves the progress bar.
+    """Holds the step's metrics on the device until a log point, then fetches them at once,
+    writes their records, times the steady steps and moves the progress bar.
 
     Args:
       config: the run's settings.
-      start: micro-steps done before this session (a resumed run's checkpoint).
+      start: micro-steps done before this session.
       total: micro-steps of the whole run.
       out: the run folder; process 0 appends to its ``metrics.jsonl``.
     """
@@ -128,11 +120,10 @@ class TrainLog:
     def __init__(self, config: TrainConfig, start: int, total: int, out: str) -> None:
         self.config = config
         self.is_main = jax.process_index() == 0
-        path = records.metrics_path(out)
+        path = os.path.join(out, records.METRICS_FILE)
         self.file = records.MetricsLog(path, resume_micro_step=start) if self.is_main else None
         self.board = TensorBoard(out) if self.is_main and config.tensorboard else None
         self.pending: list[dict[str, jax.Array]] = []
-        # With game mechanics, the class's abilities by bit of the state's ``fired``.
         self.abilities = (
             game.ABILITIES[config.character] if config.uses_dice and config.uses_game else None
         )
@@ -208,8 +199,7 @@ class TrainLog:
             self.bar.write(message)
 
     def write(self, batch: list[records.Record]) -> None:
-        """Appends records to this session's and, on process 0, to ``metrics.jsonl`` (and to
-        the TensorBoard events)."""
+        """Appends records to this session's, ``metrics.jsonl`` and TensorBoard's (process 0)."""
         self.records += batch
         if self.file is not None:
             self.file.write(batch)
@@ -264,8 +254,7 @@ def evaluate_and_log(
     step: int,
     log: TrainLog,
 ) -> float:
-    """Evaluates on each split (``"eval"``, ``"eval_perturbed"``), writes the records, says the
-    results; returns the seconds it took."""
+    """Evaluates on each split, writes the records, says the results; returns the seconds."""
     k, messages, seconds = log.config.accumulation_steps, [], 0.0
     for kind, arrays in splits.items():
         t0 = time.perf_counter()
@@ -294,20 +283,15 @@ def save_checkpoint(
     """Starts saving the state after ``step`` micro-steps, with where the data stands."""
     epoch, index = batches.position(step)
     meta = {
-        "micro_step": step,
-        "step": step // config.accumulation_steps,
-        "epoch": epoch,
-        "batch_in_epoch": index,
-        "examples_seen": step * config.batch_size,
+        "micro_step": step, "step": step // config.accumulation_steps, "epoch": epoch,
+        "batch_in_epoch": index, "examples_seen": step * config.batch_size,
         "train_time_s": train_time_s,
-    }
+    }  # fmt: skip
     with allow_transfers():
         ckpt.save(step, state, meta)
 
 
 class _Session(NamedTuple):
-    """What the loop works with."""
-
     state: steps.TrainState
     start: int
     train_time_before: float
@@ -357,12 +341,8 @@ def run_loop(
     t_start: float,
     say: Callable[..., None],
 ) -> tuple[TrainLog, LoopEnd]:
-    """Trains from the start (or the latest good checkpoint) to the end, a stop or a divergence;
-    evaluates and saves on schedule. Ctrl-C saves a checkpoint where it is and stops.
-
-    Returns:
-      The log (this session's records and timing) and how the loop ended.
-    """
+    """Trains from the start (or latest good checkpoint) to the end, a stop or a divergence,
+    evaluating and saving on schedule (Ctrl-C saves where it is); returns the log and the end."""
     session = _start(config, run, out, resume=resume, say=say)
     state, start, ckpt = session.state, session.start, session.ckpt
     k, total = config.accumulation_steps, run.total_updates * config.accumulation_steps

