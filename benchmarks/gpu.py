@@ -76,6 +76,10 @@ def parts(args: argparse.Namespace) -> list[Part]:
     pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
     highest = {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
     shared = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.45"}  # vs_pytorch: PyTorch needs the rest
+    quick_step = [
+        py, "-m", "benchmarks.train_step", "--quick", "--batch-size", "4,8", "--window", "2",
+        "--attention",
+    ]  # fmt: skip
     if args.quick:
         return [
             Part("tests (GPU only)", [*pytest, *GPU_TESTS], args.tests_timeout),
@@ -87,17 +91,7 @@ def parts(args: argparse.Namespace) -> list[Part]:
             ),
             Part(
                 "train_step",
-                [
-                    py,
-                    "-m",
-                    "benchmarks.train_step",
-                    "--quick",
-                    "--batch-size",
-                    "4,8",
-                    "--window",
-                    "2",
-                    "--attention",
-                ],
+                quick_step,
                 args.step_timeout,
             ),
             Part("vs_pytorch", [py, "-m", "benchmarks.vs_pytorch", "--quick"], args.vs_timeout),

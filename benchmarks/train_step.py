@@ -149,6 +149,80 @@ def train_flops_per_token(config: Any, seq_len: int, num_labels: int = NUM_LABEL
     return 6.0 * matmul_weights + 12.0 * layers * hidden * seq_len
 
 
+def _train_state(
+    config: Any,
+    variant: tuple[str, str, str, str | None],
+    accumulation_steps: int,
+    dtype: Any,
+    mesh: Any,
+) -> tuple[Any, Any, Any, Any, bool]:
+    """Builds one variant's model, optimizer and train state, as the training script does.
+
+    Returns:
+      (graphdef, the optimizer, its schedule, the train state, whether the dice is on).
+    """
+    from flax import nnx
+
+    from examples.bert import optim, steps
+    from examples.bert.model import BertForSequenceClassification
+    from examples.bert.train_config import TrainConfig
+
+    _, mode, position, attention = variant
+    variant_config = (
+        config
+        if attention is None
+        else dataclasses.replace(config, attention_probs_dropout_prob=0.0)
+    )
+    model = BertForSequenceClassification(variant_config, NUM_LABELS, dtype=dtype, rngs=nnx.Rngs(0))
+    if attention is not None:
+        model.set_attributes(attention_implementation=attention)
+    run = TrainConfig(
+        lr=5e-5,
+        weight_decay=0.01,
+        warmup_ratio=0.1,
+        accumulation_steps=accumulation_steps,
+        mode=mode,
+        dice_position=position,
+        threshold=15,  # dice_roll's defaults: d20, DC 15, +0
+        modifier=0,
+        seed=0,
+    )
+    tx, schedule = optim.build_optimizer(run, total_updates=10_000)
+    graphdef, _, params, model_state = steps.split_model(model)
+    state = steps.init_train_state(params, model_state, tx, mesh)
+    return graphdef, tx, schedule, state, run.uses_dice
+
+
+def _compiled_facts(step: Any, state: Any) -> dict[str, Any]:
+    """What the machine's load does not change: XLA's bytes per call, param-sized passes, ops."""
+    hlo = step.as_text()
+    sizes = {int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)}
+    return dict(
+        step_bytes=_common.cost_bytes(step),
+        passes=_common.count_param_passes(hlo, sizes),
+        other_ops=_common.count_kernels(hlo) - _common.count_param_passes(hlo, sizes),
+    )
+
+
+def _runner(
+    live: dict[str, list[Any]],
+    label: str,
+    step: Callable[..., Any],
+    batches: list[Any],
+    window: int,
+) -> Callable[[], Any]:
+    """One timed sample of a variant: ``window`` calls of its step on its state in ``live``."""
+
+    def run() -> Any:
+        box = live[label]
+        for _ in range(window):
+            box[0], metrics = step(box[0], batches[box[1] % len(batches)])
+            box[1] += 1
+        return box[0], metrics
+
+    return run
+
+
 def run_config(
     name: str,
     batch_size: int,
@@ -165,12 +239,8 @@ def run_config(
     The first variant is the baseline of the ratios; a later one that does not compile (cuDNN's
     attention where cuDNN has no kernel for it, say) gets a row with its error instead.
     """
-    from flax import nnx
-
-    from examples.bert import optim, parallel, steps
+    from examples.bert import parallel, steps
     from examples.bert.config import BertConfig
-    from examples.bert.model import BertForSequenceClassification
-    from examples.bert.train_config import TrainConfig
 
     config = BertConfig(**CONFIGS[name], max_position_embeddings=max(512, seq_len))
     mesh = parallel.make_mesh()
@@ -184,37 +254,16 @@ def run_config(
     compiled_facts: dict[str, dict[str, Any]] = {}
     runners: dict[str, Callable[[], Any]] = {}
     failed: dict[str, str] = {}
-    for label, mode, position, attention in variants:
-        variant_config = (
-            config
-            if attention is None
-            else dataclasses.replace(config, attention_probs_dropout_prob=0.0)
+    for variant in variants:
+        label = variant[0]
+        graphdef, tx, schedule, state, uses_dice = _train_state(
+            config, variant, accumulation_steps, dtype, mesh
         )
-        model = BertForSequenceClassification(
-            variant_config, NUM_LABELS, dtype=dtype, rngs=nnx.Rngs(0)
-        )
-        if attention is not None:
-            model.set_attributes(attention_implementation=attention)
-        run = TrainConfig(
-            lr=5e-5,
-            weight_decay=0.01,
-            warmup_ratio=0.1,
-            accumulation_steps=accumulation_steps,
-            mode=mode,
-            dice_position=position,
-            threshold=15,  # dice_roll's defaults: d20, DC 15, +0
-            modifier=0,
-            seed=0,
-        )
-        tx, schedule = optim.build_optimizer(run, total_updates=10_000)
-        graphdef, _, params, model_state = steps.split_model(model)
-        state = steps.init_train_state(params, model_state, tx, mesh)
-        del model, params, model_state
         compile_start = time.perf_counter()
         try:
             step = (
                 steps.make_train_step(
-                    graphdef, tx, schedule, accumulation_steps, mesh, uses_dice=run.uses_dice
+                    graphdef, tx, schedule, accumulation_steps, mesh, uses_dice=uses_dice
                 )
                 .lower(state, batches[0])
                 .compile()
@@ -226,23 +275,9 @@ def run_config(
             print(f"{label}: could not compile ({failed[label]})", flush=True)
             continue
         print(f"{label}: compiled in {time.perf_counter() - compile_start:.1f} s", flush=True)
-        hlo = step.as_text()
-        sizes = {int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)}
-        compiled_facts[label] = dict(
-            step_bytes=_common.cost_bytes(step),
-            passes=_common.count_param_passes(hlo, sizes),
-            other_ops=_common.count_kernels(hlo) - _common.count_param_passes(hlo, sizes),
-        )
+        compiled_facts[label] = _compiled_facts(step, state)
         live[label] = [state, 0]
-
-        def run(label: str = label, step: Callable[..., Any] = step) -> Any:
-            box = live[label]
-            for _ in range(window):
-                box[0], metrics = step(box[0], batches[box[1] % len(batches)])
-                box[1] += 1
-            return box[0], metrics
-
-        runners[label] = run
+        runners[label] = _runner(live, label, step, batches, window)
     samples = _common.interleave(runners, iters, warmup=warmup)
     base = samples[variants[0][0]]
     cores = _common.cores_used(samples)
@@ -286,8 +321,8 @@ def pick_batch_size(
     return best
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the benchmark and prints its tables and a summary line."""
+def make_parser() -> argparse.ArgumentParser:
+    """The command line's flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny BERT and few iterations")
     parser.add_argument(
@@ -325,6 +360,30 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="JAX's PRNG for dropout and dice, e.g. rbg (default: JAX's, threefry2x32)",
     )
+    return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The run's settings, the flags with their defaults filled in (``--quick``'s or not)."""
+
+    quick: bool
+    names: list[str]
+    batch_sizes: list[int]
+    seq_len: int
+    accumulation_steps: int
+    dtype_name: str
+    dtype: Any
+    iters: int
+    warmup: int
+    window: int
+    peak: float | None
+    variants: tuple[tuple[str, str, str, str | None], ...]
+
+
+def parse_settings(argv: list[str] | None) -> Settings:
+    """Parses the flags (setting JAX's PRNG if asked); a bad value exits with the flag named."""
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.prng_impl:
         jax.config.update("jax_default_prng_impl", args.prng_impl)
@@ -339,11 +398,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch-size takes integers separated by commas, got {args.batch_size!r}")
     if min(batch_sizes) < 1 or args.window < 1:
         parser.error("--batch-size and --window must be positive")
-    seq_len = args.seq_len or (16 if quick else 128)
-    iters = args.iters or (3 if quick else 20)
-    warmup = args.warmup or (1 if quick else 2)
-    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    peak = peak_flops(args.peak_tflops) if args.dtype == "bfloat16" else None
     variants = VARIANTS + (ATTENTION_VARIANTS if args.attention else ())
     if args.variants:
         chosen = args.variants.split(",")
@@ -354,90 +408,127 @@ def main(argv: list[str] | None = None) -> int:
                 f"(the baseline); got {args.variants!r}"
             )
         variants = tuple(VARIANT_NAMES[v] for v in dict.fromkeys(chosen))
+    return Settings(
+        quick=quick,
+        names=names,
+        batch_sizes=batch_sizes,
+        seq_len=args.seq_len or (16 if quick else 128),
+        accumulation_steps=args.accumulation_steps,
+        dtype_name=args.dtype,
+        dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
+        iters=args.iters or (3 if quick else 20),
+        warmup=args.warmup or (1 if quick else 2),
+        window=args.window,
+        peak=peak_flops(args.peak_tflops) if args.dtype == "bfloat16" else None,
+        variants=variants,
+    )
 
+
+HEADERS = [
+    "variant",
+    "samples/s",
+    "IQR samples/s",
+    "ms/call",
+    "ratio (medians)",
+    "paired ratio (IQR)",
+    "XLA bytes/step",
+    "param-sized passes",
+    "other ops",
+]
+
+
+def table_cells(
+    row: dict[str, Any], batch_size: int, flops_per_token: float, settings: Settings
+) -> list[Any]:
+    """One measured variant's cells in the table (MFU last where there is a peak)."""
+    s, window, peak = row["samples"], settings.window, settings.peak
+    rates = batch_size * window / np.asarray(s.seconds)
+    q25, q75 = np.percentile(rates, [25, 75])
+    of_medians, paired, p25, p75 = row["ratios"]
+    cells = [
+        row["name"],
+        f"{batch_size * window / s.median:.1f}",
+        f"{q25:.1f}-{q75:.1f}",
+        f"{s.median / window * 1e3:.2f}",
+        f"{of_medians:.3f}",
+        f"{paired:.3f} ({p25:.3f}-{p75:.3f})",
+        _common.fmt_bytes(row["step_bytes"]),
+        row["passes"],
+        row["other_ops"],
+    ]
+    if peak:
+        tokens_per_s = batch_size * window * settings.seq_len / s.median
+        cells.append(f"{flops_per_token * tokens_per_s / peak:.1%}")
+    return cells
+
+
+def measure_config(
+    name: str, settings: Settings, worst: tuple[float, str] | None
+) -> tuple[float, str] | None:
+    """Measures one config and prints its table; returns ``worst`` updated with its variants.
+
+    ``worst`` is (paired ratio, "config, variant") of the dice variant that adds most so far.
+    """
+    s = settings
+    batch_size = (
+        s.batch_sizes[0]
+        if len(s.batch_sizes) == 1
+        else pick_batch_size(
+            name, s.batch_sizes, s.seq_len, s.accumulation_steps, s.dtype, s.window
+        )
+    )
+    print(
+        f"batch {batch_size} x length {s.seq_len} per call, {s.accumulation_steps} micro-"
+        f"batches per update, compute {s.dtype_name} (params float32), dropout on; "
+        f"{s.iters} timed samples of {s.window} call(s) per variant after {s.warmup} "
+        "warm-up, interleaved"
+    )
+    rows, config = run_config(
+        name,
+        batch_size,
+        s.seq_len,
+        s.accumulation_steps,
+        s.dtype,
+        s.iters,
+        s.warmup,
+        s.window,
+        s.variants,
+    )
+    n_params = n_params_of(config)
+    flops_per_token = train_flops_per_token(config, s.seq_len)
+    print()
+    print(
+        f"## {name}: {n_params / 1e6:.1f} M params, "
+        f"{flops_per_token / 1e9:.3f} GFLOP per training token (forward and backward)"
+    )
+    headers = HEADERS + (["MFU"] if s.peak else [])
+    table_rows = []
+    for row in rows:
+        if "error" in row:
+            table_rows.append([row["name"], f"failed: {row['error']}"] + [""] * (len(headers) - 2))
+            continue
+        table_rows.append(table_cells(row, batch_size, flops_per_token, s))
+        paired = row["ratios"][1]
+        is_dice = row["name"] in {v[0] for v in VARIANTS[1:]}
+        if is_dice and (worst is None or paired > worst[0]):
+            worst = (paired, f"{name}, {row['name']}")
+    print(_common.table(headers, table_rows))
+    print(f"(this process used {rows[0]['cores']:.2f} cores on average while timing)")
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark and prints its tables and a summary line."""
+    settings = parse_settings(argv)
     print("# train_step: the training script's jitted BERT train step, dice off and on")
     print(_common.machine_line())
     print(_common.load_line("at start"))
-    if peak:
-        print(f"MFU against a dense bf16 peak of {peak / 1e12:.0f} TFLOP/s")
+    if settings.peak:
+        print(f"MFU against a dense bf16 peak of {settings.peak / 1e12:.0f} TFLOP/s")
     print(f"PRNG for dropout and dice: {jax.config.jax_default_prng_impl}")
     worst: tuple[float, str] | None = None  # the dice variant that adds most
-    for name in names:
-        batch_size = (
-            batch_sizes[0]
-            if len(batch_sizes) == 1
-            else pick_batch_size(
-                name, batch_sizes, seq_len, args.accumulation_steps, dtype, args.window
-            )
-        )
-        print(
-            f"batch {batch_size} x length {seq_len} per call, {args.accumulation_steps} micro-"
-            f"batches per update, compute {args.dtype} (params float32), dropout on; "
-            f"{iters} timed samples of {args.window} call(s) per variant after {warmup} "
-            "warm-up, interleaved"
-        )
-        rows, config = run_config(
-            name,
-            batch_size,
-            seq_len,
-            args.accumulation_steps,
-            dtype,
-            iters,
-            warmup,
-            args.window,
-            variants,
-        )
-        n_params = n_params_of(config)
-        flops_per_token = train_flops_per_token(config, seq_len)
-        print()
-        print(
-            f"## {name}: {n_params / 1e6:.1f} M params, "
-            f"{flops_per_token / 1e9:.3f} GFLOP per training token (forward and backward)"
-        )
-        headers = [
-            "variant",
-            "samples/s",
-            "IQR samples/s",
-            "ms/call",
-            "ratio (medians)",
-            "paired ratio (IQR)",
-            "XLA bytes/step",
-            "param-sized passes",
-            "other ops",
-        ]
-        if peak:
-            headers.append("MFU")
-        table_rows = []
-        for row in rows:
-            if "error" in row:
-                table_rows.append(
-                    [row["name"], f"failed: {row['error']}"] + [""] * (len(headers) - 2)
-                )
-                continue
-            s = row["samples"]
-            rates = batch_size * args.window / np.asarray(s.seconds)
-            q25, q75 = np.percentile(rates, [25, 75])
-            of_medians, paired, p25, p75 = row["ratios"]
-            cells = [
-                row["name"],
-                f"{batch_size * args.window / s.median:.1f}",
-                f"{q25:.1f}-{q75:.1f}",
-                f"{s.median / args.window * 1e3:.2f}",
-                f"{of_medians:.3f}",
-                f"{paired:.3f} ({p25:.3f}-{p75:.3f})",
-                _common.fmt_bytes(row["step_bytes"]),
-                row["passes"],
-                row["other_ops"],
-            ]
-            if peak:
-                tokens_per_s = batch_size * args.window * seq_len / s.median
-                cells.append(f"{flops_per_token * tokens_per_s / peak:.1%}")
-            table_rows.append(cells)
-            is_dice = row["name"] in {v[0] for v in VARIANTS[1:]}
-            if is_dice and (worst is None or paired > worst[0]):
-                worst = (paired, f"{name}, {row['name']}")
-        print(_common.table(headers, table_rows))
-        print(f"(this process used {rows[0]['cores']:.2f} cores on average while timing)")
+    for name in settings.names:
+        worst = measure_config(name, settings, worst)
     print()
     print(_common.load_line("at end"))
     if worst is None:
@@ -448,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({worst[1]}; target <= {_common.fmt_pct(TARGET)}): "
         + (
             "target not judged (--quick: a smoke test on a toy BERT)"
-            if quick
+            if settings.quick
             else f"target {'met' if worst[0] <= TARGET else 'NOT met'}"
         )
     )

@@ -233,6 +233,97 @@ def roll_cost(iters: int, calls: int) -> tuple[_common.Samples, _common.Samples]
     return samples["adamw"], samples["chain(dice_roll(), adamw)"]
 
 
+GROUP_HEADERS = [
+    "variant",
+    "median ms",
+    "IQR ms",
+    "ratio (medians)",
+    "paired ratio (IQR)",
+    "state",
+    "state vs base",
+    "per-param state arrays",
+    "XLA bytes/step",
+    "param passes",
+    "other ops",
+]
+
+
+def group_cells(row: dict[str, Any], base: dict[str, Any]) -> list[Any]:
+    """One variant's cells in its group's table, ``base`` the group's first row."""
+    s = row["samples"]
+    q25, q75 = s.iqr
+    of_medians, paired, p25, p75 = row["ratios"]
+    return [
+        row["name"],
+        f"{s.median * 1e3:.1f}",
+        f"{q25 * 1e3:.1f}-{q75 * 1e3:.1f}",
+        f"{of_medians:.3f}",
+        f"{paired:.3f} ({p25:.3f}-{p75:.3f})",
+        _common.fmt_bytes(row["state_bytes"]),
+        f"{row['state_bytes'] - base['state_bytes']:+d} B",
+        row["state_per_param"],
+        _common.fmt_bytes(row["step_bytes"]),
+        row["passes"],
+        row["other_ops"],
+    ]
+
+
+def measure_groups(
+    every_k: int, shapes: dict[str, Any], iters: int, warmup: int
+) -> tuple[dict[str, float], int, int, int]:
+    """Measures and prints every group of variants against its base.
+
+    Returns:
+      (the paired ratio of every non-base variant by name, and the most any adds over its base
+      of state bytes, of per-parameter state arrays and of param-sized passes).
+    """
+    overheads: dict[str, float] = {}
+    extra_state = 0
+    extra_per_param = 0
+    extra_passes = 0
+    for title, group in variants(1e-4, every_k):
+        rows = run_group(group, shapes, iters, warmup)
+        base = rows[0]
+        print()
+        print(f"## {title}")
+        table_rows = []
+        for row in rows:
+            table_rows.append(group_cells(row, base))
+            if row is not base:
+                overheads[row["name"]] = row["ratios"][1]
+                extra_state = max(extra_state, row["state_bytes"] - base["state_bytes"])
+                extra_per_param = max(
+                    extra_per_param, row["state_per_param"] - base["state_per_param"]
+                )
+                extra_passes = max(extra_passes, row["passes"] - base["passes"])
+        print(_common.table(GROUP_HEADERS, table_rows))
+        print(f"(this process used {rows[0]['cores']:.2f} cores on average while timing)")
+    return overheads, extra_state, extra_per_param, extra_passes
+
+
+def print_roll_cost(iters: int, per_call: int) -> float:
+    """Measures and prints the roll's fixed cost; returns it in microseconds per update."""
+    base_s, dice_s = roll_cost(iters, per_call)
+    print()
+    print("## the roll's fixed cost: a one-number tree, microseconds per call (dispatch included)")
+    print(
+        _common.table(
+            ["variant", "median us/call", "IQR us/call"],
+            [
+                [
+                    s.name,
+                    f"{s.median / per_call * 1e6:.1f}",
+                    f"{s.iqr[0] / per_call * 1e6:.1f}-{s.iqr[1] / per_call * 1e6:.1f}",
+                ]
+                for s in (base_s, dice_s)
+            ],
+        )
+    )
+    roll_us = (dice_s.median - base_s.median) / per_call * 1e6
+    print(f"a roll costs {roll_us:.1f} us per update")
+    return roll_us
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark and prints its tables and a summary line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -257,80 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(jax.tree.leaves(shapes, is_leaf=_is_shape))} arrays; "
         f"{iters} timed samples per variant after {warmup} warm-up, interleaved"
     )
-    overheads: dict[str, float] = {}
-    extra_state = 0
-    extra_per_param = 0
-    extra_passes = 0
-    for title, group in variants(1e-4, args.every_k):
-        rows = run_group(group, shapes, iters, warmup)
-        base = rows[0]
-        print()
-        print(f"## {title}")
-        table_rows = []
-        for row in rows:
-            s = row["samples"]
-            q25, q75 = s.iqr
-            of_medians, paired, p25, p75 = row["ratios"]
-            table_rows.append(
-                [
-                    row["name"],
-                    f"{s.median * 1e3:.1f}",
-                    f"{q25 * 1e3:.1f}-{q75 * 1e3:.1f}",
-                    f"{of_medians:.3f}",
-                    f"{paired:.3f} ({p25:.3f}-{p75:.3f})",
-                    _common.fmt_bytes(row["state_bytes"]),
-                    f"{row['state_bytes'] - base['state_bytes']:+d} B",
-                    row["state_per_param"],
-                    _common.fmt_bytes(row["step_bytes"]),
-                    row["passes"],
-                    row["other_ops"],
-                ]
-            )
-            if row is not base:
-                overheads[row["name"]] = paired
-                extra_state = max(extra_state, row["state_bytes"] - base["state_bytes"])
-                extra_per_param = max(
-                    extra_per_param, row["state_per_param"] - base["state_per_param"]
-                )
-                extra_passes = max(extra_passes, row["passes"] - base["passes"])
-        print(
-            _common.table(
-                [
-                    "variant",
-                    "median ms",
-                    "IQR ms",
-                    "ratio (medians)",
-                    "paired ratio (IQR)",
-                    "state",
-                    "state vs base",
-                    "per-param state arrays",
-                    "XLA bytes/step",
-                    "param passes",
-                    "other ops",
-                ],
-                table_rows,
-            )
-        )
-        print(f"(this process used {rows[0]['cores']:.2f} cores on average while timing)")
-    per_call = 20 if args.quick else 200
-    base_s, dice_s = roll_cost(iters, per_call)
-    print()
-    print("## the roll's fixed cost: a one-number tree, microseconds per call (dispatch included)")
-    print(
-        _common.table(
-            ["variant", "median us/call", "IQR us/call"],
-            [
-                [
-                    s.name,
-                    f"{s.median / per_call * 1e6:.1f}",
-                    f"{s.iqr[0] / per_call * 1e6:.1f}-{s.iqr[1] / per_call * 1e6:.1f}",
-                ]
-                for s in (base_s, dice_s)
-            ],
-        )
+    overheads, extra_state, extra_per_param, extra_passes = measure_groups(
+        args.every_k, shapes, iters, warmup
     )
-    roll_us = (dice_s.median - base_s.median) / per_call * 1e6
-    print(f"a roll costs {roll_us:.1f} us per update")
+    roll_us = print_roll_cost(iters, 20 if args.quick else 200)
     worst_name = max(overheads, key=overheads.__getitem__)
     worst = overheads[worst_name]
     met = worst <= TARGET and extra_per_param == 0

@@ -202,8 +202,8 @@ def jax_runner(
     return run, n_params
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the comparison and prints its table and a summary line."""
+def make_parser() -> argparse.ArgumentParser:
+    """The command line's flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny BERT and few steps")
     parser.add_argument(
@@ -238,34 +238,21 @@ def main(argv: list[str] | None = None) -> int:
         help="JAX's PRNG for dropout and dice on our side, e.g. rbg or unsafe_rbg (default: "
         "JAX's default, threefry2x32, which XLA:CPU runs as loops)",
     )
-    args = parser.parse_args(argv)
-    if args.prng_impl:
-        jax.config.update("jax_default_prng_impl", args.prng_impl)
-    if args.cores:
-        # Before either framework starts its thread pools, which inherit the affinity.
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
-    quick = args.quick
-    batch_size = args.batch_size or (4 if quick else 16)
-    seq_len = args.seq_len or (16 if quick else 64)
-    windows = args.windows or (3 if quick else 12)
-    window = args.window or (3 if quick else 8)
-    vocab = args.vocab_size or (1000 if quick else 30522)
-    config = dict(
-        CONFIGS[args.config or ("tiny" if quick else "small")],
-        vocab_size=vocab,
-        max_position_embeddings=max(128, seq_len),
-    )
-    bfloat16 = args.dtype == "bfloat16"
+    return parser
 
-    import torch
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: this PyTorch sees no GPU")
-    if args.cores:
-        torch.set_num_threads(args.cores)
+def build_runners(
+    config: dict[str, Any],
+    batch_size: int,
+    seq_len: int,
+    windows: int,
+    window: int,
+    *,
+    device: str,
+    bfloat16: bool,
+) -> tuple[dict[str, Callable[[], Any]], int]:
+    """The three sides' runners on the same batches; returns (runners by side, param count)."""
+    vocab = config["vocab_size"]
     # Token ids from 1000 up where the vocabulary has them: no special tokens.
     low = 1000 if vocab > 2000 else 1
     batches = _common.make_batches(8, batch_size, seq_len, vocab, NUM_LABELS, low_id=low)
@@ -286,30 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     runners[OURS], n_jax = jax_runner(config, batches, total_steps, window, bfloat16=bfloat16)
     if set(counts) != {n_jax}:
         raise AssertionError(f"the BERTs differ: {counts} vs {n_jax} parameters")
+    return runners, n_jax
 
-    def sync(out: Any) -> Any:
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return jax.block_until_ready(out) if isinstance(out, tuple) else out
 
-    print("# vs_pytorch: a BERT train step with the dice, eager PyTorch against jitted JAX")
-    torch_device = (
-        torch.cuda.get_device_name()
-        if device == "cuda"
-        else f"{_common.cpu_model()}, {torch.get_num_threads()} threads"
-    )
-    print(_common.machine_line() + f"; torch {torch.__version__} on {torch_device}")
-    print(_common.load_line("at start"))
-    if args.prng_impl:
-        print(f"our side draws dropout masks and dice with jax_default_prng_impl={args.prng_impl}")
-    print(
-        f"BERT: hidden {config['hidden_size']}, {config['num_hidden_layers']} layers, "
-        f"{config['num_attention_heads']} heads, intermediate {config['intermediate_size']}, "
-        f"vocab {vocab}; {n_jax / 1e6:.2f} M params; batch {batch_size}, length {seq_len}, "
-        f"{args.dtype}; {windows} timed windows of {window} steps per side, alternating, after 1 "
-        "warm-up window"
-    )
-    samples = _common.interleave(runners, windows, warmup=1, sync=sync)
+def print_table(samples: dict[str, _common.Samples], batch_size: int, window: int) -> None:
+    """Prints a row per side: samples/s, ms per step, speed against roll-to-train's way."""
     torch_s = samples[TORCH_SYNCS]
     rows = []
     for s in samples.values():
@@ -339,6 +307,19 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )
     )
+
+
+def print_summary(
+    samples: dict[str, _common.Samples],
+    batch_size: int,
+    window: int,
+    *,
+    device: str,
+    torch_device: str,
+    quick: bool,
+) -> None:
+    """Prints the load at the end and the SUMMARY line with the verdict."""
+    torch_s = samples[TORCH_SYNCS]
     jax_s = samples[OURS]
     of_medians, paired, p25, p75 = _common.ratio_summary(torch_s, jax_s)
     no_sync = samples[TORCH_NO_SYNCS]
@@ -357,6 +338,75 @@ def main(argv: list[str] | None = None) -> int:
         f"{of_medians:.2f}x (paired {paired:.2f}x, IQR {p25:.2f}-{p75:.2f}); PyTorch without "
         f"its host syncs {batch_size * window / no_sync.median:.1f} samples/s "
         f"({torch_s.median / no_sync.median:.2f}x roll-to-train's way); {verdict}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the comparison and prints its table and a summary line."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.prng_impl:
+        jax.config.update("jax_default_prng_impl", args.prng_impl)
+    if args.cores:
+        # Before either framework starts its thread pools, which inherit the affinity.
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
+    quick = args.quick
+    batch_size = args.batch_size or (4 if quick else 16)
+    seq_len = args.seq_len or (16 if quick else 64)
+    windows = args.windows or (3 if quick else 12)
+    window = args.window or (3 if quick else 8)
+    vocab = args.vocab_size or (1000 if quick else 30522)
+    config = dict(
+        CONFIGS[args.config or ("tiny" if quick else "small")],
+        vocab_size=vocab,
+        max_position_embeddings=max(128, seq_len),
+    )
+
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this PyTorch sees no GPU")
+    if args.cores:
+        torch.set_num_threads(args.cores)
+    runners, n_jax = build_runners(
+        config,
+        batch_size,
+        seq_len,
+        windows,
+        window,
+        device=device,
+        bfloat16=args.dtype == "bfloat16",
+    )
+
+    def sync(out: Any) -> Any:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return jax.block_until_ready(out) if isinstance(out, tuple) else out
+
+    print("# vs_pytorch: a BERT train step with the dice, eager PyTorch against jitted JAX")
+    torch_device = (
+        torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"{_common.cpu_model()}, {torch.get_num_threads()} threads"
+    )
+    print(_common.machine_line() + f"; torch {torch.__version__} on {torch_device}")
+    print(_common.load_line("at start"))
+    if args.prng_impl:
+        print(f"our side draws dropout masks and dice with jax_default_prng_impl={args.prng_impl}")
+    print(
+        f"BERT: hidden {config['hidden_size']}, {config['num_hidden_layers']} layers, "
+        f"{config['num_attention_heads']} heads, intermediate {config['intermediate_size']}, "
+        f"vocab {vocab}; {n_jax / 1e6:.2f} M params; batch {batch_size}, length {seq_len}, "
+        f"{args.dtype}; {windows} timed windows of {window} steps per side, alternating, after 1 "
+        "warm-up window"
+    )
+    samples = _common.interleave(runners, windows, warmup=1, sync=sync)
+    print_table(samples, batch_size, window)
+    print_summary(
+        samples, batch_size, window, device=device, torch_device=torch_device, quick=quick
     )
     return 0
 
