@@ -36,8 +36,9 @@ def test_host_time_quick_pairs_the_two_steps():
     assert lines[0].startswith("# host_time")
     rows = [line for line in lines if line.startswith(("| before ", "| after "))]
     assert len(rows) == 2
-    # The same number of arrays cross the boundary on both sides.
-    assert rows[0].split("|")[4] == rows[1].split("|")[4]
+    # Today's state crosses as fewer arrays: the optimizer keeps the small leaves grouped.
+    before, after = (int(row.split("|")[4]) for row in rows)
+    assert 0 < after < before
     assert lines[-1].startswith("SUMMARY host_time: ")
     assert lines[-1].endswith("target not judged (--quick: a smoke test on a toy BERT)")
 
