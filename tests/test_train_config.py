@@ -124,3 +124,18 @@ def test_bad_game_flags_are_usage_errors(capsys):
             train_config.parse_args(argv)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_attention_is_cudnn_only_on_a_gpu():
+    from examples.bert import train
+
+    assert TrainConfig().attention == "auto"
+    assert train.attention_implementation("auto", "gpu") == "cudnn"
+    assert train.attention_implementation("auto", "cpu") is None
+    assert train.attention_implementation("xla", "gpu") is None
+    assert train.attention_implementation("cudnn", "gpu") == "cudnn"
+    with pytest.raises(train.UsageError, match="--attention cudnn needs an NVIDIA GPU"):
+        train.attention_implementation("cudnn", "cpu")
+    assert train_config.parse_args(["--attention", "xla"]).attention == "xla"
+    with pytest.raises(SystemExit):
+        train_config.parse_args(["--attention", "flash"])

@@ -109,6 +109,24 @@ def load_data(config: TrainConfig, model_dir: Any) -> data.ClassificationData:
     return dataset
 
 
+def attention_implementation(choice: str, backend: str) -> str | None:
+    """The model's ``attention_implementation`` for ``--attention`` on a JAX ``backend``.
+
+    ``auto`` picks cuDNN's fused attention on a GPU (with dropout too, through jax's private
+    API: :func:`examples.bert.model.cudnn_dropout_attention`) and XLA's elsewhere.
+
+    Example:
+      >>> attention_implementation("auto", "gpu"), attention_implementation("auto", "cpu")
+      ('cudnn', None)
+    """
+    if choice == "cudnn" and backend != "gpu":
+        raise UsageError(
+            f"--attention cudnn needs an NVIDIA GPU, and this run's JAX backend is {backend}: "
+            "use --attention auto or xla."
+        )
+    return "cudnn" if choice == "cudnn" or (choice == "auto" and backend == "gpu") else None
+
+
 def load(config: TrainConfig) -> Loaded:
     """Loads the model, the tokenizer and the data; builds the optimizer. Creates no file."""
     odds = ruleset_odds(config)
@@ -133,6 +151,9 @@ def load(config: TrainConfig) -> Loaded:
         model_dir, num_labels=dataset.num_labels, seed=config.seed,
         dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
     )  # fmt: skip
+    implementation = attention_implementation(config.attention, jax.default_backend())
+    if implementation is not None:
+        model.set_attributes(attention_implementation=implementation)
     return Loaded(
         str(model_dir), dataset, batches, mesh, total_updates, tx, schedule, odds, model,
         load_report,

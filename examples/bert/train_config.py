@@ -39,6 +39,7 @@ Position = Literal[POSITIONS]  # type: ignore[valid-type]
 Rule = Literal[tuple(sorted(RULES))]  # type: ignore[valid-type]
 Character = Literal[CHARACTERS]  # type: ignore[valid-type]
 Dtype = Literal["float32", "bfloat16"]
+Attention = Literal["auto", "xla", "cudnn"]
 
 
 def _field(default: Any, help: str) -> Any:
@@ -167,6 +168,12 @@ class TrainConfig:
     steps: int = _field(200, "applied updates")
     epochs: float | None = _field(None, "passes over the train split, instead of --steps")
     dtype: Dtype = _field("float32", "compute dtype (parameters stay float32)")  # noqa: RUF009
+    attention: Attention = _field(  # noqa: RUF009
+        "auto",
+        "the attention kernel: auto (cuDNN's fused attention on an NVIDIA GPU, XLA's "
+        "elsewhere), xla, or cudnn (NVIDIA GPUs only). cuDNN's attention-dropout mask does not "
+        "follow --seed, so on a GPU a resumed run is bit-exact only with --attention xla",
+    )
     # Logging and checkpoints.
     output_dir: str | None = _field(None, "None: a new folder under runs/")
     log_every: int = _field(10, "micro-steps between host syncs")
