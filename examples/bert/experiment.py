@@ -553,12 +553,13 @@ def seeds_needed(sd: float, delta: float = 0.02, power: float = 0.8, most: int =
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Writes dict rows under the union of their keys (a missing value left empty)."""
+    """Writes dict rows under the union of their keys; a missing or None value is written
+    ``nan``, as :func:`read_csv` reads it back, so that rewriting read rows changes nothing."""
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer = csv.DictWriter(f, fieldnames=fields, restval="nan")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: "nan" if v is None else v for k, v in r.items()} for r in rows)
 
 
 def _value(text: str) -> Any:
