@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import optax_dice
+from tests.test_odds import assert_ruleset_rows_are_what_odds_computes
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -226,21 +227,7 @@ def test_bash_blocks_are_readme_commands():
 
 
 def test_ruleset_tables_are_what_odds_computes():
-    row = re.compile(r"^\| (d20, [^|]+) \| ([+-][0-9.]+)[^|]* \| ([0-9.]+) \|$", re.M)
-    rows = [r for p in PAGES for r in row.findall(p.read_text())]
-    assert len(rows) >= 7
-    for label, mean, std in rows:
-        kwargs: dict = {"dice": "d20"}
-        for part in label.split("(")[0].split(", ")[1:]:
-            name, _, value = part.strip().partition(" ")
-            if name in ("threshold", "modifier"):
-                kwargs[name] = int(value)
-            elif name in ("rule", "character"):
-                kwargs[name] = value
-            else:
-                kwargs[name] = True
-        got = optax_dice.odds(**kwargs)
-        assert (f"{got.expected_scale:+.4f}", f"{got.std_scale:.4f}") == (mean, std), label
+    assert_ruleset_rows_are_what_odds_computes([p.read_text() for p in PAGES])
 
 
 # -- the site ---------------------------------------------------------------------------------

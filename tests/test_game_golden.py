@@ -6,8 +6,6 @@ any change to the game's arithmetic, its draws or the order of its factors chang
 
 from __future__ import annotations
 
-import hashlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 
 import optax_dice
 from optax_dice import game
+from tests.test_game import _digest
 
 STEPS = 200
 SEEDS = (0, 1, 7)
@@ -37,19 +36,6 @@ def _kwargs(character: str | None, seed: int) -> dict:
         "threshold": 10 + seed % 5,
         "modifier": seed % 4 - 1,
     }
-
-
-def _digest(tree) -> str:
-    h = hashlib.sha256()
-    leaves, treedef = jax.tree.flatten(tree)
-    h.update(str(treedef).encode())
-    for x in leaves:
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        x = np.asarray(x)
-        h.update(str(x.dtype).encode())
-        h.update(x.tobytes())
-    return h.hexdigest()
 
 
 def _play(character: str | None, seed: int, every_k: int = 1) -> str:

@@ -163,12 +163,16 @@ def test_bad_estimate_arguments():
         optax_dice.odds(character="bard")
 
 
-def test_the_readme_ruleset_table_is_what_odds_computes():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = re.findall(r"^\| (d20, [^|]+) \| ([+-][0-9.]+)[^|]* \| ([0-9.]+) \|$", readme, re.M)
+RULESET_ROW = re.compile(r"^\| (d20, [^|]+) \| ([+-][0-9.]+)[^|]* \| ([0-9.]+) \|$", re.M)
+
+
+def assert_ruleset_rows_are_what_odds_computes(texts: list[str]) -> None:
+    """Each ruleset table row (``| d20, threshold 15, advantage | +0.3255 | 0.5838 |``) in
+    ``texts`` states what ``odds`` computes; at least 7 rows."""
+    rows = [r for text in texts for r in RULESET_ROW.findall(text)]
     assert len(rows) >= 7
     for label, mean, std in rows:
-        kwargs = {"dice": "d20"}
+        kwargs: dict = {"dice": "d20"}
         for part in label.split("(")[0].split(", ")[1:]:
             name, _, value = part.strip().partition(" ")
             if name in ("threshold", "modifier"):
@@ -179,6 +183,11 @@ def test_the_readme_ruleset_table_is_what_odds_computes():
                 kwargs[name] = True
         got = optax_dice.odds(**kwargs)
         assert (f"{got.expected_scale:+.4f}", f"{got.std_scale:.4f}") == (mean, std), label
+
+
+def test_the_readme_ruleset_table_is_what_odds_computes():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert_ruleset_rows_are_what_odds_computes([readme])
 
 
 def test_an_estimate_seeded_beyond_32_bits_does_not_wrap_onto_seed_0():
