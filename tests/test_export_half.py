@@ -1,4 +1,5 @@
-"""examples/bert/export_half.py: a float16 copy of a checkpoint that the loader reads as float32."""
+"""examples/experiments/export_half.py: a float16 copy of a checkpoint that the loader reads as
+float32."""
 
 import pathlib
 import shutil
@@ -9,8 +10,9 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from examples.bert import export_half, weights
+from examples.bert import weights
 from examples.bert.weights import from_pretrained, load_tokenizer
+from examples.experiments import export_half
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "tiny_bert"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu
-from examples.bert import experiment, gpu_study
+from examples.experiments import gpu_study, runner
 from tests.train_helpers import make_tiny_model_dir, synthetic_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_gpu_study_quick(tmp_path):
 
 
 def test_gpu_study_checks_its_arms_before_running_anything(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(gpu_study.experiment, "run_jobs", lambda *a, **k: pytest.fail("ran"))
+    monkeypatch.setattr(gpu_study.runner, "run_jobs", lambda *a, **k: pytest.fail("ran"))
     with pytest.raises(SystemExit):
         gpu_study.main(["--arms", "dc-99", "--runs-dir", str(tmp_path)])
     assert "--arms: unknown arm(s) ['dc-99']" in capsys.readouterr().err
@@ -145,15 +145,15 @@ def test_every_run_stops_by_its_time(tmp_path, monkeypatch):
     # Runs still going at --stop-by get SIGINT (a checkpoint, then exit) and count as
     # stopped, not failed; the driver goes on to its tables.
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    monkeypatch.setattr(experiment, "child_argv", lambda job: sleeper)
-    monkeypatch.setattr(experiment, "pending", lambda jobs, skip: list(jobs))
-    monkeypatch.setattr(experiment, "run_status", lambda workdir: "missing")
-    jobs = [experiment.Job("sleeper", s, str(tmp_path / f"s{s}"), {}) for s in range(2)]
+    monkeypatch.setattr(runner, "child_argv", lambda job: sleeper)
+    monkeypatch.setattr(runner, "pending", lambda jobs, skip: list(jobs))
+    monkeypatch.setattr(runner, "run_status", lambda workdir: "missing")
+    jobs = [runner.Job("sleeper", s, str(tmp_path / f"s{s}"), {}) for s in range(2)]
     start = time.monotonic()
-    limits = experiment.Limits(stop_by=start + 2.0, keep_going=True)
+    limits = runner.Limits(stop_by=start + 2.0, keep_going=True)
 
-    outcomes = experiment.run_jobs(jobs, at_once=2, limits=limits, say=lambda s: None)
+    outcomes = runner.run_jobs(jobs, at_once=2, limits=limits, say=lambda s: None)
 
     assert list(outcomes.values()) == ["stopped at its time limit"] * 2
     assert time.monotonic() - start < 30
-    assert experiment.Limits(timeout=5.0, stop_by=time.monotonic() + 100).seconds_left() == 5.0
+    assert runner.Limits(timeout=5.0, stop_by=time.monotonic() + 100).seconds_left() == 5.0

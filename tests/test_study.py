@@ -1,5 +1,5 @@
-"""The controlled study (examples/bert/study.py) and its parts: label noise, weight noise, the
-line between two models; the study's logic on synthetic rows (milliseconds); its command line;
+"""The controlled study (examples/experiments/study.py) and its parts: label noise, weight noise,
+the line between two models; the study's logic on synthetic rows (milliseconds); its command line;
 the committed report re-derived from runs.csv; and a --quick run end to end."""
 
 import csv
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from examples.bert import experiment, flatness, perturb, study, train
+from examples.bert import perturb, train
 from examples.bert.config import BertConfig
 from examples.bert.model import BertForSequenceClassification
 from examples.bert.train_config import ConfigError, TrainConfig
+from examples.experiments import flatness, runner, study
 from tests.train_helpers import make_assets
 
 
@@ -164,7 +165,7 @@ def test_paired_difference_and_its_verdict(diffs, verdict):
     rows = _rows("baseline", base) + _rows(
         "dice", [b + d for b, d in zip(base, diffs, strict=True)]
     )
-    d = experiment.paired(rows, "dice", "baseline", "accuracy")
+    d = runner.paired(rows, "dice", "baseline", "accuracy")
     mean = np.mean(diffs)
     half = 4.302652729749464 * np.std(diffs, ddof=1) / math.sqrt(3)  # t(0.975, 2)
     assert d["n"] == 3 and d["mean"] == pytest.approx(mean, abs=1e-12)
@@ -179,30 +180,30 @@ def test_paired_difference_and_its_verdict(diffs, verdict):
 
 def test_paired_uses_only_shared_finite_seeds():
     rows = _rows("baseline", [0.5, 0.6, 0.7, 0.8]) + _rows("dice", [0.6, math.nan, 0.8])
-    d = experiment.paired(rows, "dice", "baseline", "accuracy")
+    d = runner.paired(rows, "dice", "baseline", "accuracy")
     assert d["n"] == 2 and d["mean"] == pytest.approx(0.1)
-    one = experiment.paired(
+    one = runner.paired(
         _rows("baseline", [0.5]) + _rows("dice", [0.7]), "dice", "baseline", "accuracy"
     )
     assert one["n"] == 1 and math.isnan(one["lo"]) and one["verdict"] == "not resolved at 1 seed(s)"
-    assert experiment.paired(_rows("baseline", [0.5]), "dice", "baseline", "accuracy") is None
+    assert runner.paired(_rows("baseline", [0.5]), "dice", "baseline", "accuracy") is None
     # None (a run with no measurement) is skipped, not a crash (issue 21, item 1).
-    assert experiment.paired(_rows("baseline", [None, 0.5]) + _rows("dice", [0.4, 0.6]),
+    assert runner.paired(_rows("baseline", [None, 0.5]) + _rows("dice", [0.4, 0.6]),
                              "dice", "baseline", "accuracy")["n"] == 1  # fmt: skip
     two = _rows("baseline", [0.5, 0.6]) + _rows("dice", [0.49, 0.59])
-    d = experiment.paired(two, "dice", "baseline", "accuracy")
+    d = runner.paired(two, "dice", "baseline", "accuracy")
     assert d["hi"] == pytest.approx(d["lo"]) and d["verdict"] == "not resolved at 2 seed(s)"
 
 
 def test_holm_and_the_power_estimate():
-    assert experiment.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": math.nan}) == {
+    assert runner.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": math.nan}) == {
         "a": (0.03, True), "b": (0.06, False), "c": (0.06, False), "d": (math.nan, False)
-    } or math.isnan(experiment.holm({"d": math.nan})["d"][0])  # fmt: skip
-    adjusted = experiment.holm({"a": 0.001, "b": 0.02, "c": 0.04})
+    } or math.isnan(runner.holm({"d": math.nan})["d"][0])  # fmt: skip
+    adjusted = runner.holm({"a": 0.001, "b": 0.02, "c": 0.04})
     assert adjusted == {"a": (0.003, True), "b": (0.04, True), "c": (0.04, True)}
     # Twice the SD needs about four times the seeds; zero SD needs the minimum.
-    assert experiment.seeds_needed(0.02) == 10 and experiment.seeds_needed(0.04) == 34
-    assert experiment.seeds_needed(0.0) == 3 and experiment.seeds_needed(1.0, most=7) == 7
+    assert runner.seeds_needed(0.02) == 10 and runner.seeds_needed(0.04) == 34
+    assert runner.seeds_needed(0.0) == 3 and runner.seeds_needed(1.0, most=7) == 7
 
 
 # ----------------------------------------------------------- the study's logic, synthetic rows
@@ -368,9 +369,9 @@ def test_answers_are_worded_from_their_intervals():
     rows = _synthetic()
     v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
     text = "\n".join(study.answers(v))
-    d = experiment.paired(rows, "dice before", "baseline", "accuracy")
+    d = runner.paired(rows, "dice before", "baseline", "accuracy")
     assert d["verdict"] == "hurts" and d["hi"] < 0
-    assert f"dice minus baseline: {experiment.said(d)}." in text
+    assert f"dice minus baseline: {runner.said(d)}." in text
     assert "**hurts**" in text.splitlines()[0] and "over 5 paired seed(s)" in text
     assert "4. **The fair die after AdamW" in text and "not measured yet" in text  # no noise yet
     # The budget: behind at 150, level at 2000 -> "learns slower"; behind at both -> "ends worse".
@@ -421,11 +422,14 @@ def test_bad_input_is_one_line_under_the_study_s_name(argv, message, capsys):
     with pytest.raises(SystemExit):
         study.main(argv)
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("python examples/bert/study.py: error: ") and message in line, line
+    assert line.startswith("python examples/experiments/study.py: error: "), line
+    assert message in line, line
 
 
 def test_import_starts_no_jax():
-    code = "import examples.bert.study, sys; print('jax' in sys.modules, 'flax' in sys.modules)"
+    code = (
+        "import examples.experiments.study, sys; print('jax' in sys.modules, 'flax' in sys.modules)"
+    )
     from tests.train_helpers import run_python
 
     assert run_python(code).stdout.strip() == "False False"
@@ -433,10 +437,10 @@ def test_import_starts_no_jax():
 
 def test_smoke_runs_write_under_the_runs_unless_told():
     cfg, _ = study.parse_args(["--quick", "--report-only", "--runs-dir", "runs/q"])
-    assert experiment.results_dir(cfg.results_dir, cfg.runs_dir) == "runs/q/results"
+    assert runner.results_dir(cfg.results_dir, cfg.runs_dir) == "runs/q/results"
     assert cfg.committed_rows() == ""  # --quick reads no committed rows
     cfg, _ = study.parse_args([])
-    assert experiment.results_dir(cfg.results_dir, cfg.runs_dir) == "runs/study/results"
+    assert runner.results_dir(cfg.results_dir, cfg.runs_dir) == "runs/study/results"
 
 
 def test_the_committed_report_is_re_derived_from_runs_csv(tmp_path, capsys):
@@ -446,7 +450,7 @@ def test_the_committed_report_is_re_derived_from_runs_csv(tmp_path, capsys):
     capsys.readouterr()
     mine = (tmp_path / "study.md").read_text().splitlines()
     theirs = (committed / "study.md").read_text().splitlines()
-    assert mine[2].startswith("Command: `python examples/bert/study.py --report-only")
+    assert mine[2].startswith("Command: `python examples/experiments/study.py --report-only")
     assert mine[3:] == theirs[3:] and len(mine) > 40
     assert (tmp_path / "runs.csv").read_text() == (committed / "runs.csv").read_text()
 
@@ -475,13 +479,13 @@ def test_quick_study_of_one_arm_writes_its_rows_and_resumes(assets, tmp_path, mo
     assert [t["steps"] for t in table] == ["4", "6"]
     md = (results / "study.md").read_text()
     assert "## Answers" in md and "dice minus baseline: not measured yet" in md
-    monkeypatch.setattr(experiment, "train_here", lambda *a: pytest.fail("trained again"))
+    monkeypatch.setattr(runner, "train_here", lambda *a: pytest.fail("trained again"))
     monkeypatch.setattr(flatness, "FinalModel", lambda *a: pytest.fail("evaluated again"))
     again = study.main([*argv, "--report-only"])
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
     # Committed rows are not run again, even where their folders are gone.
     committed = tmp_path / "committed.csv"
-    experiment.write_csv(str(committed), rows)
+    runner.write_csv(str(committed), rows)
     other = [*argv, "--runs-dir", str(tmp_path / "elsewhere"), "--committed", str(committed)]
     assert [r["accuracy"] for r in study.main(other)] == [r["accuracy"] for r in rows]
     # Finished runs made with other settings are refused, not mixed in.
@@ -503,7 +507,7 @@ def test_quick_study_runs_every_phase(assets, tmp_path):
     for section in ("## Weight noise", "flipped", "## The line between", "## The budget curve"):
         assert section in md
     assert {r["steps"] for r in rows} == {4, 8}
-    lines = experiment.read_csv(str(results / "lines.csv"))
+    lines = runner.read_csv(str(results / "lines.csv"))
     assert {p["seed"] for p in lines} == {0, 1} and min(p["alpha"] for p in lines) == -0.5
 
 
@@ -512,7 +516,7 @@ def test_the_study_is_one_process_that_can_be_interrupted(assets, tmp_path, monk
     def interrupted(settings, workdir):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "train_here", interrupted)
+    monkeypatch.setattr(runner, "train_here", interrupted)
     with pytest.raises(SystemExit) as stop:
         study.main(["--quick", "--arms", "baseline", "--runs-dir", str(tmp_path),
                     "--model", assets["model"], "--dataset", assets["data"]])  # fmt: skip
@@ -546,7 +550,7 @@ def test_the_answers_are_re_quoted_in_the_readme(tmp_path):
 
 
 def test_the_figures_draw_from_rows_with_missing_values(tmp_path):
-    from examples.bert import plots
+    from examples.experiments import figures
 
     cfg = _cfg()
     rows = _synthetic(seeds=3)
@@ -558,6 +562,6 @@ def test_the_figures_draw_from_rows_with_missing_values(tmp_path):
     rows += [_row(a, s, 0.6, noise=0.2) for a in ("baseline", "dice before") for s in range(3)]
     lines = [{"seed": 0, "alpha": a, "loss": 0.5 + a * (1 - a), "accuracy": 0.7}
              for a in (-0.5, 0.0, 0.5, 1.0, 1.5)]  # fmt: skip
-    plots.plot_study(study.View(cfg, rows, lines, study.best_lrs(cfg, rows)), str(tmp_path))
+    figures.plot_study(study.View(cfg, rows, lines, study.best_lrs(cfg, rows)), str(tmp_path))
     for name in ("accuracy_vs_lr", "budget", "weight_noise", "interpolation", "label_noise"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0, name

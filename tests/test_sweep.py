@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import optax_dice
-from examples.bert import experiment, sweep
+from examples.experiments import runner, sweep
 from tests.train_helpers import make_assets
 
 
@@ -105,38 +105,38 @@ def test_bad_flags_are_refused_in_one_line_under_the_sweep_s_name(tmp_path, caps
         with pytest.raises(SystemExit):
             sweep.main([*argv, "--runs-dir", str(tmp_path)])
         line = capsys.readouterr().err.strip().splitlines()[-1]  # no traceback, no usage
-        assert line.startswith("python examples/bert/sweep.py: error: ") and message in line
+        assert line.startswith("python examples/experiments/sweep.py: error: ") and message in line
     assert not (tmp_path / "results").exists()
 
 
 def test_results_go_under_the_runs_unless_a_results_dir_is_named():
     cfg, extra = sweep.parse_args(["--runs-dir", "runs/x", "--model", "M", "--seed", "3"])
     assert extra == {"model": "M", "seed": 3}  # --seed is a training flag, not --seeds
-    assert experiment.results_dir(cfg.results_dir, cfg.runs_dir) == "runs/x/results"
+    assert runner.results_dir(cfg.results_dir, cfg.runs_dir) == "runs/x/results"
     cfg, _ = sweep.parse_args(["--results-dir", "benchmarks/results/rulesets"])
-    assert experiment.results_dir(cfg.results_dir, cfg.runs_dir) == "benchmarks/results/rulesets"
+    assert runner.results_dir(cfg.results_dir, cfg.runs_dir) == "benchmarks/results/rulesets"
 
 
 def test_ctrl_c_stops_the_sweep_and_the_run_resumes_from_its_checkpoint(
     assets, tmp_path, monkeypatch, capsys
 ):
-    real = experiment.train_here
+    real = runner.train_here
     calls = []
 
     def stopped_midway(settings, workdir):  # a run stopped with a checkpoint, as Ctrl-C does
         calls.append(workdir)
         real({**settings, "stop_after": 4, "save_every": 0}, workdir)
 
-    monkeypatch.setattr(experiment, "train_here", stopped_midway)
+    monkeypatch.setattr(runner, "train_here", stopped_midway)
     argv = _argv(assets, tmp_path, "--seeds", "0")
     with pytest.raises(SystemExit) as stop:
         sweep.main(argv)
     assert stop.value.code == 130 and "Interrupted (" in capsys.readouterr().err
     assert len(calls) == 1  # the driver stopped: the second arm did not start
-    assert experiment.run_status(calls[0]) == "unfinished"
+    assert runner.run_status(calls[0]) == "unfinished"
     assert not (tmp_path / "results").exists()  # no report over missing values
 
-    monkeypatch.setattr(experiment, "train_here", real)
+    monkeypatch.setattr(runner, "train_here", real)
     table = sweep.main(argv)
     assert [e["runs"] for e in table] == [1, 1]
     summary = json.loads(Path(calls[0], "summary.json").read_text())

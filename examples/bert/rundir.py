@@ -132,13 +132,22 @@ def claim(out: str, *, new: bool) -> str:
     except OSError as err:
         raise RunFolderError(f"--output-dir {out}: cannot make it ({err.strerror}).") from err
     _lock(out)
-    if new and set(os.listdir(out)) - {LOCK_FILE}:
-        release(out)
+    if new:
+        try:
+            check_unused(out)
+        except RunFolderError:
+            release(out)
+            raise
+    return out
+
+
+def check_unused(out: str) -> None:
+    """Raises RunFolderError when ``out`` holds anything but a lock: a new run needs it empty."""
+    if os.path.isdir(out) and set(os.listdir(out)) - {LOCK_FILE}:
         raise RunFolderError(
             f"--output-dir {out} exists and is not empty: choose another, or continue "
             f"that run with --resume {out}."
         )
-    return out
 
 
 def _lock(out: str) -> None:

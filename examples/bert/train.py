@@ -487,15 +487,11 @@ def output_dir(config: TrainConfig) -> str:
         if config.output_dir is None:
             return rundir.reserve(rundir.default_output_dir(config, RUNS_DIR))
         rundir.check_writable(config.output_dir)
+        if config.resume is None:
+            rundir.check_unused(config.output_dir)
     except rundir.RunFolderError as err:
         raise UsageError(str(err)) from err
-    out = config.output_dir
-    if config.resume is None and os.path.isdir(out) and set(os.listdir(out)) - {rundir.LOCK_FILE}:
-        raise UsageError(
-            f"--output-dir {out} exists and is not empty: choose another, or continue that "
-            f"run with --resume {out}."
-        )
-    return out
+    return config.output_dir
 
 
 def train(config: TrainConfig) -> Summary:

@@ -5,8 +5,8 @@ to a machine without network. ``--model DIR`` loads the copy, upcast to float32 
 (only the starting weights carry float16's rounding, at most 2**-11 relative). float16, not
 bfloat16: safetensors' numpy reader has no bfloat16 (weights out of range are refused).
 
-Run:  python examples/bert/export_half.py OUT_DIR            (the packaged MiniLM)
-      python examples/bert/export_half.py OUT_DIR --model DIR (any BERT checkpoint folder)
+Run:  python examples/experiments/export_half.py OUT_DIR            (the packaged MiniLM)
+      python examples/experiments/export_half.py OUT_DIR --model DIR (any BERT checkpoint folder)
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def export_half(source: str | os.PathLike | None, out: str | os.PathLike) -> dic
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line."""
     parser = argparse.ArgumentParser(
-        prog="python examples/bert/export_half.py", description=__doc__.split("\n\n")[0]
+        prog="python examples/experiments/export_half.py", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("out", help="the new checkpoint folder")
     parser.add_argument(

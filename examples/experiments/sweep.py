@@ -8,8 +8,8 @@ evaluated on a perturbed copy of the validation set. Under ``--results-dir`` (de
 E[scale] and std from :func:`optax_dice.odds`), ``runs.csv`` (one row per run),
 ``accuracy_vs_expected_scale.png`` and ``loss_curves.png``.
 
-The runs go through :mod:`examples.bert.experiment` (resumed, checked, ``--jobs`` at a time,
-seed by seed). Run ``python examples/bert/sweep.py``; any training flag (``--model DIR``,
+The runs go through :mod:`examples.experiments.runner` (resumed, checked, ``--jobs`` at a time,
+seed by seed). Run ``python examples/experiments/sweep.py``; any training flag (``--model DIR``,
 ``--dataset FILE``) goes to every run, as does everything after ``--train-args``.
 """
 
@@ -25,10 +25,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from examples.bert import experiment
-from examples.bert.experiment import Job, opt
+from examples.experiments import runner
+from examples.experiments.runner import Job, opt
 
-PROG = "python examples/bert/sweep.py"
+PROG = "python examples/experiments/sweep.py"
 
 #: name -> the arm's settings of the training run (fields of TrainConfig).
 ARMS: dict[str, dict[str, Any]] = {
@@ -58,7 +58,7 @@ class SweepConfig:
     jobs: int = opt(1, "training runs at once, each in its own process (1: one after another, "
                        "in this process)")  # fmt: skip
     arms: list[str] | None = opt(  # noqa: RUF009
-        None, "a subset of the arms, by folder name: " + ", ".join(map(experiment.slug, ARMS))
+        None, "a subset of the arms, by folder name: " + ", ".join(map(runner.slug, ARMS))
     )
     micro_steps: int = opt(120, "micro-batches per run, the same for every arm")
     batch_size: int = opt(16, "examples per micro-batch")
@@ -72,15 +72,15 @@ class SweepConfig:
         """Every reason these settings cannot make a sweep."""
         out = []
         try:
-            experiment.select(ARMS, self.arms)
+            runner.select(ARMS, self.arms)
         except ValueError as err:
             out.append(f"--arms: {err}")
         if self.jobs < 1:
             out.append(f"--jobs must be positive, got {self.jobs}")
         for name in ("micro_steps", "batch_size", "max_eval_samples"):
             if getattr(self, name) < 1:
-                out.append(f"{experiment._flag(name)} must be positive")
-        for arm in experiment.select(ARMS, self.arms) if not out else []:
+                out.append(f"{runner._flag(name)} must be positive")
+        for arm in runner.select(ARMS, self.arms) if not out else []:
             k = ARMS[arm].get("accumulation_steps", 1)
             if self.micro_steps % k:
                 out.append(f"--micro-steps {self.micro_steps} is not a multiple of {k} ({arm})")
@@ -92,8 +92,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[SweepConfig, dict[str, Any]]
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--train-args" in argv:  # kept: everything after it goes to every run as it is
         argv.remove("--train-args")
-    cfg, extra = experiment.parse(SweepConfig, argv, PROG, __doc__.split("\n\n")[0])
-    experiment.check_jobs(jobs(cfg, extra), PROG)
+    cfg, extra = runner.parse(SweepConfig, argv, PROG, __doc__.split("\n\n")[0])
+    runner.check_jobs(jobs(cfg, extra), PROG)
     return cfg, extra
 
 
@@ -111,10 +111,10 @@ def settings(cfg: SweepConfig, arm: str, seed: int, extra: Mapping[str, Any]) ->
 def jobs(cfg: SweepConfig, extra: Mapping[str, Any]) -> list[Job]:
     """Every (arm, seed) run, seed by seed: every arm's first run comes first."""
     return [
-        Job(arm, seed, os.path.join(cfg.runs_dir, experiment.slug(arm), f"seed{seed}"),
+        Job(arm, seed, os.path.join(cfg.runs_dir, runner.slug(arm), f"seed{seed}"),
             settings(cfg, arm, seed, extra), (arm, seed))
         for seed in cfg.seeds
-        for arm in experiment.select(ARMS, cfg.arms)
+        for arm in runner.select(ARMS, cfg.arms)
     ]  # fmt: skip
 
 
@@ -122,13 +122,13 @@ def row(job: Job) -> dict[str, Any]:
     """A finished run's row of runs.csv (the columns of every sweep, CPU or GPU)."""
     import optax_dice
 
-    summary = experiment.read_summary(job.workdir)
+    summary = runner.read_summary(job.workdir)
     dice = summary.get("dice")
     odds = None if dice is None else optax_dice.odds(**dice)  # the run's own ruleset
     accuracy, perturbed = summary.get("eval_accuracy"), summary.get("perturbed_accuracy")
     drop = math.nan if accuracy is None or perturbed is None else accuracy - perturbed
-    metrics = experiment.read_metrics(job.workdir)
-    losses = experiment.finite(r["loss"] for r in metrics if r["kind"] == "train")[-20:]
+    metrics = runner.read_metrics(job.workdir)
+    losses = runner.finite(r["loss"] for r in metrics if r["kind"] == "train")[-20:]
     return {
         "arm": job.arm, "seed": job.seed,
         "expected_scale": 1.0 if odds is None else odds.expected_scale,
@@ -155,18 +155,18 @@ def markdown(entries: Sequence[Mapping[str, Any]]) -> str:
     header = ["arm", "E[scale] (std)", "accuracy", "macro-F1", "final train loss",
               "perturbed accuracy", "drop", "runs"]  # fmt: skip
     body = [[e["arm"], scale(e), *(pm(e, k) for k in KEYS), e["runs"]] for e in entries]
-    return experiment.markdown_table(header, body)
+    return runner.markdown_table(header, body)
 
 
 def write_report(cfg: SweepConfig, extra: Mapping[str, Any], rows: list, out: str, command: str):
     """runs.csv, results.csv, the figures and results.md; returns the per-arm table."""
-    from examples.bert import plots
+    from examples.experiments import figures
 
     os.makedirs(out, exist_ok=True)
-    entries = experiment.aggregate(rows, ["arm"], KEYS, same=["expected_scale", "std_scale"])
-    experiment.write_csv(os.path.join(out, "runs.csv"), rows)
-    experiment.write_csv(os.path.join(out, "results.csv"), entries)
-    plots.plot_sweep(rows, out)
+    entries = runner.aggregate(rows, ["arm"], KEYS, same=["expected_scale", "std_scale"])
+    runner.write_csv(os.path.join(out, "runs.csv"), rows)
+    runner.write_csv(os.path.join(out, "results.csv"), entries)
+    figures.plot_sweep(rows, out)
     example = Job("", 0, "OUT", settings(cfg, "DC 12, +2 (default)", 0, extra)).command()
     model = extra.get("model", "all-MiniLM-L6-v2")
     dataset = extra.get("dataset", "the tweets")
@@ -190,12 +190,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     cfg, extra = parse_args(argv)
     plan = jobs(cfg, extra)
     try:
-        experiment.run_jobs(plan, at_once=cfg.jobs, say=lambda s: print(f"[sweep] {s}", flush=True))
+        runner.run_jobs(plan, at_once=cfg.jobs, say=lambda s: print(f"[sweep] {s}", flush=True))
     except KeyboardInterrupt as err:
-        experiment.interrupted_exit(err)
+        runner.interrupted_exit(err)
     rows = [row(job) for job in plan]
     command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
-    entries = write_report(cfg, extra, rows, experiment.results_dir(cfg.results_dir, cfg.runs_dir),
+    entries = write_report(cfg, extra, rows, runner.results_dir(cfg.results_dir, cfg.runs_dir),
                            command)  # fmt: skip
     print(markdown(entries))
     return entries

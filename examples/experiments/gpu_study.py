@@ -1,18 +1,18 @@
 """The results at a GPU budget: the main job (dice and off) and the dice sweep, in one command.
 
 On one GPU, from the repository root, with the packaged MiniLM (or its float16 copy from
-``examples/bert/export_half.py``, which is what travels to a machine with no network):
+``examples/experiments/export_half.py``, which is what travels to a machine with no network):
 
-    python examples/bert/gpu_study.py --model DIR --seeds 1 2 --archive OUT/gpu.tgz
+    python examples/experiments/gpu_study.py --model DIR --seeds 1 2 --archive OUT/gpu.tgz
 
 1. The main job on its defaults for ``--main-epochs``, dice and ``--mode off``, each of
    ``--seeds``: accuracy, macro-F1, wall time and samples/s into ``main_job.md``/``.json``.
-2. The sweep (:mod:`examples.bert.sweep`) at ``--sweep-micro-steps`` micro-batches, each of
+2. The sweep (:mod:`examples.experiments.sweep`) at ``--sweep-micro-steps`` micro-batches, each of
    ``--seeds``: its runs.csv, tables and figures under ``<out>/sweep``.
 3. ``paired.md``: each arm minus the baseline, paired by seed, at this budget and at the CPU
    sweep's (``--cpu-runs``), the change of the gap; the main job's dice minus off.
 
-The runs go ``--jobs`` at a time through :mod:`examples.bert.experiment`. A run that fails or
+The runs go ``--jobs`` at a time through :mod:`examples.experiments.runner`. A run that fails or
 outlasts ``--run-timeout`` is reported and the study goes on; after ``--sweep-budget`` seconds no
 run starts; at ``--stop-by`` seconds every run stops with a checkpoint. A second call resumes.
 ``--archive FILE`` packs the runs' records (no checkpoints) and the tables into one .tgz.
@@ -33,10 +33,10 @@ from typing import Any, Literal
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from examples.bert import experiment, sweep
-from examples.bert.experiment import Job, opt
+from examples.experiments import runner, sweep
+from examples.experiments.runner import Job, opt
 
-PROG = "python examples/bert/gpu_study.py"
+PROG = "python examples/experiments/gpu_study.py"
 #: The sweep's budget on the CPU (its default), which the GPU study multiplies.
 CPU_SWEEP_MICRO_STEPS = 120
 MAIN_ARMS = {"dice (default: DC 12, +2)": {}, "off": {"mode": "off"}}
@@ -78,7 +78,7 @@ class GpuStudyConfig:
         """Every reason these settings cannot make a study, found before anything runs."""
         out = []
         try:
-            experiment.select(sweep.ARMS, self.arms)
+            runner.select(sweep.ARMS, self.arms)
         except ValueError as err:
             out.append(f"--arms: {err}")
         if self.jobs < 1:
@@ -114,10 +114,10 @@ def sweep_config(cfg: GpuStudyConfig) -> sweep.SweepConfig:
 def main_row(job: Job, outcome: str | None) -> dict[str, Any]:
     """A main-job run's row: its summary's figures, or what happened to it."""
     row: dict[str, Any] = {"run": job.arm, "seed": job.seed, "command": job.command()}
-    if experiment.run_status(job.workdir) in experiment.FINAL:
-        summary = experiment.read_summary(job.workdir)
+    if runner.run_status(job.workdir) in runner.FINAL:
+        summary = runner.read_summary(job.workdir)
         return row | {key: summary.get(key) for key in SUMMARY_KEYS}
-    return row | {"status": outcome or experiment.run_status(job.workdir)}
+    return row | {"status": outcome or runner.run_status(job.workdir)}
 
 
 def main_job_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -135,7 +135,7 @@ def main_job_table(rows: Sequence[Mapping[str, Any]]) -> str:
          f(r, "wall_time_s", ".1f"), f(r, "steady_examples_per_s", ".0f")]
         for r in rows
     ]  # fmt: skip
-    return experiment.markdown_table(header, body)
+    return runner.markdown_table(header, body)
 
 
 def paired_table(gpu: Sequence[Mapping], cpu: Sequence[Mapping], main: Sequence[Mapping]) -> str:
@@ -151,20 +151,18 @@ def paired_table(gpu: Sequence[Mapping], cpu: Sequence[Mapping], main: Sequence[
             gaps[name] = {r["seed"]: r["accuracy"] - ref[r["seed"]] for r in rows
                           if r["arm"] == arm and r["seed"] in ref}  # fmt: skip
         seeds = sorted(set(gaps["gpu"]) & set(gaps["cpu"]))
-        change = experiment.difference(
-            experiment.finite(gaps["gpu"][s] - gaps["cpu"][s] for s in seeds)
-        )
-        body.append([arm, experiment.cell(experiment.paired(gpu, arm, base, "accuracy")),
-                     experiment.cell(experiment.paired(cpu, arm, base, "accuracy")),
-                     experiment.cell(change)])  # fmt: skip
+        change = runner.difference(runner.finite(gaps["gpu"][s] - gaps["cpu"][s] for s in seeds))
+        body.append([arm, runner.cell(runner.paired(gpu, arm, base, "accuracy")),
+                     runner.cell(runner.paired(cpu, arm, base, "accuracy")),
+                     runner.cell(change)])  # fmt: skip
     rows = [{"arm": r["run"], "seed": r["seed"], "accuracy": r.get("eval_accuracy")} for r in main]
-    dice = experiment.paired(rows, "dice (default: DC 12, +2)", "off", "accuracy")
+    dice = runner.paired(rows, "dice (default: DC 12, +2)", "off", "accuracy")
     header = ["arm", "minus baseline, this budget", "minus baseline, CPU budget",
               "gap here - gap on the CPU (paired by seed; > 0: narrower)"]  # fmt: skip
     return (
         "# Paired differences against the baseline (95% intervals over seeds)\n\n"
-        + experiment.markdown_table(header, body)
-        + f"\n\nThe main job, dice minus off: {experiment.said(dice)}.\n"
+        + runner.markdown_table(header, body)
+        + f"\n\nThe main job, dice minus off: {runner.said(dice)}.\n"
     )
 
 
@@ -185,34 +183,34 @@ def pack(cfg: GpuStudyConfig, out: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the study; returns 0 when every main-job run completed."""
     start = time.monotonic()
-    cfg, overrides = experiment.parse(GpuStudyConfig, argv, PROG, __doc__.split("\n\n")[0])
+    cfg, overrides = runner.parse(GpuStudyConfig, argv, PROG, __doc__.split("\n\n")[0])
     given = {k: v for k, v in (("model", cfg.model), ("dataset", cfg.dataset)) if v}
     scfg, flags = sweep_config(cfg), {**overrides, **given}  # --model, --dataset: every run
     mains = main_jobs(cfg, flags) if cfg.only != "sweep" else []
     sweeps = sweep.jobs(scfg, flags) if cfg.only != "main" else []
-    experiment.check_jobs(mains + sweeps, PROG)  # --arms, --lr, ... before anything runs
+    runner.check_jobs(mains + sweeps, PROG)  # --arms, --lr, ... before anything runs
     deadline = None if cfg.sweep_budget is None else start + cfg.sweep_budget
     stop_by = None if cfg.stop_by is None else start + cfg.stop_by
-    limits = experiment.Limits(deadline, cfg.run_timeout, keep_going=True, stop_by=stop_by)
+    limits = runner.Limits(deadline, cfg.run_timeout, keep_going=True, stop_by=stop_by)
     try:
         say = lambda s: print(f"[gpu_study] {s}", flush=True)  # noqa: E731
-        outcomes = experiment.run_jobs(mains + sweeps, at_once=cfg.jobs, limits=limits, say=say)
+        outcomes = runner.run_jobs(mains + sweeps, at_once=cfg.jobs, limits=limits, say=say)
     except KeyboardInterrupt as err:
-        experiment.interrupted_exit(err)
-    out = experiment.results_dir(cfg.out, cfg.runs_dir)
+        runner.interrupted_exit(err)
+    out = runner.results_dir(cfg.out, cfg.runs_dir)
     os.makedirs(out, exist_ok=True)
     rows = [main_row(job, outcomes.get(job.workdir)) for job in mains]
     with open(os.path.join(out, "main_job.json"), "w") as f:
         json.dump(rows, f, indent=2)
     with open(os.path.join(out, "main_job.md"), "w") as f:
         f.write("# The main job at a GPU budget\n\n" + main_job_table(rows) + "\n")
-    done = [j for j in sweeps if experiment.run_status(j.workdir) in experiment.FINAL]
+    done = [j for j in sweeps if runner.run_status(j.workdir) in runner.FINAL]
     sweep_rows = [sweep.row(j) for j in done]
     if sweep_rows:
         command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
         sweep.write_report(scfg, flags, sweep_rows, os.path.join(out, "sweep"), command)
     with open(os.path.join(out, "paired.md"), "w") as f:
-        f.write(paired_table(sweep_rows, experiment.read_csv(cfg.cpu_runs), rows))
+        f.write(paired_table(sweep_rows, runner.read_csv(cfg.cpu_runs), rows))
     print(main_job_table(rows), flush=True)
     if cfg.archive:
         pack(cfg, out)

@@ -359,14 +359,14 @@ def _run_here(job: Job, limits: Limits) -> str:
 
 def child_argv(job: Job) -> list[str]:
     """The command that runs one job in a subprocess (:func:`main`)."""
-    return [sys.executable, "-m", "examples.bert.experiment", job.workdir,
+    return [sys.executable, "-m", "examples.experiments.runner", job.workdir,
             json.dumps(dict(job.settings))]  # fmt: skip
 
 
 def _run_in_subprocesses(
     todo: Sequence[Job], at_once: int, say: Callable[[str], None], limits: Limits
 ) -> dict[str, str]:
-    """Each job in ``python -m examples.bert.experiment``, ``at_once`` at a time."""
+    """Each job in ``python -m examples.experiments.runner``, ``at_once`` at a time."""
     procs: dict[str, subprocess.Popen] = {}
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several runs share a GPU
@@ -622,7 +622,7 @@ def results_dir(given: str | None, runs_dir: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m examples.bert.experiment WORKDIR SETTINGS_JSON``: one run, as
+    """``python -m examples.experiments.runner WORKDIR SETTINGS_JSON``: one run, as
     :func:`run_jobs` starts it in a subprocess (exit 130 when interrupted)."""
     workdir, settings = argv if argv is not None else sys.argv[1:]
     signal.signal(signal.SIGTERM, signal.default_int_handler)

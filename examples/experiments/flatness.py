@@ -94,16 +94,17 @@ def interpolate(a: Any, b: Any, alpha: jax.Array | float) -> Any:
 
 
 class FinalModel:
-    """A finished run's final model (:func:`examples.bert.experiment.load_model`), with the
+    """A finished run's final model (:func:`examples.experiments.runner.load_model`), with the
     validation split of its own settings and its eval step."""
 
     def __init__(self, run_dir: str) -> None:
         import dataclasses
 
-        from examples.bert import experiment, parallel, steps, train, weights
+        from examples.bert import parallel, steps, train, weights
+        from examples.experiments import runner
 
         with jax.transfer_guard_device_to_host("allow"):
-            model, config = experiment.load_model(run_dir)
+            model, config = runner.load_model(run_dir)
             clean = dataclasses.replace(config, perturbed_eval=False, label_noise=0.0)
             dataset = train.load_data(clean, weights.resolve_model_dir(config.model))
             _, eval_graphdef, self.params, self.model_state = steps.split_model(model)

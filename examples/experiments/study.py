@@ -31,10 +31,10 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
 
 import numpy as np
 
-from examples.bert import experiment
-from examples.bert.experiment import Job, cell, finite, mean_std, opt, paired, said
+from examples.experiments import runner
+from examples.experiments.runner import Job, cell, finite, mean_std, opt, paired, said
 
-PROG = "python examples/bert/study.py"
+PROG = "python examples/experiments/study.py"
 Row = dict[str, Any]
 
 # ----------------------------------------------------------------------------- the arms
@@ -127,25 +127,24 @@ class StudyConfig:
                              "rewrite them from this report")  # fmt: skip
     arms: list[str] | None = opt(  # noqa: RUF009
         None,
-        "a subset of the arms, by folder name (default: all): "
-        + ", ".join(map(experiment.slug, ARMS)),
+        "a subset of the arms, by folder name (default: all): " + ", ".join(map(runner.slug, ARMS)),
     )
 
     def problems(self) -> list[str]:
         """Every reason these settings cannot make a study (one line each)."""
         out = []
         try:
-            experiment.select(ARMS, self.arms)
+            runner.select(ARMS, self.arms)
         except ValueError as err:
             out.append(f"--arms: {err}")
         for name in ("steps", "seeds", "evals", "jobs", "weight_noise_draws", "max_seeds",
                      "budget_seeds", "batch_size", "max_length"):  # fmt: skip
             if getattr(self, name) < 1:
-                out.append(f"{experiment._flag(name)} must be positive")
+                out.append(f"{runner._flag(name)} must be positive")
         for name in ("lr", "lr_factors", "budgets", "weight_noise_sigmas"):
             values = np.atleast_1d(np.asarray(getattr(self, name), np.float64))
             if not (np.isfinite(values).all() and (values > 0).all()):
-                out.append(f"{experiment._flag(name)} must be positive and finite")
+                out.append(f"{runner._flag(name)} must be positive and finite")
         if not 0 <= self.label_noise < 1:
             out.append(f"--label-noise must lie in [0, 1), got {self.label_noise}")
         if self.alphas < 3:
@@ -175,13 +174,13 @@ class StudyConfig:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[StudyConfig, dict[str, Any]]:
     """The study's settings and the training flags for every run (bad input: one line)."""
-    cfg, extra = experiment.parse(StudyConfig, argv, PROG, __doc__.split("\n\n")[0])
+    cfg, extra = runner.parse(StudyConfig, argv, PROG, __doc__.split("\n\n")[0])
     dataset = str(extra.get("dataset", ""))
     is_file = dataset.endswith((".csv", ".tsv", ".json", ".jsonl", ".parquet"))
     if is_file and not os.path.isfile(dataset):
-        experiment.Parser(prog=PROG).error(f"--dataset {dataset}: no such file")
+        runner.Parser(prog=PROG).error(f"--dataset {dataset}: no such file")
     cfg = cfg.shrunk()
-    experiment.check_jobs(tuning_jobs(cfg, extra), PROG)
+    runner.check_jobs(tuning_jobs(cfg, extra), PROG)
     return cfg, extra
 
 
@@ -207,7 +206,7 @@ def job(cfg: StudyConfig, extra: Mapping[str, Any], arm: str, lr: float, seed: i
         steps: int | None = None, label_noise: float = 0.0) -> Job:  # fmt: skip
     """One run of the study: the arm's overrides, the study's budget, then the flags given."""
     steps = steps or cfg.steps
-    folder = (experiment.slug(arm), f"steps-{steps}", f"lr-{lr:.4g}", f"noise-{label_noise:g}")
+    folder = (runner.slug(arm), f"steps-{steps}", f"lr-{lr:.4g}", f"noise-{label_noise:g}")
     workdir = os.path.join(cfg.runs_dir, *folder, f"seed{seed}")
     settings = {
         **ARMS[arm].overrides, "lr": lr, "seed": seed, "label_noise": label_noise,
@@ -227,7 +226,7 @@ def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
         job(cfg, extra, arm, lr_of(cfg, arm, f), seed)
         for f in outwards
         for seed in range(cfg.seeds)
-        for arm in experiment.select(ARMS, cfg.arms)
+        for arm in runner.select(ARMS, cfg.arms)
     ]
 
 
@@ -256,8 +255,8 @@ def seeds_for(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) 
     for q in HEADLINE:
         d = paired(at_best, q.arm, q.ref, "accuracy")
         n = cfg.min_seeds
-        if d is not None and d["n"] >= experiment.MIN_SEEDS:
-            n = max(n, experiment.seeds_needed(d["sd"]))
+        if d is not None and d["n"] >= runner.MIN_SEEDS:
+            n = max(n, runner.seeds_needed(d["sd"]))
         for arm in (q.arm, q.ref):
             out[arm] = min(cfg.max_seeds, max(out.get(arm, 0), n))
     return out
@@ -266,7 +265,7 @@ def seeds_for(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) 
 def later_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) -> list[Job]:
     """Phases 2-4, from the rows so far: more seeds, noisy labels, the budget curve."""
     best = best_lrs(cfg, rows)
-    chosen = experiment.select(ARMS, cfg.arms)
+    chosen = runner.select(ARMS, cfg.arms)
     more = [
         job(cfg, extra, arm, best[arm], seed)
         for arm, n in seeds_for(cfg, rows, best).items()
@@ -295,8 +294,8 @@ def later_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) 
 def row(job: Job) -> Row:
     """A finished run's row of runs.csv (weight-noise columns come from :func:`add_flatness`)."""
     s = job.settings
-    summary = experiment.read_summary(job.workdir)
-    evals = [r for r in experiment.read_metrics(job.workdir) if r["kind"] == "eval"]
+    summary = runner.read_summary(job.workdir)
+    evals = [r for r in runner.read_metrics(job.workdir) if r["kind"] == "eval"]
     r: Row = {"arm": job.arm, "seed": job.seed, "steps": s["steps"], "lr": s["lr"],
               "clip_norm": s.get("clip_norm", 1.0), "label_noise": s["label_noise"]}  # fmt: skip
     r |= {
@@ -391,7 +390,7 @@ def interaction(rows: Sequence[Row], best: Mapping[str, float], steps: int, nois
         loss[name] = {s: n[s] - c[s] for s in set(c) & set(n)}
     seeds = sorted(set(loss[arm]) & set(loss[ref]))
     diffs = finite(loss[arm][s] - loss[ref][s] for s in seeds)
-    return experiment.difference(diffs)
+    return runner.difference(diffs)
 
 
 # ----------------------------------------------------------------------------- the answers
@@ -502,11 +501,11 @@ def answers(v: View) -> list[str]:
 
 def barrier_words(barriers: Sequence[float]) -> str:
     """The barriers of every seed in words: how high, and whether there is one."""
-    b = experiment.difference(np.array(barriers, np.float64))
+    b = runner.difference(np.array(barriers, np.float64))
     if b is None:
         return "not measured yet"
     over = sum(x > BARRIER for x in barriers)
-    if b["n"] >= experiment.MIN_SEEDS and b["lo"] > BARRIER:
+    if b["n"] >= runner.MIN_SEEDS and b["lo"] > BARRIER:
         word = "a barrier"
     elif over == 0:
         word = f"no barrier (under {BARRIER} in loss on every seed)"
@@ -533,7 +532,7 @@ def _pm(e: Mapping[str, Any], key: str) -> str:
 def aggregate(rows: Sequence[Row]) -> list[Row]:
     """study.csv: per arm, budget, lr and label noise, each result's mean and std, failures."""
     by = ["arm", "steps", "lr", "label_noise"]
-    table = experiment.aggregate(rows, by, [*TABLE_KEYS, "perturbation_drop"])
+    table = runner.aggregate(rows, by, [*TABLE_KEYS, "perturbation_drop"])
     for e in table:
         mine = [r for r in rows if all(r[k] == e[k] for k in by)]
         e["failed_rate"] = float(np.mean([bool(r["failed"]) for r in mine]))
@@ -549,7 +548,7 @@ def headline(v: View) -> tuple[dict[int, str], dict[int, Any], dict[int, tuple[f
     names = {q.number: f"{q.arm} - {q.ref}" for q in HEADLINE}
     names |= {6: f"dice before - baseline at {longest} updates",
               7: "label-noise cost, dice before - baseline"}  # fmt: skip
-    adjusted = experiment.holm({n: math.nan if d is None else d["p"] for n, d in ds.items()})
+    adjusted = runner.holm({n: math.nan if d is None else d["p"] for n, d in ds.items()})
     return names, ds, adjusted
 
 
@@ -577,7 +576,7 @@ def headline_table(v: View) -> list[str]:
             body.append([n, names[n], 0, "-", "-", "-", "-", "-"])
             continue
         p, keep = adjusted[n]
-        need = experiment.seeds_needed(d["sd"]) if d["n"] > 1 else "-"
+        need = runner.seeds_needed(d["sd"]) if d["n"] > 1 else "-"
         body.append([n, names[n], d["n"], f"{d['sd']:.3f}", f"{d['p']:.3g}", f"{p:.3g}",
                      "yes" if keep else "no", need])  # fmt: skip
     header = ["answer", "contrast", "seeds", "paired SD", "p", "Holm p", "holds at 5%",
@@ -589,7 +588,7 @@ def headline_table(v: View) -> list[str]:
         "contrast, not adjusted. Seeds per question: a paired t-test at 5% needs the last "
         "column's seeds to detect 2 points with 80% power at the observed paired SD (the plan "
         f"runs that many, at least {v.cfg.min_seeds}, at most {v.cfg.max_seeds}).\n",
-        experiment.markdown_table(header, body),
+        runner.markdown_table(header, body),
         "",
     ]
 
@@ -607,7 +606,7 @@ def tuning_table(v: View) -> list[str]:
     best = "; ".join(f"{a} {v.lr(a)}" for a in ARMS if a in v.best)
     return [
         f"## Clean labels, every lr ({v.cfg.steps} updates)\n",
-        experiment.markdown_table(header, body),
+        runner.markdown_table(header, body),
         "",
         f"Best lr (highest mean final accuracy over the grid {v.cfg.lr:g} x "
         f"{v.cfg.lr_factors}, x {DICE_MEAN} for the lr-matched control): {best}. Mean ± std "
@@ -630,9 +629,9 @@ def paired_table(v: View) -> list[str]:
               "perturbation drop"]  # fmt: skip
     return [
         "## Paired differences at each arm's best lr (95% interval over seeds)\n",
-        f'"No difference" only where the whole interval lies within ±{experiment.NO_DIFFERENCE};'
-        f" no verdict from fewer than {experiment.MIN_SEEDS} seeds.\n",
-        experiment.markdown_table(header, body),
+        f'"No difference" only where the whole interval lies within ±{runner.NO_DIFFERENCE};'
+        f" no verdict from fewer than {runner.MIN_SEEDS} seeds.\n",
+        runner.markdown_table(header, body),
         "",
     ]
 
@@ -653,7 +652,7 @@ def budget_table(v: View) -> list[str]:
         body.append([arm, *cells])
     return [
         "## The budget curve (each arm at its best lr at the tuning budget)\n",
-        experiment.markdown_table(["arm", *(f"{b} updates" for b in budgets)], body),
+        runner.markdown_table(["arm", *(f"{b} updates" for b in budgets)], body),
         "",
         "Each cell: final accuracy mean ± std (runs); then minus the baseline, paired.\n",
     ]
@@ -676,7 +675,7 @@ def noise_table(v: View) -> list[str]:
               "interaction: its cost - the baseline's"]  # fmt: skip
     return [
         f"## {noise:.0%} of the training labels flipped (each arm at its best lr)\n",
-        experiment.markdown_table(header, body),
+        runner.markdown_table(header, body),
         "",
     ]
 
@@ -694,7 +693,7 @@ def stability_table(v: View) -> list[str]:
             body.append([arm, n, mean, std, failed])
     return [
         "## Seed stability at the best lr\n",
-        experiment.markdown_table(["arm", "runs", "accuracy mean", "std", "failed runs"], body),
+        runner.markdown_table(["arm", "runs", "accuracy mean", "std", "failed runs"], body),
         "",
     ]
 
@@ -724,10 +723,10 @@ def flatness_tables(v: View) -> list[str]:
         "over the draws, as a share of the model's headroom above the majority class (-1: "
         "down to the majority), mean ± std over seeds. Flat sigma: the largest sigma of the "
         f"grid up to which the arm's mean curve loses at most {FLAT_LOSS:.0%} of the headroom.\n",
-        experiment.markdown_table(["arm", "runs", "unperturbed", *cols, "flat sigma"], means),
+        runner.markdown_table(["arm", "runs", "unperturbed", *cols, "flat sigma"], means),
         "",
         "Paired differences from the baseline in that normalised change:\n",
-        experiment.markdown_table(["arm", *cols], diffs),
+        runner.markdown_table(["arm", *cols], diffs),
         "",
     ]
 
@@ -751,7 +750,7 @@ def lines_table(v: View) -> list[str]:
         "Validation loss along (1 - alpha) baseline + alpha dice before (same seed, best "
         "lrs); barrier = the largest loss above the straight chord between the two ends, "
         "alpha in [0, 1].\n",
-        experiment.markdown_table(["seed", "loss at 0", "loss at 1", "barrier"], body),
+        runner.markdown_table(["seed", "loss at 0", "loss at 1", "barrier"], body),
         "",
     ]
 
@@ -790,7 +789,7 @@ def gather(plan: Sequence[Job], committed: Sequence[Row]) -> list[Row]:
     """The committed rows, then those of the planned runs that finished and are not."""
     rows, have = list(committed), {row_key(r) for r in committed}
     for j in plan:
-        if j.key not in have and experiment.run_status(j.workdir) in experiment.FINAL:
+        if j.key not in have and runner.run_status(j.workdir) in runner.FINAL:
             rows.append(row(j))
             have.add(j.key)
     return rows
@@ -810,7 +809,7 @@ def with_flatness(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, floa
             cached = rundir.read_json(path) if os.path.isfile(path) else {}
             same = [cached.get("sigmas"), cached.get("draws")]
             if same != [cfg.weight_noise_sigmas, cfg.weight_noise_draws] and not cfg.report_only:
-                from examples.bert import flatness
+                from examples.experiments import flatness
 
                 print(f"[study] weight noise: {r['run_dir']}", flush=True)
                 model = flatness.FinalModel(str(r["run_dir"]))
@@ -842,7 +841,7 @@ def lines_of(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float],
             continue
         line = rundir.read_json(path) if os.path.isfile(path) else {}
         if line.get("alphas") != alphas and not cfg.report_only:
-            from examples.bert import flatness
+            from examples.experiments import flatness
 
             print(f"[study] the line, seed {seed}", flush=True)
             a, b = (flatness.FinalModel(pair[arm]) for arm in ("baseline", "dice before"))
@@ -860,8 +859,8 @@ def committed(cfg: StudyConfig) -> tuple[list[Row], list[Row]]:
     path = cfg.committed_rows()
     if not path:
         return [], []
-    lines = experiment.read_csv(os.path.join(os.path.dirname(path), "lines.csv"))
-    return [complete(r) for r in experiment.read_csv(path)], lines
+    lines = runner.read_csv(os.path.join(os.path.dirname(path), "lines.csv"))
+    return [complete(r) for r in runner.read_csv(path)], lines
 
 
 def study(cfg: StudyConfig, extra: Mapping[str, Any]) -> View:
@@ -871,7 +870,7 @@ def study(cfg: StudyConfig, extra: Mapping[str, Any]) -> View:
 
     def run(jobs: list[Job]) -> None:
         if not cfg.report_only:
-            experiment.run_jobs(jobs, at_once=cfg.jobs, skip=lambda j: j.key in done,
+            runner.run_jobs(jobs, at_once=cfg.jobs, skip=lambda j: j.key in done,
                                 say=lambda s: print(f"[study] {s}", flush=True))  # fmt: skip
 
     plan = tuning_jobs(cfg, extra)
@@ -905,21 +904,21 @@ def quote_in_readme(readme: str, report_text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     """Runs (or resumes) the study and writes its report; returns the per-run rows."""
-    from examples.bert import plots
+    from examples.experiments import figures
 
     cfg, extra = parse_args(argv)
     try:
         v = study(cfg, extra)
     except KeyboardInterrupt as err:
-        experiment.interrupted_exit(err)
+        runner.interrupted_exit(err)
     if not v.rows:
         raise SystemExit(f"no finished run in {cfg.runs_dir} nor {cfg.committed_rows() or '-'}")
-    out = experiment.results_dir(cfg.results_dir, cfg.runs_dir)
+    out = runner.results_dir(cfg.results_dir, cfg.runs_dir)
     os.makedirs(out, exist_ok=True)
-    experiment.write_csv(os.path.join(out, "runs.csv"), v.rows)
-    experiment.write_csv(os.path.join(out, "lines.csv"), v.lines)
-    experiment.write_csv(os.path.join(out, "study.csv"), aggregate(v.rows))
-    plots.plot_study(v, out)
+    runner.write_csv(os.path.join(out, "runs.csv"), v.rows)
+    runner.write_csv(os.path.join(out, "lines.csv"), v.lines)
+    runner.write_csv(os.path.join(out, "study.csv"), aggregate(v.rows))
+    figures.plot_study(v, out)
     command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
     text = report(v, command)
     with open(os.path.join(out, "study.md"), "w") as f:
