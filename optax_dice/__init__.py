@@ -3,7 +3,7 @@
 A port of roll-to-train's d20 saving throw to a pure optax transformation.
 """
 
-from optax_dice._validation import MAX_SEED, MIN_SEED, parse_dice
+from optax_dice._validation import MAX_SEED, MIN_SEED, key_from_seed, parse_dice
 from optax_dice.accumulation import accumulate
 from optax_dice.dice import ability_modifier
 from optax_dice.game import DiceGameState
@@ -29,6 +29,7 @@ __all__ = [
     "dice_roll",
     "find_dice_state",
     "format_odds",
+    "key_from_seed",
     "odds",
     "original",
     "parse_dice",

@@ -22,8 +22,8 @@ MAX_MAGNITUDE = 2**29
 #: The int seeds accepted (by ``dice_roll``, ``roll_sequence``, ``odds`` and the examples'
 #: ``--seed``): the int64 range. See :func:`key_from_seed` for the key each one gives.
 MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
-#: Int seeds that ``jax.random.key`` takes as they are in JAX's default 32-bit mode.
-_NARROW_SEEDS = (-(2**31), 2**32)
+#: Int seeds whose ``jax.random.key`` is the same in JAX's default 32-bit mode and in 64-bit mode.
+_NARROW_SEEDS = (0, 2**32)
 
 
 def parse_dice(dice: Any) -> int:
@@ -178,28 +178,62 @@ def canonicalize_key(key: Any) -> jax.Array:
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             return key
         if key.shape == ():  # an int seed as an array (inject_hyperparams), maybe traced
-            return jax.random.key(key)
+            return _key_from_int_array(key)
         return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
     return key_from_seed(int(key))
 
 
 def key_from_seed(seed: int) -> jax.Array:
-    """The typed PRNG key of an int seed, one distinct key for every int64 seed.
+    """The typed PRNG key of an int seed: one distinct key for every int64 seed.
 
-    Seeds in [-2**31, 2**32) give ``jax.random.key(seed)``. Beyond them, JAX's default
-    32-bit mode would keep only the low 32 bits (2**32 would roll as 0); they give the key
-    that ``jax.random.key`` gives with 64-bit mode on: key data ``[seed >> 32, seed &
-    0xFFFFFFFF]`` (threefry, JAX's default; another PRNG refuses them).
+    It is the key ``jax.random.key(seed)`` gives with 64-bit mode on, in either mode: key
+    data ``[seed >> 32, seed & 0xFFFFFFFF]`` of the int64 (threefry, JAX's default PRNG).
+    For seeds in [0, 2**32) that is also ``jax.random.key(seed)`` in JAX's default 32-bit
+    mode; there, any other seed would keep only its low 32 bits (2**32 would give seed 0's
+    key, and -1 that of 2**32 - 1). Another PRNG refuses the seeds outside [0, 2**32).
+
+    Args:
+      seed: an int in [MIN_SEED, MAX_SEED].
+
+    Returns:
+      A typed PRNG key (``jax.random.key``'s kind).
+
+    Raises:
+      ValueError: a seed outside the int64 range, or outside [0, 2**32) with a PRNG other
+        than threefry in 32-bit mode.
+
+    Example:
+      >>> import jax
+      >>> from optax_dice import key_from_seed
+      >>> [jax.random.key_data(key_from_seed(s)).tolist() for s in (7, 2**32, -1)]
+      [[0, 7], [1, 0], [4294967295, 4294967295]]
     """
+    seed = int(seed)
+    if not MIN_SEED <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed} is outside the int64 range [-2**63, 2**63 - 1].")
     if _NARROW_SEEDS[0] <= seed < _NARROW_SEEDS[1] or jax.config.jax_enable_x64:
         return jax.random.key(seed)
     if jax.config.jax_default_prng_impl != "threefry2x32":
         raise ValueError(
-            f"key={seed} needs more than 32 bits, which only the threefry PRNG keeps in "
+            f"seed={seed} needs more than 32 bits, which only the threefry PRNG keeps in "
             f"JAX's 32-bit mode (this one is {jax.config.jax_default_prng_impl}): give a seed "
-            "in [-2**31, 2**32), or a typed key."
+            "in [0, 2**32), or a typed key."
         )
     data = np.array([(seed >> 32) & 0xFFFFFFFF, seed & 0xFFFFFFFF], np.uint32)
+    return jax.random.wrap_key_data(data, impl="threefry2x32")
+
+
+def _key_from_int_array(seed: jax.Array) -> jax.Array:
+    """:func:`key_from_seed` of a 0-d integer array, traceable: the Python int's key.
+
+    ``jax.random.key`` of a 32-bit signed array keeps no sign (-1 gives the key of
+    2**32 - 1); threefry's key data of a negative seed is its int64's, sign-extended.
+    """
+    signed32 = jnp.issubdtype(seed.dtype, jnp.signedinteger) and seed.dtype.itemsize <= 4
+    if not signed32 or jax.config.jax_default_prng_impl != "threefry2x32":
+        return jax.random.key(seed)
+    high = jnp.where(seed < 0, jnp.uint32(0xFFFFFFFF), jnp.uint32(0))
+    data = jnp.stack([high, seed.astype(jnp.uint32)])
     return jax.random.wrap_key_data(data, impl="threefry2x32")
 
 

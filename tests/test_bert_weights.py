@@ -16,6 +16,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from examples.bert import weights
+from examples.bert.config import BertConfig
 from examples.bert.model import BertForSequenceClassification
 from examples.bert.weights import from_pretrained, hf_name, load_tokenizer, resolve_model_dir
 
@@ -198,3 +199,18 @@ def test_minilm_embeddings_rank_paraphrases_first(minilm):
     similarity = np.asarray(embeddings @ embeddings.T)
     assert similarity[0, 1] > max(similarity[0, 2], similarity[0, 3], similarity[1, 2])
     assert similarity[0, 1] > 0.5 > max(similarity[0, 2], similarity[1, 2])
+
+
+def test_every_int64_seed_keys_the_model_its_own_way():
+    # nnx.Rngs(seed) keeps 32 bits: 2**32 drew seed 0's dropout masks (and fresh parameters),
+    # and -1 those of 2**32 - 1.
+    def dropout_key(seed):
+        model, _ = from_pretrained(FIXTURE, num_labels=3, seed=seed)
+        return tuple(np.asarray(model.dropout.key_data[...]).tolist())
+
+    keys = {seed: dropout_key(seed) for seed in (0, 2**32, -1, 2**32 - 1)}
+    assert len(set(keys.values())) == 4
+    # Seeds in [0, 2**32) key it as nnx.Rngs(seed) does: runs made before keep their masks.
+    config = BertConfig.from_json(FIXTURE / "config.json")
+    built = BertForSequenceClassification(config, 3, rngs=nnx.Rngs(2026))
+    assert dropout_key(2026) == tuple(np.asarray(built.dropout.key_data[...]).tolist())

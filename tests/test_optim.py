@@ -226,3 +226,12 @@ def test_value_reaches_the_cleric_and_changes_nothing_else(placement):
     assert np.isfinite(float(game.last_loss))  # it judged a loss
     with pytest.raises(ValueError, match="needs the loss"):
         cleric.update(GRADS[0], cleric.init(PARAMS), PARAMS)
+
+
+def test_every_int64_seed_keys_its_own_dice():
+    # jax.random.key keeps 32 bits: --seed 4294967296 rolled exactly as --seed 0 did.
+    seeds = (0, 2**32, -1, 2**32 - 1, 2**63 - 1, -(2**63))
+    keys = {tuple(jax.random.key_data(optim.dice_key(s)).tolist()) for s in seeds}
+    assert len(keys) == len(seeds)
+    want = jax.random.fold_in(jax.random.key(7), optim.DICE_STREAM)  # as runs made before
+    assert jax.random.key_data(optim.dice_key(7)).tolist() == jax.random.key_data(want).tolist()

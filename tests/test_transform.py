@@ -242,6 +242,21 @@ def test_inject_hyperparams_changes_threshold_mid_training():
     assert step._cache_size() == 1
 
 
+def test_an_injected_int_seed_rolls_as_the_python_int():
+    # inject_hyperparams turns key=-1 into a 0-d int32 array; jax.random.key of that array
+    # keeps no sign (it would roll as 2**32 - 1), so the array gets the int's own key.
+    make = optax.inject_hyperparams(optax_dice.dice_roll)
+    params = jnp.zeros(())
+    for seed in (-1, -(2**31), 0, 7):
+        state = make(key=seed).init(params)
+        assert state.hyperparams["key"].dtype == jnp.int32
+        scales = []
+        for _ in range(12):
+            _, state = jax.jit(make(key=seed).update)(params, state, params)
+            scales.append(float(optax.tree_utils.tree_get(state, "scale")))
+        np.testing.assert_array_equal(scales, np.asarray(optax_dice.roll_sequence(seed, 12).scale))
+
+
 def test_injected_float_hyperparams_are_rounded():
     # inject_hyperparams casts float hyperparameters to the params' dtype (bf16 here):
     # 11.6 becomes 11.625 and 2.6 becomes 2.59375, which must round to 12 and 3 (a
@@ -428,9 +443,9 @@ def test_extreme_values_within_range_are_exact():
     assert optax_dice.odds(modifier=big, threshold=15).expected_scale == pytest.approx(0.95)
     # faces 2-19 capped at -1, a natural 20 still +1: (-18 + 1) / 20
     assert optax_dice.odds(modifier=-big, threshold=15).expected_scale == pytest.approx(-0.85)
-    # Seeds within 32 bits are jax.random.key's; wider ones keep all 64 bits (the key that
-    # jax.random.key gives with 64-bit mode on), so none wraps onto another seed.
-    for seed in (-(2**31), -1, 0, 2**32 - 1):
+    # Every seed gets the key jax.random.key gives with 64-bit mode on (for [0, 2**32) that
+    # is also the 32-bit mode's), so none wraps onto another seed (-1 was 2**32 - 1's).
+    for seed in (0, 12345, 2**32 - 1):
         got = optax_dice.roll_sequence(seed, 3).natural
         want = optax_dice.roll_sequence(jax.random.key(seed), 3).natural
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
@@ -438,6 +453,8 @@ def test_extreme_values_within_range_are_exact():
         (-(2**63), [2**31, 0]),
         (2**63 - 1, [2**31 - 1, 2**32 - 1]),
         (2**32, [1, 0]),
+        (-1, [2**32 - 1, 2**32 - 1]),
+        (-(2**31), [2**32 - 1, 2**31]),
         (-(2**31) - 1, [2**32 - 1, 2**31 - 1]),
     ):
         got = optax_dice.roll_sequence(seed, 3).natural
@@ -446,9 +463,9 @@ def test_extreme_values_within_range_are_exact():
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     naturals = {
         tuple(np.asarray(optax_dice.roll_sequence(s, 8).natural).tolist())
-        for s in (0, 2**32, 2**33, 2**63 - 1, -1, -(2**63))
+        for s in (0, 2**32, 2**33, 2**63 - 1, -1, 2**32 - 1, -(2**63))
     }
-    assert len(naturals) == 6
+    assert len(naturals) == 7
     assert int(optax_dice.dice_roll(dice=big).init(()).count) == 0
 
 

