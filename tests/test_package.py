@@ -65,3 +65,33 @@ def test_every_public_callable_has_args_returns_and_an_example():
             continue
         for section in ("Args:", "Returns:", "Example:"):
             assert section in doc, f"{name} lacks {section}"
+
+
+def _function_lengths(source: str) -> dict[str, int]:
+    """Each function's lines, its docstring aside (a doctested Example is documentation)."""
+    import ast
+
+    lengths = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0]
+            doc = 0
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                doc = first.end_lineno - first.lineno + 1
+            lengths[f"{node.name}:{node.lineno}"] = node.end_lineno - node.lineno + 1 - doc
+    return lengths
+
+
+def test_no_function_is_longer_than_80_lines():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    too_long = {
+        f"{path.relative_to(root)}:{name}": n
+        for folder in ("optax_dice", "examples", "benchmarks")
+        for path in sorted((root / folder).rglob("*.py"))
+        for name, n in _function_lengths(path.read_text()).items()
+        if n > 80
+    }
+    assert too_long == {}
+    assert _function_lengths("def f():\n    '''Doc.\n\n    More.'''\n    return 1\n") == {"f:1": 2}
