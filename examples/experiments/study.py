@@ -231,19 +231,22 @@ def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
 
 
 def best_lrs(cfg: StudyConfig, rows: Sequence[Row]) -> dict[str, float]:
-    """Each arm's grid lr of highest mean clean accuracy (NaN: 0; ties: nearest the middle)."""
+    """Each arm's grid lr of highest mean clean accuracy over the tuning seeds (``--seeds``)
+    that all its measured lrs share, so every lr is judged on the same seeds (none shared:
+    every tuning seed; NaN: 0; ties: nearest the middle). Later seeds at one lr do not count."""
     best = {}
     for arm in ARMS:
         grid = {f"{lr_of(cfg, arm, f):.6g}": f for f in cfg.lr_factors}
-        means = {}
+        acc: dict[str, dict[int, float]] = {}
         for r in rows:
-            if (r["arm"], r["steps"], r["label_noise"]) == (arm, cfg.steps, 0.0):
-                lr = f"{r['lr']:.6g}"
-                if lr in grid:
-                    means.setdefault(lr, []).append(np.nan_to_num(float(r["accuracy"])))
-        if means:
-            top = max(means, key=lambda lr: (np.mean(means[lr]), -abs(math.log(grid[lr]))))
-            best[arm] = float(top)
+            lr = f"{r['lr']:.6g}"
+            tuning = (r["arm"], r["steps"], r["label_noise"]) == (arm, cfg.steps, 0.0)
+            if tuning and lr in grid and int(r["seed"]) < cfg.seeds:
+                acc.setdefault(lr, {})[int(r["seed"])] = np.nan_to_num(float(r["accuracy"]))
+        if acc:
+            shared = set.intersection(*map(set, acc.values())) or set(range(cfg.seeds))
+            mean = {lr: np.mean([v for s, v in a.items() if s in shared]) for lr, a in acc.items()}
+            best[arm] = float(max(acc, key=lambda lr: (mean[lr], -abs(math.log(grid[lr])))))
     return best
 
 
@@ -561,7 +564,8 @@ def holm_sentence(v: View) -> str:
             if not adjusted[n][1] and ds[n]["verdict"] in ("helps", "hurts")]  # fmt: skip
     return (
         f"Multiple comparisons: over the {len(measured)} headline contrasts measured, Holm's "
-        f"adjustment keeps answers {', '.join(held) or 'none'} at 5% family-wise; "
+        f"adjustment keeps {'answers ' + ', '.join(held) if held else 'none of them'} at 5% "
+        "family-wise; "
         + (f"these do not hold after it (adjusted p): {', '.join(lost)}." if lost
            else "every verdict above that it covers still holds.")
     )  # fmt: skip
@@ -609,7 +613,8 @@ def tuning_table(v: View) -> list[str]:
         runner.markdown_table(header, body),
         "",
         f"Best lr (highest mean final accuracy over the grid {v.cfg.lr:g} x "
-        f"{v.cfg.lr_factors}, x {DICE_MEAN} for the lr-matched control): {best}. Mean ± std "
+        f"{v.cfg.lr_factors}, x {DICE_MEAN} for the lr-matched control, on the tuning seeds "
+        f"0-{v.cfg.seeds - 1} that every lr tried has): {best}. Mean ± std "
         f"over seeds; failed = final accuracy within {FAILED_MARGIN:g} of the majority class; "
         "best = the highest of the run's evaluations.\n",
     ]
