@@ -81,7 +81,8 @@ else
   timeout $((deadline - $(date +%s))) python3 examples/experiments/gpu_study.py --only sweep \
     --model .gpu/minilm-f16 --out "$OUT/study" --runs-dir /tmp/study-runs --jobs 8 \
     --sweep-budget $((deadline - $(date +%s) - 20)) > "$OUT/study-sweep.log" 2>&1
-  pkill -f examples/bert/train.py  # runs left behind if the sweep outlived the deadline
+  # Runs left behind if the sweep outlived its deadline (each a python -m examples.experiments.runner).
+  pkill -f "examples.experiments.runner" || true
   # The runs' records, not their checkpoints.
   (cd /tmp/study-runs && find . \( -name summary.json -o -name metrics.jsonl -o -name config.json \
     -o -name '*.log' -o -path './main-*/seed*/run.png' \) -print0 | tar --null -cf - -T -) \
