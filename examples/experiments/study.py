@@ -31,8 +31,10 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
 
 import numpy as np
 
+from examples.bert import flags
+from examples.bert.flags import opt
 from examples.experiments import runner
-from examples.experiments.runner import Job, cell, finite, mean_std, opt, paired, said
+from examples.experiments.runner import Job, cell, finite, mean_std, paired, said
 
 PROG = "python examples/experiments/study.py"
 Row = dict[str, Any]
@@ -140,11 +142,11 @@ class StudyConfig:
         for name in ("steps", "seeds", "evals", "jobs", "weight_noise_draws", "max_seeds",
                      "budget_seeds", "batch_size", "max_length"):  # fmt: skip
             if getattr(self, name) < 1:
-                out.append(f"{runner._flag(name)} must be positive")
+                out.append(f"{flags.flag_name(name)} must be positive")
         for name in ("lr", "lr_factors", "budgets", "weight_noise_sigmas"):
             values = np.atleast_1d(np.asarray(getattr(self, name), np.float64))
             if not (np.isfinite(values).all() and (values > 0).all()):
-                out.append(f"{runner._flag(name)} must be positive and finite")
+                out.append(f"{flags.flag_name(name)} must be positive and finite")
         if not 0 <= self.label_noise < 1:
             out.append(f"--label-noise must lie in [0, 1), got {self.label_noise}")
         if self.alphas < 3:

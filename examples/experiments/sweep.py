@@ -25,8 +25,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from examples.bert import flags
+from examples.bert.flags import opt
 from examples.experiments import runner
-from examples.experiments.runner import Job, opt
+from examples.experiments.runner import Job
 
 PROG = "python examples/experiments/sweep.py"
 
@@ -79,7 +81,7 @@ class SweepConfig:
             out.append(f"--jobs must be positive, got {self.jobs}")
         for name in ("micro_steps", "batch_size", "max_eval_samples"):
             if getattr(self, name) < 1:
-                out.append(f"{runner._flag(name)} must be positive")
+                out.append(f"{flags.flag_name(name)} must be positive")
         for arm in runner.select(ARMS, self.arms) if not out else []:
             k = ARMS[arm].get("accumulation_steps", 1)
             if self.micro_steps % k:
