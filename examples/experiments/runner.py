@@ -107,6 +107,15 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def arms_problems(names: Iterable[str], chosen: Sequence[str] | None) -> list[str]:
+    """``--arms``'s problem (one line), or none: a driver's ``problems()`` starts from it."""
+    try:
+        select(names, chosen)
+    except ValueError as err:
+        return [f"--arms: {err}"]
+    return []
+
+
 def select(names: Iterable[str], chosen: Sequence[str] | None) -> list[str]:
     """The arms whose slug is in ``chosen`` (all if empty); ValueError names unknown ones."""
     names = list(names)

@@ -134,11 +134,7 @@ class StudyConfig:
 
     def problems(self) -> list[str]:
         """Every reason these settings cannot make a study (one line each)."""
-        out = []
-        try:
-            runner.select(ARMS, self.arms)
-        except ValueError as err:
-            out.append(f"--arms: {err}")
+        out = runner.arms_problems(ARMS, self.arms)
         for name in ("steps", "seeds", "evals", "jobs", "weight_noise_draws", "max_seeds",
                      "budget_seeds", "batch_size", "max_length"):  # fmt: skip
             if getattr(self, name) < 1:

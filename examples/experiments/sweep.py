@@ -72,11 +72,7 @@ class SweepConfig:
 
     def problems(self) -> list[str]:
         """Every reason these settings cannot make a sweep."""
-        out = []
-        try:
-            runner.select(ARMS, self.arms)
-        except ValueError as err:
-            out.append(f"--arms: {err}")
+        out = runner.arms_problems(ARMS, self.arms)
         if self.jobs < 1:
             out.append(f"--jobs must be positive, got {self.jobs}")
         for name in ("micro_steps", "batch_size", "max_eval_samples"):
