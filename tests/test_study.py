@@ -3,6 +3,7 @@ the line between two models; the study's logic on synthetic rows (milliseconds);
 the committed report re-derived from runs.csv; and a --quick run end to end."""
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -141,6 +142,60 @@ def test_weight_noise_at_sigma_0_is_the_clean_model():
     assert result["accuracy"]["0"] == [result["clean"]] * 3
     assert all(a != result["clean"] for a in result["accuracy"]["0.5"])
     assert result["majority"] == 0.4 and result["examples"] == 10
+
+
+class _Counted:
+    """A model whose accuracy is a function of the weights, counting its evaluations."""
+
+    def __init__(self):
+        self.params = {"dense": {"kernel": jnp.arange(1.0, 13.0).reshape(4, 3)}}
+        self.validation, self.majority, self.calls = {"labels": np.zeros(10)}, 0.4, 0
+
+    def evaluate(self, params):
+        self.calls += 1
+        w = params["dense"]["kernel"]
+        return {"accuracy": float(jnp.sum(w[:, 0])) / 100, "loss": float(jnp.sum(w**2)) / 100}
+
+
+def test_weight_noise_resumes_sigma_by_sigma_with_the_same_draws():
+    saved = []
+    full = flatness.weight_noise(_Counted(), [0.1, 0.2], draws=2, save=saved.append)
+    assert [r["sigmas"] for r in saved] == [[0.1], [0.1, 0.2]]
+    # Stopped after 0.1: resuming measures 0.2 only (its 2 draws), with the same values.
+    model = _Counted()
+    again = flatness.weight_noise(model, [0.1, 0.2], 2, done=saved[0])
+    assert model.calls == 2 and again == full
+    # Draw d is one direction at every sigma: the move at 0.2 is twice that at 0.1.
+    w = _Counted().params
+    d1, d2 = (flatness.perturb_weights(w, s, jax.random.key(1))["dense"]["kernel"]
+              - w["dense"]["kernel"] for s in (0.1, 0.2))  # fmt: skip
+    np.testing.assert_allclose(d2, 2 * d1, rtol=1e-5)
+    acc = full["accuracy"]
+    change = [[a - full["clean"] for a in acc[s]] for s in ("0.1", "0.2")]
+    np.testing.assert_allclose(change[1], 2 * np.array(change[0]), rtol=1e-4)
+    # Other draws (or another split) are not resumed from: everything is measured again.
+    model = _Counted()
+    flatness.weight_noise(model, [0.1, 0.2], 3, done=saved[0])
+    assert model.calls == 1 + 2 * 3
+
+
+def test_the_line_resumes_point_by_point():
+    a, b = _Counted(), _Counted()
+    b.params = {"dense": {"kernel": a.params["dense"]["kernel"] * 3}}
+    saved = []
+    full = flatness.line(a, b, [0.0, 0.5, 1.0], save=saved.append)
+    assert full["alphas"] == [0.0, 0.5, 1.0] and full["accuracy"] == pytest.approx(
+        [0.22, 0.44, 0.66]
+    )
+    a.calls = 0
+    assert flatness.line(a, b, [0.0, 0.5, 1.0], done=saved[1]) == full and a.calls == 1
+
+
+def test_the_probes_see_every_validation_example():
+    config = TrainConfig(max_eval_samples=1000, label_noise=0.2, perturbed_eval=True)
+    probe = flatness.probe_config(config)
+    assert probe.max_eval_samples == 0  # 0: all
+    assert probe.label_noise == 0.0 and not probe.perturbed_eval and probe.seed == config.seed
 
 
 # ------------------------------------------------------------------------------- statistics
@@ -298,6 +353,36 @@ def test_later_phases_add_seeds_noise_and_budgets_at_the_best_lr():
         (a, b) for a in study.BUDGET_ARMS for b in (600, 2000)
     }
     assert {j.seed for j in longer} == set(range(5))
+    # The first budget runs first (it decides what the other answers mean), the longer last.
+    first_more = next(i for i, j in enumerate(jobs) if j in more)
+    steps = [j.settings["steps"] for j in jobs]
+    assert set(steps[:first_more]) == {600} and steps[first_more:].count(600) == 0
+    assert steps[-1] == 2000
+
+
+def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(monkeypatch):
+    cfg = _cfg(probe_seeds=2)
+    rows = _synthetic(seeds=4)
+    done = dict(_row("baseline", 1, 0.7), flat_sigma=0.2)  # measured already
+    rows = [done if (r["arm"], r["seed"]) == ("baseline", 1) else r for r in rows]
+    best = study.best_lrs(cfg, rows)
+    targets = study.probe_targets(cfg, rows, best)
+    assert [(r["arm"], r["seed"]) for r in targets] == [
+        ("baseline", 0), ("dice before", 0), ("baseline, clip 2.7", 0),
+        ("dice before", 1), ("baseline, clip 2.7", 1),
+    ]  # fmt: skip
+    # A committed row's flat_sigma read back from runs.csv is NaN: it is measured.
+    read_back = dict(rows[0], flat_sigma=math.nan)
+    assert study.probe_targets(cfg, [read_back], best) == [read_back]
+    assert study.probe_targets(_cfg(probe_seeds=2, arms=["dice-before"]), rows, best)[0][
+        "arm"] == "dice before"  # fmt: skip
+    trained = []
+    monkeypatch.setattr(runner, "run_jobs", lambda jobs, **kw: trained.extend(jobs))
+    folder = study.probe_folder(cfg, {}, rows[0])  # its folder is not here: trained again
+    assert [j.workdir for j in trained] == [folder] and folder.startswith(cfg.runs_dir)
+    assert trained[0].settings["lr"] == rows[0]["lr"] and trained[0].seed == 0
+    assert study.probe_folder(dataclasses.replace(cfg, report_only=True), {}, rows[0]) is None
+    assert len(trained) == 1
 
 
 def test_failed_runs_and_derived_columns():
@@ -323,7 +408,7 @@ def test_failed_runs_and_derived_columns():
 def test_flatness_is_normalised_by_headroom_and_flat_sigma_is_of_the_mean_curve():
     accuracy = {"0.1": [0.80, 0.78], "0.2": [0.78, 0.78], "0.3": [0.76, 0.76], "0.4": [0.8, 0.8]}
     sigmas = [0.1, 0.2, 0.3, 0.4]
-    result = {"sigmas": sigmas, "clean": 0.80, "majority": 0.40, "accuracy": accuracy}
+    result = {"sigmas": sigmas, "clean": 0.80, "majority": 0.40, "accuracy": accuracy, "draws": 2}
     r = study.add_flatness(_row("baseline", 0, 0.8), result)
     assert r["weight_noise_0.1"] == pytest.approx(0.79)
     assert r["weight_noise_change_0.1"] == pytest.approx(-0.01 / 0.4)
@@ -335,6 +420,11 @@ def test_flatness_is_normalised_by_headroom_and_flat_sigma_is_of_the_mean_curve(
     b = {"weight_noise_change_0.1": 0.0, "weight_noise_change_0.2": 0.0,
          "weight_noise_change_0.3": 0.0}  # fmt: skip
     assert study.flat_sigma([a, b], [0.1, 0.2, 0.3]) == 0.1
+    # Not measured is not "flat up to 0": NaN, and the answer says so.
+    assert math.isnan(study.flat_sigma([_row("baseline", 0, 0.8)], [0.1, 0.2]))
+    assert math.isnan(study.flat_sigma([a, b], []))
+    assert study.flat_sigma([{"weight_noise_change_0.1": -0.5}], [0.1]) == 0.0
+    assert r["weight_noise_draws"] == 2 and "weight_noise_examples" not in r
     # Re-read from runs.csv, the derived columns follow from the measured ones.
     again = study.complete({k: v for k, v in r.items() if "change" not in k and k != "flat_sigma"})
     assert again["weight_noise_change_0.2"] == pytest.approx(r["weight_noise_change_0.2"])
@@ -382,6 +472,15 @@ def test_answers_are_worded_from_their_intervals():
     assert f"dice minus baseline: {runner.said(d)}." in text
     assert "**hurts**" in text.splitlines()[0] and "over 5 paired seed(s)" in text
     assert "4. **The fair die after AdamW" in text and "not measured yet" in text  # no noise yet
+    assert "8. **Flatter?** Weight noise: not measured yet." in text
+    noise = {"sigmas": [0.1, 0.3], "accuracy": {"0.1": [0.7], "0.3": [0.5]}, "clean": 0.7}
+    measured = [study.add_flatness(r, noise) if r["arm"] in ("baseline", "dice before") else r
+                for r in rows]  # fmt: skip
+    v = study.View(cfg, measured, [], study.best_lrs(cfg, rows))
+    text = "\n".join(study.answers(v))
+    assert ("Flat sigma (of the mean curve), baseline: 0.1; dice before: 0.1; baseline, clip "
+            "2.7: not measured yet; the change at sigma 0.3") in text  # fmt: skip
+    v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
     # The budget: behind at 150, level at 2000 -> "learns slower"; behind at both -> "ends worse".
     for gap, word in ((0.0, "learns slower"), (-0.08, "ends worse")):
         longer = [dict(r, steps=2000, accuracy=r["accuracy"] + (r["arm"] == "dice before") *

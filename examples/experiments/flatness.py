@@ -10,6 +10,7 @@ two parameter sets (Goodfellow et al., 2015). Both map the ``nnx.Param`` state o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -93,20 +94,25 @@ def interpolate(a: Any, b: Any, alpha: jax.Array | float) -> Any:
 # ------------------------------------------------------------------ a finished run, probed
 
 
+def probe_config(config: Any) -> Any:
+    """The run's TrainConfig as the probes load its data: every validation example (the run
+    may have evaluated a subsample: ``--max-eval-samples``), unperturbed, clean labels."""
+    import dataclasses
+
+    return dataclasses.replace(config, perturbed_eval=False, label_noise=0.0, max_eval_samples=0)
+
+
 class FinalModel:
-    """A finished run's final model (:func:`examples.experiments.runner.load_model`), with the
-    validation split of its own settings and its eval step."""
+    """A finished run's final model (:func:`examples.experiments.runner.load_model`), with
+    every example of its validation split (:func:`probe_config`) and its eval step."""
 
     def __init__(self, run_dir: str) -> None:
-        import dataclasses
-
         from examples.bert import parallel, steps, train, weights
         from examples.experiments import runner
 
         with jax.transfer_guard_device_to_host("allow"):
             model, config = runner.load_model(run_dir)
-            clean = dataclasses.replace(config, perturbed_eval=False, label_noise=0.0)
-            dataset = train.load_data(clean, weights.resolve_model_dir(config.model))
+            dataset = train.load_data(probe_config(config), weights.resolve_model_dir(config.model))
             _, eval_graphdef, self.params, self.model_state = steps.split_model(model)
         self.validation, self.num_labels = dataset.validation, dataset.num_labels
         self.majority = dataset.majority_accuracy()
@@ -126,24 +132,79 @@ class FinalModel:
             )  # fmt: skip
 
 
-def weight_noise(model: FinalModel, sigmas: list[float], draws: int) -> dict[str, Any]:
+def weight_noise(
+    model: FinalModel,
+    sigmas: list[float],
+    draws: int,
+    done: Mapping[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Accuracy on every validation example under :func:`perturb_weights`, for each sigma and
-    draw (draw ``d`` of the ``i``-th sigma uses key ``1000 i + d``: the same draws for every
-    run); ``clean`` is the unperturbed accuracy, ``majority`` the majority class's share."""
+    draw; draw ``d`` uses key ``d``, so it is one random direction, the same at every sigma and
+    in every run (common random numbers: differences between sigmas and between runs are not
+    blurred by different draws). ``clean`` is the unperturbed accuracy, ``majority`` the
+    majority class's share.
 
-    def acc(params: Any) -> float:
-        return model.evaluate(params)["accuracy"]
+    Args:
+      model: the finished run's model (or anything with ``params``, ``validation``,
+        ``majority`` and ``evaluate``).
+      sigmas: the relative sizes of the perturbation.
+      draws: the draws per sigma.
+      done: an earlier, unfinished result of the same draws: its sigmas are not measured again.
+      save: called with the result so far after each sigma, so that a stopped probe resumes.
 
-    accuracy = {f"{s:g}": [acc(perturb_weights(model.params, s, jax.random.key(1000 * i + d)))
-                           for d in range(draws)] for i, s in enumerate(sigmas)}  # fmt: skip
-    return {
-        "sigmas": sigmas, "draws": draws, "examples": len(model.validation["labels"]),
-        "clean": acc(model.params), "majority": model.majority, "accuracy": accuracy,
-    }  # fmt: skip
+    Returns:
+      ``sigmas``, ``draws``, ``examples``, ``clean``, ``majority`` and ``accuracy`` (sigma,
+      as ``f"{sigma:g}"``, -> the accuracy of each draw).
+    """
+    result = {"sigmas": [], "draws": draws, "examples": len(model.validation["labels"]),
+              "majority": model.majority, "accuracy": {}}  # fmt: skip
+    if done and done.get("draws") == draws and done.get("examples") == result["examples"]:
+        result |= {"clean": done["clean"], "accuracy": dict(done["accuracy"])}
+    else:
+        result["clean"] = model.evaluate(model.params)["accuracy"]
+    for sigma in sigmas:
+        if f"{sigma:g}" not in result["accuracy"]:
+            result["accuracy"][f"{sigma:g}"] = [
+                model.evaluate(perturb_weights(model.params, sigma, jax.random.key(d)))["accuracy"]
+                for d in range(draws)
+            ]
+        result["sigmas"] = [s for s in sigmas if f"{s:g}" in result["accuracy"]]
+        if save is not None:
+            save({**result, "accuracy": dict(result["accuracy"])})
+    return result
 
 
-def line(a: FinalModel, b: FinalModel, alphas: list[float]) -> dict[str, list[float]]:
-    """Validation loss and accuracy along ``(1 - alpha) a + alpha b``."""
-    points = [a.evaluate(interpolate(a.params, b.params, alpha)) for alpha in alphas]
-    return {"alphas": alphas, "loss": [p["loss"] for p in points],
-            "accuracy": [p["accuracy"] for p in points]}  # fmt: skip
+def line(
+    a: FinalModel,
+    b: FinalModel,
+    alphas: list[float],
+    done: Mapping[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, list[float]]:
+    """Validation loss and accuracy along ``(1 - alpha) a + alpha b``, on ``a``'s validation
+    split.
+
+    Args:
+      a: the model at ``alpha = 0``.
+      b: the model at ``alpha = 1``.
+      alphas: the points, in order.
+      done: an earlier, unfinished line between the same models: its points are kept.
+      save: called with the line so far after each point, so that a stopped probe resumes.
+
+    Returns:
+      ``alphas``, ``loss`` and ``accuracy``, lists in the order of ``alphas``.
+    """
+    kept = zip(*(done[k] for k in ("alphas", "loss", "accuracy")), strict=True) if done else ()
+    points = {t: (loss, acc) for t, loss, acc in kept}
+    result: dict[str, list[float]] = {}
+    for alpha in alphas:
+        if alpha not in points:
+            p = a.evaluate(interpolate(a.params, b.params, alpha))
+            points[alpha] = (p["loss"], p["accuracy"])
+        have = [t for t in alphas if t in points]
+        result = {"alphas": have, "loss": [points[t][0] for t in have],
+                  "accuracy": [points[t][1] for t in have]}  # fmt: skip
+        if save is not None:
+            save(result)
+    return result

@@ -5,10 +5,13 @@ of one seed share the head's initialisation and the data order, so arms are comp
 seed (paired). Every arm (:data:`ARMS`) is tuned over the same lr grid (``--lr`` x
 ``--lr-factors``) and compared at its own best lr. The plan, resumed where it stopped (a run
 whose row is in ``--committed`` is not run again): 1. tuning, ``--seeds`` seeds, every arm at
-every lr; 2. more seeds for the headline arms, as many as a power estimate asks for (at most
-``--max-seeds``); 3. noisy labels (``--label-noise``); 4. the budget curve (``--budgets``,
-``--budget-seeds``); 5. weight noise on every clean run at its arm's best lr; 6. the validation
-loss along the line from the baseline's to the dice's final parameters, per seed.
+every lr; 2. the budget curve's first budget (``--budgets``, ``--budget-seeds``): whether the
+dice end worse or learn slower; 3. more seeds for the headline arms, as many as a power estimate
+asks for (at most ``--max-seeds``); 4. noisy labels (``--label-noise``); 5. the budget curve's
+longer budgets; 6. the validation loss along the line from the baseline's to the dice's final
+parameters, every seed; 7. weight noise on the probe arms' (:data:`PROBE_ARMS`) clean runs at
+their best lr, ``--probe-seeds`` seeds. The probes evaluate every validation example, and
+train again, in its folder, a committed run whose final parameters are not on this machine.
 
 It writes ``runs.csv``, ``lines.csv``, ``study.csv``, ``study.md`` and the figures under
 ``--results-dir`` (default ``<runs-dir>/results``). ``--report-only`` trains and measures
@@ -19,6 +22,7 @@ this module starts no JAX.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -68,6 +72,8 @@ ARMS: dict[str, Arm] = {
 ORIGINAL_ARMS = tuple(list(ARMS)[:6])  # round 1's arms: label noise runs these
 #: The budget curve's arms: the dice and the control of each.
 BUDGET_ARMS = ("baseline", "dice before", "baseline, clip 2.7", "dice after", "lr-matched control")
+#: The weight-noise probe's arms: the dice before AdamW, the baseline and the clip matched to it.
+PROBE_ARMS = ("baseline", "dice before", "baseline, clip 2.7")
 ROUND1_STEPS = 150  # the budget of rows written before runs.csv had a steps column
 FAILED_MARGIN = 0.02  # a run fails if it ends within 2 points of the majority class
 FLAT_LOSS = 0.05  # flat while the mean loses at most 5% of the headroom above the majority
@@ -121,9 +127,10 @@ class StudyConfig:
     label_noise: float = opt(0.2, "share of training labels flipped (0: skip)")
     max_eval_samples: int = opt(1000, "validation examples")
     weight_noise_sigmas: list[float] = opt(  # noqa: RUF009
-        [round(0.05 * i, 2) for i in range(1, 11)], "relative weight-noise sizes"
+        [round(0.05 * i, 2) for i in range(2, 11)], "relative weight-noise sizes"
     )
     weight_noise_draws: int = opt(20, "draws per sigma")
+    probe_seeds: int = opt(5, "seeds of the weight-noise probe (the line: every seed)")
     alphas: int = opt(21, "points from alpha -0.5 to 1.5")
     readme: str | None = opt(None, "a README.md whose Results section quotes the answers: "
                              "rewrite them from this report")  # fmt: skip
@@ -136,7 +143,7 @@ class StudyConfig:
         """Every reason these settings cannot make a study (one line each)."""
         out = runner.arms_problems(ARMS, self.arms)
         for name in ("steps", "seeds", "evals", "jobs", "weight_noise_draws", "max_seeds",
-                     "budget_seeds", "batch_size", "max_length"):  # fmt: skip
+                     "budget_seeds", "probe_seeds", "batch_size", "max_length"):  # fmt: skip
             if getattr(self, name) < 1:
                 out.append(f"{flags.flag_name(name)} must be positive")
         for name in ("lr", "lr_factors", "budgets", "weight_noise_sigmas"):
@@ -264,7 +271,8 @@ def seeds_for(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) 
 
 
 def later_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) -> list[Job]:
-    """Phases 2-4, from the rows so far: more seeds, noisy labels, the budget curve."""
+    """Phases 2-5, from the rows so far: the first budget, more seeds, noisy labels, the
+    longer budgets (the budget curve first: it decides what the other answers mean)."""
     best = best_lrs(cfg, rows)
     chosen = runner.select(ARMS, cfg.arms)
     more = [
@@ -286,7 +294,8 @@ def later_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) 
         for arm in BUDGET_ARMS
         if arm in best and arm in chosen
     ]
-    return more + noisy + longer
+    first = [j for j in longer if cfg.budgets and j.settings["steps"] == cfg.budgets[0]]
+    return first + more + noisy + [j for j in longer if j not in first]
 
 
 # ----------------------------------------------------------------------------- the rows
@@ -333,9 +342,11 @@ def complete(r: Row) -> Row:
 
 def add_flatness(r: Row, result: Mapping[str, Any]) -> Row:
     """The row with ``weight_noise_clean``, ``weight_noise_<sigma>`` (mean over draws), its
-    ``_change_<sigma>`` (over the headroom above the majority: -1 is down to it), ``flat_sigma``."""
+    ``_change_<sigma>`` (over the headroom above the majority: -1 is down to it), ``flat_sigma``
+    and how it was measured (``weight_noise_draws``, ``weight_noise_examples``)."""
     clean, majority = result["clean"], result.get("majority", r["majority_accuracy"])
     r = {**r, "weight_noise_clean": clean}
+    r |= {f"weight_noise_{k}": result[k] for k in ("draws", "examples") if k in result}
     for sigma in result["sigmas"]:
         mean = float(np.mean(result["accuracy"][f"{sigma:g}"]))
         r[f"weight_noise_{sigma:g}"] = mean
@@ -346,14 +357,17 @@ def add_flatness(r: Row, result: Mapping[str, Any]) -> Row:
 
 def sigmas_in(rows: Sequence[Row]) -> list[float]:
     """The weight-noise sigmas the rows have columns for, in order."""
-    found = {float(k.rsplit("_", 1)[1]) for r in rows for k in r
-             if k.startswith("weight_noise_change_")}  # fmt: skip
+    found = {float(k.rsplit("_", 1)[1]) for r in rows for k, v in r.items()
+             if k.startswith("weight_noise_change_") and not _nan(v)}  # fmt: skip
     return sorted(found)
 
 
 def flat_sigma(rows: Sequence[Row], sigmas: Sequence[float]) -> float:
     """The largest sigma up to which the mean curve over ``rows`` loses at most FLAT_LOSS of
-    the headroom (0: none)."""
+    the headroom (0: not even the first sigma; NaN: not measured at the first sigma)."""
+    first = finite(r.get(f"weight_noise_change_{sigmas[0]:g}") for r in rows) if sigmas else []
+    if not len(first):
+        return math.nan
     flat = 0.0
     for sigma in sigmas:
         change = finite(r.get(f"weight_noise_change_{sigma:g}") for r in rows)
@@ -461,15 +475,16 @@ def answers(v: View) -> list[str]:
     """The study's questions, each answered in one sentence from its paired interval."""
     noise, steps, sigmas = v.cfg.label_noise, v.cfg.steps, sigmas_in(v.at_best)
     mid = sigmas[len(sigmas) // 2] if sigmas else None
-    flat = ", ".join(
-        f"{a} {flat_sigma([r for r in v.at_best if r['arm'] == a], sigmas):g}"
-        for a in ("baseline", "dice before", "lr-matched control")
+    flat = "; ".join(
+        f"{a}: {_or_not_measured(flat_sigma([r for r in v.at_best if r['arm'] == a], sigmas))}"
+        for a in PROBE_ARMS
     )
-    change = (
-        f"; the change at sigma {mid:g} as a share of the headroom, dice minus baseline: "
+    flatter = (
+        f"Flat sigma (of the mean curve), {flat}; the change at sigma {mid:g} as a share of the "
+        "headroom, dice minus baseline: "
         + said(v.d("dice before", "baseline", f"weight_noise_change_{mid:g}"))
         if mid
-        else ": not measured yet"
+        else "Weight noise: not measured yet"
     )
     barriers = [barrier(line) for line in v.per_seed_lines().values()]
     noisy = {a: said(interaction(v.rows, v.best, steps, noise, a))
@@ -494,10 +509,14 @@ def answers(v: View) -> list[str]:
         f"7. **Robust to noisy labels ({noise:.0%} flipped)?** Noisy minus clean accuracy, "
         "dice before minus baseline (positive: the dice lose less): "
         f"{noisy['dice before']}; the fair die before: {noisy['fair die before']}.",
-        f"8. **Flatter?** Flat sigma (of the mean curve): {flat}{change}.",
+        f"8. **Flatter?** {flatter}.",
         "9. **A barrier between them?** The largest loss above the chord from the baseline's "
         f"final parameters to the dice's, per seed: {barrier_words(barriers)}.",
     ]
+
+
+def _or_not_measured(x: float) -> str:
+    return "not measured yet" if math.isnan(x) else f"{x:g}"
 
 
 def barrier_words(barriers: Sequence[float]) -> str:
@@ -714,15 +733,21 @@ def flatness_tables(v: View) -> list[str]:
             continue
         curve = [mean_std((r.get(f"weight_noise_change_{s:g}") for r in mine), 3) for s in sigmas]
         means.append([arm, len(mine), mean_std(r["weight_noise_clean"] for r in mine), *curve,
-                      f"{flat_sigma(mine, sigmas):g}"])  # fmt: skip
+                      _or_dash(flat_sigma(mine, sigmas))])  # fmt: skip
         if arm != "baseline":
             diffs.append([arm, *(cell(paired(rows, arm, "baseline", f"weight_noise_change_{s:g}"))
                                   for s in sigmas)])  # fmt: skip
     cols = [f"sigma {s:g}" for s in sigmas]
+    how = sorted({(int(r["weight_noise_draws"]), int(r["weight_noise_examples"])) for r in rows
+                  if not _nan(r.get("weight_noise_draws", math.nan))})  # fmt: skip
+    measured = "; ".join(f"{d} draws on {n} validation examples" for d, n in how) or "-"
     return [
         "## Weight noise (flatness)\n",
+        f"Measured ({measured}) on the clean runs at the best lr of {', '.join(PROBE_ARMS)}, "
+        f"seeds below {v.cfg.probe_seeds}. "
         "Every row of every weight matrix moved by sigma x its norm in a random direction "
-        "(biases and LayerNorm kept); the accuracy change from the unperturbed model, mean "
+        "(biases and LayerNorm kept; draw d is the same direction at every sigma and in every "
+        "run); the accuracy change from the unperturbed model, mean "
         "over the draws, as a share of the model's headroom above the majority class (-1: "
         "down to the majority), mean ± std over seeds. Flat sigma: the largest sigma of the "
         f"grid up to which the arm's mean curve loses at most {FLAT_LOSS:.0%} of the headroom.\n",
@@ -732,6 +757,10 @@ def flatness_tables(v: View) -> list[str]:
         runner.markdown_table(["arm", *cols], diffs),
         "",
     ]
+
+
+def _or_dash(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:g}"
 
 
 def _nan(x: Any) -> bool:
@@ -766,8 +795,9 @@ def report(v: View, command: str) -> str:
         f"tweets, {cfg.max_length} tokens, AdamW (warm-up 10%, linear decay, clip 1 unless the "
         f"arm says), every arm at lr {cfg.lr:g} x {cfg.lr_factors} (the lr-matched control at "
         f"{DICE_MEAN} x those); the budget curve at {cfg.budgets} updates; "
-        f"{cfg.max_eval_samples} validation examples, evaluated {cfg.evals} times. Runs of one "
-        "seed share the head's initialisation and the data order.\n"
+        f"{cfg.max_eval_samples} validation examples, evaluated {cfg.evals} times (the weight "
+        "noise and the line: every validation example). Runs of one seed share the head's "
+        "initialisation, the data order and the dropout masks' key.\n"
     )
     sections: list[Callable[[View], list[str]]] = [
         headline_table, tuning_table, paired_table, budget_table, noise_table,
@@ -798,62 +828,94 @@ def gather(plan: Sequence[Job], committed: Sequence[Row]) -> list[Row]:
     return rows
 
 
-def with_flatness(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) -> list[Row]:
-    """Phase 5: weight noise on the clean runs at their best lr (cached in weight_noise.json;
-    none measured with --report-only)."""
+def probe_folder(cfg: StudyConfig, extra: Mapping[str, Any], r: Row) -> str | None:
+    """The folder of a row's run, finished, for the probes: the plan's folder for its key,
+    where the run is trained again when its final parameters are not on this machine (a
+    committed row); None when it is not finished there and nothing may run (--report-only)."""
+    j = job(cfg, extra, r["arm"], r["lr"], int(r["seed"]), int(r["steps"]), r["label_noise"])
+    if runner.run_status(j.workdir) != "completed":
+        if cfg.report_only:
+            return None
+        print(f"[study] {j.workdir}: trained again for its final parameters", flush=True)
+        runner.run_jobs([j], say=lambda s: print(f"[study] {s}", flush=True))
+    return j.workdir
+
+
+def probe_targets(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) -> list[Row]:
+    """The rows phase 7 measures: the probe arms' completed clean runs at their best lr, seeds
+    below --probe-seeds, not measured yet; seed by seed, so that arms stay paired."""
+    chosen = runner.select(ARMS, cfg.arms)
+    targets = [
+        r for r in at_best_rows(rows, best, cfg.steps)
+        if r["arm"] in PROBE_ARMS and r["arm"] in chosen and int(r["seed"]) < cfg.probe_seeds
+        and r["status"] == "completed" and _nan(r.get("flat_sigma", math.nan))
+    ]  # fmt: skip
+    return sorted(targets, key=lambda r: (int(r["seed"]), PROBE_ARMS.index(r["arm"])))
+
+
+def with_flatness(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row],
+                  best: Mapping[str, float]) -> list[Row]:  # fmt: skip
+    """Phase 7: weight noise on :func:`probe_targets` (cached, sigma by sigma, in each run's
+    weight_noise.json; none measured with --report-only)."""
     from examples.bert import rundir
 
-    targets = {id(r) for r in at_best_rows(rows, best, cfg.steps)}
-    out = []
-    for r in rows:
-        path = os.path.join(str(r["run_dir"]), "weight_noise.json")
-        wanted = id(r) in targets and r["status"] == "completed" and "flat_sigma" not in r
-        if wanted and os.path.isdir(str(r["run_dir"])):
-            cached = rundir.read_json(path) if os.path.isfile(path) else {}
-            same = [cached.get("sigmas"), cached.get("draws")]
-            if same != [cfg.weight_noise_sigmas, cfg.weight_noise_draws] and not cfg.report_only:
-                from examples.experiments import flatness
+    measured: dict[int, Row] = {}
+    for r in probe_targets(cfg, rows, best):
+        folder = probe_folder(cfg, extra, r)
+        if folder is None:
+            continue
+        path = os.path.join(folder, "weight_noise.json")
+        cached = rundir.read_json(path) if os.path.isfile(path) else {}
+        wanted = [cfg.weight_noise_sigmas, cfg.weight_noise_draws]
+        if [cached.get("sigmas"), cached.get("draws")] != wanted and not cfg.report_only:
+            from examples.experiments import flatness
 
-                print(f"[study] weight noise: {r['run_dir']}", flush=True)
-                model = flatness.FinalModel(str(r["run_dir"]))
-                cached = flatness.weight_noise(
-                    model, cfg.weight_noise_sigmas, cfg.weight_noise_draws
-                )
-                rundir.write_json(path, cached)
-            if cached:
-                r = add_flatness(r, cached)
-        out.append(r)
-    return out
+            print(f"[study] weight noise: {folder}", flush=True)
+            cached = flatness.weight_noise(
+                flatness.FinalModel(folder), *wanted, done=cached,
+                save=functools.partial(rundir.write_json, path),
+            )  # fmt: skip
+        if [cached.get("sigmas"), cached.get("draws")] == wanted:
+            measured[id(r)] = add_flatness(r, cached)
+    return [measured.get(id(r), r) for r in rows]
 
 
-def lines_of(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float],
-             committed: Sequence[Row]) -> list[Row]:  # fmt: skip
-    """Phase 6: the baseline-dice line of each seed with both (cached in lines/seed<n>.json)."""
+def lines_of(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row],
+             best: Mapping[str, float], committed: Sequence[Row]) -> list[Row]:  # fmt: skip
+    """Phase 6: the baseline-dice line of each seed with both (cached, point by point, in
+    lines/seed<n>.json under --runs-dir)."""
     from examples.bert import rundir
 
     alphas = sorted({*np.linspace(-0.5, 1.5, cfg.alphas).round(6).tolist(), 0.0, 1.0})
-    ends: dict[int, dict[str, str]] = {}
+    ends: dict[int, dict[str, Row]] = {}
+    chosen = runner.select(ARMS, cfg.arms)
     for r in at_best_rows(rows, best, cfg.steps):
-        if r["arm"] in ("baseline", "dice before") and r["status"] == "completed":
-            ends.setdefault(int(r["seed"]), {})[r["arm"]] = str(r["run_dir"])
+        if r["arm"] in ("baseline", "dice before") and r["arm"] in chosen:
+            if r["status"] == "completed":
+                ends.setdefault(int(r["seed"]), {})[r["arm"]] = r
     out = [p for p in committed]
     have = {int(p["seed"]) for p in committed}
     for seed, pair in sorted(ends.items()):
-        path = os.path.join(cfg.runs_dir, "lines", f"seed{seed}.json")
-        if seed in have or len(pair) < 2 or not all(map(os.path.isdir, pair.values())):
+        if seed in have or len(pair) < 2:
             continue
+        folders = [probe_folder(cfg, extra, pair[arm]) for arm in ("baseline", "dice before")]
+        if None in folders:
+            continue
+        path = os.path.join(cfg.runs_dir, "lines", f"seed{seed}.json")
         line = rundir.read_json(path) if os.path.isfile(path) else {}
         if line.get("alphas") != alphas and not cfg.report_only:
             from examples.experiments import flatness
 
             print(f"[study] the line, seed {seed}", flush=True)
-            a, b = (flatness.FinalModel(pair[arm]) for arm in ("baseline", "dice before"))
-            line = flatness.line(a, b, alphas)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            rundir.write_json(path, line)
-        for alpha, loss, acc in zip(*(line.get(k, []) for k in ("alphas", "loss", "accuracy")),
-                                    strict=True):  # fmt: skip
-            out.append({"seed": seed, "alpha": alpha, "loss": loss, "accuracy": acc})
+            a, b = (flatness.FinalModel(folder) for folder in folders)
+            line = flatness.line(
+                a, b, alphas, done=line, save=functools.partial(rundir.write_json, path)
+            )
+        if line.get("alphas") == alphas:
+            for alpha, loss, acc in zip(*(line[k] for k in ("alphas", "loss", "accuracy")),
+                                        strict=True):  # fmt: skip
+                out.append({"seed": seed, "alpha": alpha, "loss": loss, "accuracy": acc})
     return out
 
 
@@ -882,8 +944,8 @@ def study(cfg: StudyConfig, extra: Mapping[str, Any]) -> View:
     run(later)
     rows = gather(plan + later, rows0)
     best = best_lrs(cfg, rows)
-    rows = with_flatness(cfg, rows, best)
-    return View(cfg, rows, lines_of(cfg, rows, best, lines0), best)
+    lines = lines_of(cfg, extra, rows, best, lines0)
+    return View(cfg, with_flatness(cfg, extra, rows, best), lines, best)
 
 
 def quote_in_readme(readme: str, report_text: str) -> None:
