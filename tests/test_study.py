@@ -122,6 +122,35 @@ def test_perturb_weights_finds_the_bert_matrices():
     )  # per layer: q, k, v, out, intermediate, output; pooler, head
 
 
+def test_sorted_batches_give_the_padded_batches_metrics():
+    from examples.bert import parallel, run_loop, steps
+
+    model = BertForSequenceClassification(BertConfig.tiny(), 3, rngs=nnx.Rngs(0))
+    _, eval_graphdef, params, model_state = steps.split_model(model)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 21, size=37)  # 37 examples of 2-20 of 20 tokens
+    mask = (np.arange(20)[None, :] < lengths[:, None]).astype(np.int32)
+    ids, labels = rng.integers(1, 90, size=(37, 20)) * mask, rng.integers(0, 3, size=37)
+    split = {"input_ids": ids, "attention_mask": mask, "token_type_ids": 0 * mask, "labels": labels}
+    batches = flatness.sorted_batches(split, 8, multiple=4)
+    for b in batches:  # each cut to its longest example, rounded up to 4 tokens
+        longest = b["attention_mask"].sum(axis=1).max()
+        assert b["input_ids"].shape[1] % 4 == 0 and longest <= b["input_ids"].shape[1] < longest + 4
+    assert len({b["input_ids"].shape[1] for b in batches}) > 2
+    assert sum(b["weights"].sum() for b in batches) == 37
+    assert sorted(np.concatenate([b["labels"][b["weights"] > 0] for b in batches]).tolist()) == (
+        sorted(split["labels"].tolist())
+    )
+    mesh = parallel.make_mesh()
+    eval_step = steps.make_eval_step(eval_graphdef, 3, mesh)
+    state = steps.TrainState(None, params, model_state, None)
+    with jax.transfer_guard_device_to_host("allow"):
+        padded = run_loop.evaluate(eval_step, state, split, 8, 3, mesh)
+        cut = run_loop.evaluate_batches(eval_step, state, batches, 3, mesh)
+    assert cut["accuracy"] == padded["accuracy"] and cut["macro_f1"] == padded["macro_f1"]
+    assert cut["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+
+
 def test_interpolate_is_the_straight_line():
     a, b = {"w": jnp.array([0.0, 2.0])}, {"w": jnp.array([1.0, 4.0])}
     np.testing.assert_array_equal(flatness.interpolate(a, b, 0.0)["w"], a["w"])

@@ -12,7 +12,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -237,13 +237,25 @@ def evaluate(
     mesh: jax.sharding.Mesh,
 ) -> dict[str, Any]:
     """Loss, accuracy, macro-F1 and examples of the model on one split."""
+    batches = data.eval_batches(
+        arrays, batch_size, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    return evaluate_batches(eval_step, state, batches, num_labels, mesh)
+
+
+def evaluate_batches(
+    eval_step: Callable[..., steps.EvalTotals],
+    state: steps.TrainState,
+    batches: Iterable[dict[str, np.ndarray]],
+    num_labels: int,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, Any]:
+    """:func:`evaluate` on given batches (this process's share of each, with ``weights``)."""
     totals = steps.zero_totals(num_labels, mesh)
     sharding = parallel.batch_sharding(mesh)
-    for batch in data.eval_batches(
-        arrays, batch_size, process_index=jax.process_index(), process_count=jax.process_count()
-    ):
-        batch = parallel.put_batch(batch, sharding)
-        totals = eval_step(state.params, state.model_state, batch, totals)
+    for batch in batches:
+        totals = eval_step(state.params, state.model_state, parallel.put_batch(batch, sharding),
+                           totals)  # fmt: skip
     return steps.classification_metrics(jax.device_get(totals))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 KERNEL, EMBEDDING = "kernel", "embedding"  # the leaf names of nnx.Linear's and nnx.Embed's
 
@@ -102,6 +103,40 @@ def probe_config(config: Any) -> Any:
     return dataclasses.replace(config, perturbed_eval=False, label_noise=0.0, max_eval_samples=0)
 
 
+def sorted_batches(
+    arrays: Mapping[str, np.ndarray], batch_size: int, multiple: int = 8
+) -> list[dict[str, np.ndarray]]:
+    """The split in batches of examples of similar length, each cut to its longest example
+    (rounded up to ``multiple`` tokens): the same predictions as the padded batches, in about
+    two thirds of the time on the tweets (mean 33 of 48 tokens), a few shapes to compile.
+
+    Args:
+      arrays: a tokenised split (:data:`examples.bert.data.ARRAY_KEYS`), one process's.
+      batch_size: examples per batch (the last is padded, with weight 0).
+      multiple: the token counts the batches are cut to are multiples of this.
+
+    Returns:
+      The batches, shortest first, each with ``weights``.
+
+    Example:
+      >>> import numpy as np
+      >>> mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
+      >>> split = {"input_ids": mask * 7, "attention_mask": mask,
+      ...          "token_type_ids": 0 * mask, "labels": np.array([0, 1, 2])}
+      >>> [(b["labels"].tolist(), b["input_ids"].shape[1]) for b in sorted_batches(split, 2, 2)]
+      [([1, 2], 2), ([0, 1], 4)]
+    """
+    from examples.bert import data
+
+    order = np.argsort(arrays["attention_mask"].sum(axis=1), kind="stable")
+    batches = []
+    for batch in data.eval_batches({k: arrays[k][order] for k in data.ARRAY_KEYS}, batch_size):
+        longest = int(batch["attention_mask"].sum(axis=1).max())
+        cut = min(-(-longest // multiple) * multiple, batch["attention_mask"].shape[1])
+        batches.append({k: v[:, :cut] if v.ndim == 2 else v for k, v in batch.items()})
+    return batches
+
+
 class FinalModel:
     """A finished run's final model (:func:`examples.experiments.runner.load_model`), with
     every example of its validation split (:func:`probe_config`) and its eval step."""
@@ -117,7 +152,8 @@ class FinalModel:
         self.validation, self.num_labels = dataset.validation, dataset.num_labels
         self.majority = dataset.majority_accuracy()
         self.mesh = parallel.make_mesh()
-        self.batch_size = config.eval_batch_size or config.batch_size * 8
+        batch_size = config.eval_batch_size or config.batch_size * 8
+        self.batches = sorted_batches(self.validation, batch_size)
         self.eval_step = steps.make_eval_step(eval_graphdef, self.num_labels, self.mesh)
 
     def evaluate(self, params: Any) -> dict[str, Any]:
@@ -126,10 +162,9 @@ class FinalModel:
 
         state = steps.TrainState(None, params, self.model_state, None)
         with jax.transfer_guard_device_to_host("allow"):
-            return run_loop.evaluate(
-                self.eval_step, state, self.validation, self.batch_size, self.num_labels,
-                self.mesh,
-            )  # fmt: skip
+            return run_loop.evaluate_batches(
+                self.eval_step, state, self.batches, self.num_labels, self.mesh
+            )
 
 
 def weight_noise(
