@@ -571,6 +571,41 @@ def test_a_killed_run_resumes_bit_for_bit(assets, tmp_path, unbroken_run, signum
     assert train_records(out) == train_records(reference)
 
 
+def test_a_sigterm_in_the_final_evaluation_is_not_lost(assets, tmp_path, monkeypatch):
+    """A SIGTERM that comes too late to stop the run (here, during its final evaluation): the
+    run completes and writes its summary, and the caller is still told to stop, so a driver
+    of many runs does not go on to the next."""
+    from examples.bert import run_loop
+    from examples.experiments import runner
+
+    evaluate_and_log = run_loop.evaluate_and_log
+
+    def terminated_in_the_last(evaluate_on, state, splits, step, log):
+        if step == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate_and_log(evaluate_on, state, splits, step, log)
+
+    monkeypatch.setattr(run_loop, "evaluate_and_log", terminated_in_the_last)
+    out = tmp_path / "late"
+    config = train.parse_args(base_args(assets, out, "--steps", "8", "--eval-every", "4"))
+    with pytest.raises(train.RunInterrupted, match="completed at micro-step 8") as stop:
+        train.train_and_evaluate(config, str(out))
+    assert stop.value.summary.status == "completed"
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    # The study's runner stops (Interrupted), and the next call reads the run as finished.
+    settings = {k: v for k, v in vars(config).items() if k != "output_dir"}
+    out2 = tmp_path / "late2"
+    with pytest.raises(runner.Interrupted):
+        runner.train_here(settings, str(out2))
+    assert runner.run_status(str(out2)) == "completed"
+    # The command line returns the completed summary (exit 0 as a script).
+    monkeypatch.setattr(run_loop, "evaluate_and_log", evaluate_and_log)
+    assert train.main(base_args(assets, tmp_path / "plain", "--steps", "8"))["status"] == (
+        "completed"
+    )
+
+
 # ---------------------------------------------------------------------------- bad input
 
 

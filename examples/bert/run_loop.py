@@ -35,7 +35,9 @@ def allow_transfers() -> contextlib.AbstractContextManager:
 
 
 class LoopEnd(NamedTuple):
-    """How the loop ended; ``step`` and ``start``: micro-steps done, and done before."""
+    """How the loop ended; ``step`` and ``start``: micro-steps done, and done before;
+    ``stop_asked``: a SIGTERM came, perhaps too late to stop the run (in its last step, its
+    final evaluation or its last save), which then ended anyway."""
 
     status: records.Status
     step: int
@@ -43,6 +45,7 @@ class LoopEnd(NamedTuple):
     resumed: bool
     eval_s: float
     t_start: float
+    stop_asked: bool = False
 
 
 class StopFlag:
@@ -412,7 +415,7 @@ def run_loop(
                 ckpt.close()
     if status == "interrupted":
         say(f"\nInterrupted at micro-step {step}; resume with --resume {out}")
-    return log, LoopEnd(status, step, start, resume, eval_s, t_start)
+    return log, LoopEnd(status, step, start, resume, eval_s, t_start, stop.requested)
 
 
 def _every(update: int, every: int) -> bool:

@@ -44,10 +44,13 @@ class UsageError(ValueError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the run, after it saved a checkpoint and its ``summary``."""
+    """Ctrl-C or SIGTERM stopped the run, after it saved a checkpoint and its ``summary``
+    (whose status is ``"completed"`` when a SIGTERM came as the run ended anyway: the caller,
+    a driver of many runs say, is still told to stop)."""
 
     def __init__(self, summary: Summary) -> None:
-        super().__init__(f"interrupted at micro-step {summary.micro_steps}")
+        how = "completed" if summary.status == "completed" else "interrupted"
+        super().__init__(f"{how} at micro-step {summary.micro_steps}")
         self.summary = summary
 
 
@@ -459,7 +462,7 @@ def _run(config: TrainConfig, out: str, *, resume: bool, t_start: float) -> Summ
     except rundir.CheckpointError as err:
         raise UsageError(f"--resume {out}: {err}") from err
     summary = report(config, run, out, log, end)
-    if end.status == "interrupted":
+    if end.status == "interrupted" or end.stop_asked:
         raise RunInterrupted(summary)
     return summary
 
