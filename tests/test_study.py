@@ -407,11 +407,39 @@ def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(m
         "arm"] == "dice before"  # fmt: skip
     trained = []
     monkeypatch.setattr(runner, "run_jobs", lambda jobs, **kw: trained.extend(jobs))
-    folder = study.probe_folder(cfg, {}, rows[0])  # its folder is not here: trained again
+    folder = study.probe_folder(cfg, {}, rows[0], "line")  # its folder is gone: trained again
     assert [j.workdir for j in trained] == [folder] and folder.startswith(cfg.runs_dir)
     assert trained[0].settings["lr"] == rows[0]["lr"] and trained[0].seed == 0
-    assert study.probe_folder(dataclasses.replace(cfg, report_only=True), {}, rows[0]) is None
+    assert (
+        study.probe_folder(dataclasses.replace(cfg, report_only=True), {}, rows[0], "line") is None
+    )
+    no_line = dataclasses.replace(cfg, phases=["weight-noise"])
+    assert study.probe_folder(no_line, {}, rows[0], "line") is None
     assert len(trained) == 1
+
+
+def test_phases_run_alone_on_the_committed_rows(tmp_path, monkeypatch):
+    cfg = _cfg(seeds=3)
+    rows = _synthetic(seeds=3, sd=0.03)
+    jobs = study.tuning_jobs(cfg, {}) + study.later_jobs(cfg, {}, rows)
+    phases = {study.phase_of(cfg, j) for j in jobs}
+    assert phases == {"tuning", "budgets", "seeds", "noise"}
+    assert all((study.phase_of(cfg, j) == "budgets") == (j.settings["steps"] != 150) for j in jobs)
+    # --phases budgets on a GPU: the committed CPU rows choose the lrs, only budget runs train,
+    # no probe trains a run again.
+    committed = tmp_path / "runs.csv"
+    runner.write_csv(str(committed), rows)
+    trained = []
+    monkeypatch.setattr(runner, "run_jobs", lambda jobs, **kw: trained.extend(jobs))
+    gpu = study.StudyConfig(committed=str(committed), seeds=3, budgets=[2000], phases=["budgets"],
+                            runs_dir=str(tmp_path / "gpu"))  # fmt: skip
+    v = study.study(gpu, {"model": "DIR"})
+    assert {(j.arm, j.settings["steps"]) for j in trained} == {(a, 2000) for a in study.BUDGET_ARMS}
+    assert {j.seed for j in trained} == set(range(5)) and len(v.rows) == len(rows)
+    assert all(j.settings["model"] == "DIR" for j in trained)
+    assert "--phases: no phase tune; choose from tuning, budgets" in " ".join(
+        study.StudyConfig(phases=["tune"]).problems()
+    )
 
 
 def test_failed_runs_and_derived_columns():
@@ -432,6 +460,9 @@ def test_failed_runs_and_derived_columns():
         }
     )
     assert old["steps"] == 150 and old["clip_norm"] == 0.0  # rows from before the columns
+    assert (
+        old["platform"] == "cpu" and _row("baseline", 0, 0.5, platform="gpu")["platform"] == "gpu"
+    )
 
 
 def test_flatness_is_normalised_by_headroom_and_flat_sigma_is_of_the_mean_curve():
@@ -540,6 +571,10 @@ def test_the_report_is_built_from_tables(tmp_path):
     perturbed = f"{acc.mean() - 0.05:.3f} ± {acc.std(ddof=1):.3f}"
     assert (f"| baseline | 0.0001 | 5 | {acc.mean():.3f} ± {acc.std(ddof=1):.3f} | - | - | - "
             f"| {perturbed} | 0% |") in md  # fmt: skip
+    assert "Runs: 150 updates: 45 on the CPU; 600 updates: none; 2000 updates: none." in md
+    mixed = rows + [dict(r, steps=600, platform="gpu" if r["seed"] else "cpu") for r in rows]
+    md = study.report(study.View(cfg, mixed, lines, study.best_lrs(cfg, rows)), "CMD")
+    assert "600 updates: 9 on the CPU, 36 on the GPU (mixed: pairs may cross platforms)" in md
     table = study.aggregate(rows)
     assert {e["arm"] for e in table} == set(study.ARMS) and all(e["runs"] == 5 for e in table)
 

@@ -12,6 +12,9 @@ longer budgets; 6. the validation loss along the line from the baseline's to the
 parameters, every seed; 7. weight noise on the probe arms' (:data:`PROBE_ARMS`) clean runs at
 their best lr, ``--probe-seeds`` seeds. The probes evaluate every validation example, and
 train again, in its folder, a committed run whose final parameters are not on this machine.
+``--phases`` runs some phases only (the others' rows are read): ``--phases budgets --budgets
+2000`` on a GPU adds the budget curve's longest runs to the CPU's committed rows, each arm at
+the lr the CPU's tuning chose (``bash benchmarks/device_check.sh budget``).
 
 It writes ``runs.csv``, ``lines.csv``, ``study.csv``, ``study.md`` and the figures under
 ``--results-dir`` (default ``<runs-dir>/results``). ``--report-only`` trains and measures
@@ -75,6 +78,8 @@ BUDGET_ARMS = ("baseline", "dice before", "baseline, clip 2.7", "dice after", "l
 #: The weight-noise probe's arms: the dice before AdamW, the baseline and the clip matched to it.
 PROBE_ARMS = ("baseline", "dice before", "baseline, clip 2.7")
 ROUND1_STEPS = 150  # the budget of rows written before runs.csv had a steps column
+#: The phases, as ``--phases`` names them (the module docstring says what each runs).
+PHASES = ("tuning", "budgets", "seeds", "noise", "line", "weight-noise")
 FAILED_MARGIN = 0.02  # a run fails if it ends within 2 points of the majority class
 FLAT_LOSS = 0.05  # flat while the mean loses at most 5% of the headroom above the majority
 BARRIER = 0.01  # a loss this far above the chord counts as a barrier
@@ -110,6 +115,10 @@ class StudyConfig:
         "runs.csv, none with --quick; '' for none)")  # fmt: skip
     quick: bool = opt(False, "a smoke test of seconds")
     report_only: bool = opt(False, "train and measure nothing: report what is finished")
+    phases: list[str] = opt(  # noqa: RUF009
+        list(PHASES), "the phases that run (default: all); the others' finished rows are read: "
+        + ", ".join(PHASES),
+    )  # fmt: skip
     jobs: int = opt(1, "training runs at once")
     steps: int = opt(150, "updates per tuning run")
     budgets: list[int] = opt([600, 2000], "the budget curve's longer runs")  # noqa: RUF009
@@ -154,7 +163,13 @@ class StudyConfig:
             out.append(f"--label-noise must lie in [0, 1), got {self.label_noise}")
         if self.alphas < 3:
             out.append("--alphas must be at least 3")
+        if unknown := [p for p in self.phases if p not in PHASES]:
+            out.append(f"--phases: no phase {', '.join(unknown)}; choose from {', '.join(PHASES)}")
         return out
+
+    def measures(self, phase: str) -> bool:
+        """Whether ``phase`` trains or measures in this call."""
+        return not self.report_only and phase in self.phases
 
     def shrunk(self) -> StudyConfig:
         """The ``--quick`` settings (a setting given other than its default keeps its value)."""
@@ -222,6 +237,16 @@ def job(cfg: StudyConfig, extra: Mapping[str, Any], arm: str, lr: float, seed: i
         "no_progress": True, **extra,
     }  # fmt: skip
     return Job(arm, seed, workdir, settings, key(arm, steps, lr, label_noise, seed))
+
+
+def phase_of(cfg: StudyConfig, j: Job) -> str:
+    """The phase a training job belongs to (:data:`PHASES`)."""
+    if j.settings["steps"] != cfg.steps:
+        return "budgets"
+    if j.settings["label_noise"]:
+        return "noise"
+    grid = {f"{lr_of(cfg, j.arm, f):.6g}" for f in cfg.lr_factors}
+    return "tuning" if j.seed < cfg.seeds and f"{j.settings['lr']:.6g}" in grid else "seeds"
 
 
 def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
@@ -314,7 +339,7 @@ def row(job: Job) -> Row:
         "macro_f1": summary.get("eval_macro_f1"),
         "best_macro_f1": max((e["macro_f1"] for e in evals), default=None),
         **{k: summary.get(k) for k in ("perturbed_accuracy", "majority_accuracy", "status",
-                                       "mean_scale")},
+                                       "mean_scale", "platform")},
         "run_dir": job.workdir,
     }  # fmt: skip
     return complete(r)
@@ -325,6 +350,8 @@ def complete(r: Row) -> Row:
     the defaults of old rows (before the budget and the clip were columns)."""
     r = {k: (math.nan if v is None else v) for k, v in r.items()}
     r.setdefault("steps", ROUND1_STEPS)
+    if not isinstance(r.get("platform"), str):  # rows from before the column: all on the CPU
+        r["platform"] = "cpu"
     if not isinstance(r.get("clip_norm"), int | float) or math.isnan(r["clip_norm"]):
         r["clip_norm"] = ARMS[r["arm"]].overrides.get("clip_norm", 1.0) if r["arm"] in ARMS else 1.0
     r["perturbation_drop"] = r["accuracy"] - r["perturbed_accuracy"]
@@ -672,11 +699,21 @@ def budget_table(v: View) -> list[str]:
             )
             cells.append(f"{mean_std(acc)} (n={len(acc)}){gap}")
         body.append([arm, *cells])
+    where = []
+    for b in budgets:
+        count: dict[str, int] = {}
+        for r in at_best_rows(v.rows, v.best, b):
+            count[r["platform"]] = count.get(r["platform"], 0) + 1
+        mixed = " (mixed: pairs may cross platforms)" if len(count) > 1 else ""
+        runs = ", ".join(f"{n} on the {p.upper()}" for p, n in sorted(count.items()))
+        where.append(f"{b} updates: {runs or 'none'}{mixed}")
     return [
         "## The budget curve (each arm at its best lr at the tuning budget)\n",
         runner.markdown_table(["arm", *(f"{b} updates" for b in budgets)], body),
         "",
-        "Each cell: final accuracy mean ± std (runs); then minus the baseline, paired.\n",
+        "Each cell: final accuracy mean ± std (runs); then minus the baseline, paired. Runs: "
+        + "; ".join(where)
+        + ".\n",
     ]
 
 
@@ -828,13 +865,13 @@ def gather(plan: Sequence[Job], committed: Sequence[Row]) -> list[Row]:
     return rows
 
 
-def probe_folder(cfg: StudyConfig, extra: Mapping[str, Any], r: Row) -> str | None:
-    """The folder of a row's run, finished, for the probes: the plan's folder for its key,
-    where the run is trained again when its final parameters are not on this machine (a
-    committed row); None when it is not finished there and nothing may run (--report-only)."""
+def probe_folder(cfg: StudyConfig, extra: Mapping[str, Any], r: Row, phase: str) -> str | None:
+    """The folder of a row's run, finished, for a probe: the plan's folder for its key, where
+    the run is trained again when its final parameters are not on this machine (a committed
+    row); None when it is not finished there and the probe's phase does not run."""
     j = job(cfg, extra, r["arm"], r["lr"], int(r["seed"]), int(r["steps"]), r["label_noise"])
     if runner.run_status(j.workdir) != "completed":
-        if cfg.report_only:
+        if not cfg.measures(phase):
             return None
         print(f"[study] {j.workdir}: trained again for its final parameters", flush=True)
         runner.run_jobs([j], say=lambda s: print(f"[study] {s}", flush=True))
@@ -861,13 +898,13 @@ def with_flatness(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row
 
     measured: dict[int, Row] = {}
     for r in probe_targets(cfg, rows, best):
-        folder = probe_folder(cfg, extra, r)
+        folder = probe_folder(cfg, extra, r, "weight-noise")
         if folder is None:
             continue
         path = os.path.join(folder, "weight_noise.json")
         cached = rundir.read_json(path) if os.path.isfile(path) else {}
         wanted = [cfg.weight_noise_sigmas, cfg.weight_noise_draws]
-        if [cached.get("sigmas"), cached.get("draws")] != wanted and not cfg.report_only:
+        if [cached.get("sigmas"), cached.get("draws")] != wanted and cfg.measures("weight-noise"):
             from examples.experiments import flatness
 
             print(f"[study] weight noise: {folder}", flush=True)
@@ -898,12 +935,12 @@ def lines_of(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row],
     for seed, pair in sorted(ends.items()):
         if seed in have or len(pair) < 2:
             continue
-        folders = [probe_folder(cfg, extra, pair[arm]) for arm in ("baseline", "dice before")]
+        folders = [probe_folder(cfg, extra, pair[a], "line") for a in ("baseline", "dice before")]
         if None in folders:
             continue
         path = os.path.join(cfg.runs_dir, "lines", f"seed{seed}.json")
         line = rundir.read_json(path) if os.path.isfile(path) else {}
-        if line.get("alphas") != alphas and not cfg.report_only:
+        if line.get("alphas") != alphas and cfg.measures("line"):
             from examples.experiments import flatness
 
             print(f"[study] the line, seed {seed}", flush=True)
@@ -934,9 +971,9 @@ def study(cfg: StudyConfig, extra: Mapping[str, Any]) -> View:
     done = {row_key(r) for r in rows0}
 
     def run(jobs: list[Job]) -> None:
-        if not cfg.report_only:
-            runner.run_jobs(jobs, at_once=cfg.jobs, skip=lambda j: j.key in done,
-                                say=lambda s: print(f"[study] {s}", flush=True))  # fmt: skip
+        jobs = [j for j in jobs if cfg.measures(phase_of(cfg, j))]
+        runner.run_jobs(jobs, at_once=cfg.jobs, skip=lambda j: j.key in done,
+                        say=lambda s: print(f"[study] {s}", flush=True))  # fmt: skip
 
     plan = tuning_jobs(cfg, extra)
     run(plan)
