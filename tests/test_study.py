@@ -374,10 +374,22 @@ def test_later_phases_add_seeds_noise_and_budgets_at_the_best_lr():
     assert max(j.seed for j in more if j.arm == "dice before") == cfg.max_seeds - 1
     assert {j.arm for j in more} == {a for q in study.HEADLINE for a in (q.arm, q.ref)}
     assert {j.arm for j in noisy} == set(study.ORIGINAL_ARMS)
-    assert {j.seed for j in noisy} == {0, 1, 2} and all(
+    assert all(
         j.settings["label_noise"] == 0.2 and j.settings["lr"] == 1e-4 * study.ARMS[j.arm].lr_scale
         for j in noisy
     )
+    # Answer 7's arms get --min-seeds noisy seeds before any is measured, the others --seeds.
+    seeds = {a: sorted(j.seed for j in noisy if j.arm == a) for a in study.ORIGINAL_ARMS}
+    assert seeds["baseline"] == seeds["dice before"] == seeds["fair die before"] == [0, 1, 2, 3, 4]
+    assert seeds["dice after"] == seeds["lr-matched control"] == [0, 1, 2]
+    # Once measured, the interaction's paired SD sets them: 0.03 asks for more than --max-seeds.
+    rng = np.random.default_rng(1)
+    measured = rows + [dict(r, label_noise=0.2, accuracy=r["accuracy"] - 0.05
+                            + 0.03 * rng.standard_normal()) for r in rows]  # fmt: skip
+    best = study.best_lrs(cfg, rows)
+    assert study.noise_seeds(cfg, measured, best)["dice before"] == cfg.max_seeds
+    steady = rows + [dict(r, label_noise=0.2, accuracy=r["accuracy"] - 0.05) for r in rows]
+    assert study.noise_seeds(cfg, steady, best)["dice before"] == cfg.min_seeds
     assert {(j.arm, j.settings["steps"]) for j in longer} == {
         (a, b) for a in study.BUDGET_ARMS for b in (600, 2000)
     }

@@ -295,6 +295,23 @@ def seeds_for(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) 
     return out
 
 
+#: Answer 7's contrasts: noisy minus clean, each arm minus the baseline.
+NOISE_QUESTION = ("dice before", "fair die before")
+
+
+def noise_seeds(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) -> dict[str, int]:
+    """Noisy-label seeds per arm: answer 7's arms (and the baseline) as many as a power
+    estimate from the interaction's observed paired SD asks for (at least ``--min-seeds``, at
+    most ``--max-seeds``); the other arms the tuning seeds."""
+    n = cfg.min_seeds
+    for arm in NOISE_QUESTION:
+        d = interaction(rows, best, cfg.steps, cfg.label_noise, arm)
+        if d is not None and d["n"] >= runner.MIN_SEEDS:
+            n = max(n, runner.seeds_needed(d["sd"]))
+    asked = ("baseline", *NOISE_QUESTION)
+    return {a: min(cfg.max_seeds, n) if a in asked else cfg.seeds for a in ORIGINAL_ARMS}
+
+
 def later_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) -> list[Job]:
     """Phases 2-5, from the rows so far: the first budget, more seeds, noisy labels, the
     longer budgets (the budget curve first: it decides what the other answers mean)."""
@@ -306,11 +323,12 @@ def later_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) 
         if arm in best and arm in chosen
         for seed in range(cfg.seeds, n)
     ]
+    n_noisy = noise_seeds(cfg, rows, best)
     noisy = [
         job(cfg, extra, arm, best[arm], seed, label_noise=cfg.label_noise)
-        for seed in range(cfg.seeds)
+        for seed in range(max(n_noisy.values()))
         for arm in ORIGINAL_ARMS
-        if arm in best and arm in chosen and cfg.label_noise
+        if arm in best and arm in chosen and cfg.label_noise and seed < n_noisy[arm]
     ]
     longer = [
         job(cfg, extra, arm, best[arm], seed, steps=steps)
@@ -634,8 +652,10 @@ def headline_table(v: View) -> list[str]:
         f"{len(ds)} headline contrasts, one family: Holm's step-down adjustment of their paired "
         "t-test p-values keeps the family-wise error at 5%; the intervals above are per "
         "contrast, not adjusted. Seeds per question: a paired t-test at 5% needs the last "
-        "column's seeds to detect 2 points with 80% power at the observed paired SD (the plan "
-        f"runs that many, at least {v.cfg.min_seeds}, at most {v.cfg.max_seeds}).\n",
+        "column's seeds to detect 2 points with 80% power at the observed paired SD; the plan "
+        f"runs that many for answers 1-5 and 7, at least {v.cfg.min_seeds}, at most "
+        f"{v.cfg.max_seeds} (estimated again at each start of the driver), and "
+        f"{v.cfg.budget_seeds} for the budget curve.\n",
         runner.markdown_table(header, body),
         "",
     ]
