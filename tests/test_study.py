@@ -560,6 +560,12 @@ def test_answers_are_worded_from_their_intervals():
         v = study.View(cfg, rows + longer, [], study.best_lrs(cfg, rows))
         assert word in study.budget_words(v, "dice before", "baseline")
     assert "not measured yet" in study.budget_words(study.View(cfg, [], [], {}), "a", "b")
+    # Behind at 150 and 600 with 2000 to come: not yet "ends worse".
+    at600 = [dict(r, steps=600) for r in rows]
+    v = study.View(cfg, rows + at600, [], study.best_lrs(cfg, rows))
+    assert "**still behind at 600 updates (2000 not measured yet)**" in study.budget_words(
+        v, "dice before", "baseline"
+    )
     v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
     assert "Holm's adjustment keeps answers 1, 2 at 5% family-wise" in study.holm_sentence(v)
     empty = study.holm_sentence(study.View(cfg, [], [], {}))
