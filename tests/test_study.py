@@ -585,6 +585,11 @@ def test_the_report_is_built_from_tables(tmp_path):
         assert section in md, section
     assert "| 0 | 0.6000 | 0.8000 | 0.2000 |" in md  # seed 0's barrier: 0.9 - 0.7
     assert "| 1 | dice before - baseline | 5 |" in md
+    # The held-out column: seeds 3 and 4 only (the lrs were chosen on 0-2).
+    held = runner.cell(runner.paired([r for r in rows if r["seed"] >= 3], "dice before",
+                                     "baseline", "accuracy"))  # fmt: skip
+    line = next(x for x in md.splitlines() if x.startswith("| 1 | dice before - baseline |"))
+    assert line.endswith(f"| {held} |") and "(n=2)" in held, line
     acc = np.array([r["accuracy"] for r in rows if r["arm"] == "baseline"])
     perturbed = f"{acc.mean() - 0.05:.3f} ± {acc.std(ddof=1):.3f}"
     assert (f"| baseline | 0.0001 | 5 | {acc.mean():.3f} ± {acc.std(ddof=1):.3f} | - | - | - "
