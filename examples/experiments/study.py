@@ -657,7 +657,7 @@ def headline_table(v: View) -> list[str]:
         "## Multiple comparisons and seeds\n",
         f"{len(ds)} headline contrasts, one family: Holm's step-down adjustment of their paired "
         "t-test p-values keeps the family-wise error at 5%; the intervals above are per "
-        "contrast, not adjusted. Seeds per question: a paired t-test at 5% needs the last "
+        "contrast, not adjusted. Seeds per question: a paired t-test at 5% needs the power "
         "column's seeds to detect 2 points with 80% power at the observed paired SD; the plan "
         f"runs that many for answers 1-5 and 7, at least {v.cfg.min_seeds}, at most "
         f"{v.cfg.max_seeds} (estimated again at each start of the driver), and "
