@@ -337,8 +337,9 @@ def later_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) 
         for arm in BUDGET_ARMS
         if arm in best and arm in chosen
     ]
-    first = [j for j in longer if cfg.budgets and j.settings["steps"] == cfg.budgets[0]]
-    return first + more + noisy + [j for j in longer if j not in first]
+    first = [j for j in longer if j.settings["steps"] in cfg.budgets[:1]]
+    rest = [j for j in longer if j.settings["steps"] not in cfg.budgets[:1]]
+    return first + more + noisy + rest
 
 
 # ----------------------------------------------------------------------------- the rows
@@ -522,10 +523,8 @@ def answers(v: View) -> list[str]:
     """The study's questions, each answered in one sentence from its paired interval."""
     noise, steps, sigmas = v.cfg.label_noise, v.cfg.steps, sigmas_in(v.at_best)
     mid = sigmas[len(sigmas) // 2] if sigmas else None
-    flat = "; ".join(
-        f"{a}: {_or_not_measured(flat_sigma([r for r in v.at_best if r['arm'] == a], sigmas))}"
-        for a in PROBE_ARMS
-    )
+    flats = {a: flat_sigma([r for r in v.at_best if r["arm"] == a], sigmas) for a in PROBE_ARMS}
+    flat = "; ".join(f"{a}: {_sigma_text(x, 'not measured yet')}" for a, x in flats.items())
     flatter = (
         f"Flat sigma (of the mean curve), {flat}; the change at sigma {mid:g} as a share of the "
         "headroom, dice minus baseline: "
@@ -562,8 +561,8 @@ def answers(v: View) -> list[str]:
     ]
 
 
-def _or_not_measured(x: float) -> str:
-    return "not measured yet" if math.isnan(x) else f"{x:g}"
+def _sigma_text(x: float, missing: str) -> str:
+    return missing if math.isnan(x) else f"{x:g}"
 
 
 def barrier_words(barriers: Sequence[float]) -> str:
@@ -799,7 +798,7 @@ def flatness_tables(v: View) -> list[str]:
             continue
         curve = [mean_std((r.get(f"weight_noise_change_{s:g}") for r in mine), 3) for s in sigmas]
         means.append([arm, len(mine), mean_std(r["weight_noise_clean"] for r in mine), *curve,
-                      _or_dash(flat_sigma(mine, sigmas))])  # fmt: skip
+                      _sigma_text(flat_sigma(mine, sigmas), "-")])  # fmt: skip
         if arm != "baseline":
             diffs.append([arm, *(cell(paired(rows, arm, "baseline", f"weight_noise_change_{s:g}"))
                                   for s in sigmas)])  # fmt: skip
@@ -823,10 +822,6 @@ def flatness_tables(v: View) -> list[str]:
         runner.markdown_table(["arm", *cols], diffs),
         "",
     ]
-
-
-def _or_dash(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:g}"
 
 
 def _nan(x: Any) -> bool:
@@ -894,6 +889,10 @@ def gather(plan: Sequence[Job], committed: Sequence[Row]) -> list[Row]:
     return rows
 
 
+def _say(text: str) -> None:
+    print(f"[study] {text}", flush=True)
+
+
 def probe_folder(cfg: StudyConfig, extra: Mapping[str, Any], r: Row, phase: str) -> str | None:
     """The folder of a row's run, finished, for a probe: the plan's folder for its key, where
     the run is trained again when its final parameters are not on this machine (a committed
@@ -902,8 +901,8 @@ def probe_folder(cfg: StudyConfig, extra: Mapping[str, Any], r: Row, phase: str)
     if runner.run_status(j.workdir) != "completed":
         if not cfg.measures(phase):
             return None
-        print(f"[study] {j.workdir}: trained again for its final parameters", flush=True)
-        runner.run_jobs([j], say=lambda s: print(f"[study] {s}", flush=True))
+        _say(f"{j.workdir}: trained again for its final parameters")
+        runner.run_jobs([j], say=_say)
     return j.workdir
 
 
@@ -936,7 +935,7 @@ def with_flatness(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row
         if [cached.get("sigmas"), cached.get("draws")] != wanted and cfg.measures("weight-noise"):
             from examples.experiments import flatness
 
-            print(f"[study] weight noise: {folder}", flush=True)
+            _say(f"weight noise: {folder}")
             cached = flatness.weight_noise(
                 flatness.FinalModel(folder), *wanted, done=cached,
                 save=functools.partial(rundir.write_json, path),
@@ -956,9 +955,12 @@ def lines_of(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row],
     ends: dict[int, dict[str, Row]] = {}
     chosen = runner.select(ARMS, cfg.arms)
     for r in at_best_rows(rows, best, cfg.steps):
-        if r["arm"] in ("baseline", "dice before") and r["arm"] in chosen:
-            if r["status"] == "completed":
-                ends.setdefault(int(r["seed"]), {})[r["arm"]] = r
+        if (
+            r["arm"] in ("baseline", "dice before")
+            and r["arm"] in chosen
+            and (r["status"] == "completed")
+        ):
+            ends.setdefault(int(r["seed"]), {})[r["arm"]] = r
     out = [p for p in committed]
     have = {int(p["seed"]) for p in committed}
     for seed, pair in sorted(ends.items()):
@@ -972,7 +974,7 @@ def lines_of(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row],
         if line.get("alphas") != alphas and cfg.measures("line"):
             from examples.experiments import flatness
 
-            print(f"[study] the line, seed {seed}", flush=True)
+            _say(f"the line, seed {seed}")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             a, b = (flatness.FinalModel(folder) for folder in folders)
             line = flatness.line(
@@ -1001,8 +1003,7 @@ def study(cfg: StudyConfig, extra: Mapping[str, Any]) -> View:
 
     def run(jobs: list[Job]) -> None:
         jobs = [j for j in jobs if cfg.measures(phase_of(cfg, j))]
-        runner.run_jobs(jobs, at_once=cfg.jobs, skip=lambda j: j.key in done,
-                        say=lambda s: print(f"[study] {s}", flush=True))  # fmt: skip
+        runner.run_jobs(jobs, at_once=cfg.jobs, skip=lambda j: j.key in done, say=_say)
 
     plan = tuning_jobs(cfg, extra)
     run(plan)
