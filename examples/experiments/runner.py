@@ -235,12 +235,14 @@ def pending(jobs: Sequence[Job], *, skip: Callable[[Job], bool] = lambda job: Fa
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """No run starts after ``deadline``; a subprocess run stops (with a checkpoint) after
-    ``timeout`` s or at ``stop_by`` (monotonic times); ``keep_going`` goes on past failures."""
+    ``timeout`` s or at ``stop_by`` (monotonic times), and is killed if it has not exited
+    ``grace`` s after being told to stop; ``keep_going`` goes on past failures."""
 
     deadline: float | None = None
     timeout: float | None = None
     keep_going: bool = False
     stop_by: float | None = None  # a time.monotonic() value: every run stops by then
+    grace: float = 120.0  # s from SIGINT to SIGKILL: a save, not a whole evaluation
 
     def seconds_left(self) -> float | None:
         """How long a run started now may go on (None: no limit)."""
@@ -262,7 +264,8 @@ def run_jobs(
 
     Returns:
       Each trained job's workdir -> ``"done"``, ``"failed"``, ``"stopped at its time
-      limit"`` or ``"not started (deadline)"``.
+      limit"``, ``"killed at its time limit"`` (it did not stop within ``limits.grace``; it
+      resumes from its last periodic checkpoint) or ``"not started (deadline)"``.
 
     Raises:
       Interrupted: Ctrl-C stopped a run (it resumes on the next call); nothing else is
@@ -329,12 +332,10 @@ def _run_in_subprocesses(
             try:
                 rc = proc.wait(timeout=limits.seconds_left())
             except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGINT)  # it saves a checkpoint, then exits
-                proc.wait()
-                rc = None
-        outcome = {0: "done", None: "stopped at its time limit"}.get(rc, "failed")
-        outcome = "interrupted" if rc == INTERRUPTED_EXIT else outcome
-        say(f"{job.arm}, seed {job.seed}: {outcome} (exit {rc})")
+                outcome = _stop(proc, limits.grace)
+            else:
+                outcome = {0: "done", INTERRUPTED_EXIT: "interrupted"}.get(rc, "failed")
+        say(f"{job.arm}, seed {job.seed}: {outcome} (exit {proc.returncode})")
         return outcome
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=at_once)
@@ -354,6 +355,19 @@ def _run_in_subprocesses(
     if stopped:
         raise Interrupted(", ".join(stopped))
     return outcomes
+
+
+def _stop(proc: subprocess.Popen, grace: float) -> str:
+    """A run at its time limit: SIGINT (it saves a checkpoint, then exits), SIGKILL if it is
+    still there ``grace`` s later. Returns its outcome."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return "killed at its time limit"
+    return "stopped at its time limit"
 
 
 def interrupted_exit(err: KeyboardInterrupt) -> NoReturn:
@@ -571,6 +585,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m examples.experiments.runner WORKDIR SETTINGS_JSON``: one run, as
     :func:`run_jobs` starts it in a subprocess (exit 130 when interrupted)."""
     workdir, settings = argv if argv is not None else sys.argv[1:]
+    # SIGINT is how run_jobs stops a run at its time limit. A driver started in the background
+    # of a script ignores SIGINT, and its runs would inherit that: set both, whatever came in.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         train_here(json.loads(settings), workdir)
