@@ -3,9 +3,9 @@
 The tiny training runs of the suite compile the same few programs (a train step, an eval step)
 over and over, in this process and in the scripts it starts: a persistent compilation cache,
 shared by every process of the session through the environment (pytest-xdist's workers
-included), compiles each once. A cache
-hit loads the same executable, so results are bit for bit those of a fresh compile. Set
-``JAX_COMPILATION_CACHE_DIR`` to keep a cache of your own across sessions.
+included), compiles each once. A cache hit loads the same executable, so results are bit for
+bit those of a fresh compile. Set ``JAX_COMPILATION_CACHE_DIR`` to keep a cache of your own
+across sessions.
 """
 
 from __future__ import annotations

@@ -144,19 +144,19 @@ def test_gpu_study_starts_no_run_after_its_budget(tmp_path):
 
 
 @pytest.fixture
-def sigint_handled():
-    """SIGINT raises KeyboardInterrupt here (so children start with the default action), and
-    SIGINT and SIGTERM are as they were after the test."""
+def signals_restored():
+    """SIGINT's and SIGTERM's handlers are as they were after the test."""
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, before[0])
     signal.signal(signal.SIGTERM, before[1])
 
 
-def test_every_run_stops_by_its_time(tmp_path, monkeypatch, sigint_handled):
+def test_every_run_stops_by_its_time(tmp_path, monkeypatch, signals_restored):
     # Runs still going at --stop-by get SIGINT (a checkpoint, then exit) and count as
-    # stopped, not failed; the driver goes on to its tables.
+    # stopped, not failed; the driver goes on to its tables. A handler here, whatever the
+    # suite's order left: the children start with SIGINT's default action.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     monkeypatch.setattr(runner, "child_argv", lambda job: sleeper)
     monkeypatch.setattr(runner, "pending", lambda jobs, skip: list(jobs))
@@ -191,7 +191,9 @@ def test_a_run_that_does_not_stop_is_killed_after_its_grace(tmp_path, monkeypatc
     assert 5.5 <= time.monotonic() - start < 30
 
 
-def test_a_run_process_stops_on_sigint_even_if_it_was_started_ignoring_it(monkeypatch):
+def test_a_run_process_stops_on_sigint_even_if_it_was_started_ignoring_it(
+    monkeypatch, signals_restored
+):
     # A driver started in the background of a script ignores SIGINT, and its runs inherit
     # that: each run's process listens to SIGINT (and SIGTERM) all the same.
     def train_here(settings, workdir):
@@ -199,9 +201,6 @@ def test_a_run_process_stops_on_sigint_even_if_it_was_started_ignoring_it(monkey
         time.sleep(30)
 
     monkeypatch.setattr(runner, "train_here", train_here)
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
-    try:
-        assert runner.main(["some/run", "{}"]) == runner.INTERRUPTED_EXIT
-    finally:
-        signal.signal(signal.SIGINT, before[0])
-        signal.signal(signal.SIGTERM, before[1])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    assert runner.main(["some/run", "{}"]) == runner.INTERRUPTED_EXIT

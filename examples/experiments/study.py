@@ -958,7 +958,7 @@ def lines_of(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row],
         if (
             r["arm"] in ("baseline", "dice before")
             and r["arm"] in chosen
-            and (r["status"] == "completed")
+            and r["status"] == "completed"
         ):
             ends.setdefault(int(r["seed"]), {})[r["arm"]] = r
     out = [p for p in committed]
