@@ -2,19 +2,16 @@
 
 import argparse
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks import gpu
-from examples.experiments import gpu_study, runner
+from examples.experiments import gpu_study
 from tests.train_helpers import make_tiny_model_dir, synthetic_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,66 +138,3 @@ def test_gpu_study_starts_no_run_after_its_budget(tmp_path):
     rows = json.loads((tmp_path / "runs" / "results" / "main_job.json").read_text())
     assert [r["status"] for r in rows] == ["not started (deadline)"] * 2
     assert not (tmp_path / "runs" / "results" / "sweep").exists()
-
-
-@pytest.fixture
-def signals_restored():
-    """SIGINT's and SIGTERM's handlers are as they were after the test."""
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGINT, before[0])
-    signal.signal(signal.SIGTERM, before[1])
-
-
-def test_every_run_stops_by_its_time(tmp_path, monkeypatch, signals_restored):
-    # Runs still going at --stop-by get SIGINT (a checkpoint, then exit) and count as
-    # stopped, not failed; the driver goes on to its tables. A handler here, whatever the
-    # suite's order left: the children start with SIGINT's default action.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    monkeypatch.setattr(runner, "child_argv", lambda job: sleeper)
-    monkeypatch.setattr(runner, "pending", lambda jobs, skip: list(jobs))
-    monkeypatch.setattr(runner, "run_status", lambda workdir: "missing")
-    jobs = [runner.Job("sleeper", s, str(tmp_path / f"s{s}"), {}) for s in range(2)]
-    start = time.monotonic()
-    limits = runner.Limits(stop_by=start + 2.0, keep_going=True)
-
-    outcomes = runner.run_jobs(jobs, at_once=2, limits=limits, say=lambda s: None)
-
-    assert list(outcomes.values()) == ["stopped at its time limit"] * 2
-    assert time.monotonic() - start < 30
-    assert runner.Limits(timeout=5.0, stop_by=time.monotonic() + 100).seconds_left() == 5.0
-
-
-def test_a_run_that_does_not_stop_is_killed_after_its_grace(tmp_path, monkeypatch):
-    # SIGINT at its time limit (5 s: the child ignores SIGINT long before), SIGKILL 0.5 s later.
-    deaf = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
-            "signal.SIG_IGN); time.sleep(60)"]  # fmt: skip
-    monkeypatch.setattr(runner, "child_argv", lambda job: deaf)
-    monkeypatch.setattr(runner, "pending", lambda jobs, skip: list(jobs))
-    jobs = [runner.Job("deaf", 0, str(tmp_path / "s0"), {})]
-    said = []
-    start = time.monotonic()
-
-    outcomes = runner.run_jobs(
-        jobs, at_once=2, limits=runner.Limits(timeout=5.0, grace=0.5), say=said.append
-    )
-
-    assert outcomes == {str(tmp_path / "s0"): "killed at its time limit"}
-    assert said[-1] == f"deaf, seed 0: killed at its time limit (exit {-signal.SIGKILL})"
-    assert 5.5 <= time.monotonic() - start < 30
-
-
-def test_a_run_process_stops_on_sigint_even_if_it_was_started_ignoring_it(
-    monkeypatch, signals_restored
-):
-    # A driver started in the background of a script ignores SIGINT, and its runs inherit
-    # that: each run's process listens to SIGINT (and SIGTERM) all the same.
-    def train_here(settings, workdir):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(30)
-
-    monkeypatch.setattr(runner, "train_here", train_here)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    assert runner.main(["some/run", "{}"]) == runner.INTERRUPTED_EXIT

@@ -3,15 +3,17 @@
 An *arm* is a named set of TrainConfig overrides; a :class:`Job` is one run of an arm (its
 seed, folder and settings). :func:`run_jobs` trains the jobs not finished yet, here or ``jobs``
 at a time in subprocesses: an unfinished run resumes from its checkpoint, a finished run made
-with other settings is refused, Ctrl-C stops the driver (:class:`Interrupted`). Also shared:
-the command line (:func:`parse`), the aggregate, the paired statistics, CSV and Markdown
-tables, and restoring a finished run's model. Importing this module imports no JAX.
+with other settings is refused, Ctrl-C or SIGTERM stops the driver and its runs, each saving
+a checkpoint (:class:`Interrupted`). Also shared: the command line (:func:`parse`), the
+aggregate, the paired statistics, CSV and Markdown tables, and restoring a finished run's
+model. Importing this module imports no JAX.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import json
@@ -21,8 +23,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NoReturn
 
 import numpy as np
@@ -268,8 +271,9 @@ def run_jobs(
       resumes from its last periodic checkpoint) or ``"not started (deadline)"``.
 
     Raises:
-      Interrupted: Ctrl-C stopped a run (it resumes on the next call); nothing else is
-        started.
+      Interrupted: Ctrl-C, or SIGTERM, stopped the runs (each resumes on the next call;
+        one that does not exit ``limits.grace`` s after its SIGINT is killed, and resumes from
+        its last periodic checkpoint); nothing else is started.
       SystemExit: a run failed (unless ``limits.keep_going``), or a finished run was made
         with other settings.
     """
@@ -315,8 +319,14 @@ def child_argv(job: Job) -> list[str]:
 def _run_in_subprocesses(
     todo: Sequence[Job], at_once: int, say: Callable[[str], None], limits: Limits
 ) -> dict[str, str]:
-    """Each job in ``python -m examples.experiments.runner``, ``at_once`` at a time."""
+    """Each job in ``python -m examples.experiments.runner``, ``at_once`` at a time.
+
+    Ctrl-C, and SIGTERM too (where this is the main thread), stop the driver: each run still
+    going gets SIGINT from here (a terminal's Ctrl-C reached it too; the kernel merges the two
+    while the first is pending) and SIGKILL if it has not exited ``limits.grace`` s later."""
     procs: dict[str, subprocess.Popen] = {}
+    starting = threading.Lock()  # held while a run starts; stopping: none starts after
+    stopping = threading.Event()
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several runs share a GPU
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
@@ -326,30 +336,34 @@ def _run_in_subprocesses(
             return "not started (deadline)"
         os.makedirs(os.path.dirname(job.workdir) or ".", exist_ok=True)
         with open(job.workdir + ".log", "a") as log:
-            procs[job.workdir] = proc = subprocess.Popen(
-                child_argv(job), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-            )
+            with starting:
+                if stopping.is_set():
+                    return "not started (interrupted)"
+                procs[job.workdir] = proc = subprocess.Popen(
+                    child_argv(job), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+                )
             try:
                 rc = proc.wait(timeout=limits.seconds_left())
             except subprocess.TimeoutExpired:
-                outcome = _stop(proc, limits.grace)
+                outcome = _stop([proc], limits.grace)[0]
             else:
                 outcome = {0: "done", INTERRUPTED_EXIT: "interrupted"}.get(rc, "failed")
         say(f"{job.arm}, seed {job.seed}: {outcome} (exit {proc.returncode})")
         return outcome
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=at_once)
-    futures = {job.workdir: pool.submit(one, job) for job in todo}
-    try:
-        outcomes = {w: f.result() for w, f in futures.items()}
-    except KeyboardInterrupt:
-        for f in futures.values():
-            f.cancel()
-        for proc in list(procs.values()):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)  # each saves its checkpoint, then exits
-        pool.shutdown(wait=True)
-        raise Interrupted("the runs in progress") from None
+    with _sigterm_as_ctrl_c():
+        futures = {job.workdir: pool.submit(one, job) for job in todo}
+        try:
+            outcomes = {w: f.result() for w, f in futures.items()}
+        except KeyboardInterrupt:
+            with starting:
+                stopping.set()
+            for f in futures.values():
+                f.cancel()
+            _stop([p for p in procs.values() if p.poll() is None], limits.grace)
+            pool.shutdown(wait=True)
+            raise Interrupted("the runs in progress") from None
     pool.shutdown()
     stopped = [w for w, o in outcomes.items() if o == "interrupted"]
     if stopped:
@@ -357,17 +371,41 @@ def _run_in_subprocesses(
     return outcomes
 
 
-def _stop(proc: subprocess.Popen, grace: float) -> str:
-    """A run at its time limit: SIGINT (it saves a checkpoint, then exits), SIGKILL if it is
-    still there ``grace`` s later. Returns its outcome."""
-    proc.send_signal(signal.SIGINT)
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt here (signal handlers live in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return "killed at its time limit"
-    return "stopped at its time limit"
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(procs: Sequence[subprocess.Popen], grace: float) -> list[str]:
+    """Stops runs: SIGINT to each (it saves a checkpoint, then exits), SIGKILL to those still
+    there ``grace`` s later (at once on a second Ctrl-C). Returns each one's outcome."""
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    end = time.monotonic() + grace
+    outcomes = []
+    try:
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                outcomes.append("killed at its time limit")
+            else:
+                outcomes.append("stopped at its time limit")
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.kill()
+        raise
+    return outcomes
 
 
 def interrupted_exit(err: KeyboardInterrupt) -> NoReturn:
