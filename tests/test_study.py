@@ -566,6 +566,12 @@ def test_answers_are_worded_from_their_intervals():
     assert "**still behind at 600 updates (2000 not measured yet)**" in study.budget_words(
         v, "dice before", "baseline"
     )
+    # Level at 150, behind at 600: it falls behind, and "still" would say it was behind before.
+    level = [dict(r, accuracy=r["accuracy"] + (r["arm"] == "dice before") * 0.08) for r in rows]
+    v = study.View(cfg, level + at600, [], study.best_lrs(cfg, rows))
+    assert "**no difference at 150, behind at 600 updates (2000 not measured yet)**" in (
+        study.budget_words(v, "dice before", "baseline")
+    )
     v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
     assert "Holm's adjustment keeps answers 1, 2 at 5% family-wise" in study.holm_sentence(v)
     empty = study.holm_sentence(study.View(cfg, [], [], {}))

@@ -508,10 +508,11 @@ def budget_words(v: View, arm: str, ref: str) -> str:
     if not measured:
         return f"{arm} minus {ref}: not measured yet"
     first, last = gaps[measured[0]]["verdict"], gaps[measured[-1]]["verdict"]
-    if len(measured) > 1 and last == "hurts" and measured[-1] != budgets[-1]:
-        word = f"still behind at {measured[-1]} updates ({budgets[-1]} not measured yet)"
-    elif len(measured) > 1 and last == "hurts":
-        word = f"ends worse (still behind at {measured[-1]} updates)"
+    if len(measured) > 1 and last == "hurts":
+        since = "still behind" if first == "hurts" else f"{first} at {measured[0]}, behind"
+        at = f"{since} at {measured[-1]} updates"
+        done = measured[-1] == budgets[-1]
+        word = f"ends worse ({at})" if done else f"{at} ({budgets[-1]} not measured yet)"
     elif len(measured) > 1 and first == "hurts" and last == "no difference":
         word = f"learns slower (behind at {measured[0]}, level by {measured[-1]} updates)"
     else:
