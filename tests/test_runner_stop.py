@@ -79,12 +79,15 @@ def test_a_run_process_stops_on_sigint_even_if_it_was_started_ignoring_it(
     assert runner.main(["some/run", "{}"]) == runner.INTERRUPTED_EXIT
 
 
-# A driver of two runs in a process group of its own, as a terminal's foreground job is. Each
-# run writes <run>.ready, appends "x" to <run>.sigint per SIGINT, then takes a second (a save)
-# and exits 130; a deaf run ignores SIGINT.
+# A driver of two runs in a process group of its own, with SIGINT's default handler, as a
+# terminal's foreground job is (a suite started in the background of a script passes SIG_IGN
+# down). Each run writes <run>.ready, appends "x" to <run>.sigint per SIGINT, then takes a
+# second (a save) and exits 130; a deaf run ignores SIGINT.
 DRIVER = textwrap.dedent("""
-    import sys
+    import signal, sys
     from examples.experiments import runner
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     child, grace, folder = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     runner.child_argv = lambda job: [sys.executable, "-c", child, job.workdir]
