@@ -769,3 +769,17 @@ def test_the_figures_draw_from_rows_with_missing_values(tmp_path):
     figures.plot_study(study.View(cfg, rows, lines, study.best_lrs(cfg, rows)), str(tmp_path))
     for name in ("accuracy_vs_lr", "budget", "weight_noise", "interpolation", "label_noise"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0, name
+
+
+def test_a_figure_with_nothing_to_draw_leaves_no_old_file_behind(tmp_path):
+    # An earlier report's weight_noise.png stayed beside a report that measured no weight noise.
+    from examples.experiments import figures
+
+    cfg = _cfg()
+    rows = _synthetic(seeds=3)
+    stale = ("budget", "weight_noise", "interpolation", "label_noise")
+    for name in stale:
+        (tmp_path / f"{name}.png").write_bytes(b"old")
+    figures.plot_study(study.View(cfg, rows, [], study.best_lrs(cfg, rows)), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy_vs_lr.png", "budget.png"]
+    assert (tmp_path / "budget.png").read_bytes() != b"old"
