@@ -48,6 +48,11 @@ def plot_sweep(rows: list[dict[str, Any]], results_dir: str) -> None:
             "Training loss per arm", title_size=None)  # fmt: skip
 
 
+#: The study's figures, each drawn where its data is measured.
+STUDY_FIGURES = ("accuracy_vs_lr.png", "budget.png", "weight_noise.png", "interpolation.png",
+                 "label_noise.png")  # fmt: skip
+
+
 def plot_study(v: Any, results_dir: str) -> None:
     """The study's figures: accuracy against lr, the budget curve, weight noise, the line
     between baseline and dice per seed, and what noisy labels cost each arm.
@@ -61,6 +66,9 @@ def plot_study(v: Any, results_dir: str) -> None:
 
     arms = [arm for arm in study.ARMS if any(r["arm"] == arm for r in v.rows)]
     colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(study.ARMS)}
+    for name in STUDY_FIGURES:  # one with nothing to draw must not leave an old report's behind
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(results_dir, name))
     _accuracy_vs_lr(v, arms, colors, results_dir)
     _budget_curve(v, colors, results_dir)
     _weight_noise(v, arms, colors, results_dir)
@@ -105,7 +113,6 @@ def _budget_curve(v: Any, colors: dict, results_dir: str) -> None:
                         label=arm)  # fmt: skip
     if not drawn:
         plt.close(fig)
-        _absent(results_dir, "budget.png")
         return
     ax.set_xscale("log")
     _finish(fig, ax, results_dir, "budget.png", "updates", "final accuracy (mean ± std)",
@@ -118,7 +125,6 @@ def _weight_noise(v: Any, arms: list[str], colors: dict, results_dir: str) -> No
     rows = [r for r in v.at_best if "flat_sigma" in r and math.isfinite(float(r["flat_sigma"]))]
     sigmas = study.sigmas_in(rows)
     if not sigmas:
-        _absent(results_dir, "weight_noise.png")
         return
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for arm in arms:
@@ -137,7 +143,6 @@ def _weight_noise(v: Any, arms: list[str], colors: dict, results_dir: str) -> No
 def _interpolation(v: Any, results_dir: str) -> None:
     lines = v.per_seed_lines()
     if not lines:
-        _absent(results_dir, "interpolation.png")
         return
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (seed, line) in enumerate(lines.items()):
@@ -158,7 +163,6 @@ def _label_noise(v: Any, colors: dict, results_dir: str) -> None:
     noisy = study.at_best_rows(v.rows, v.best, v.cfg.steps, v.cfg.label_noise)
     shown = [arm for arm in study.ORIGINAL_ARMS if any(r["arm"] == arm for r in noisy)]
     if not shown:
-        _absent(results_dir, "label_noise.png")
         return
     fig, ax = plt.subplots(figsize=(8, 5))
     for x, arm in enumerate(shown):
@@ -174,12 +178,6 @@ def _label_noise(v: Any, colors: dict, results_dir: str) -> None:
             "noisy minus clean final accuracy, per seed",
             f"What {v.cfg.label_noise:.0%} flipped labels cost each arm (paired by seed)",
             legend=False)  # fmt: skip
-
-
-def _absent(results_dir: str, name: str) -> None:
-    """Nothing to draw: an earlier report's figure of that name goes (it would show old data)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(results_dir, name))
 
 
 def _finish(fig: Any, ax: Any, results_dir: str, name: str, x: str, y: str, title: str,
