@@ -559,6 +559,13 @@ def test_answers_are_worded_from_their_intervals():
                        (gap + 0.08)) for r in rows]  # fmt: skip
         v = study.View(cfg, rows + longer, [], study.best_lrs(cfg, rows))
         assert word in study.budget_words(v, "dice before", "baseline")
+    # Behind at 150, ahead at 2000: it ends better, not "not resolved".
+    ahead = [dict(r, steps=2000, accuracy=r["accuracy"] + (r["arm"] == "dice before") * 0.16)
+             for r in rows]  # fmt: skip
+    v = study.View(cfg, rows + ahead, [], study.best_lrs(cfg, rows))
+    assert "**ends better (behind at 150, ahead at 2000 updates)**" in study.budget_words(
+        v, "dice before", "baseline"
+    )
     assert "not measured yet" in study.budget_words(study.View(cfg, [], [], {}), "a", "b")
     # Behind at 150 and 600 with 2000 to come: not yet "ends worse".
     at600 = [dict(r, steps=600) for r in rows]

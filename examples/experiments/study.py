@@ -500,7 +500,8 @@ class View:
 
 
 def budget_words(v: View, arm: str, ref: str) -> str:
-    """ "ends worse" / "learns slower" / not resolved, from the gaps at each budget."""
+    """ "ends worse" / "ends better" / "learns slower" / not resolved, from the gaps at each
+    budget (the longest measured decides; the first says where it started)."""
     budgets = [v.cfg.steps, *v.cfg.budgets]
     gaps = {b: v.d(arm, ref, steps=b) for b in budgets}
     shown = "; ".join(f"{b} updates {said(g)}" for b, g in gaps.items())
@@ -508,11 +509,14 @@ def budget_words(v: View, arm: str, ref: str) -> str:
     if not measured:
         return f"{arm} minus {ref}: not measured yet"
     first, last = gaps[measured[0]]["verdict"], gaps[measured[-1]]["verdict"]
-    if len(measured) > 1 and last == "hurts":
-        since = "still behind" if first == "hurts" else f"{first} at {measured[0]}, behind"
+    side = {"hurts": "behind", "helps": "ahead"}
+    if len(measured) > 1 and last in side:
+        was = side.get(first, first)
+        since = f"still {side[last]}" if first == last else f"{was} at {measured[0]}, {side[last]}"
         at = f"{since} at {measured[-1]} updates"
+        ends = "ends worse" if last == "hurts" else "ends better"
         done = measured[-1] == budgets[-1]
-        word = f"ends worse ({at})" if done else f"{at} ({budgets[-1]} not measured yet)"
+        word = f"{ends} ({at})" if done else f"{at} ({budgets[-1]} not measured yet)"
     elif len(measured) > 1 and first == "hurts" and last == "no difference":
         word = f"learns slower (behind at {measured[0]}, level by {measured[-1]} updates)"
     else:
