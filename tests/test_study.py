@@ -351,6 +351,83 @@ def test_best_lr_is_the_highest_mean_on_the_grid_over_the_shared_tuning_seeds():
                     "fair die after": 1e-4}  # fmt: skip
 
 
+def _grid_rows(cfg, accuracy, factors=None, arms=tuple(study.ARMS)):
+    """The arms at every factor of the grid (default) on the tuning seeds, ``accuracy(arm,
+    factor)`` each."""
+    return [_row(arm, seed, accuracy(arm, f), lr=study.lr_of(cfg, arm, f))
+            for arm in arms for f in factors or cfg.lr_factors
+            for seed in range(cfg.seeds)]  # fmt: skip
+
+
+def test_an_arm_whose_best_lies_at_the_grids_end_is_tuned_past_it():
+    cfg = _cfg(seeds=3)
+    assert cfg.widen == 2 and study.factors(cfg) == [0.0625, 0.125, *cfg.lr_factors, 8.0, 16.0]
+
+    def accuracy(arm, f):  # dice after rises with the lr, dice before falls, the rest peak at 1
+        slope = {"dice after": 0.01, "dice before": -0.01}.get(arm, 0.0)
+        return 0.7 + slope * math.log2(f) - (0.0 if slope else 0.01 * abs(math.log2(f)))
+
+    rows = _grid_rows(cfg, accuracy)
+    wider = study.widen_jobs(cfg, {}, rows)
+    assert sorted((j.arm, j.settings["lr"], j.seed) for j in wider) == sorted(
+        [("dice after", pytest.approx(8e-4), s) for s in range(3)]
+        + [("dice before", pytest.approx(1.25e-5), s) for s in range(3)]
+    )
+    assert {study.phase_of(cfg, j) for j in wider} == {"tuning"}
+    assert study.widen_jobs(dataclasses.replace(cfg, widen=0), {}, rows) == []
+    assert "--widen must be 0 or more, got -1" in _cfg(widen=-1).problems()
+    # An arm whose grid misses a tuning seed is not widened yet.
+    gap = [r for r in rows if (r["arm"], r["seed"], r["lr"]) != ("dice after", 2, 2.5e-5)]
+    assert {j.arm for j in study.widen_jobs(cfg, {}, gap)} == {"dice before"}
+    # Better at 8: the next step, 16, is the last --widen allows; the answer says it is the edge.
+    up = rows + _grid_rows(cfg, accuracy, [8.0], ["dice after"])
+    assert [j.settings["lr"] for j in study.widen_jobs(cfg, {}, up) if j.arm == "dice after"] == (
+        pytest.approx([1.6e-3] * 3)
+    )
+    top = up + _grid_rows(cfg, accuracy, [16.0], ["dice after"])
+    assert not [j for j in study.widen_jobs(cfg, {}, top) if j.arm == "dice after"]
+    v = study.View(cfg, top, [], study.best_lrs(cfg, top))
+    assert v.best["dice after"] == pytest.approx(1.6e-3)
+    assert v.lr("dice after") == "0.0016, best of 7 of 7 lrs, the highest tried"
+    assert v.lr("baseline") == "0.0001, best of 5 of 5 lrs"
+    # Worse at 8: the best stays at 4, no further step, and it is no longer the edge.
+    down = rows + [_row("dice after", s, 0.6, lr=8e-4) for s in range(3)]
+    assert not [j for j in study.widen_jobs(cfg, {}, down) if j.arm == "dice after"]
+    v = study.View(cfg, down, [], study.best_lrs(cfg, down))
+    assert v.best["dice after"] == pytest.approx(4e-4)
+    assert v.lr("dice after") == "0.0004, best of 6 of 6 lrs"
+    # Better at 8 on the one seed measured so far (an interrupted step): its other seeds first.
+    part = [*rows, _row("dice after", 0, 0.9, lr=8e-4)]
+    assert sorted(j.seed for j in study.widen_jobs(cfg, {}, part) if j.arm == "dice after") == [
+        0, 1, 2]  # fmt: skip
+
+
+def test_the_study_widens_the_grid_step_by_step(monkeypatch):
+    cfg = _cfg(seeds=3, phases=["tuning"], runs_dir="/nowhere")
+
+    def accuracy(arm, f):
+        return 0.7 + (0.01 * math.log2(f) if arm == "dice after" else -0.01 * abs(math.log2(f)))
+
+    trained = []
+    monkeypatch.setattr(
+        runner, "run_jobs", lambda jobs, **kw: trained.extend(j for j in jobs if not kw["skip"](j))
+    )
+    factor = {}
+
+    def gather(plan, committed):
+        for j in plan:
+            factor.setdefault(j.key, j.settings["lr"] / study.lr_of(cfg, j.arm, 1.0))
+        return [_row(j.arm, j.seed, accuracy(j.arm, factor[j.key]), lr=j.settings["lr"])
+                for j in trained if j.settings["steps"] == 150]  # fmt: skip
+
+    monkeypatch.setattr(study, "gather", gather)
+    v = study.study(cfg, {})
+    past = [(j.arm, round(j.settings["lr"], 8)) for j in trained[len(study.ARMS) * 5 * 3 :]]
+    assert past == [("dice after", 8e-4)] * 3 + [("dice after", 1.6e-3)] * 3
+    assert len(trained) == len({j.key for j in trained})  # nothing twice
+    assert v.best["dice after"] == pytest.approx(1.6e-3) and v.best["baseline"] == 1e-4
+
+
 def _synthetic(seeds=5, gap=-0.08, sd=0.01):
     """Every arm at its grid's middle lr; dice before behind the baseline by ``gap``."""
     rng = np.random.default_rng(0)

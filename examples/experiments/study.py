@@ -3,18 +3,20 @@
 Every run fine-tunes the packaged all-MiniLM-L6-v2 on the tweets with the training script; runs
 of one seed share the head's initialisation and the data order, so arms are compared seed by
 seed (paired). Every arm (:data:`ARMS`) is tuned over the same lr grid (``--lr`` x
-``--lr-factors``) and compared at its own best lr. The plan, resumed where it stopped (a run
-whose row is in ``--committed`` is not run again): 1. tuning, ``--seeds`` seeds, every arm at
-every lr; 2. the budget curve's first budget (``--budgets``, ``--budget-seeds``): whether the
-dice end worse or learn slower; 3. more seeds for the headline arms, as many as a power estimate
-asks for (at most ``--max-seeds``); 4. noisy labels (``--label-noise``); 5. the budget curve's
-longer budgets; 6. the validation loss along the line from the baseline's to the dice's final
-parameters, every seed; 7. weight noise on the probe arms' (:data:`PROBE_ARMS`) clean runs at
-their best lr, ``--probe-seeds`` seeds. The probes evaluate every validation example, and
-train again, in its folder, a committed run whose final parameters are not on this machine.
-``--phases`` runs some phases only (the others' rows are read): ``--phases budgets --budgets
-2000`` on a GPU adds the budget curve's longest runs to the CPU's committed rows, each arm at
-the lr the CPU's tuning chose (``bash benchmarks/device_check.sh budget``).
+``--lr-factors``), widened a factor 2 at a time (up to ``--widen`` times) past an end where its
+best lies, and compared at its own best lr. The plan, resumed where it stopped (a run whose row
+is in ``--committed`` is not run again): 1. tuning, ``--seeds`` seeds, every arm at every lr,
+then past the grid's end where an arm's best lies; 2. the budget curve's first budget
+(``--budgets``, ``--budget-seeds``): whether the dice end worse or learn slower; 3. more seeds
+for the headline arms, as many as a power estimate asks for (at most ``--max-seeds``); 4. noisy
+labels (``--label-noise``); 5. the budget curve's longer budgets; 6. the validation loss along
+the line from the baseline's to the dice's final parameters, every seed; 7. weight noise on the
+probe arms' (:data:`PROBE_ARMS`) clean runs at their best lr, ``--probe-seeds`` seeds. The
+probes evaluate every validation example, and train again, in its folder, a committed run whose
+final parameters are not on this machine. ``--phases`` runs some phases only (the others' rows
+are read): ``--phases budgets --budgets 2000`` on a GPU adds the budget curve's longest runs to
+the CPU's committed rows, each arm at the lr the CPU's tuning chose (``bash
+benchmarks/device_check.sh budget``).
 
 It writes ``runs.csv``, ``lines.csv``, ``study.csv``, ``study.md`` and the figures under
 ``--results-dir`` (default ``<runs-dir>/results``). ``--report-only`` trains and measures
@@ -128,6 +130,8 @@ class StudyConfig:
     lr_factors: list[float] = opt(  # noqa: RUF009
         [0.25, 0.5, 1.0, 2.0, 4.0], "the grid, as multiples of --lr (the same for every arm)"
     )
+    widen: int = opt(2, "factor-2 steps an arm is tuned past the grid's end where its best "
+                     "lr lies (0: never)")  # fmt: skip
     evals: int = opt(3, "evaluations per run")
     seeds: int = opt(3, "tuning seeds 0 .. n-1")
     max_seeds: int = opt(10, "most seeds for a question")
@@ -155,6 +159,8 @@ class StudyConfig:
                      "budget_seeds", "probe_seeds", "batch_size", "max_length"):  # fmt: skip
             if getattr(self, name) < 1:
                 out.append(f"{flags.flag_name(name)} must be positive")
+        if self.widen < 0:
+            out.append(f"--widen must be 0 or more, got {self.widen}")
         for name in ("lr", "lr_factors", "budgets", "weight_noise_sigmas"):
             values = np.atleast_1d(np.asarray(getattr(self, name), np.float64))
             if not (np.isfinite(values).all() and (values > 0).all()):
@@ -177,7 +183,7 @@ class StudyConfig:
             return self
         quick = dict(
             steps=4, budgets=[8], batch_size=8, max_length=16, evals=2, seeds=1, max_seeds=2,
-            min_seeds=2, budget_seeds=1, lr_factors=[1.0, 2.0], max_eval_samples=32,
+            min_seeds=2, budget_seeds=1, lr_factors=[1.0, 2.0], widen=0, max_eval_samples=32,
             weight_noise_sigmas=[0.1, 1.0], weight_noise_draws=2, alphas=5,
         )  # fmt: skip
         defaults = StudyConfig()
@@ -245,8 +251,15 @@ def phase_of(cfg: StudyConfig, j: Job) -> str:
         return "budgets"
     if j.settings["label_noise"]:
         return "noise"
-    grid = {f"{lr_of(cfg, j.arm, f):.6g}" for f in cfg.lr_factors}
-    return "tuning" if j.seed < cfg.seeds and f"{j.settings['lr']:.6g}" in grid else "seeds"
+    return "tuning" if j.seed < cfg.seeds else "seeds"  # the further seeds start at --seeds
+
+
+def factors(cfg: StudyConfig) -> list[float]:
+    """The lr factors an arm may be tuned at: the grid's, then ``--widen`` factor-2 steps
+    past each of its ends (tried only for an arm whose best lies at that end)."""
+    lo, hi = min(cfg.lr_factors), max(cfg.lr_factors)
+    past = [(lo / 2**k, hi * 2**k) for k in range(1, cfg.widen + 1)]
+    return sorted({*cfg.lr_factors, *(f for pair in past for f in pair)})
 
 
 def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
@@ -260,19 +273,53 @@ def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
     ]
 
 
+def tuned(cfg: StudyConfig, rows: Sequence[Row], arm: str) -> dict[str, dict[int, float]]:
+    """The arm's tuning results: lr (as ``.6g``) -> tuning seed -> clean accuracy (NaN: 0),
+    at each of :func:`factors` measured."""
+    grid = {f"{lr_of(cfg, arm, f):.6g}" for f in factors(cfg)}
+    acc: dict[str, dict[int, float]] = {}
+    for r in rows:
+        lr = f"{r['lr']:.6g}"
+        tuning = (r["arm"], r["steps"], r["label_noise"]) == (arm, cfg.steps, 0.0)
+        if tuning and lr in grid and int(r["seed"]) < cfg.seeds:
+            acc.setdefault(lr, {})[int(r["seed"])] = np.nan_to_num(float(r["accuracy"]))
+    return acc
+
+
+def widen_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) -> list[Job]:
+    """Tuning past the grid's end, once an arm's grid is measured on every tuning seed: where
+    its best lr is the highest (lowest) it has tried, the tuning seeds at twice (half) that lr,
+    within :func:`factors`; where its best is one of those not measured on every seed yet, the
+    rest of its seeds first."""
+    chosen = runner.select(ARMS, cfg.arms)
+    out = []
+    for arm, lr in best_lrs(cfg, rows).items():
+        at = {f"{lr_of(cfg, arm, f):.6g}": f for f in factors(cfg)}
+        seeds = {at[x]: len(by_seed) for x, by_seed in tuned(cfg, rows, arm).items()}
+        if arm not in chosen or any(seeds.get(f, 0) < cfg.seeds for f in cfg.lr_factors):
+            continue
+        f = at[f"{lr:.6g}"]
+        if seeds[f] < cfg.seeds:
+            step = f
+        elif f == max(seeds) and f * 2 in factors(cfg):
+            step = f * 2
+        elif f == min(seeds) and f / 2 in factors(cfg):
+            step = f / 2
+        else:
+            continue
+        out += [job(cfg, extra, arm, lr_of(cfg, arm, step), s) for s in range(cfg.seeds)]
+    return out
+
+
 def best_lrs(cfg: StudyConfig, rows: Sequence[Row]) -> dict[str, float]:
-    """Each arm's grid lr of highest mean clean accuracy over the tuning seeds (``--seeds``)
-    that all its measured lrs share, so every lr is judged on the same seeds (none shared:
-    every tuning seed; NaN: 0; ties: nearest the middle). Later seeds at one lr do not count."""
+    """Each arm's lr of highest mean clean accuracy (of :func:`factors`, the grid widened where
+    it was) over the tuning seeds (``--seeds``) that all its measured lrs share, so every lr is
+    judged on the same seeds (none shared: every tuning seed; NaN: 0; ties: nearest the grid's
+    middle). Later seeds at one lr do not count."""
     best = {}
     for arm in ARMS:
-        grid = {f"{lr_of(cfg, arm, f):.6g}": f for f in cfg.lr_factors}
-        acc: dict[str, dict[int, float]] = {}
-        for r in rows:
-            lr = f"{r['lr']:.6g}"
-            tuning = (r["arm"], r["steps"], r["label_noise"]) == (arm, cfg.steps, 0.0)
-            if tuning and lr in grid and int(r["seed"]) < cfg.seeds:
-                acc.setdefault(lr, {})[int(r["seed"])] = np.nan_to_num(float(r["accuracy"]))
+        grid = {f"{lr_of(cfg, arm, f):.6g}": f for f in factors(cfg)}
+        acc = tuned(cfg, rows, arm)
         if acc:
             shared = set.intersection(*map(set, acc.values())) or set(range(cfg.seeds))
             mean = {lr: np.mean([v for s, v in a.items() if s in shared]) for lr, a in acc.items()}
@@ -481,13 +528,18 @@ class View:
         return "no runs yet" if text == "-" else text
 
     def lr(self, arm: str) -> str:
-        """The arm's best lr and how many of the grid's lrs it was chosen from."""
+        """The arm's best lr, how many of the grid's lrs (and those past its end that were
+        tried) it was chosen from, and whether it is the highest or lowest of them."""
         if arm not in self.best:
             return "-"
-        grid = {f"{lr_of(self.cfg, arm, f):.6g}" for f in self.cfg.lr_factors}
-        tried = {f"{r['lr']:.6g}" for r in self.rows if r["arm"] == arm
-                 and r["steps"] == self.cfg.steps and not r["label_noise"]}  # fmt: skip
-        return f"{self.best[arm]:.3g}, best of {len(grid & tried)} of {len(grid)} lrs"
+        tried = {float(lr) for lr in tuned(self.cfg, self.rows, arm)}
+        grid = {float(f"{lr_of(self.cfg, arm, f):.6g}") for f in self.cfg.lr_factors} | tried
+        text = f"{self.best[arm]:.3g}, best of {len(grid & tried)} of {len(grid)} lrs"
+        if self.best[arm] == max(tried) != min(tried):
+            return f"{text}, the highest tried"
+        if self.best[arm] == min(tried) != max(tried):
+            return f"{text}, the lowest tried"
+        return text
 
     def per_seed_lines(self) -> dict[int, dict[str, list[float]]]:
         """The lines by seed, alphas in order."""
@@ -666,7 +718,7 @@ def headline_table(v: View) -> list[str]:
         f"runs that many for answers 1-5 and 7, at least {v.cfg.min_seeds}, at most "
         f"{v.cfg.max_seeds} (estimated again at each start of the driver), and "
         f"{v.cfg.budget_seeds} for the budget curve. Each arm's lr is chosen on seeds 0-"
-        f"{v.cfg.seeds - 1}, which the contrasts also use: choosing the best of five noisy "
+        f"{v.cfg.seeds - 1}, which the contrasts also use: choosing the best of several noisy "
         "means favours the chosen lr, the more so the noisier the arm (a winner's curse); the "
         "last column is the contrast over the other seeds alone, which it does not touch.\n",
         runner.markdown_table(header, body),
@@ -690,8 +742,9 @@ def tuning_table(v: View) -> list[str]:
         runner.markdown_table(header, body),
         "",
         f"Best lr (highest mean final accuracy over the grid {v.cfg.lr:g} x "
-        f"{v.cfg.lr_factors}, x {DICE_MEAN} for the lr-matched control, on the tuning seeds "
-        f"0-{v.cfg.seeds - 1} that every lr tried has): {best}. Mean ± std "
+        f"{v.cfg.lr_factors}, x {DICE_MEAN} for the lr-matched control, widened by a factor 2 at "
+        f"a time, at most {v.cfg.widen} times, past an end where an arm's best lay, on the tuning "
+        f"seeds 0-{v.cfg.seeds - 1} that every lr tried has): {best}. Mean ± std "
         f"over seeds; failed = final accuracy within {FAILED_MARGIN:g} of the majority class; "
         "best = the highest of the run's evaluations.\n",
     ]
@@ -860,7 +913,8 @@ def report(v: View, command: str) -> str:
         f"Command: `{command}`. Each tuning run: {cfg.steps} updates of {cfg.batch_size} "
         f"tweets, {cfg.max_length} tokens, AdamW (warm-up 10%, linear decay, clip 1 unless the "
         f"arm says), every arm at lr {cfg.lr:g} x {cfg.lr_factors} (the lr-matched control at "
-        f"{DICE_MEAN} x those); the budget curve at {cfg.budgets} updates; "
+        f"{DICE_MEAN} x those; an arm whose best lr is at the grid's end also a factor 2 past it, "
+        f"up to {cfg.widen} times); the budget curve at {cfg.budgets} updates; "
         f"{cfg.max_eval_samples} validation examples, evaluated {cfg.evals} times (the weight "
         "noise and the line: every validation example). Runs of one seed share the head's "
         "initialisation, the data order and the dropout masks' key.\n"
@@ -1012,6 +1066,13 @@ def study(cfg: StudyConfig, extra: Mapping[str, Any]) -> View:
 
     plan = tuning_jobs(cfg, extra)
     run(plan)
+    while True:  # past the grid's end, a factor 2 at a time (each job planned once: it ends)
+        have = {j.key for j in plan}
+        wider = [j for j in widen_jobs(cfg, extra, gather(plan, rows0)) if j.key not in have]
+        if not wider:
+            break
+        plan += wider
+        run(wider)
     later = later_jobs(cfg, extra, gather(plan, rows0))
     run(later)
     rows = gather(plan + later, rows0)
