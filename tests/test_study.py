@@ -650,6 +650,20 @@ def test_answers_are_worded_from_their_intervals():
     assert "**still behind at 600 updates (2000 not measured yet)**" in study.budget_words(
         v, "dice before", "baseline"
     )
+    # One seed at 2000 is shown but does not decide: still behind at 600, 2000 pending.
+    one = [dict(r, steps=2000) for r in rows if r["seed"] == 0]
+    v = study.View(cfg, rows + at600 + one, [], study.best_lrs(cfg, rows))
+    assert "**still behind at 600 updates (2000: 1 paired seed(s) so far)**" in (
+        study.budget_words(v, "dice before", "baseline")
+    )
+    # Too few pairs at every budget: shown, not resolved yet; behind at 150 only: pending.
+    few = [r for r in rows if r["seed"] < 2]
+    assert study.budget_words(study.View(cfg, few, [], study.best_lrs(cfg, few)), "dice before",
+                              "baseline").endswith(": **not resolved yet**")  # fmt: skip
+    v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
+    assert "**behind at 150 updates (2000 not measured yet)**" in study.budget_words(
+        v, "dice before", "baseline"
+    )
     # Level at 150, behind at 600: it falls behind, and "still" would say it was behind before.
     level = [dict(r, accuracy=r["accuracy"] + (r["arm"] == "dice before") * 0.08) for r in rows]
     v = study.View(cfg, level + at600, [], study.best_lrs(cfg, rows))

@@ -553,26 +553,37 @@ class View:
 
 def budget_words(v: View, arm: str, ref: str) -> str:
     """ "ends worse" / "ends better" / "learns slower" / not resolved, from the gaps at each
-    budget (the longest measured decides; the first says where it started)."""
+    budget (the longest measured decides; the first says where it started). A budget counts
+    once it has the paired seeds a verdict needs; one with fewer is shown, and said to be
+    pending."""
     budgets = [v.cfg.steps, *v.cfg.budgets]
     gaps = {b: v.d(arm, ref, steps=b) for b in budgets}
     shown = "; ".join(f"{b} updates {said(g)}" for b, g in gaps.items())
-    measured = [b for b in budgets if gaps[b] is not None]
+    measured = [b for b in budgets if gaps[b] is not None and gaps[b]["n"] >= runner.MIN_SEEDS]
     if not measured:
-        return f"{arm} minus {ref}: not measured yet"
+        found = any(g is not None for g in gaps.values())
+        return f"{arm} minus {ref}: " + (f"{shown}: **not resolved yet**" if found else
+                                         "not measured yet")  # fmt: skip
+    longest = gaps[budgets[-1]]
+    done = measured[-1] == budgets[-1]
+    so_far = f"{longest['n']} paired seed(s) so far" if longest else "not measured yet"
+    pending = "" if done else f" ({budgets[-1]}{':' if longest else ''} {so_far})"
     first, last = gaps[measured[0]]["verdict"], gaps[measured[-1]]["verdict"]
     side = {"hurts": "behind", "helps": "ahead"}
-    if len(measured) > 1 and last in side:
-        was = side.get(first, first)
-        since = f"still {side[last]}" if first == last else f"{was} at {measured[0]}, {side[last]}"
-        at = f"{since} at {measured[-1]} updates"
+    if last in side:
+        if len(measured) == 1:
+            at = f"{side[last]} at {measured[0]} updates"
+        elif first == last:
+            at = f"still {side[last]} at {measured[-1]} updates"
+        else:
+            was = side.get(first, first)
+            at = f"{was} at {measured[0]}, {side[last]} at {measured[-1]} updates"
         ends = "ends worse" if last == "hurts" else "ends better"
-        done = measured[-1] == budgets[-1]
-        word = f"{ends} ({at})" if done else f"{at} ({budgets[-1]} not measured yet)"
+        word = f"{ends} ({at})" if done and len(measured) > 1 else at + pending
     elif len(measured) > 1 and first == "hurts" and last == "no difference":
         word = f"learns slower (behind at {measured[0]}, level by {measured[-1]} updates)"
     else:
-        word = f"not resolved (measured at {', '.join(map(str, measured))} updates)"
+        word = f"not resolved (measured at {', '.join(map(str, measured))} updates){pending}"
     return f"{arm} minus {ref}: {shown}: **{word}**"
 
 
