@@ -273,10 +273,15 @@ def tuning_jobs(cfg: StudyConfig, extra: Mapping[str, Any]) -> list[Job]:
     ]
 
 
+def lr_grid(cfg: StudyConfig, arm: str) -> dict[str, float]:
+    """The arm's lrs it may be tuned at (as ``.6g``, as rows are matched) -> their factor."""
+    return {f"{lr_of(cfg, arm, f):.6g}": f for f in factors(cfg)}
+
+
 def tuned(cfg: StudyConfig, rows: Sequence[Row], arm: str) -> dict[str, dict[int, float]]:
     """The arm's tuning results: lr (as ``.6g``) -> tuning seed -> clean accuracy (NaN: 0),
     at each of :func:`factors` measured."""
-    grid = {f"{lr_of(cfg, arm, f):.6g}" for f in factors(cfg)}
+    grid = lr_grid(cfg, arm)
     acc: dict[str, dict[int, float]] = {}
     for r in rows:
         lr = f"{r['lr']:.6g}"
@@ -294,16 +299,16 @@ def widen_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) 
     chosen = runner.select(ARMS, cfg.arms)
     out = []
     for arm, lr in best_lrs(cfg, rows).items():
-        at = {f"{lr_of(cfg, arm, f):.6g}": f for f in factors(cfg)}
+        at = lr_grid(cfg, arm)
         seeds = {at[x]: len(by_seed) for x, by_seed in tuned(cfg, rows, arm).items()}
         if arm not in chosen or any(seeds.get(f, 0) < cfg.seeds for f in cfg.lr_factors):
             continue
         f = at[f"{lr:.6g}"]
         if seeds[f] < cfg.seeds:
             step = f
-        elif f == max(seeds) and f * 2 in factors(cfg):
+        elif f == max(seeds) and f * 2 in at.values():
             step = f * 2
-        elif f == min(seeds) and f / 2 in factors(cfg):
+        elif f == min(seeds) and f / 2 in at.values():
             step = f / 2
         else:
             continue
@@ -318,7 +323,7 @@ def best_lrs(cfg: StudyConfig, rows: Sequence[Row]) -> dict[str, float]:
     middle). Later seeds at one lr do not count."""
     best = {}
     for arm in ARMS:
-        grid = {f"{lr_of(cfg, arm, f):.6g}": f for f in factors(cfg)}
+        grid = lr_grid(cfg, arm)
         acc = tuned(cfg, rows, arm)
         if acc:
             shared = set.intersection(*map(set, acc.values())) or set(range(cfg.seeds))
@@ -534,7 +539,7 @@ class View:
             return "-"
         tried = {float(lr) for lr in tuned(self.cfg, self.rows, arm)}
         grid = {float(f"{lr_of(self.cfg, arm, f):.6g}") for f in self.cfg.lr_factors} | tried
-        text = f"{self.best[arm]:.3g}, best of {len(grid & tried)} of {len(grid)} lrs"
+        text = f"{self.best[arm]:.3g}, best of {len(tried)} of {len(grid)} lrs"
         if self.best[arm] == max(tried) != min(tried):
             return f"{text}, the highest tried"
         if self.best[arm] == min(tried) != max(tried):
@@ -564,10 +569,13 @@ def budget_words(v: View, arm: str, ref: str) -> str:
         found = any(g is not None for g in gaps.values())
         return f"{arm} minus {ref}: " + (f"{shown}: **not resolved yet**" if found else
                                          "not measured yet")  # fmt: skip
-    longest = gaps[budgets[-1]]
-    done = measured[-1] == budgets[-1]
-    so_far = f"{longest['n']} paired seed(s) so far" if longest else "not measured yet"
-    pending = "" if done else f" ({budgets[-1]}{':' if longest else ''} {so_far})"
+    longest, done = gaps[budgets[-1]], measured[-1] == budgets[-1]
+    if done:
+        pending = ""
+    elif longest:
+        pending = f" ({budgets[-1]}: {longest['n']} paired seed(s) so far)"
+    else:
+        pending = f" ({budgets[-1]} not measured yet)"
     first, last = gaps[measured[0]]["verdict"], gaps[measured[-1]]["verdict"]
     side = {"hurts": "behind", "helps": "ahead"}
     if last in side:
