@@ -670,6 +670,31 @@ def test_answers_are_worded_from_their_intervals():
     assert "**no difference at 150, behind at 600 updates (2000 not measured yet)**" in (
         study.budget_words(v, "dice before", "baseline")
     )
+    # Level at 150, behind at 600, level at 2000: it learns slower (dice after's course).
+    back = [dict(r, steps=2000) for r in level]
+    v = study.View(cfg, level + at600 + back, [], study.best_lrs(cfg, rows))
+    assert "**learns slower (behind at 600, level by 2000 updates)**" in (
+        study.budget_words(v, "dice before", "baseline")
+    )
+    # Ahead at 600, level by 2000: it learns faster; level throughout: no difference.
+    up = [dict(r, steps=600, accuracy=r["accuracy"] + (r["arm"] == "dice before") * 0.16)
+          for r in rows]  # fmt: skip
+    v = study.View(cfg, level + up + back, [], study.best_lrs(cfg, rows))
+    assert "**learns faster (ahead at 600, level by 2000 updates)**" in (
+        study.budget_words(v, "dice before", "baseline")
+    )
+    flat = [dict(r, steps=b) for r in level for b in (600, 2000)]
+    v = study.View(cfg, level + flat, [], study.best_lrs(cfg, rows))
+    assert "**no difference at any budget (150, 600 and 2000 updates)**" in (
+        study.budget_words(v, "dice before", "baseline")
+    )
+    # Too noisy to tell at 2000: not resolved there, with where it was before.
+    noisy = [dict(r, steps=2000, accuracy=r["accuracy"] + (r["arm"] == "dice before")
+                  * (0.08 + 0.1 * (-1) ** r["seed"])) for r in rows]  # fmt: skip
+    v = study.View(cfg, level + at600 + noisy, [], study.best_lrs(cfg, rows))
+    assert "**not resolved at 2000 updates (level at 150, behind at 600)**" in (
+        study.budget_words(v, "dice before", "baseline")
+    )
     v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
     assert "Holm's adjustment keeps answers 1, 2 at 5% family-wise" in study.holm_sentence(v)
     empty = study.holm_sentence(study.View(cfg, [], [], {}))

@@ -557,10 +557,11 @@ class View:
 
 
 def budget_words(v: View, arm: str, ref: str) -> str:
-    """ "ends worse" / "ends better" / "learns slower" / not resolved, from the gaps at each
-    budget (the longest measured decides; the first says where it started). A budget counts
-    once it has the paired seeds a verdict needs; one with fewer is shown, and said to be
-    pending."""
+    """ "ends worse" / "ends better" (behind / ahead at the longest budget measured),
+    "learns slower" / "learns faster" (behind / ahead before, level at the longest), "no
+    difference at any budget", or not resolved at the longest, with where it was before. A
+    budget counts once it has the paired seeds a verdict needs; one with fewer is shown, and
+    said to be pending."""
     budgets = [v.cfg.steps, *v.cfg.budgets]
     gaps = {b: v.d(arm, ref, steps=b) for b in budgets}
     shown = "; ".join(f"{b} updates {said(g)}" for b, g in gaps.items())
@@ -576,23 +577,42 @@ def budget_words(v: View, arm: str, ref: str) -> str:
         pending = f" ({budgets[-1]}: {longest['n']} paired seed(s) so far)"
     else:
         pending = f" ({budgets[-1]} not measured yet)"
-    first, last = gaps[measured[0]]["verdict"], gaps[measured[-1]]["verdict"]
-    side = {"hurts": "behind", "helps": "ahead"}
-    if last in side:
+    side = {"hurts": "behind", "helps": "ahead", "no difference": "level"}
+    where = {b: side.get(gaps[b]["verdict"], "not resolved") for b in measured}
+    first, last, end = where[measured[0]], where[measured[-1]], measured[-1]
+    before = measured[:-1]
+    if last in ("behind", "ahead"):
         if len(measured) == 1:
-            at = f"{side[last]} at {measured[0]} updates"
+            at = f"{last} at {end} updates"
         elif first == last:
-            at = f"still {side[last]} at {measured[-1]} updates"
+            at = f"still {last} at {end} updates"
         else:
-            was = side.get(first, first)
-            at = f"{was} at {measured[0]}, {side[last]} at {measured[-1]} updates"
-        ends = "ends worse" if last == "hurts" else "ends better"
-        word = f"{ends} ({at})" if done and len(measured) > 1 else at + pending
-    elif len(measured) > 1 and first == "hurts" and last == "no difference":
-        word = f"learns slower (behind at {measured[0]}, level by {measured[-1]} updates)"
+            was = "no difference" if first == "level" else first
+            at = f"{was} at {measured[0]}, {last} at {end} updates"
+        ends = "ends worse" if last == "behind" else "ends better"
+        word = f"{ends} ({at})" if done and before else at + pending
+    elif last == "level" and before:
+        behind = [b for b in before if where[b] == "behind"]
+        ahead = [b for b in before if where[b] == "ahead"]
+        if behind and not ahead:
+            word = f"learns slower (behind at {_and(behind)}, level by {end} updates){pending}"
+        elif ahead and not behind:
+            word = f"learns faster (ahead at {_and(ahead)}, level by {end} updates){pending}"
+        elif all(where[b] == "level" for b in before):
+            word = f"no difference at any budget ({_and(measured)} updates){pending}"
+        else:
+            history = ", ".join(f"{where[b]} at {b}" for b in before)
+            word = f"level at {end} updates ({history}){pending}"
     else:
-        word = f"not resolved (measured at {', '.join(map(str, measured))} updates){pending}"
+        history = ", ".join(f"{where[b]} at {b}" for b in before)
+        word = f"{last} at {end} updates" + (f" ({history})" if history else "") + pending
     return f"{arm} minus {ref}: {shown}: **{word}**"
+
+
+def _and(items: Sequence[Any]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    words = [str(x) for x in items]
+    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + f" and {words[-1]}"
 
 
 def answers(v: View) -> list[str]:
