@@ -581,6 +581,7 @@ def budget_words(v: View, arm: str, ref: str) -> str:
     where = {b: side.get(gaps[b]["verdict"], "not resolved") for b in measured}
     first, last, end = where[measured[0]], where[measured[-1]], measured[-1]
     before = measured[:-1]
+    history = ", ".join(f"{where[b]} at {b}" for b in before)
     if last in ("behind", "ahead"):
         if len(measured) == 1:
             at = f"{last} at {end} updates"
@@ -601,10 +602,8 @@ def budget_words(v: View, arm: str, ref: str) -> str:
         elif all(where[b] == "level" for b in before):
             word = f"no difference at any budget ({_and(measured)} updates){pending}"
         else:
-            history = ", ".join(f"{where[b]} at {b}" for b in before)
             word = f"level at {end} updates ({history}){pending}"
     else:
-        history = ", ".join(f"{where[b]} at {b}" for b in before)
         word = f"{last} at {end} updates" + (f" ({history})" if history else "") + pending
     return f"{arm} minus {ref}: {shown}: **{word}**"
 
