@@ -636,6 +636,16 @@ def test_answers_are_worded_from_their_intervals():
                        (gap + 0.08)) for r in rows]  # fmt: skip
         v = study.View(cfg, rows + longer, [], study.best_lrs(cfg, rows))
         assert word in study.budget_words(v, "dice before", "baseline")
+    # Each budget's difference with its interval and seeds, one verdict: the course's.
+    at150, at2000 = (runner.cell(v.d("dice before", "baseline", steps=b)) for b in (150, 2000))
+    assert study.budget_words(v, "dice before", "baseline") == (
+        f"dice before minus baseline at 150, 600 and 2000 updates: {at150.split(': ')[0]}, not "
+        f"measured, {at2000.split(': ')[0]}: **ends worse (still behind at 2000 updates)**"
+    )
+    assert study.budget_words(study.View(cfg, rows, [], v.best), "dice before", "baseline") == (
+        f"dice before minus baseline at 150, 600 and 2000 updates: {at150.split(': ')[0]}, not "
+        "measured, not measured: **behind at 150 updates (2000 not measured yet)**"
+    )
     # Behind at 150, ahead at 2000: it ends better, not "not resolved".
     ahead = [dict(r, steps=2000, accuracy=r["accuracy"] + (r["arm"] == "dice before") * 0.16)
              for r in rows]  # fmt: skip

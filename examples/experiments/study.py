@@ -561,15 +561,16 @@ def budget_words(v: View, arm: str, ref: str) -> str:
     "learns slower" / "learns faster" (behind / ahead before, level at the longest), "no
     difference at any budget", or not resolved at the longest, with where it was before. A
     budget counts once it has the paired seeds a verdict needs; one with fewer is shown, and
-    said to be pending."""
+    said to be pending. Every budget's difference is shown with its interval and seeds; the
+    one verdict is the course's."""
     budgets = [v.cfg.steps, *v.cfg.budgets]
     gaps = {b: v.d(arm, ref, steps=b) for b in budgets}
-    shown = "; ".join(f"{b} updates {said(g)}" for b, g in gaps.items())
+    shown = f"at {_and(budgets)} updates: " + ", ".join(map(_brief, gaps.values()))
     measured = [b for b in budgets if gaps[b] is not None and gaps[b]["n"] >= runner.MIN_SEEDS]
     if not measured:
         found = any(g is not None for g in gaps.values())
-        return f"{arm} minus {ref}: " + (f"{shown}: **not resolved yet**" if found else
-                                         "not measured yet")  # fmt: skip
+        return f"{arm} minus {ref}" + (f" {shown}: **not resolved yet**" if found else
+                                       ": not measured yet")  # fmt: skip
     longest, done = gaps[budgets[-1]], measured[-1] == budgets[-1]
     if done:
         pending = ""
@@ -605,7 +606,15 @@ def budget_words(v: View, arm: str, ref: str) -> str:
             word = f"level at {end} updates ({history}){pending}"
     else:
         word = f"{last} at {end} updates" + (f" ({history})" if history else "") + pending
-    return f"{arm} minus {ref}: {shown}: **{word}**"
+    return f"{arm} minus {ref} {shown}: **{word}**"
+
+
+def _brief(d: Mapping[str, Any] | None) -> str:
+    """A paired difference without its verdict: ``-0.084 [-0.103, -0.066] (n=10)``."""
+    if d is None:
+        return "not measured"
+    ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    return f"{d['mean']:+.3f}{ci} (n={d['n']})"
 
 
 def _and(items: Sequence[Any]) -> str:
