@@ -266,3 +266,29 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
     assert notebook.count("<img") >= 3  # the stored figures, not re-executed
     for page in ("getting_started", "guides/multi_host", "benchmarks/results/study"):
         assert (out / f"{page}.html").exists(), page
+
+
+# -- figures quoted from the study ------------------------------------------------------------
+
+QUOTED = re.compile(
+    r"\(([+-]?\d\.\d{3})\s+\[([+-]?\d\.\d{3}),\s+([+-]?\d\.\d{3})\]\s+over\s+(\d+)\s+paired\s+"
+    r"seeds,\s+answer\s+(\d)\)"
+)
+
+
+def test_the_guides_quote_the_committed_study():
+    # A guide's "(-0.143 [-0.157, -0.129] over 10 paired seeds, answer 5)" is answer 5's figure
+    # in the committed study.md, so that re-deriving the study cannot leave a guide stale.
+    study = (ROOT / "benchmarks" / "results" / "study.md").read_text()
+    answers = dict(re.findall(r"^(\d)\. (.*)$", study, re.M))
+    quoted = [
+        (page, m) for page in PAGES if "benchmarks" not in page.parts
+        for m in QUOTED.finditer(" ".join(page.read_text().split()))
+    ]  # fmt: skip
+    assert len(quoted) >= 2, "the fair-die guide quotes answers 4 and 5"
+    for page, m in quoted:
+        mean, lo, hi, n, answer = m.groups()
+        assert f"{mean} [{lo}, {hi}] over {n} paired seed(s)" in answers[answer], (
+            f"{_rel(page)} quotes answer {answer} as {m.group(0)}; the committed study says: "
+            f"{answers[answer]}"
+        )
