@@ -186,14 +186,23 @@ class _Counted:
         return {"accuracy": float(jnp.sum(w[:, 0])) / 100, "loss": float(jnp.sum(w**2)) / 100}
 
 
-def test_weight_noise_resumes_sigma_by_sigma_with_the_same_draws():
+def test_weight_noise_resumes_draw_by_draw_with_the_same_draws():
     saved = []
     full = flatness.weight_noise(_Counted(), [0.1, 0.2], draws=2, save=saved.append)
-    assert [r["sigmas"] for r in saved] == [[0.1], [0.1, 0.2]]
+    assert [r["sigmas"] for r in saved] == [[], [0.1], [0.1], [0.1, 0.2]]
+    assert [len(r["accuracy"]["0.1"]) for r in saved] == [1, 2, 2, 2]  # each save a snapshot
     # Stopped after 0.1: resuming measures 0.2 only (its 2 draws), with the same values.
     model = _Counted()
-    again = flatness.weight_noise(model, [0.1, 0.2], 2, done=saved[0])
+    again = flatness.weight_noise(model, [0.1, 0.2], 2, done=saved[1])
     assert model.calls == 2 and again == full
+    # Stopped within 0.2, after its first draw: one evaluation, its second draw.
+    model = _Counted()
+    assert flatness.weight_noise(model, [0.1, 0.2], 2, done=saved[2]) == full
+    assert model.calls == 1
+    # Stopped in the first sigma: the clean accuracy is kept, the rest measured.
+    model = _Counted()
+    assert flatness.weight_noise(model, [0.1, 0.2], 2, done=saved[0]) == full
+    assert model.calls == 3 and saved[0]["sigmas"] == []
     # Draw d is one direction at every sigma: the move at 0.2 is twice that at 0.1.
     w = _Counted().params
     d1, d2 = (flatness.perturb_weights(w, s, jax.random.key(1))["dense"]["kernel"]

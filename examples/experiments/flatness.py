@@ -185,28 +185,34 @@ def weight_noise(
         ``majority`` and ``evaluate``).
       sigmas: the relative sizes of the perturbation.
       draws: the draws per sigma.
-      done: an earlier, unfinished result of the same draws: its sigmas are not measured again.
-      save: called with the result so far after each sigma, so that a stopped probe resumes.
+      done: an earlier, unfinished result of the same draws: its draws are not measured again
+        (a sigma it stopped in goes on from its next draw).
+      save: called with the result so far after each draw, so that a stopped probe resumes.
 
     Returns:
-      ``sigmas``, ``draws``, ``examples``, ``clean``, ``majority`` and ``accuracy`` (sigma,
-      as ``f"{sigma:g}"``, -> the accuracy of each draw).
+      ``sigmas`` (those with every draw measured), ``draws``, ``examples``, ``clean``,
+      ``majority`` and ``accuracy`` (sigma, as ``f"{sigma:g}"``, -> the accuracy of each draw).
     """
     result = {"sigmas": [], "draws": draws, "examples": len(model.validation["labels"]),
               "majority": model.majority, "accuracy": {}}  # fmt: skip
     if done and done.get("draws") == draws and done.get("examples") == result["examples"]:
-        result |= {"clean": done["clean"], "accuracy": dict(done["accuracy"])}
+        kept = {k: list(v)[:draws] for k, v in done["accuracy"].items()}
+        result |= {"clean": done["clean"], "accuracy": kept}
     else:
         result["clean"] = model.evaluate(model.params)["accuracy"]
+
+    def complete() -> list[float]:
+        return [s for s in sigmas if len(result["accuracy"].get(f"{s:g}", ())) == draws]
+
     for sigma in sigmas:
-        if f"{sigma:g}" not in result["accuracy"]:
-            result["accuracy"][f"{sigma:g}"] = [
-                model.evaluate(perturb_weights(model.params, sigma, jax.random.key(d)))["accuracy"]
-                for d in range(draws)
-            ]
-        result["sigmas"] = [s for s in sigmas if f"{s:g}" in result["accuracy"]]
-        if save is not None:
-            save({**result, "accuracy": dict(result["accuracy"])})
+        measured = result["accuracy"].setdefault(f"{sigma:g}", [])
+        for d in range(len(measured), draws):
+            moved = perturb_weights(model.params, sigma, jax.random.key(d))
+            measured.append(model.evaluate(moved)["accuracy"])
+            result["sigmas"] = complete()
+            if save is not None:
+                save({**result, "accuracy": {k: list(v) for k, v in result["accuracy"].items()}})
+    result["sigmas"] = complete()
     return result
 
 
