@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 from examples.bert.plots import moving_average
@@ -115,6 +116,8 @@ def _budget_curve(v: Any, colors: dict, results_dir: str) -> None:
         plt.close(fig)
         return
     ax.set_xscale("log")
+    ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     _finish(fig, ax, results_dir, "budget.png", "updates", "final accuracy (mean ± std)",
             "The budget curve, each arm at its best lr")  # fmt: skip
 
