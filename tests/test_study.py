@@ -618,6 +618,15 @@ def test_label_noise_robustness_is_the_paired_interaction():
     # The dice lose 0.01, 0.03, 0.02; the baseline 0.05, 0.06, 0.03: +0.04, +0.03, +0.01.
     assert d["n"] == 3 and d["mean"] == pytest.approx(0.08 / 3)
     assert study.interaction(rows, best, 150, 0.2, "fair die before") is None
+    # Answer 7 in its own words: the dice lose about 0.04 less on every seed, "more robust".
+    losses = {"baseline": (0.75, lambda seed: 0.05), "dice before": (0.65, lambda seed: 0.01)}
+    rows = [
+        _row(arm, seed, clean - lost(seed) * noisy - 0.001 * seed * (arm == "dice before"),
+             noise=0.2 * noisy)
+        for seed in range(4) for noisy in (0, 1) for arm, (clean, lost) in losses.items()
+    ]  # fmt: skip
+    seventh = study.answers(study.View(cfg, rows, [], study.best_lrs(cfg, rows)))[6]
+    assert "dice lose less): +0.0" in seventh and "**more robust**" in seventh, seventh
 
 
 def test_answers_are_worded_from_their_intervals():
@@ -638,6 +647,22 @@ def test_answers_are_worded_from_their_intervals():
     text = "\n".join(study.answers(v))
     assert ("Flat sigma (of the mean curve), baseline: 0.1; dice before: 0.1; baseline, clip "
             "2.7: not measured yet; the change at sigma 0.3") in text  # fmt: skip
+    assert "dice minus baseline (positive: the dice lose less of it): +0.000" in text
+
+    # The dice keep more of their headroom at sigma 0.3 on every seed: "flatter", not "helps".
+    def probed(r):
+        if r["arm"] not in ("baseline", "dice before"):
+            return r
+        kept = 0.6 + 0.01 * r["seed"] if r["arm"] == "dice before" else 0.5
+        return study.add_flatness(r, {**noise, "accuracy": {"0.1": [0.7], "0.3": [kept]}})
+
+    v = study.View(cfg, [probed(r) for r in rows], [], study.best_lrs(cfg, rows))
+    eighth = study.answers(v)[7]
+    assert eighth.endswith(": **flatter**.") and "helps" not in eighth, eighth
+    assert study.said_as(None, "flatter", "sharper") == "not measured yet"
+    d = {"n": 5, "mean": -0.1, "lo": -0.2, "hi": -0.05, "verdict": "hurts"}
+    assert study.said_as(d, "flatter", "sharper").endswith("**sharper**")
+    assert study.said_as({**d, "verdict": "no difference"}, "a", "b").endswith("**no difference**")
     v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
     # The budget: behind at 150, level at 2000 -> "learns slower"; behind at both -> "ends worse".
     for gap, word in ((0.0, "learns slower"), (-0.08, "ends worse")):

@@ -617,6 +617,14 @@ def _brief(d: Mapping[str, Any] | None) -> str:
     return f"{d['mean']:+.3f}{ci} (n={d['n']})"
 
 
+def said_as(d: Mapping[str, Any] | None, helps: str, hurts: str) -> str:
+    """:func:`said` with the question's own words for a positive and a negative difference
+    (a flatter model does not "help"): ``+0.031 [+0.001, +0.061] over 5 paired seed(s):
+    **more robust**``."""
+    words = {"helps": helps, "hurts": hurts}
+    return said(d if d is None else {**d, "verdict": words.get(d["verdict"], d["verdict"])})
+
+
 def _and(items: Sequence[Any]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     words = [str(x) for x in items]
@@ -631,14 +639,16 @@ def answers(v: View) -> list[str]:
     flat = "; ".join(f"{a}: {_sigma_text(x, 'not measured yet')}" for a, x in flats.items())
     flatter = (
         f"Flat sigma (of the mean curve), {flat}; the change at sigma {mid:g} as a share of the "
-        "headroom, dice minus baseline: "
-        + said(v.d("dice before", "baseline", f"weight_noise_change_{mid:g}"))
+        "headroom, dice minus baseline (positive: the dice lose less of it): "
+        + said_as(
+            v.d("dice before", "baseline", f"weight_noise_change_{mid:g}"), "flatter", "sharper"
+        )
         if mid
         else "Weight noise: not measured yet"
     )
     barriers = [barrier(line) for line in v.per_seed_lines().values()]
-    noisy = {a: said(interaction(v.rows, v.best, steps, noise, a))
-             for a in ("dice before", "fair die before")}  # fmt: skip
+    noisy = {a: said_as(interaction(v.rows, v.best, steps, noise, a), "more robust",
+                        "less robust") for a in ("dice before", "fair die before")}  # fmt: skip
     return [
         f"1. **Tuned alike, do the dice before AdamW lose?** Baseline at lr {v.lr('baseline')}: "
         f"{v.mean('baseline')}; dice before at lr {v.lr('dice before')}: "
