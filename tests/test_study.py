@@ -283,6 +283,12 @@ def test_paired_uses_only_shared_finite_seeds():
     # None (a run with no measurement) is skipped, not a crash (issue 21, item 1).
     assert runner.paired(_rows("baseline", [None, 0.5]) + _rows("dice", [0.4, 0.6]),
                              "dice", "baseline", "accuracy")["n"] == 1  # fmt: skip
+    # A seed whose pair lacks a value (a diverged run) is left out, and said so.
+    assert d["left_out"] == 1 and "(n=2, 1 left out)" in runner.cell(d)
+    assert "over 2 paired seed(s) (1 more left out: a run without a final value" in runner.said(d)
+    full = runner.paired(_rows("baseline", [0.5, 0.6]) + _rows("dice", [0.6, 0.7]), "dice",
+                         "baseline", "accuracy")  # fmt: skip
+    assert full["left_out"] == 0 and "left out" not in runner.said(full) + runner.cell(full)
     two = _rows("baseline", [0.5, 0.6]) + _rows("dice", [0.49, 0.59])
     d = runner.paired(two, "dice", "baseline", "accuracy")
     assert d["hi"] == pytest.approx(d["lo"]) and d["verdict"] == "not resolved at 2 seed(s)"
@@ -358,6 +364,14 @@ def test_best_lr_is_the_highest_mean_on_the_grid_over_the_shared_tuning_seeds():
     # every tuning seed (0.8 > 0.7).
     assert best == {"baseline": 1e-4, "dice before": 1e-4, "dice after": 5e-5,
                     "fair die after": 1e-4}  # fmt: skip
+    # Equal sums are a tie although their float means differ in the last bit: the middle wins;
+    # 0.5x and 2x tied, in either row order: the lower lr.
+    assert np.mean([0.751, 0.720, 0.705]) != np.mean([0.719, 0.702, 0.755])
+    rows = [_row("baseline", s, a, lr=lr) for lr, accs in ((2e-4, [0.751, 0.720, 0.705]),
+            (1e-4, [0.719, 0.702, 0.755])) for s, a in enumerate(accs)]  # fmt: skip
+    assert study.best_lrs(cfg, rows) == {"baseline": 1e-4}
+    rows = [_row("baseline", s, 0.7, lr=lr) for lr in (5e-5, 2e-4) for s in range(3)]
+    assert study.best_lrs(cfg, rows) == study.best_lrs(cfg, rows[::-1]) == {"baseline": 5e-5}
 
 
 def _grid_rows(cfg, accuracy, factors=None, arms=tuple(study.ARMS)):
@@ -583,10 +597,23 @@ def test_flatness_is_normalised_by_headroom_and_flat_sigma_is_of_the_mean_curve(
     assert math.isnan(study.flat_sigma([a, b], []))
     assert study.flat_sigma([{"weight_noise_change_0.1": -0.5}], [0.1]) == 0.0
     assert r["weight_noise_draws"] == 2 and "weight_noise_examples" not in r
+
     # Re-read from runs.csv, the derived columns follow from the measured ones.
-    again = study.complete({k: v for k, v in r.items() if "change" not in k and k != "flat_sigma"})
+    def reread(r):
+        return study.complete(
+            {k: v for k, v in r.items() if "change" not in k and k != "flat_sigma"}
+        )
+
+    again = reread(r)
     assert again["weight_noise_change_0.2"] == pytest.approx(r["weight_noise_change_0.2"])
     assert again["flat_sigma"] == 0.2
+    # The probe's split has its own majority (0.45, every validation example), not the run's
+    # (0.4, its evaluation subsample): re-read, the headroom is still the probe's.
+    r = study.add_flatness(_row("baseline", 0, 0.8), {**result, "majority": 0.45})
+    assert r["weight_noise_change_0.2"] == pytest.approx(-0.02 / 0.35) and r["flat_sigma"] == 0.1
+    again = reread(r)
+    assert again["weight_noise_change_0.2"] == pytest.approx(-0.02 / 0.35)
+    assert again["flat_sigma"] == 0.1 and again["weight_noise_majority"] == 0.45
 
 
 def test_the_barrier_is_the_largest_loss_above_the_chord():
@@ -743,6 +770,13 @@ def test_answers_are_worded_from_their_intervals():
     assert "Holm's adjustment keeps answers 1, 2 at 5% family-wise" in study.holm_sentence(v)
     empty = study.holm_sentence(study.View(cfg, [], [], {}))
     assert "over the 0 headline contrasts measured, Holm's adjustment keeps none of them" in empty
+    # Two seeds at 2000 updates, far apart from 0 (p 0.004): no verdict yet, so not in the family.
+    two = [dict(r, steps=2000, accuracy=r["accuracy"] + 0.001 * r["seed"]) for r in rows
+           if r["seed"] < 2]  # fmt: skip
+    v = study.View(cfg, rows + two, [], study.best_lrs(cfg, rows))
+    assert v.d("dice before", "baseline", steps=2000)["n"] == 2
+    sentence = study.holm_sentence(v)
+    assert "over the 7 headline contrasts" not in sentence and "6" not in sentence, sentence
 
 
 def test_the_report_is_built_from_tables(tmp_path):
@@ -765,8 +799,9 @@ def test_the_report_is_built_from_tables(tmp_path):
     assert line.endswith(f"| {held} |") and "(n=2)" in held, line
     acc = np.array([r["accuracy"] for r in rows if r["arm"] == "baseline"])
     perturbed = f"{acc.mean() - 0.05:.3f} ± {acc.std(ddof=1):.3f}"
-    assert (f"| baseline | 0.0001 | 5 | {acc.mean():.3f} ± {acc.std(ddof=1):.3f} | - | - | - "
-            f"| {perturbed} | 0% |") in md  # fmt: skip
+    # The lr is chosen on the tuning seeds (0-2): their mean beside every seed's.
+    assert (f"| baseline | 0.0001 | 5 | {acc[:3].mean():.3f} | {acc.mean():.3f} ± "
+            f"{acc.std(ddof=1):.3f} | - | - | - | {perturbed} | 0% |") in md  # fmt: skip
     assert "Runs: 150 updates: 45 on the CPU; 600 updates: none; 2000 updates: none." in md
     mixed = rows + [dict(r, steps=600, platform="gpu" if r["seed"] else "cpu") for r in rows]
     md = study.report(study.View(cfg, mixed, lines, study.best_lrs(cfg, rows)), "CMD")

@@ -463,18 +463,23 @@ def paired(
     key: str,
     ref_rows: Sequence | None = None,
 ) -> dict[str, Any] | None:
-    """:func:`difference` of ``arm - ref`` in ``key``, seed by seed (``ref`` in ``ref_rows``)."""
+    """:func:`difference` of ``arm - ref`` in ``key``, seed by seed (``ref`` in ``ref_rows``),
+    with ``left_out``: the seeds both have whose pair lacks a value (a diverged run); None
+    when no seed has both values."""
     from scipy import stats
 
     mine = {r["seed"]: r.get(key) for r in rows if r["arm"] == arm}
     theirs = {r["seed"]: r.get(key) for r in (rows if ref_rows is None else ref_rows)
               if r["arm"] == ref}  # fmt: skip
-    diffs = []
+    diffs, left_out = [], 0
     for s in sorted(set(mine) & set(theirs), key=str):
         pair = finite([mine[s], theirs[s]])
         if pair.size == 2:
             diffs.append(pair[0] - pair[1])
-    return difference(np.array(diffs, np.float64), stats)
+        else:
+            left_out += 1
+    d = difference(np.array(diffs, np.float64), stats)
+    return d if d is None else {**d, "left_out": left_out}
 
 
 def difference(diffs: np.ndarray, stats: Any = None) -> dict[str, Any] | None:
@@ -601,9 +606,12 @@ def said(d: Mapping[str, Any] | None, table: bool = False) -> str:
     if d is None:
         return "-" if table else "not measured yet"
     ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    out = d.get("left_out", 0)
     if table:
-        return f"{d['mean']:+.3f}{ci} (n={d['n']}): {d['verdict']}"
-    return f"{d['mean']:+.3f}{ci} over {d['n']} paired seed(s): **{d['verdict']}**"
+        more = f", {out} left out" if out else ""
+        return f"{d['mean']:+.3f}{ci} (n={d['n']}{more}): {d['verdict']}"
+    more = f" ({out} more left out: a run without a final value, diverged)" if out else ""
+    return f"{d['mean']:+.3f}{ci} over {d['n']} paired seed(s){more}: **{d['verdict']}**"
 
 
 def cell(d: Mapping[str, Any] | None) -> str:

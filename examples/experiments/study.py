@@ -316,19 +316,28 @@ def widen_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) 
     return out
 
 
+def tuning_means(cfg: StudyConfig, rows: Sequence[Row], arm: str) -> dict[str, float]:
+    """The arm's mean clean accuracy at each lr tuned (as ``.6g``) over the tuning seeds
+    (``--seeds``) that all its measured lrs share, so every lr is judged on the same seeds (none
+    shared: every tuning seed; NaN: 0), rounded to 1e-9 so that equal sums tie exactly."""
+    acc = tuned(cfg, rows, arm)
+    if not acc:
+        return {}
+    shared = set.intersection(*map(set, acc.values())) or set(range(cfg.seeds))
+    return {lr: round(float(np.mean([v for s, v in a.items() if s in shared])), 9)
+            for lr, a in acc.items()}  # fmt: skip
+
+
 def best_lrs(cfg: StudyConfig, rows: Sequence[Row]) -> dict[str, float]:
-    """Each arm's lr of highest mean clean accuracy (of :func:`factors`, the grid widened where
-    it was) over the tuning seeds (``--seeds``) that all its measured lrs share, so every lr is
-    judged on the same seeds (none shared: every tuning seed; NaN: 0; ties: nearest the grid's
-    middle). Later seeds at one lr do not count."""
+    """Each arm's lr of highest :func:`tuning_means` (of :func:`factors`, the grid widened
+    where it was; ties: nearest the grid's middle, then the lower lr). Later seeds at one lr do
+    not count."""
     best = {}
     for arm in ARMS:
-        grid = lr_grid(cfg, arm)
-        acc = tuned(cfg, rows, arm)
-        if acc:
-            shared = set.intersection(*map(set, acc.values())) or set(range(cfg.seeds))
-            mean = {lr: np.mean([v for s, v in a.items() if s in shared]) for lr, a in acc.items()}
-            best[arm] = float(max(acc, key=lambda lr: (mean[lr], -abs(math.log(grid[lr])))))
+        grid, mean = lr_grid(cfg, arm), tuning_means(cfg, rows, arm)
+        if mean:
+            order = {lr: (mean[lr], -abs(math.log(grid[lr])), -grid[lr]) for lr in mean}
+            best[arm] = float(max(mean, key=order.__getitem__))
     return best
 
 
@@ -434,6 +443,8 @@ def complete(r: Row) -> Row:
         accuracy = {sigma: [value] for sigma, value in measured.items()}
         sigmas = sorted(float(sigma) for sigma in measured)
         result = {"clean": clean, "sigmas": sigmas, "accuracy": accuracy}
+        if not _nan(r.get("weight_noise_majority", math.nan)):  # the probe's, not the run's
+            result["majority"] = r["weight_noise_majority"]
         r = add_flatness(r, result)
     return r
 
@@ -441,9 +452,10 @@ def complete(r: Row) -> Row:
 def add_flatness(r: Row, result: Mapping[str, Any]) -> Row:
     """The row with ``weight_noise_clean``, ``weight_noise_<sigma>`` (mean over draws), its
     ``_change_<sigma>`` (over the headroom above the majority: -1 is down to it), ``flat_sigma``
-    and how it was measured (``weight_noise_draws``, ``weight_noise_examples``)."""
+    and how it was measured (``weight_noise_majority``: the probe's split's majority share,
+    ``weight_noise_draws``, ``weight_noise_examples``)."""
     clean, majority = result["clean"], result.get("majority", r["majority_accuracy"])
-    r = {**r, "weight_noise_clean": clean}
+    r = {**r, "weight_noise_clean": clean, "weight_noise_majority": majority}
     r |= {f"weight_noise_{k}": result[k] for k in ("draws", "examples") if k in result}
     for sigma in result["sigmas"]:
         mean = float(np.mean(result["accuracy"][f"{sigma:g}"]))
@@ -727,15 +739,16 @@ def headline(v: View) -> tuple[dict[int, str], dict[int, Any], dict[int, tuple[f
     ds[7] = interaction(v.rows, v.best, v.cfg.steps, v.cfg.label_noise, "dice before")
     names = {q.number: f"{q.arm} - {q.ref}" for q in HEADLINE}
     names |= {6: f"dice before - baseline at {longest} updates",
-              7: "label-noise cost, dice before - baseline"}  # fmt: skip
-    adjusted = runner.holm({n: math.nan if d is None else d["p"] for n, d in ds.items()})
+              7: "noisy - clean, dice before - baseline's (> 0: loses less)"}  # fmt: skip
+    family = {n: d["p"] for n, d in ds.items() if d is not None and d["n"] >= runner.MIN_SEEDS}
+    adjusted = runner.holm({n: family.get(n, math.nan) for n in ds})
     return names, ds, adjusted
 
 
 def holm_sentence(v: View) -> str:
     """Which headline answers hold once Holm's adjustment is made."""
     _, ds, adjusted = headline(v)
-    measured = [n for n, d in ds.items() if d is not None and d["n"] > 1]
+    measured = [n for n, d in ds.items() if d is not None and d["n"] >= runner.MIN_SEEDS]
     held = [str(n) for n in measured if adjusted[n][1]]
     lost = [f"{n} ({adjusted[n][0]:.2g})" for n in measured
             if not adjusted[n][1] and ds[n]["verdict"] in ("helps", "hurts")]  # fmt: skip
@@ -762,13 +775,15 @@ def headline_table(v: View) -> list[str]:
             continue
         p, keep = adjusted[n]
         need = runner.seeds_needed(d["sd"]) if d["n"] > 1 else "-"
-        body.append([n, names[n], d["n"], f"{d['sd']:.3f}", f"{d['p']:.3g}", f"{p:.3g}",
+        holm_p = "-" if math.isnan(p) else f"{p:.3g}"
+        body.append([n, names[n], d["n"], f"{d['sd']:.3f}", f"{d['p']:.3g}", holm_p,
                      "yes" if keep else "no", need, held])  # fmt: skip
     header = ["answer", "contrast", "seeds", "paired SD", "p", "Holm p", "holds at 5%",
               "seeds for 80% power at 2 points", f"held out: seeds {v.cfg.seeds}+"]  # fmt: skip
     return [
         "## Multiple comparisons and seeds\n",
-        f"{len(ds)} headline contrasts, one family: Holm's step-down adjustment of their paired "
+        f"{len(ds)} headline contrasts, one family (those with the {runner.MIN_SEEDS} paired seeds "
+        "a verdict needs): Holm's step-down adjustment of their paired "
         "t-test p-values keeps the family-wise error at 5%; the intervals above are per "
         "contrast, not adjusted. Seeds per question: a paired t-test at 5% needs the power "
         "column's seeds to detect 2 points with 80% power at the observed paired SD; the plan "
@@ -786,13 +801,20 @@ def headline_table(v: View) -> list[str]:
 def tuning_table(v: View) -> list[str]:
     """Every arm at every lr, clean labels, the tuning budget."""
     mine = [r for r in v.rows if r["steps"] == v.cfg.steps and not r["label_noise"]]
+    means = {a: tuning_means(v.cfg, v.rows, a) for a in ARMS}
+
+    def chosen_on(e: Row) -> str:
+        mean = means[e["arm"]].get(f"{e['lr']:.6g}")
+        return "-" if mean is None else f"{mean:.3f}"
+
     body = [
-        [e["arm"], f"{e['lr']:.3g}", e["runs"], *(_pm(e, k) for k in TABLE_KEYS),
+        [e["arm"], f"{e['lr']:.3g}", e["runs"], chosen_on(e), *(_pm(e, k) for k in TABLE_KEYS),
          f"{e['failed_rate']:.0%}"]
         for e in sorted(aggregate(mine), key=lambda e: (list(ARMS).index(e["arm"]), e["lr"]))
     ]  # fmt: skip
-    header = ["arm", "lr", "runs", "accuracy", "best accuracy", "macro-F1", "best macro-F1",
-              "perturbed accuracy", "failed"]  # fmt: skip
+    header = ["arm", "lr", "runs", "tuning seeds' mean (chooses the lr)", "accuracy",
+              "best accuracy", "macro-F1", "best macro-F1", "perturbed accuracy",
+              "failed"]  # fmt: skip
     best = "; ".join(f"{a} {v.lr(a)}" for a in ARMS if a in v.best)
     return [
         f"## Clean labels, every lr ({v.cfg.steps} updates)\n",
@@ -801,9 +823,9 @@ def tuning_table(v: View) -> list[str]:
         f"Best lr (highest mean final accuracy over the grid {v.cfg.lr:g} x "
         f"{v.cfg.lr_factors}, x {DICE_MEAN} for the lr-matched control, widened by a factor 2 at "
         f"a time, at most {v.cfg.widen} times, past an end where an arm's best lay, on the tuning "
-        f"seeds 0-{v.cfg.seeds - 1} that every lr tried has): {best}. Mean ± std "
-        f"over seeds; failed = final accuracy within {FAILED_MARGIN:g} of the majority class; "
-        "best = the highest of the run's evaluations.\n",
+        f"seeds 0-{v.cfg.seeds - 1} that every lr tried has: the tuning seeds' mean): {best}. "
+        "Mean ± std over every seed run at that lr; failed = final accuracy within "
+        f"{FAILED_MARGIN:g} of the majority class; best = the highest of the run's evaluations.\n",
     ]
 
 
@@ -874,7 +896,7 @@ def noise_table(v: View) -> list[str]:
         inter = "" if same else cell(interaction(v.rows, v.best, v.cfg.steps, noise, arm))
         body.append([arm, len(mine), mean_std(mine), mean_std(own), inter])
     header = ["arm", "runs", "accuracy", "noisy - clean (paired by seed)",
-              "interaction: its cost - the baseline's"]  # fmt: skip
+              "interaction: its noisy - clean minus the baseline's (> 0: loses less)"]  # fmt: skip
     return [
         f"## {noise:.0%} of the training labels flipped (each arm at its best lr)\n",
         runner.markdown_table(header, body),
