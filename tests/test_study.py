@@ -517,10 +517,23 @@ def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(m
     assert study.probe_targets(cfg, [read_back], best) == [read_back]
     assert study.probe_targets(_cfg(probe_seeds=2, arms=["dice-before"]), rows, best)[0][
         "arm"] == "dice before"  # fmt: skip
-    trained = []
-    monkeypatch.setattr(runner, "run_jobs", lambda jobs, **kw: trained.extend(jobs))
+    trained, status = [], {}
+
+    def train(jobs, **kw):
+        trained.extend(jobs)
+        status.update((j.workdir, "completed") for j in jobs)
+
+    monkeypatch.setattr(runner, "run_jobs", train)
+    monkeypatch.setattr(runner, "run_status", lambda workdir: status.get(workdir, "missing"))
     folder = study.probe_folder(cfg, {}, rows[0], "line")  # its folder is gone: trained again
     assert [j.workdir for j in trained] == [folder] and folder.startswith(cfg.runs_dir)
+    # A folder whose run diverged is not trained again (it is final) nor probed as the row's.
+    diverged = dict(rows[0], seed=7)
+    status[study.job(cfg, {}, diverged["arm"], diverged["lr"], 7, 150, 0.0).workdir] = "diverged"
+    monkeypatch.setattr(runner, "run_jobs", lambda jobs, **kw: None)
+    assert study.probe_folder(cfg, {}, diverged, "line") is None
+    monkeypatch.setattr(runner, "run_jobs", train)
+    status.clear()
     assert trained[0].settings["lr"] == rows[0]["lr"] and trained[0].seed == 0
     assert (
         study.probe_folder(dataclasses.replace(cfg, report_only=True), {}, rows[0], "line") is None

@@ -1034,13 +1034,17 @@ def _say(text: str) -> None:
 def probe_folder(cfg: StudyConfig, extra: Mapping[str, Any], r: Row, phase: str) -> str | None:
     """The folder of a row's run, finished, for a probe: the plan's folder for its key, where
     the run is trained again when its final parameters are not on this machine (a committed
-    row); None when it is not finished there and the probe's phase does not run."""
+    row); None when it is not finished there and the probe's phase does not run, or when the
+    folder holds a run that ended otherwise (diverged: not the row's parameters)."""
     j = job(cfg, extra, r["arm"], r["lr"], int(r["seed"]), int(r["steps"]), r["label_noise"])
     if runner.run_status(j.workdir) != "completed":
         if not cfg.measures(phase):
             return None
         _say(f"{j.workdir}: trained again for its final parameters")
         runner.run_jobs([j], say=_say)
+        if (status := runner.run_status(j.workdir)) != "completed":
+            _say(f"{j.workdir}: {status}, not completed: left out of the {phase} probe")
+            return None
     return j.workdir
 
 
