@@ -211,10 +211,18 @@ def test_weight_noise_resumes_draw_by_draw_with_the_same_draws():
     acc = full["accuracy"]
     change = [[a - full["clean"] for a in acc[s]] for s in ("0.1", "0.2")]
     np.testing.assert_allclose(change[1], 2 * np.array(change[0]), rtol=1e-4)
-    # Other draws (or another split) are not resumed from: everything is measured again.
+    # Draw d is key d whatever the number of draws: with 3 draws now, each sigma's first 2 are
+    # kept (2 evaluations); with 1, the first is kept (none); another split: all measured again.
     model = _Counted()
-    flatness.weight_noise(model, [0.1, 0.2], 3, done=saved[0])
-    assert model.calls == 1 + 2 * 3
+    more = flatness.weight_noise(model, [0.1, 0.2], 3, done=full)
+    assert model.calls == 2 and more["accuracy"]["0.1"][:2] == full["accuracy"]["0.1"]
+    assert more == flatness.weight_noise(_Counted(), [0.1, 0.2], 3) and more["draws"] == 3
+    model = _Counted()
+    fewer = flatness.weight_noise(model, [0.1, 0.2], 1, done=full)
+    assert model.calls == 0 and fewer["accuracy"]["0.2"] == full["accuracy"]["0.2"][:1]
+    model = _Counted()
+    flatness.weight_noise(model, [0.1, 0.2], 2, done={**full, "examples": 11})
+    assert model.calls == 1 + 2 * 2
 
 
 def test_the_line_resumes_point_by_point():

@@ -185,8 +185,9 @@ def weight_noise(
         ``majority`` and ``evaluate``).
       sigmas: the relative sizes of the perturbation.
       draws: the draws per sigma.
-      done: an earlier, unfinished result of the same draws: its draws are not measured again
-        (a sigma it stopped in goes on from its next draw).
+      done: an earlier result on the same split: its draws are not measured again (a sigma it
+        stopped in goes on from its next draw; with more ``draws`` now, each sigma goes on from
+        there; with fewer, its first ``draws`` are kept).
       save: called with the result so far after each draw, so that a stopped probe resumes.
 
     Returns:
@@ -195,7 +196,7 @@ def weight_noise(
     """
     result = {"sigmas": [], "draws": draws, "examples": len(model.validation["labels"]),
               "majority": model.majority, "accuracy": {}}  # fmt: skip
-    if done and done.get("draws") == draws and done.get("examples") == result["examples"]:
+    if done and done.get("examples") == result["examples"]:
         kept = {k: list(v)[:draws] for k, v in done["accuracy"].items()}
         result |= {"clean": done["clean"], "accuracy": kept}
     else:
