@@ -637,6 +637,30 @@ def test_flatness_is_normalised_by_headroom_and_flat_sigma_is_of_the_mean_curve(
     assert again["flat_sigma"] == 0.1 and again["weight_noise_majority"] == 0.45
 
 
+def test_a_cached_line_is_kept_only_between_the_same_runs(tmp_path, monkeypatch):
+    cfg = _cfg(runs_dir=str(tmp_path), alphas=3)
+    rows = [_row(arm, 0, 0.7) for arm in ("baseline", "dice before")]
+    monkeypatch.setattr(study, "probe_folder", lambda cfg, extra, r, phase: f"/runs/{r['lr']}")
+    monkeypatch.setattr(flatness, "FinalModel", lambda folder: folder)
+    calls = []
+
+    def line(a, b, alphas, done=None, save=None):
+        calls.append((a, b, done))
+        result = {"alphas": alphas, "loss": [1.0] * len(alphas), "accuracy": [0.5] * len(alphas)}
+        save(result)
+        return result
+
+    monkeypatch.setattr(flatness, "line", line)
+    out = study.lines_of(cfg, {}, rows, study.best_lrs(cfg, rows), [])
+    assert len(calls) == 1 and [p["alpha"] for p in out] == [-0.5, 0.0, 0.5, 1.0, 1.5]
+    assert study.lines_of(cfg, {}, rows, study.best_lrs(cfg, rows), []) == out  # cached
+    assert len(calls) == 1
+    # The dice's best lr is another: the cached line is between other runs, measured again.
+    moved = [rows[0], _row("dice before", 0, 0.7, lr=2e-4)]
+    study.lines_of(cfg, {}, moved, study.best_lrs(cfg, moved), [])
+    assert len(calls) == 2 and calls[1] == ("/runs/0.0001", "/runs/0.0002", {})
+
+
 def test_the_barrier_is_the_largest_loss_above_the_chord():
     straight = {"alphas": [-0.5, 0.0, 0.5, 1.0, 1.5], "loss": [1.0, 0.6, 0.75, 0.9, 1.2]}
     assert study.barrier(straight) == 0.0  # on the chord: no barrier

@@ -1087,10 +1087,18 @@ def with_flatness(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row
     return [measured.get(id(r), r) for r in rows]
 
 
+def _write_json_with(path: str, extra: Mapping[str, Any], part: Mapping[str, Any]) -> None:
+    """A probe's cache: ``part`` and ``extra`` in the JSON file ``path``."""
+    from examples.bert import rundir
+
+    rundir.write_json(path, {**part, **extra})
+
+
 def lines_of(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row],
              best: Mapping[str, float], committed: Sequence[Row]) -> list[Row]:  # fmt: skip
     """Phase 6: the baseline-dice line of each seed with both (cached, point by point, in
-    lines/seed<n>.json under --runs-dir)."""
+    lines/seed<n>.json under --runs-dir, with its ends' arms and lrs: a cache between other
+    runs is measured again)."""
     from examples.bert import rundir
 
     alphas = sorted({*np.linspace(-0.5, 1.5, cfg.alphas).round(6).tolist(), 0.0, 1.0})
@@ -1112,16 +1120,18 @@ def lines_of(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row],
         if None in folders:
             continue
         path = os.path.join(cfg.runs_dir, "lines", f"seed{seed}.json")
+        which = [[pair[a]["arm"], float(pair[a]["lr"])] for a in ("baseline", "dice before")]
         line = rundir.read_json(path) if os.path.isfile(path) else {}
+        if line.get("ends") != which:  # between other runs (another best lr): not this line
+            line = {}
         if line.get("alphas") != alphas and cfg.measures("line"):
             from examples.experiments import flatness
 
             _say(f"the line, seed {seed}")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             a, b = (flatness.FinalModel(folder) for folder in folders)
-            line = flatness.line(
-                a, b, alphas, done=line, save=functools.partial(rundir.write_json, path)
-            )
+            save = functools.partial(_write_json_with, path, {"ends": which})
+            line = flatness.line(a, b, alphas, done=line, save=save)
         if line.get("alphas") == alphas:
             for alpha, loss, acc in zip(*(line[k] for k in ("alphas", "loss", "accuracy")),
                                         strict=True):  # fmt: skip
