@@ -1013,9 +1013,14 @@ def test_the_figures_draw_from_rows_with_missing_values(tmp_path):
     rows += [_row(a, s, 0.6, noise=0.2) for a in ("baseline", "dice before") for s in range(3)]
     lines = [{"seed": 0, "alpha": a, "loss": 0.5 + a * (1 - a), "accuracy": 0.7}
              for a in (-0.5, 0.0, 0.5, 1.0, 1.5)]  # fmt: skip
-    figures.plot_study(study.View(cfg, rows, lines, study.best_lrs(cfg, rows)), str(tmp_path))
+    v = study.View(cfg, rows, lines, study.best_lrs(cfg, rows))
+    figures.plot_study(v, str(tmp_path))
     for name in ("accuracy_vs_lr", "budget", "weight_noise", "interpolation", "label_noise"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0, name
+    # The flatness table says its sign and its "no difference" bound, in its own units.
+    assert '(> 0: loses less of its headroom; "no difference" within ±0.01 of the headroom)' in (
+        study.report(v, "CMD")
+    )
 
 
 def test_a_figure_with_nothing_to_draw_leaves_no_old_file_behind(tmp_path):

@@ -955,7 +955,8 @@ def flatness_tables(v: View) -> list[str]:
         f"grid up to which the arm's mean curve loses at most {FLAT_LOSS:.0%} of the headroom.\n",
         runner.markdown_table(["arm", "runs", "unperturbed", *cols, "flat sigma"], means),
         "",
-        "Paired differences from the baseline in that normalised change:\n",
+        "Paired differences from the baseline in that normalised change (> 0: loses less of its "
+        f'headroom; "no difference" within ±{runner.NO_DIFFERENCE:g} of the headroom):\n',
         runner.markdown_table(["arm", *cols], diffs),
         "",
     ]
