@@ -730,7 +730,11 @@ def test_answers_are_worded_from_their_intervals():
 
     v = study.View(cfg, [probed(r) for r in rows], [], study.best_lrs(cfg, rows))
     eighth = study.answers(v)[7]
-    assert eighth.endswith(": **flatter**.") and "helps" not in eighth, eighth
+    assert (
+        ": **flatter**; dice minus AdamW clipped at the matched threshold: not measured "
+        in (eighth)
+        and "helps" not in eighth
+    ), eighth
     assert study.said_as(None, "flatter", "sharper") == "not measured yet"
     d = {"n": 5, "mean": -0.1, "lo": -0.2, "hi": -0.05, "verdict": "hurts"}
     assert study.said_as(d, "flatter", "sharper").endswith("**sharper**")

@@ -655,6 +655,12 @@ def answers(v: View) -> list[str]:
         + said_as(
             v.d("dice before", "baseline", f"weight_noise_change_{mid:g}"), "flatter", "sharper"
         )
+        + "; dice minus AdamW clipped at the matched threshold: "
+        + said_as(
+            v.d("dice before", "baseline, clip 2.7", f"weight_noise_change_{mid:g}"),
+            "flatter",
+            "sharper",
+        )
         if mid
         else "Weight noise: not measured yet"
     )
