@@ -605,13 +605,21 @@ def said(d: Mapping[str, Any] | None, table: bool = False) -> str:
     **hurts**``), or with ``table`` in a cell (``... (n=5): hurts``)."""
     if d is None:
         return "-" if table else "not measured yet"
+    if table:
+        return f"{brief(d)}: {d['verdict']}"
     ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
     out = d.get("left_out", 0)
-    if table:
-        more = f", {out} left out" if out else ""
-        return f"{d['mean']:+.3f}{ci} (n={d['n']}{more}): {d['verdict']}"
     more = f" ({out} more left out: a run without a final value, diverged)" if out else ""
     return f"{d['mean']:+.3f}{ci} over {d['n']} paired seed(s){more}: **{d['verdict']}**"
+
+
+def brief(d: Mapping[str, Any] | None) -> str:
+    """A paired difference without its verdict: ``-0.084 [-0.103, -0.066] (n=10)``."""
+    if d is None:
+        return "not measured"
+    ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    more = f", {d['left_out']} left out" if d.get("left_out") else ""
+    return f"{d['mean']:+.3f}{ci} (n={d['n']}{more})"
 
 
 def cell(d: Mapping[str, Any] | None) -> str:

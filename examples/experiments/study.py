@@ -577,7 +577,7 @@ def budget_words(v: View, arm: str, ref: str) -> str:
     one verdict is the course's."""
     budgets = [v.cfg.steps, *v.cfg.budgets]
     gaps = {b: v.d(arm, ref, steps=b) for b in budgets}
-    shown = f"at {_and(budgets)} updates: " + ", ".join(map(_brief, gaps.values()))
+    shown = f"at {_and(budgets)} updates: " + ", ".join(map(runner.brief, gaps.values()))
     measured = [b for b in budgets if gaps[b] is not None and gaps[b]["n"] >= runner.MIN_SEEDS]
     if not measured:
         found = any(g is not None for g in gaps.values())
@@ -619,14 +619,6 @@ def budget_words(v: View, arm: str, ref: str) -> str:
     else:
         word = f"{last} at {end} updates" + (f" ({history})" if history else "") + pending
     return f"{arm} minus {ref} {shown}: **{word}**"
-
-
-def _brief(d: Mapping[str, Any] | None) -> str:
-    """A paired difference without its verdict: ``-0.084 [-0.103, -0.066] (n=10)``."""
-    if d is None:
-        return "not measured"
-    ci = "" if math.isnan(d["lo"]) else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
-    return f"{d['mean']:+.3f}{ci} (n={d['n']})"
 
 
 def said_as(d: Mapping[str, Any] | None, helps: str, hurts: str) -> str:
