@@ -525,7 +525,7 @@ def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(m
     assert study.probe_targets(cfg, [read_back], best) == [read_back]
     assert study.probe_targets(_cfg(probe_seeds=2, arms=["dice-before"]), rows, best)[0][
         "arm"] == "dice before"  # fmt: skip
-    trained, status = [], {}
+    trained, status, ended = [], {}, {}
 
     def train(jobs, **kw):
         trained.extend(jobs)
@@ -533,8 +533,16 @@ def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(m
 
     monkeypatch.setattr(runner, "run_jobs", train)
     monkeypatch.setattr(runner, "run_status", lambda workdir: status.get(workdir, "missing"))
+    monkeypatch.setattr(runner, "read_summary", lambda workdir: ended.get(workdir, {}))
+    again = study.job(cfg, {}, rows[0]["arm"], rows[0]["lr"], 0, 150, 0.0).workdir
+    ended[again] = {"eval_accuracy": rows[0]["accuracy"], "eval_macro_f1": 0.61}
     folder = study.probe_folder(cfg, {}, rows[0], "line")  # its folder is gone: trained again
     assert [j.workdir for j in trained] == [folder] and folder.startswith(cfg.runs_dir)
+    # Trained again, it must end where the row did (the row's macro-F1 too, where it has one).
+    assert study.probe_folder(cfg, {}, dict(rows[0], macro_f1=0.61), "line") == folder
+    for other in ({"accuracy": rows[0]["accuracy"] + 0.001}, {"macro_f1": 0.61 + 1e-9}):
+        assert study.probe_folder(cfg, {}, {**rows[0], "macro_f1": 0.61, **other}, "line") is None
+    assert len(trained) == 1
     # A folder whose run diverged is not trained again (it is final) nor probed as the row's.
     diverged = dict(rows[0], seed=7)
     status[study.job(cfg, {}, diverged["arm"], diverged["lr"], 7, 150, 0.0).workdir] = "diverged"

@@ -80,6 +80,8 @@ BUDGET_ARMS = ("baseline", "dice before", "baseline, clip 2.7", "dice after", "l
 #: The weight-noise probe's arms: the dice before AdamW, the baseline and the clip matched to it.
 PROBE_ARMS = ("baseline", "dice before", "baseline, clip 2.7")
 ROUND1_STEPS = 150  # the budget of rows written before runs.csv had a steps column
+#: What says a folder holds a row's run: its final metrics (bit-exact where it was trained).
+RUN_FINGERPRINT = ("accuracy", "macro_f1")
 #: The phases, as ``--phases`` names them (the module docstring says what each runs).
 PHASES = ("tuning", "budgets", "seeds", "noise", "line", "weight-noise")
 FAILED_MARGIN = 0.02  # a run fails if it ends within 2 points of the majority class
@@ -1034,7 +1036,8 @@ def probe_folder(cfg: StudyConfig, extra: Mapping[str, Any], r: Row, phase: str)
     """The folder of a row's run, finished, for a probe: the plan's folder for its key, where
     the run is trained again when its final parameters are not on this machine (a committed
     row); None when it is not finished there and the probe's phase does not run, or when the
-    folder holds a run that ended otherwise (diverged: not the row's parameters)."""
+    folder holds a run that ended otherwise (diverged: not the row's parameters) or that did
+    not end where the row did (trained again with another jax, XLA or CPU: other parameters)."""
     j = job(cfg, extra, r["arm"], r["lr"], int(r["seed"]), int(r["steps"]), r["label_noise"])
     if runner.run_status(j.workdir) != "completed":
         if not cfg.measures(phase):
@@ -1044,7 +1047,24 @@ def probe_folder(cfg: StudyConfig, extra: Mapping[str, Any], r: Row, phase: str)
         if (status := runner.run_status(j.workdir)) != "completed":
             _say(f"{j.workdir}: {status}, not completed: left out of the {phase} probe")
             return None
+    ran = runner.read_summary(j.workdir)
+    got = {k: ran.get(f"eval_{k}") for k in RUN_FINGERPRINT}
+    if not all(_same(got[k], r.get(k, math.nan)) for k in RUN_FINGERPRINT):
+        want = {k: r.get(k) for k in RUN_FINGERPRINT}
+        _say(
+            f"{j.workdir}: ended at {got}, the row at {want}: not the row's run (trained "
+            f"again with another jax, XLA or CPU?), left out of the {phase} probe"
+        )
+        return None
     return j.workdir
+
+
+def _same(got: Any, want: Any) -> bool:
+    """A run's final metric agrees with the row's (a row without it, from before the column,
+    agrees with anything)."""
+    if _nan(want):
+        return True
+    return isinstance(got, int | float) and abs(got - want) <= 1e-12
 
 
 def probe_targets(cfg: StudyConfig, rows: Sequence[Row], best: Mapping[str, float]) -> list[Row]:
