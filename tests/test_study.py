@@ -727,7 +727,10 @@ def test_answers_are_worded_from_their_intervals():
     text = "\n".join(study.answers(v))
     assert ("Flat sigma (of the mean curve), baseline: 0.1; dice before: 0.1; baseline, clip "
             "2.7: not measured yet; the change at sigma 0.3") in text  # fmt: skip
-    assert "dice minus baseline (positive: the dice lose less of it): +0.000" in text
+    assert (
+        "(positive: the dice lose less of it; within 0.01 of the headroom: no difference), dice minus baseline: +0.000"
+        in text
+    )
 
     # The dice keep more of their headroom at sigma 0.3 on every seed: "flatter", not "helps".
     def probed(r):

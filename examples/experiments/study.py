@@ -645,7 +645,8 @@ def answers(v: View) -> list[str]:
     flat = "; ".join(f"{a}: {_sigma_text(x, 'not measured yet')}" for a, x in flats.items())
     flatter = (
         f"Flat sigma (of the mean curve), {flat}; the change at sigma {mid:g} as a share of the "
-        "headroom, dice minus baseline (positive: the dice lose less of it): "
+        f"headroom (positive: the dice lose less of it; within {runner.NO_DIFFERENCE} of "
+        "the headroom: no difference), dice minus baseline: "
         + said_as(
             v.d("dice before", "baseline", f"weight_noise_change_{mid:g}"), "flatter", "sharper"
         )
