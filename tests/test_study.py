@@ -18,6 +18,8 @@ from examples.bert.config import BertConfig
 from examples.bert.model import BertForSequenceClassification
 from examples.bert.train_config import ConfigError, TrainConfig
 from examples.experiments import flatness, runner, study
+from examples.experiments import study_design as design
+from examples.experiments import study_report as report
 from tests.train_helpers import make_assets
 
 
@@ -317,34 +319,34 @@ def test_holm_and_the_power_estimate():
 
 
 def _cfg(**kw):
-    return study.StudyConfig(committed="", **kw)
+    return design.StudyConfig(committed="", **kw)
 
 
 def _row(arm, seed, accuracy, lr=None, steps=150, noise=0.0, **extra):
-    lr = 1e-4 * study.ARMS[arm].lr_scale if lr is None else lr
+    lr = 1e-4 * design.ARMS[arm].lr_scale if lr is None else lr
     perturbed = None if accuracy is None else accuracy - 0.05
     r = {"arm": arm, "seed": seed, "steps": steps, "lr": lr, "label_noise": noise,
          "accuracy": accuracy, "perturbed_accuracy": perturbed, "majority_accuracy": 0.4,
          "status": "completed", "run_dir": f"/nowhere/{arm}/{seed}", **extra}  # fmt: skip
-    return study.complete(r)
+    return design.complete(r)
 
 
 def test_the_arms_and_their_learning_rates():
     import optax_dice
 
-    assert study.DICE_MEAN == pytest.approx(optax_dice.odds(**study.DICE).expected_scale)
-    assert study.CLIP_MATCHED == pytest.approx(1 / 0.37, abs=1e-3)
+    assert design.DICE_MEAN == pytest.approx(optax_dice.odds(**design.DICE).expected_scale)
+    assert design.CLIP_MATCHED == pytest.approx(1 / 0.37, abs=1e-3)
     cfg = _cfg()
-    jobs = study.tuning_jobs(cfg, {})
+    jobs = design.tuning_jobs(cfg, {})
     # Every arm is tuned over the same grid, factor 2 apart; the control at 0.37 x it.
     assert cfg.lr_factors == [0.25, 0.5, 1.0, 2.0, 4.0]
-    for arm in study.ARMS:
+    for arm in design.ARMS:
         lrs = sorted(j.settings["lr"] for j in jobs if j.arm == arm and j.seed == 0)
         scale = 0.37 if arm == "lr-matched control" else 1.0
         assert lrs == pytest.approx([1e-4 * scale * f for f in cfg.lr_factors]), arm
-    assert len(jobs) == len(study.ARMS) * 5 * 3
+    assert len(jobs) == len(design.ARMS) * 5 * 3
     by_arm = {j.arm: j.settings for j in jobs}
-    assert by_arm["baseline, clip 2.7"]["clip_norm"] == study.CLIP_MATCHED
+    assert by_arm["baseline, clip 2.7"]["clip_norm"] == design.CLIP_MATCHED
     assert by_arm["baseline, clip 2.7"]["mode"] == "off"
     assert by_arm["dice before, no clip"]["clip_norm"] == 0.0
     assert by_arm["dice before, no clip"]["threshold"] == 12
@@ -366,7 +368,7 @@ def test_best_lr_is_the_highest_mean_on_the_grid_over_the_shared_tuning_seeds():
     rows += [_row("dice after", 0, 0.65, lr=5e-5), _row("dice after", 0, 0.99, lr=2e-4, steps=600)]
     rows += [_row("fair die after", s, 0.7, lr=lr) for s, lr in enumerate([5e-5, 2e-4])]
     rows += [_row("fair die after", 1, 0.8, lr=1e-4)]
-    best = study.best_lrs(cfg, rows)
+    best = design.best_lrs(cfg, rows)
     # On seeds 0-1, 0.71 > (0.80 + 0) / 2; 3e-4 is off the grid; a tie goes to the grid's
     # middle; only the tuning budget counts; lrs with no seed in common are compared over
     # every tuning seed (0.8 > 0.7).
@@ -377,59 +379,65 @@ def test_best_lr_is_the_highest_mean_on_the_grid_over_the_shared_tuning_seeds():
     assert np.mean([0.751, 0.720, 0.705]) != np.mean([0.719, 0.702, 0.755])
     rows = [_row("baseline", s, a, lr=lr) for lr, accs in ((2e-4, [0.751, 0.720, 0.705]),
             (1e-4, [0.719, 0.702, 0.755])) for s, a in enumerate(accs)]  # fmt: skip
-    assert study.best_lrs(cfg, rows) == {"baseline": 1e-4}
+    assert design.best_lrs(cfg, rows) == {"baseline": 1e-4}
     rows = [_row("baseline", s, 0.7, lr=lr) for lr in (5e-5, 2e-4) for s in range(3)]
-    assert study.best_lrs(cfg, rows) == study.best_lrs(cfg, rows[::-1]) == {"baseline": 5e-5}
+    assert design.best_lrs(cfg, rows) == design.best_lrs(cfg, rows[::-1]) == {"baseline": 5e-5}
 
 
-def _grid_rows(cfg, accuracy, factors=None, arms=tuple(study.ARMS)):
+def _grid_rows(cfg, accuracy, factors=None, arms=tuple(design.ARMS)):
     """The arms at every factor of the grid (default) on the tuning seeds, ``accuracy(arm,
     factor)`` each."""
-    return [_row(arm, seed, accuracy(arm, f), lr=study.lr_of(cfg, arm, f))
+    return [_row(arm, seed, accuracy(arm, f), lr=design.lr_of(cfg, arm, f))
             for arm in arms for f in factors or cfg.lr_factors
             for seed in range(cfg.seeds)]  # fmt: skip
 
 
 def test_an_arm_whose_best_lies_at_the_grids_end_is_tuned_past_it():
     cfg = _cfg(seeds=3)
-    assert cfg.widen == 2 and study.factors(cfg) == [0.0625, 0.125, *cfg.lr_factors, 8.0, 16.0]
+    assert cfg.widen == 2 and design.factors(cfg) == [
+        0.0625,
+        0.125,
+        *cfg.lr_factors,
+        8.0,
+        16.0,
+    ]
 
     def accuracy(arm, f):  # dice after rises with the lr, dice before falls, the rest peak at 1
         slope = {"dice after": 0.01, "dice before": -0.01}.get(arm, 0.0)
         return 0.7 + slope * math.log2(f) - (0.0 if slope else 0.01 * abs(math.log2(f)))
 
     rows = _grid_rows(cfg, accuracy)
-    wider = study.widen_jobs(cfg, {}, rows)
+    wider = design.widen_jobs(cfg, {}, rows)
     assert sorted((j.arm, j.settings["lr"], j.seed) for j in wider) == sorted(
         [("dice after", pytest.approx(8e-4), s) for s in range(3)]
         + [("dice before", pytest.approx(1.25e-5), s) for s in range(3)]
     )
-    assert {study.phase_of(cfg, j) for j in wider} == {"tuning"}
-    assert study.widen_jobs(dataclasses.replace(cfg, widen=0), {}, rows) == []
+    assert {design.phase_of(cfg, j) for j in wider} == {"tuning"}
+    assert design.widen_jobs(dataclasses.replace(cfg, widen=0), {}, rows) == []
     assert "--widen must be 0 or more, got -1" in _cfg(widen=-1).problems()
     # An arm whose grid misses a tuning seed is not widened yet.
     gap = [r for r in rows if (r["arm"], r["seed"], r["lr"]) != ("dice after", 2, 2.5e-5)]
-    assert {j.arm for j in study.widen_jobs(cfg, {}, gap)} == {"dice before"}
+    assert {j.arm for j in design.widen_jobs(cfg, {}, gap)} == {"dice before"}
     # Better at 8: the next step, 16, is the last --widen allows; the answer says it is the edge.
     up = rows + _grid_rows(cfg, accuracy, [8.0], ["dice after"])
-    assert [j.settings["lr"] for j in study.widen_jobs(cfg, {}, up) if j.arm == "dice after"] == (
+    assert [j.settings["lr"] for j in design.widen_jobs(cfg, {}, up) if j.arm == "dice after"] == (
         pytest.approx([1.6e-3] * 3)
     )
     top = up + _grid_rows(cfg, accuracy, [16.0], ["dice after"])
-    assert not [j for j in study.widen_jobs(cfg, {}, top) if j.arm == "dice after"]
-    v = study.View(cfg, top, [], study.best_lrs(cfg, top))
+    assert not [j for j in design.widen_jobs(cfg, {}, top) if j.arm == "dice after"]
+    v = report.View(cfg, top, [], design.best_lrs(cfg, top))
     assert v.best["dice after"] == pytest.approx(1.6e-3)
     assert v.lr("dice after") == "0.0016, best of 7 of 7 lrs, the highest tried"
     assert v.lr("baseline") == "0.0001, best of 5 of 5 lrs"
     # Worse at 8: the best stays at 4, no further step, and it is no longer the edge.
     down = rows + [_row("dice after", s, 0.6, lr=8e-4) for s in range(3)]
-    assert not [j for j in study.widen_jobs(cfg, {}, down) if j.arm == "dice after"]
-    v = study.View(cfg, down, [], study.best_lrs(cfg, down))
+    assert not [j for j in design.widen_jobs(cfg, {}, down) if j.arm == "dice after"]
+    v = report.View(cfg, down, [], design.best_lrs(cfg, down))
     assert v.best["dice after"] == pytest.approx(4e-4)
     assert v.lr("dice after") == "0.0004, best of 6 of 6 lrs"
     # Better at 8 on the one seed measured so far (an interrupted step): its other seeds first.
     part = [*rows, _row("dice after", 0, 0.9, lr=8e-4)]
-    assert sorted(j.seed for j in study.widen_jobs(cfg, {}, part) if j.arm == "dice after") == [
+    assert sorted(j.seed for j in design.widen_jobs(cfg, {}, part) if j.arm == "dice after") == [
         0, 1, 2]  # fmt: skip
 
 
@@ -447,13 +455,13 @@ def test_the_study_widens_the_grid_step_by_step(monkeypatch):
 
     def gather(plan, committed):
         for j in plan:
-            factor.setdefault(j.key, j.settings["lr"] / study.lr_of(cfg, j.arm, 1.0))
+            factor.setdefault(j.key, j.settings["lr"] / design.lr_of(cfg, j.arm, 1.0))
         return [_row(j.arm, j.seed, accuracy(j.arm, factor[j.key]), lr=j.settings["lr"])
                 for j in trained if j.settings["steps"] == 150]  # fmt: skip
 
     monkeypatch.setattr(study, "gather", gather)
     v = study.study(cfg, {})
-    past = [(j.arm, round(j.settings["lr"], 8)) for j in trained[len(study.ARMS) * 5 * 3 :]]
+    past = [(j.arm, round(j.settings["lr"], 8)) for j in trained[len(design.ARMS) * 5 * 3 :]]
     assert past == [("dice after", 8e-4)] * 3 + [("dice after", 1.6e-3)] * 3
     assert len(trained) == len({j.key for j in trained})  # nothing twice
     assert v.best["dice after"] == pytest.approx(1.6e-3) and v.best["baseline"] == 1e-4
@@ -465,7 +473,7 @@ def _synthetic(seeds=5, gap=-0.08, sd=0.01):
     rows = []
     for seed in range(seeds):
         base = 0.75 + 0.01 * seed
-        for arm in study.ARMS:
+        for arm in design.ARMS:
             shift = gap if arm == "dice before" else 0.0
             rows.append(_row(arm, seed, base + shift + sd * rng.standard_normal()))
     return rows
@@ -474,32 +482,32 @@ def _synthetic(seeds=5, gap=-0.08, sd=0.01):
 def test_later_phases_add_seeds_noise_and_budgets_at_the_best_lr():
     cfg = _cfg(seeds=3)
     rows = _synthetic(seeds=3, sd=0.03)
-    jobs = study.later_jobs(cfg, {}, rows)
+    jobs = design.later_jobs(cfg, {}, rows)
     more = [j for j in jobs if j.settings["steps"] == 150 and not j.settings["label_noise"]]
     noisy = [j for j in jobs if j.settings["label_noise"]]
     longer = [j for j in jobs if j.settings["steps"] != 150]
     # The power estimate asks for more than --max-seeds for dice before (SD 0.03 > 2 points).
     assert max(j.seed for j in more if j.arm == "dice before") == cfg.max_seeds - 1
-    assert {j.arm for j in more} == {a for q in study.HEADLINE for a in (q.arm, q.ref)}
-    assert {j.arm for j in noisy} == set(study.ORIGINAL_ARMS)
+    assert {j.arm for j in more} == {a for q in design.HEADLINE for a in (q.arm, q.ref)}
+    assert {j.arm for j in noisy} == set(design.ORIGINAL_ARMS)
     assert all(
-        j.settings["label_noise"] == 0.2 and j.settings["lr"] == 1e-4 * study.ARMS[j.arm].lr_scale
+        j.settings["label_noise"] == 0.2 and j.settings["lr"] == 1e-4 * design.ARMS[j.arm].lr_scale
         for j in noisy
     )
     # Answer 7's arms get --min-seeds noisy seeds before any is measured, the others --seeds.
-    seeds = {a: sorted(j.seed for j in noisy if j.arm == a) for a in study.ORIGINAL_ARMS}
+    seeds = {a: sorted(j.seed for j in noisy if j.arm == a) for a in design.ORIGINAL_ARMS}
     assert seeds["baseline"] == seeds["dice before"] == seeds["fair die before"] == [0, 1, 2, 3, 4]
     assert seeds["dice after"] == seeds["lr-matched control"] == [0, 1, 2]
     # Once measured, the interaction's paired SD sets them: 0.03 asks for more than --max-seeds.
     rng = np.random.default_rng(1)
     measured = rows + [dict(r, label_noise=0.2, accuracy=r["accuracy"] - 0.05
                             + 0.03 * rng.standard_normal()) for r in rows]  # fmt: skip
-    best = study.best_lrs(cfg, rows)
-    assert study.noise_seeds(cfg, measured, best)["dice before"] == cfg.max_seeds
+    best = design.best_lrs(cfg, rows)
+    assert design.noise_seeds(cfg, measured, best)["dice before"] == cfg.max_seeds
     steady = rows + [dict(r, label_noise=0.2, accuracy=r["accuracy"] - 0.05) for r in rows]
-    assert study.noise_seeds(cfg, steady, best)["dice before"] == cfg.min_seeds
+    assert design.noise_seeds(cfg, steady, best)["dice before"] == cfg.min_seeds
     assert {(j.arm, j.settings["steps"]) for j in longer} == {
-        (a, b) for a in study.BUDGET_ARMS for b in (600, 2000)
+        (a, b) for a in design.BUDGET_ARMS for b in (600, 2000)
     }
     assert {j.seed for j in longer} == set(range(5))
     # The first budget runs first (it decides what the other answers mean), the longer last.
@@ -514,7 +522,7 @@ def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(m
     rows = _synthetic(seeds=4)
     done = dict(_row("baseline", 1, 0.7), flat_sigma=0.2)  # measured already
     rows = [done if (r["arm"], r["seed"]) == ("baseline", 1) else r for r in rows]
-    best = study.best_lrs(cfg, rows)
+    best = design.best_lrs(cfg, rows)
     targets = study.probe_targets(cfg, rows, best)
     assert [(r["arm"], r["seed"]) for r in targets] == [
         ("baseline", 0), ("dice before", 0), ("baseline, clip 2.7", 0),
@@ -534,7 +542,7 @@ def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(m
     monkeypatch.setattr(runner, "run_jobs", train)
     monkeypatch.setattr(runner, "run_status", lambda workdir: status.get(workdir, "missing"))
     monkeypatch.setattr(runner, "read_summary", lambda workdir: ended.get(workdir, {}))
-    again = study.job(cfg, {}, rows[0]["arm"], rows[0]["lr"], 0, 150, 0.0).workdir
+    again = design.job(cfg, {}, rows[0]["arm"], rows[0]["lr"], 0, 150, 0.0).workdir
     ended[again] = {"eval_accuracy": rows[0]["accuracy"], "eval_macro_f1": 0.61}
     folder = study.probe_folder(cfg, {}, rows[0], "line")  # its folder is gone: trained again
     assert [j.workdir for j in trained] == [folder] and folder.startswith(cfg.runs_dir)
@@ -545,7 +553,7 @@ def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(m
     assert len(trained) == 1
     # A folder whose run diverged is not trained again (it is final) nor probed as the row's.
     diverged = dict(rows[0], seed=7)
-    status[study.job(cfg, {}, diverged["arm"], diverged["lr"], 7, 150, 0.0).workdir] = "diverged"
+    status[design.job(cfg, {}, diverged["arm"], diverged["lr"], 7, 150, 0.0).workdir] = "diverged"
     monkeypatch.setattr(runner, "run_jobs", lambda jobs, **kw: None)
     assert study.probe_folder(cfg, {}, diverged, "line") is None
     monkeypatch.setattr(runner, "run_jobs", train)
@@ -562,24 +570,26 @@ def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(m
 def test_phases_run_alone_on_the_committed_rows(tmp_path, monkeypatch):
     cfg = _cfg(seeds=3)
     rows = _synthetic(seeds=3, sd=0.03)
-    jobs = study.tuning_jobs(cfg, {}) + study.later_jobs(cfg, {}, rows)
-    phases = {study.phase_of(cfg, j) for j in jobs}
+    jobs = design.tuning_jobs(cfg, {}) + design.later_jobs(cfg, {}, rows)
+    phases = {design.phase_of(cfg, j) for j in jobs}
     assert phases == {"tuning", "budgets", "seeds", "noise"}
-    assert all((study.phase_of(cfg, j) == "budgets") == (j.settings["steps"] != 150) for j in jobs)
+    assert all((design.phase_of(cfg, j) == "budgets") == (j.settings["steps"] != 150) for j in jobs)
     # --phases budgets on a GPU: the committed CPU rows choose the lrs, only budget runs train,
     # no probe trains a run again.
     committed = tmp_path / "runs.csv"
     runner.write_csv(str(committed), rows)
     trained = []
     monkeypatch.setattr(runner, "run_jobs", lambda jobs, **kw: trained.extend(jobs))
-    gpu = study.StudyConfig(committed=str(committed), seeds=3, budgets=[2000], phases=["budgets"],
+    gpu = design.StudyConfig(committed=str(committed), seeds=3, budgets=[2000], phases=["budgets"],
                             runs_dir=str(tmp_path / "gpu"))  # fmt: skip
     v = study.study(gpu, {"model": "DIR"})
-    assert {(j.arm, j.settings["steps"]) for j in trained} == {(a, 2000) for a in study.BUDGET_ARMS}
+    assert {(j.arm, j.settings["steps"]) for j in trained} == {
+        (a, 2000) for a in design.BUDGET_ARMS
+    }
     assert {j.seed for j in trained} == set(range(5)) and len(v.rows) == len(rows)
     assert all(j.settings["model"] == "DIR" for j in trained)
     assert "--phases: no phase tune; choose from tuning, budgets" in " ".join(
-        study.StudyConfig(phases=["tune"]).problems()
+        design.StudyConfig(phases=["tune"]).problems()
     )
 
 
@@ -589,7 +599,7 @@ def test_failed_runs_and_derived_columns():
     assert _row("baseline", 0, 0.419)["failed"]  # within 2 points of the majority (0.4)
     diverged = _row("baseline", 0, None)
     assert diverged["failed"] and math.isnan(diverged["accuracy"])
-    old = study.complete(
+    old = design.complete(
         {
             "arm": "baseline, no clip",
             "seed": 0,
@@ -610,7 +620,7 @@ def test_flatness_is_normalised_by_headroom_and_flat_sigma_is_of_the_mean_curve(
     accuracy = {"0.1": [0.80, 0.78], "0.2": [0.78, 0.78], "0.3": [0.76, 0.76], "0.4": [0.8, 0.8]}
     sigmas = [0.1, 0.2, 0.3, 0.4]
     result = {"sigmas": sigmas, "clean": 0.80, "majority": 0.40, "accuracy": accuracy, "draws": 2}
-    r = study.add_flatness(_row("baseline", 0, 0.8), result)
+    r = design.add_flatness(_row("baseline", 0, 0.8), result)
     assert r["weight_noise_0.1"] == pytest.approx(0.79)
     assert r["weight_noise_change_0.1"] == pytest.approx(-0.01 / 0.4)
     assert r["weight_noise_change_0.2"] == pytest.approx(-0.02 / 0.4)
@@ -620,16 +630,16 @@ def test_flatness_is_normalised_by_headroom_and_flat_sigma_is_of_the_mean_curve(
          "weight_noise_change_0.3": 0.0}  # fmt: skip
     b = {"weight_noise_change_0.1": 0.0, "weight_noise_change_0.2": 0.0,
          "weight_noise_change_0.3": 0.0}  # fmt: skip
-    assert study.flat_sigma([a, b], [0.1, 0.2, 0.3]) == 0.1
+    assert design.flat_sigma([a, b], [0.1, 0.2, 0.3]) == 0.1
     # Not measured is not "flat up to 0": NaN, and the answer says so.
-    assert math.isnan(study.flat_sigma([_row("baseline", 0, 0.8)], [0.1, 0.2]))
-    assert math.isnan(study.flat_sigma([a, b], []))
-    assert study.flat_sigma([{"weight_noise_change_0.1": -0.5}], [0.1]) == 0.0
+    assert math.isnan(design.flat_sigma([_row("baseline", 0, 0.8)], [0.1, 0.2]))
+    assert math.isnan(design.flat_sigma([a, b], []))
+    assert design.flat_sigma([{"weight_noise_change_0.1": -0.5}], [0.1]) == 0.0
     assert r["weight_noise_draws"] == 2 and "weight_noise_examples" not in r
 
     # Re-read from runs.csv, the derived columns follow from the measured ones.
     def reread(r):
-        return study.complete(
+        return design.complete(
             {k: v for k, v in r.items() if "change" not in k and k != "flat_sigma"}
         )
 
@@ -638,7 +648,7 @@ def test_flatness_is_normalised_by_headroom_and_flat_sigma_is_of_the_mean_curve(
     assert again["flat_sigma"] == 0.2
     # The probe's split has its own majority (0.45, every validation example), not the run's
     # (0.4, its evaluation subsample): re-read, the headroom is still the probe's.
-    r = study.add_flatness(_row("baseline", 0, 0.8), {**result, "majority": 0.45})
+    r = design.add_flatness(_row("baseline", 0, 0.8), {**result, "majority": 0.45})
     assert r["weight_noise_change_0.2"] == pytest.approx(-0.02 / 0.35) and r["flat_sigma"] == 0.1
     again = reread(r)
     assert again["weight_noise_change_0.2"] == pytest.approx(-0.02 / 0.35)
@@ -659,26 +669,26 @@ def test_a_cached_line_is_kept_only_between_the_same_runs(tmp_path, monkeypatch)
         return result
 
     monkeypatch.setattr(flatness, "line", line)
-    out = study.lines_of(cfg, {}, rows, study.best_lrs(cfg, rows), [])
+    out = study.lines_of(cfg, {}, rows, design.best_lrs(cfg, rows), [])
     assert len(calls) == 1 and [p["alpha"] for p in out] == [-0.5, 0.0, 0.5, 1.0, 1.5]
-    assert study.lines_of(cfg, {}, rows, study.best_lrs(cfg, rows), []) == out  # cached
+    assert study.lines_of(cfg, {}, rows, design.best_lrs(cfg, rows), []) == out  # cached
     assert len(calls) == 1
     # The dice's best lr is another: the cached line is between other runs, measured again.
     moved = [rows[0], _row("dice before", 0, 0.7, lr=2e-4)]
-    study.lines_of(cfg, {}, moved, study.best_lrs(cfg, moved), [])
+    study.lines_of(cfg, {}, moved, design.best_lrs(cfg, moved), [])
     assert len(calls) == 2 and calls[1] == ("/runs/0.0001", "/runs/0.0002", {})
 
 
 def test_the_barrier_is_the_largest_loss_above_the_chord():
     straight = {"alphas": [-0.5, 0.0, 0.5, 1.0, 1.5], "loss": [1.0, 0.6, 0.75, 0.9, 1.2]}
-    assert study.barrier(straight) == 0.0  # on the chord: no barrier
+    assert design.barrier(straight) == 0.0  # on the chord: no barrier
     bump = {"alphas": [0.0, 0.25, 0.5, 0.75, 1.0], "loss": [0.6, 0.7, 0.75, 0.95, 0.9]}
     # 0.95 - (0.25 x 0.6 + 0.75 x 0.9) = 0.125; the old "highest above the higher end": 0.05
-    assert study.barrier(bump) == pytest.approx(0.125)
-    assert "no barrier" in study.barrier_words([0.0, 0.005, 0.0])
-    assert "**a barrier**" in study.barrier_words([0.1, 0.12, 0.11])
-    assert "on 1 of 3 seed(s)" in study.barrier_words([0.0, 0.05, 0.0])
-    assert study.barrier_words([]) == "not measured yet"
+    assert design.barrier(bump) == pytest.approx(0.125)
+    assert "no barrier" in report.barrier_words([0.0, 0.005, 0.0])
+    assert "**a barrier**" in report.barrier_words([0.1, 0.12, 0.11])
+    assert "on 1 of 3 seed(s)" in report.barrier_words([0.0, 0.05, 0.0])
+    assert report.barrier_words([]) == "not measured yet"
 
 
 def test_label_noise_robustness_is_the_paired_interaction():
@@ -693,11 +703,11 @@ def test_label_noise_robustness_is_the_paired_interaction():
             _row("dice before", seed, d_clean),
             _row("dice before", seed, d_noisy, noise=0.2),
         ]
-    best = study.best_lrs(cfg, rows)
-    d = study.interaction(rows, best, 150, 0.2, "dice before")
+    best = design.best_lrs(cfg, rows)
+    d = design.interaction(rows, best, 150, 0.2, "dice before")
     # The dice lose 0.01, 0.03, 0.02; the baseline 0.05, 0.06, 0.03: +0.04, +0.03, +0.01.
     assert d["n"] == 3 and d["mean"] == pytest.approx(0.08 / 3)
-    assert study.interaction(rows, best, 150, 0.2, "fair die before") is None
+    assert design.interaction(rows, best, 150, 0.2, "fair die before") is None
     # Answer 7 in its own words: the dice lose about 0.04 less on every seed, "more robust".
     losses = {"baseline": (0.75, lambda seed: 0.05), "dice before": (0.65, lambda seed: 0.01)}
     rows = [
@@ -705,15 +715,15 @@ def test_label_noise_robustness_is_the_paired_interaction():
              noise=0.2 * noisy)
         for seed in range(4) for noisy in (0, 1) for arm, (clean, lost) in losses.items()
     ]  # fmt: skip
-    seventh = study.answers(study.View(cfg, rows, [], study.best_lrs(cfg, rows)))[6]
+    seventh = report.answers(report.View(cfg, rows, [], design.best_lrs(cfg, rows)))[6]
     assert "dice lose less): +0.0" in seventh and "**more robust**" in seventh, seventh
 
 
 def test_answers_are_worded_from_their_intervals():
     cfg = _cfg()
     rows = _synthetic()
-    v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
-    text = "\n".join(study.answers(v))
+    v = report.View(cfg, rows, [], design.best_lrs(cfg, rows))
+    text = "\n".join(report.answers(v))
     d = runner.paired(rows, "dice before", "baseline", "accuracy")
     assert d["verdict"] == "hurts" and d["hi"] < 0
     assert f"dice minus baseline: {runner.said(d)}." in text
@@ -721,15 +731,15 @@ def test_answers_are_worded_from_their_intervals():
     assert "4. **The fair die after AdamW" in text and "not measured yet" in text  # no noise yet
     assert "8. **Flatter?** Weight noise: not measured yet." in text
     noise = {"sigmas": [0.1, 0.3], "accuracy": {"0.1": [0.7], "0.3": [0.5]}, "clean": 0.7}
-    measured = [study.add_flatness(r, noise) if r["arm"] in ("baseline", "dice before") else r
+    measured = [design.add_flatness(r, noise) if r["arm"] in ("baseline", "dice before") else r
                 for r in rows]  # fmt: skip
-    v = study.View(cfg, measured, [], study.best_lrs(cfg, rows))
-    text = "\n".join(study.answers(v))
+    v = report.View(cfg, measured, [], design.best_lrs(cfg, rows))
+    text = "\n".join(report.answers(v))
     assert ("Flat sigma (of the mean curve), baseline: 0.1; dice before: 0.1; baseline, clip "
             "2.7: not measured yet; the change at sigma 0.3") in text  # fmt: skip
     assert (
-        "(positive: the dice lose less of it; within 0.01 of the headroom: no difference), dice minus baseline: +0.000"
-        in text
+        "(positive: the dice lose less of it; within 0.01 of the headroom: no difference), "
+        "dice minus baseline: +0.000" in text
     )
 
     # The dice keep more of their headroom at sigma 0.3 on every seed: "flatter", not "helps".
@@ -737,105 +747,105 @@ def test_answers_are_worded_from_their_intervals():
         if r["arm"] not in ("baseline", "dice before"):
             return r
         kept = 0.6 + 0.01 * r["seed"] if r["arm"] == "dice before" else 0.5
-        return study.add_flatness(r, {**noise, "accuracy": {"0.1": [0.7], "0.3": [kept]}})
+        return design.add_flatness(r, {**noise, "accuracy": {"0.1": [0.7], "0.3": [kept]}})
 
-    v = study.View(cfg, [probed(r) for r in rows], [], study.best_lrs(cfg, rows))
-    eighth = study.answers(v)[7]
+    v = report.View(cfg, [probed(r) for r in rows], [], design.best_lrs(cfg, rows))
+    eighth = report.answers(v)[7]
     assert (
         ": **flatter**; dice minus AdamW clipped at the matched threshold: not measured "
         in (eighth)
         and "helps" not in eighth
     ), eighth
-    assert study.said_as(None, "flatter", "sharper") == "not measured yet"
+    assert report.said_as(None, "flatter", "sharper") == "not measured yet"
     d = {"n": 5, "mean": -0.1, "lo": -0.2, "hi": -0.05, "verdict": "hurts"}
-    assert study.said_as(d, "flatter", "sharper").endswith("**sharper**")
-    assert study.said_as({**d, "verdict": "no difference"}, "a", "b").endswith("**no difference**")
-    v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
+    assert report.said_as(d, "flatter", "sharper").endswith("**sharper**")
+    assert report.said_as({**d, "verdict": "no difference"}, "a", "b").endswith("**no difference**")
+    v = report.View(cfg, rows, [], design.best_lrs(cfg, rows))
     # The budget: behind at 150, level at 2000 -> "learns slower"; behind at both -> "ends worse".
     for gap, word in ((0.0, "learns slower"), (-0.08, "ends worse")):
         longer = [dict(r, steps=2000, accuracy=r["accuracy"] + (r["arm"] == "dice before") *
                        (gap + 0.08)) for r in rows]  # fmt: skip
-        v = study.View(cfg, rows + longer, [], study.best_lrs(cfg, rows))
-        assert word in study.budget_words(v, "dice before", "baseline")
+        v = report.View(cfg, rows + longer, [], design.best_lrs(cfg, rows))
+        assert word in report.budget_words(v, "dice before", "baseline")
     # Each budget's difference with its interval and seeds, one verdict: the course's.
     at150, at2000 = (runner.cell(v.d("dice before", "baseline", steps=b)) for b in (150, 2000))
-    assert study.budget_words(v, "dice before", "baseline") == (
+    assert report.budget_words(v, "dice before", "baseline") == (
         f"dice before minus baseline at 150, 600 and 2000 updates: {at150.split(': ')[0]}, not "
         f"measured, {at2000.split(': ')[0]}: **ends worse (still behind at 2000 updates)**"
     )
-    assert study.budget_words(study.View(cfg, rows, [], v.best), "dice before", "baseline") == (
+    assert report.budget_words(report.View(cfg, rows, [], v.best), "dice before", "baseline") == (
         f"dice before minus baseline at 150, 600 and 2000 updates: {at150.split(': ')[0]}, not "
         "measured, not measured: **behind at 150 updates (2000 not measured yet)**"
     )
     # Behind at 150, ahead at 2000: it ends better, not "not resolved".
     ahead = [dict(r, steps=2000, accuracy=r["accuracy"] + (r["arm"] == "dice before") * 0.16)
              for r in rows]  # fmt: skip
-    v = study.View(cfg, rows + ahead, [], study.best_lrs(cfg, rows))
-    assert "**ends better (behind at 150, ahead at 2000 updates)**" in study.budget_words(
+    v = report.View(cfg, rows + ahead, [], design.best_lrs(cfg, rows))
+    assert "**ends better (behind at 150, ahead at 2000 updates)**" in report.budget_words(
         v, "dice before", "baseline"
     )
-    assert "not measured yet" in study.budget_words(study.View(cfg, [], [], {}), "a", "b")
+    assert "not measured yet" in report.budget_words(report.View(cfg, [], [], {}), "a", "b")
     # Behind at 150 and 600 with 2000 to come: not yet "ends worse".
     at600 = [dict(r, steps=600) for r in rows]
-    v = study.View(cfg, rows + at600, [], study.best_lrs(cfg, rows))
-    assert "**still behind at 600 updates (2000 not measured yet)**" in study.budget_words(
+    v = report.View(cfg, rows + at600, [], design.best_lrs(cfg, rows))
+    assert "**still behind at 600 updates (2000 not measured yet)**" in report.budget_words(
         v, "dice before", "baseline"
     )
     # One seed at 2000 is shown but does not decide: still behind at 600, 2000 pending.
     one = [dict(r, steps=2000) for r in rows if r["seed"] == 0]
-    v = study.View(cfg, rows + at600 + one, [], study.best_lrs(cfg, rows))
+    v = report.View(cfg, rows + at600 + one, [], design.best_lrs(cfg, rows))
     assert "**still behind at 600 updates (2000: 1 paired seed(s) so far)**" in (
-        study.budget_words(v, "dice before", "baseline")
+        report.budget_words(v, "dice before", "baseline")
     )
     # Too few pairs at every budget: shown, not resolved yet; behind at 150 only: pending.
     few = [r for r in rows if r["seed"] < 2]
-    assert study.budget_words(study.View(cfg, few, [], study.best_lrs(cfg, few)), "dice before",
+    assert report.budget_words(report.View(cfg, few, [], design.best_lrs(cfg, few)), "dice before",
                               "baseline").endswith(": **not resolved yet**")  # fmt: skip
-    v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
-    assert "**behind at 150 updates (2000 not measured yet)**" in study.budget_words(
+    v = report.View(cfg, rows, [], design.best_lrs(cfg, rows))
+    assert "**behind at 150 updates (2000 not measured yet)**" in report.budget_words(
         v, "dice before", "baseline"
     )
     # Level at 150, behind at 600: it falls behind, and "still" would say it was behind before.
     level = [dict(r, accuracy=r["accuracy"] + (r["arm"] == "dice before") * 0.08) for r in rows]
-    v = study.View(cfg, level + at600, [], study.best_lrs(cfg, rows))
+    v = report.View(cfg, level + at600, [], design.best_lrs(cfg, rows))
     assert "**no difference at 150, behind at 600 updates (2000 not measured yet)**" in (
-        study.budget_words(v, "dice before", "baseline")
+        report.budget_words(v, "dice before", "baseline")
     )
     # Level at 150, behind at 600, level at 2000: it learns slower (dice after's course).
     back = [dict(r, steps=2000) for r in level]
-    v = study.View(cfg, level + at600 + back, [], study.best_lrs(cfg, rows))
+    v = report.View(cfg, level + at600 + back, [], design.best_lrs(cfg, rows))
     assert "**learns slower (behind at 600, level by 2000 updates)**" in (
-        study.budget_words(v, "dice before", "baseline")
+        report.budget_words(v, "dice before", "baseline")
     )
     # Ahead at 600, level by 2000: it learns faster; level throughout: no difference.
     up = [dict(r, steps=600, accuracy=r["accuracy"] + (r["arm"] == "dice before") * 0.16)
           for r in rows]  # fmt: skip
-    v = study.View(cfg, level + up + back, [], study.best_lrs(cfg, rows))
+    v = report.View(cfg, level + up + back, [], design.best_lrs(cfg, rows))
     assert "**learns faster (ahead at 600, level by 2000 updates)**" in (
-        study.budget_words(v, "dice before", "baseline")
+        report.budget_words(v, "dice before", "baseline")
     )
     flat = [dict(r, steps=b) for r in level for b in (600, 2000)]
-    v = study.View(cfg, level + flat, [], study.best_lrs(cfg, rows))
+    v = report.View(cfg, level + flat, [], design.best_lrs(cfg, rows))
     assert "**no difference at any budget (150, 600 and 2000 updates)**" in (
-        study.budget_words(v, "dice before", "baseline")
+        report.budget_words(v, "dice before", "baseline")
     )
     # Too noisy to tell at 2000: not resolved there, with where it was before.
     noisy = [dict(r, steps=2000, accuracy=r["accuracy"] + (r["arm"] == "dice before")
                   * (0.08 + 0.1 * (-1) ** r["seed"])) for r in rows]  # fmt: skip
-    v = study.View(cfg, level + at600 + noisy, [], study.best_lrs(cfg, rows))
+    v = report.View(cfg, level + at600 + noisy, [], design.best_lrs(cfg, rows))
     assert "**not resolved at 2000 updates (level at 150, behind at 600)**" in (
-        study.budget_words(v, "dice before", "baseline")
+        report.budget_words(v, "dice before", "baseline")
     )
-    v = study.View(cfg, rows, [], study.best_lrs(cfg, rows))
-    assert "Holm's adjustment keeps answers 1, 2 at 5% family-wise" in study.holm_sentence(v)
-    empty = study.holm_sentence(study.View(cfg, [], [], {}))
+    v = report.View(cfg, rows, [], design.best_lrs(cfg, rows))
+    assert "Holm's adjustment keeps answers 1, 2 at 5% family-wise" in report.holm_sentence(v)
+    empty = report.holm_sentence(report.View(cfg, [], [], {}))
     assert "over the 0 headline contrasts measured, Holm's adjustment keeps none of them" in empty
     # Two seeds at 2000 updates, far apart from 0 (p 0.004): no verdict yet, so not in the family.
     two = [dict(r, steps=2000, accuracy=r["accuracy"] + 0.001 * r["seed"]) for r in rows
            if r["seed"] < 2]  # fmt: skip
-    v = study.View(cfg, rows + two, [], study.best_lrs(cfg, rows))
+    v = report.View(cfg, rows + two, [], design.best_lrs(cfg, rows))
     assert v.d("dice before", "baseline", steps=2000)["n"] == 2
-    sentence = study.holm_sentence(v)
+    sentence = report.holm_sentence(v)
     assert "over the 7 headline contrasts" not in sentence and "6" not in sentence, sentence
 
 
@@ -844,8 +854,8 @@ def test_the_report_is_built_from_tables(tmp_path):
     rows = _synthetic()
     lines = [{"seed": 0, "alpha": a, "loss": loss, "accuracy": 0.7}
              for a, loss in ((0.0, 0.6), (0.5, 0.9), (1.0, 0.8))]  # fmt: skip
-    v = study.View(cfg, rows, lines, study.best_lrs(cfg, rows))
-    md = study.report(v, "CMD")
+    v = report.View(cfg, rows, lines, design.best_lrs(cfg, rows))
+    md = report.report(v, "CMD")
     for section in ("## Answers", "## Multiple comparisons and seeds", "## Clean labels",
                     "## Paired differences", "## The budget curve", "flipped",
                     "## Seed stability", "## The line between"):  # fmt: skip
@@ -864,10 +874,10 @@ def test_the_report_is_built_from_tables(tmp_path):
             f"{acc.std(ddof=1):.3f} | - | - | - | {perturbed} | 0% |") in md  # fmt: skip
     assert "Runs: 150 updates: 45 on the CPU; 600 updates: none; 2000 updates: none." in md
     mixed = rows + [dict(r, steps=600, platform="gpu" if r["seed"] else "cpu") for r in rows]
-    md = study.report(study.View(cfg, mixed, lines, study.best_lrs(cfg, rows)), "CMD")
+    md = report.report(report.View(cfg, mixed, lines, design.best_lrs(cfg, rows)), "CMD")
     assert "600 updates: 9 on the CPU, 36 on the GPU (mixed: pairs may cross platforms)" in md
-    table = study.aggregate(rows)
-    assert {e["arm"] for e in table} == set(study.ARMS) and all(e["runs"] == 5 for e in table)
+    table = report.aggregate(rows)
+    assert {e["arm"] for e in table} == set(design.ARMS) and all(e["runs"] == 5 for e in table)
 
 
 # ------------------------------------------------------------------------- the command line
@@ -1007,8 +1017,8 @@ def test_the_answers_are_re_quoted_in_the_readme(tmp_path):
     readme.write_text(
         before + "9. **Old** nine\nMultiple comparisons: old.\n\n## Next\n\n2. **Kept**\n"
     )
-    report = "## Answers\n\n1. **New** one\n9. **New** nine\n\nMultiple comparisons: new.\n"
-    study.quote_in_readme(str(readme), report)
+    text = "## Answers\n\n1. **New** one\n9. **New** nine\n\nMultiple comparisons: new.\n"
+    report.quote_in_readme(str(readme), text)
     assert readme.read_text() == (
         "# X\n\n1. **Elsewhere** kept\n\n## Results: y\n\nintro\n\n1. **New** one\n"
         "9. **New** nine\nMultiple comparisons: new.\n\n## Next\n\n2. **Kept**\n"
@@ -1023,18 +1033,18 @@ def test_the_figures_draw_from_rows_with_missing_values(tmp_path):
     # Two sigma grids (round 1's and round 2's), a diverged run, a noisy run per seed.
     one = {"sigmas": [0.1, 0.2], "clean": 0.7, "accuracy": {"0.1": [0.7], "0.2": [0.6]}}
     two = {"sigmas": [0.05, 0.1], "clean": 0.7, "accuracy": {"0.05": [0.7], "0.1": [0.69]}}
-    rows = [study.add_flatness(r, one if r["seed"] else two) for r in rows]
+    rows = [design.add_flatness(r, one if r["seed"] else two) for r in rows]
     rows.append(_row("dice after", 3, None))
     rows += [_row(a, s, 0.6, noise=0.2) for a in ("baseline", "dice before") for s in range(3)]
     lines = [{"seed": 0, "alpha": a, "loss": 0.5 + a * (1 - a), "accuracy": 0.7}
              for a in (-0.5, 0.0, 0.5, 1.0, 1.5)]  # fmt: skip
-    v = study.View(cfg, rows, lines, study.best_lrs(cfg, rows))
+    v = report.View(cfg, rows, lines, design.best_lrs(cfg, rows))
     figures.plot_study(v, str(tmp_path))
     for name in ("accuracy_vs_lr", "budget", "weight_noise", "interpolation", "label_noise"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0, name
     # The flatness table says its sign and its "no difference" bound, in its own units.
     assert '(> 0: loses less of its headroom; "no difference" within ±0.01 of the headroom)' in (
-        study.report(v, "CMD")
+        report.report(v, "CMD")
     )
 
 
@@ -1047,6 +1057,6 @@ def test_a_figure_with_nothing_to_draw_leaves_no_old_file_behind(tmp_path):
     stale = ("budget", "weight_noise", "interpolation", "label_noise")
     for name in stale:
         (tmp_path / f"{name}.png").write_bytes(b"old")
-    figures.plot_study(study.View(cfg, rows, [], study.best_lrs(cfg, rows)), str(tmp_path))
+    figures.plot_study(report.View(cfg, rows, [], design.best_lrs(cfg, rows)), str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy_vs_lr.png", "budget.png"]
     assert (tmp_path / "budget.png").read_bytes() != b"old"

@@ -15,7 +15,7 @@ import matplotlib.ticker
 import numpy as np
 
 from examples.bert.plots import moving_average
-from examples.experiments import runner
+from examples.experiments import runner, study_design
 
 
 def plot_sweep(rows: list[dict[str, Any]], results_dir: str) -> None:
@@ -59,14 +59,13 @@ def plot_study(v: Any, results_dir: str) -> None:
     between baseline and dice per seed, and what noisy labels cost each arm.
 
     Args:
-      v: the study's :class:`~examples.experiments.study.View` (its settings, rows, lines,
+      v: the study's :class:`~examples.experiments.study_report.View` (its settings, rows, lines,
         best lrs).
       results_dir: where the PNGs go.
     """
-    from examples.experiments import study
 
-    arms = [arm for arm in study.ARMS if any(r["arm"] == arm for r in v.rows)]
-    colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(study.ARMS)}
+    arms = [arm for arm in study_design.ARMS if any(r["arm"] == arm for r in v.rows)]
+    colors = {arm: plt.cm.tab10(i % 10) for i, arm in enumerate(study_design.ARMS)}
     for name in STUDY_FIGURES:  # one with nothing to draw must not leave an old report's behind
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(results_dir, name))
@@ -98,13 +97,12 @@ def _accuracy_vs_lr(v: Any, arms: list[str], colors: dict, results_dir: str) -> 
 
 
 def _budget_curve(v: Any, colors: dict, results_dir: str) -> None:
-    from examples.experiments import study
 
     budgets = [v.cfg.steps, *v.cfg.budgets]
     fig, ax = plt.subplots(figsize=(8, 5))
     drawn = False
-    for arm in study.BUDGET_ARMS:
-        points = [(b, _mean_std(r["accuracy"] for r in study.at_best_rows(v.rows, v.best, b)
+    for arm in study_design.BUDGET_ARMS:
+        points = [(b, _mean_std(r["accuracy"] for r in study_design.at_best_rows(v.rows, v.best, b)
                                 if r["arm"] == arm)) for b in budgets]  # fmt: skip
         points = [(b, m, s) for b, (m, s) in points if math.isfinite(m)]
         if points:
@@ -123,10 +121,9 @@ def _budget_curve(v: Any, colors: dict, results_dir: str) -> None:
 
 
 def _weight_noise(v: Any, arms: list[str], colors: dict, results_dir: str) -> None:
-    from examples.experiments import study
 
     rows = [r for r in v.at_best if "flat_sigma" in r and math.isfinite(float(r["flat_sigma"]))]
-    sigmas = study.sigmas_in(rows)
+    sigmas = study_design.sigmas_in(rows)
     if not sigmas:
         return
     fig, ax = plt.subplots(figsize=(8, 5.5))
@@ -137,7 +134,7 @@ def _weight_noise(v: Any, arms: list[str], colors: dict, results_dir: str) -> No
             ax.errorbar([0.0, *sigmas], [0.0, *(m for m, _ in stats)],
                         yerr=[0.0, *(s for _, s in stats)], color=colors[arm], marker="o",
                         capsize=3, label=f"{arm} ({len(mine)} runs)")  # fmt: skip
-    ax.axhline(-study.FLAT_LOSS, color="grey", lw=0.8, ls="--")
+    ax.axhline(-study_design.FLAT_LOSS, color="grey", lw=0.8, ls="--")
     _finish(fig, ax, results_dir, "weight_noise.png", "sigma (each row moved by sigma x its norm)",
             "accuracy change / headroom", "Weight noise at each arm's best lr "
             "(-1: down to the majority class)")  # fmt: skip
@@ -161,10 +158,9 @@ def _interpolation(v: Any, results_dir: str) -> None:
 
 
 def _label_noise(v: Any, colors: dict, results_dir: str) -> None:
-    from examples.experiments import study
 
-    noisy = study.at_best_rows(v.rows, v.best, v.cfg.steps, v.cfg.label_noise)
-    shown = [arm for arm in study.ORIGINAL_ARMS if any(r["arm"] == arm for r in noisy)]
+    noisy = study_design.at_best_rows(v.rows, v.best, v.cfg.steps, v.cfg.label_noise)
+    shown = [arm for arm in study_design.ORIGINAL_ARMS if any(r["arm"] == arm for r in noisy)]
     if not shown:
         return
     fig, ax = plt.subplots(figsize=(8, 5))
