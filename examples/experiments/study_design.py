@@ -174,6 +174,11 @@ class StudyConfig:
 # ----------------------------------------------------------------------------- the rows
 
 
+def is_nan(x: Any) -> bool:
+    """Whether ``x`` is a float NaN (a column a row has no value in)."""
+    return isinstance(x, float) and math.isnan(x)
+
+
 def row(job: Job) -> Row:
     """A finished run's row of runs.csv (weight-noise columns come from :func:`add_flatness`)."""
     s = job.settings
@@ -477,8 +482,3 @@ def later_jobs(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row]) 
     first = [j for j in longer if j.settings["steps"] in cfg.budgets[:1]]
     rest = [j for j in longer if j.settings["steps"] not in cfg.budgets[:1]]
     return first + more + noisy + rest
-
-
-def is_nan(x: Any) -> bool:
-    """Whether ``x`` is a float NaN (a column a row has no value in)."""
-    return isinstance(x, float) and math.isnan(x)
