@@ -92,6 +92,7 @@ def build(
     abstract: bool = False,
     dice: bool = True,
     log_grad_norm: bool = True,
+    lookup: str = "gather",
 ) -> Built:
     """Builds one side's step, its first state and ``nbatches`` batches on the mesh.
 
@@ -109,6 +110,8 @@ def build(
       dice: roll the dice (False: the optimizer without them).
       log_grad_norm: today's step computes the gradient norm for its metrics besides the
         optimizer's own (False: only the optimizer's; the step before always does).
+      lookup: today's ``embedding_lookup`` (``"dense"`` is what the training script
+        picks on a GPU; ignored for ``before``).
     """
     from flax import nnx
 
@@ -126,6 +129,8 @@ def build(
     )
     if side == "after" and attention is not None:
         model.set_attributes(attention_implementation=attention)
+    if side == "after":
+        model.set_attributes(embedding_lookup=lookup)
     tx, schedule = optimizer(dice=dice)
     graphdef, _, params, model_state = steps.split_model(model)
     host_mesh = parallel.make_mesh()

@@ -109,21 +109,62 @@ def jax_runner(built: Any) -> Callable[[int], Any]:
     return run
 
 
-def pair_runners(config: Any, seq: int, batch: int, attention: str | None) -> dict:
-    """The variants of :data:`PAIR` at one batch, compiled and warmed up: label -> run(n)."""
+def pair_runners(
+    config: Any, seq: int, batch: int, attention: str | None, lookup: str, labels: list[str]
+) -> dict:
+    """The variants ``labels`` of :data:`PAIR` at one batch, compiled and warmed up:
+    label -> run(n)."""
     import jax
 
     from benchmarks import _pair
 
     runners = {}
-    for label, (side, dice, norm) in PAIR.items():
+    for label in labels:
+        side, dice, norm = PAIR[label]
         built = _pair.build(side, config, batch_size=batch, seq_len=seq, attention=attention,
-                            dice=dice, log_grad_norm=norm, nbatches=8)  # fmt: skip
+                            dice=dice, log_grad_norm=norm, nbatches=8, lookup=lookup)  # fmt: skip
         runners[label] = jax_runner(built)
         start = time.perf_counter()
         jax.block_until_ready(runners[label](3))
         print(f"compiled {label} in {time.perf_counter() - start:.0f} s", flush=True)
     return runners
+
+
+def scatter_probe(config: Any, seq: int, batch: int) -> dict:
+    """ms for the word embeddings' gradient alone (the scatter-add the ``dense`` lookup keeps)
+    by the share of padding tokens (id 0, one row that every padding token adds into), and
+    the same gradient as a one-hot matrix product: median of 20 calls."""
+    import jax
+    import jax.numpy as jnp
+
+    vocab, hidden = config.vocab_size, config.hidden_size
+    table = jnp.zeros((vocab, hidden), jnp.float32)
+    upstream = jax.random.normal(jax.random.key(0), (batch, seq, hidden), jnp.bfloat16)
+
+    @jax.jit
+    def scatter(ids: jax.Array) -> jax.Array:
+        _, vjp = jax.vjp(lambda t: jnp.take(t.astype(jnp.bfloat16), ids, axis=0), table)
+        return vjp(upstream)[0]
+
+    @jax.jit
+    def one_hot(ids: jax.Array) -> jax.Array:
+        hot = jax.nn.one_hot(ids, vocab, dtype=jnp.bfloat16)
+        return jnp.einsum("bsv,bsh->vh", hot, upstream, preferred_element_type=jnp.float32)
+
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {"batch": batch, "seq": seq}
+    for pad in (0.0, 0.25, 0.75):
+        ids = rng.integers(min(1000, vocab // 2), vocab, (batch, seq))
+        ids = jnp.asarray(np.where(rng.random((batch, seq)) < pad, 0, ids), jnp.int32)
+        for name, fn in (("scatter", scatter), ("one_hot", one_hot)):
+            jax.block_until_ready(fn(ids))
+            ms = []
+            for _ in range(20):
+                start = time.perf_counter()
+                jax.block_until_ready(fn(ids))
+                ms.append((time.perf_counter() - start) * 1e3)
+            out[f"{name} pad {pad:.2f}"] = round(float(np.median(ms)), 3)
+    return out
 
 
 def run_jax(args: argparse.Namespace) -> dict:
@@ -136,27 +177,34 @@ def run_jax(args: argparse.Namespace) -> dict:
     config, seq = shape(args)
     gpu = jax.default_backend() == "gpu"
     attention = "cudnn" if gpu else None
+    # as examples.bert.train.embedding_lookup picks (not imported: it needs datasets)
+    lookup = ("dense" if gpu else "gather") if args.lookup == "auto" else args.lookup
     peak = peak_flops(None)
     flops = train_flops_per_token(config, seq)
     result: dict[str, Any] = {"machine": _common.machine_line(), "pair": {}, "sweep": {}}
     batch = args.batch_size
+    result["lookup"] = lookup
+    if args.scatter_probe:
+        result["scatter_probe"] = scatter_probe(config, seq, batch)
+        print(f"SCATTER {json.dumps(result['scatter_probe'])}", flush=True)
     try:
-        runners = pair_runners(config, seq, batch, attention)
+        runners = pair_runners(config, seq, batch, attention, lookup, args.labels)
     except Exception as error:  # jax's private cuDNN attention failed: say so, go without
         if attention is None:
             raise
         print(f"cuDNN attention failed ({str(error).splitlines()[0][:300]}); without", flush=True)
         result["attention"] = f"xla: cudnn failed ({str(error).splitlines()[0][:300]})"
         attention = None
-        runners = pair_runners(config, seq, batch, attention)
+        runners = pair_runners(config, seq, batch, attention, lookup, args.labels)
     result.setdefault("attention", str(attention))
     times = interleave(runners, args.windows, args.window, jax.block_until_ready)
     for label, ms in times.items():
         result["pair"][label] = stats(ms, batch, flops * batch * seq, peak)
         print(f"ROW {label}: {json.dumps(result['pair'][label])}", flush=True)
-    result["sweep"][str(batch)] = result["pair"][ONE_NORM]
+    if ONE_NORM in result["pair"]:
+        result["sweep"][str(batch)] = result["pair"][ONE_NORM]
     save(args, "jax", result)
-    for label in ("before", "after"):
+    for label in args.traces:
         folder = os.path.join(args.out, f"trace_{label.replace(' ', '_')}")
         with jax.profiler.trace(folder):
             jax.block_until_ready(runners[label](args.trace_steps))
@@ -165,13 +213,14 @@ def run_jax(args: argparse.Namespace) -> dict:
         print(f"TRACE {label}\n{text}", flush=True)
     del runners
     gc.collect()
-    for size in (16,) if args.tiny else SWEEP:
+    for size in (16,) if args.tiny else args.sweep:
         if time.perf_counter() - T0 > args.deadline - 60:
             print(f"SKIP batch {size}: the deadline is near", flush=True)
             continue
         try:
             one = _pair.build("after", config, batch_size=size, seq_len=seq,
-                              attention=attention, log_grad_norm=False, nbatches=8)  # fmt: skip
+                              attention=attention, log_grad_norm=False, nbatches=8,
+                              lookup=lookup)  # fmt: skip
             run = jax_runner(one)
             jax.block_until_ready(run(3))
             ms = interleave({"x": run}, args.windows, args.window, jax.block_until_ready)["x"]
@@ -258,7 +307,8 @@ def report(args: argparse.Namespace) -> str:
     theirs = json.loads(path.read_text()) if path.exists() else {"rows": {}, "machine": "-"}
     pair, base = ours["pair"], ours["pair"]["before"]
     lines = [f"# gpu_speed: {ours['machine']}; {theirs['machine']}"]
-    lines += [f"today's attention: {ours.get('attention', '-')}", ""]
+    lines += [f"today's attention: {ours.get('attention', '-')}; embedding lookup: "
+              f"{ours.get('lookup', 'gather')}", ""]  # fmt: skip
     rows = [
         [label, row["ms"], f"{row['iqr_ms'][0]}-{row['iqr_ms'][1]}", row["samples_s"],
          "-" if row["mfu"] is None else f"{row['mfu']:.1%}", f"{base['ms'] / row['ms']:.2f}x"]
@@ -280,6 +330,14 @@ def report(args: argparse.Namespace) -> str:
     head = ["batch", f"{ONE_NORM} ms", "samples/s", "MFU", f"{TORCH} samples/s", "ours/theirs"]
     lines += [_common.table(head, rows), ""]
     lines.append(headline(ours, theirs))
+    if probe := ours.get("scatter_probe"):
+        lines += ["", f"word embeddings' gradient alone, ms (batch {probe['batch']}, seq "
+                  f"{probe['seq']}; median of 20 calls):", ""]  # fmt: skip
+        pads = sorted({key.split(" pad ")[1] for key in probe if " pad " in key})
+        rows = [[f"{name} ({way})"] + [probe[f"{name} pad {pad}"] for pad in pads]
+                for name, way in (("scatter", "the gather's gradient"),
+                                  ("one_hot", "a one-hot product"))]  # fmt: skip
+        lines.append(_common.table(["padding share", *pads], rows))
     return "\n".join(lines)
 
 
@@ -308,7 +366,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=None, help="steps per window (20)")
     parser.add_argument("--trace-steps", type=int, default=5, help="steps traced (5)")
     parser.add_argument("--deadline", type=float, default=300, help="the jax run's seconds")
+    parser.add_argument("--labels", default=";".join(PAIR), help="the pair's variants, by ';'")
+    parser.add_argument("--traces", default="before;after", help="variants traced, by ';'")
+    parser.add_argument("--sweep", default=",".join(map(str, SWEEP)), help="batches beyond")
+    parser.add_argument("--lookup", choices=("auto", "gather", "dense"), default="auto",
+                        help="today's embedding_lookup (auto: dense on a GPU)")  # fmt: skip
+    parser.add_argument("--scatter-probe", action="store_true",
+                        help="time the word embeddings' gradient by padding share")  # fmt: skip
     args = parser.parse_args(argv)
+    args.labels = [label for label in args.labels.split(";") if label]
+    args.traces = [label for label in args.traces.split(";") if label]
+    args.sweep = [int(size) for size in args.sweep.split(",") if size]
+    for label in {*args.labels, *args.traces} - set(PAIR):
+        parser.error(f"unknown variant {label!r}: choose from {'; '.join(PAIR)}")
+    if "before" not in args.labels or not set(args.traces) <= set(args.labels):
+        parser.error("--labels must hold 'before' (the baseline) and every --traces variant")
     args.batch_size = args.batch_size or (8 if args.tiny else 128)
     args.windows = args.windows or (3 if args.tiny else 5)
     args.window = args.window or (3 if args.tiny else 20)

@@ -105,6 +105,43 @@ def test_attention_implementation_is_an_attribute(reference):
             model(*inputs(reference))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_dense_embedding_lookup_gives_the_gathers_values_without_their_scatters(
+    reference, dtype
+):
+    # "dense" (the GPU's lookup) slices the positions and multiplies one-hot token types:
+    # the same embeddings bit for bit, the same float32 gradients up to the order of their sums,
+    # and the gradient has one scatter-add (the word embeddings') instead of three.
+    model, _ = from_pretrained(FIXTURE, num_labels=3, dtype=dtype)
+    model.eval()
+    ids, _, types = inputs(reference)
+    types = types.at[:, ids.shape[1] // 2 :].set(1)  # both token types in use
+
+    def loss(model):
+        return jnp.sum(model.bert.embeddings(ids, types).astype(jnp.float32) ** 2)
+
+    def embed_and_grad(lookup):
+        model.set_attributes(embedding_lookup=lookup)
+        grads = nnx.grad(loss)(model).bert.embeddings
+        jaxpr = str(jax.make_jaxpr(nnx.grad(loss))(model))
+        return model.bert.embeddings(ids, types), grads, jaxpr.count("scatter-add")
+
+    gathered, gather_grads, gather_scatters = embed_and_grad("gather")
+    dense, dense_grads, dense_scatters = embed_and_grad("dense")
+
+    np.testing.assert_array_equal(np.asarray(dense), np.asarray(gathered))
+    assert (gather_scatters, dense_scatters) == (3, 1)
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        want = getattr(gather_grads, name).embedding[...]
+        got = getattr(dense_grads, name).embedding[...]
+        assert np.any(np.asarray(want) != 0), name
+        if dtype == jnp.float32:  # in bfloat16 the gather's scatter-add sums in bfloat16
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    model.set_attributes(embedding_lookup="one-hot")
+    with pytest.raises(ValueError, match="'gather' or 'dense'"):
+        model.bert.embeddings(ids, types)
+
+
 def test_dropout_only_in_training_mode(reference):
     model, _ = from_pretrained(FIXTURE, num_labels=3)
 
