@@ -205,11 +205,12 @@ def run_jax(args: argparse.Namespace) -> dict:
         result["sweep"][str(batch)] = result["pair"][ONE_NORM]
     save(args, "jax", result)
     for label in args.traces:
-        folder = os.path.join(args.out, f"trace_{label.replace(' ', '_')}")
+        name = label.replace(",", "").replace(" ", "_")  # after, one norm -> after_one_norm
+        folder = os.path.join(args.out, f"trace_{name}")
         with jax.profiler.trace(folder):
             jax.block_until_ready(runners[label](args.trace_steps))
         text = trace_summary.summarise(folder, args.trace_steps)
-        Path(args.out, f"trace_{label}.md").write_text(text)
+        Path(args.out, f"trace_{name}.md").write_text(text)
         print(f"TRACE {label}\n{text}", flush=True)
     del runners
     gc.collect()

@@ -106,9 +106,7 @@ def test_attention_implementation_is_an_attribute(reference):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_dense_embedding_lookup_gives_the_gathers_values_without_their_scatters(
-    reference, dtype
-):
+def test_dense_embedding_lookup_gives_the_gathers_values_without_their_scatters(reference, dtype):
     # "dense" (the GPU's lookup) slices the positions and multiplies one-hot token types:
     # the same embeddings bit for bit, the same float32 gradients up to the order of their sums,
     # and the gradient has one scatter-add (the word embeddings') instead of three.

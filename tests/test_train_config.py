@@ -126,6 +126,32 @@ def test_bad_game_flags_are_usage_errors(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_the_embeddings_sum_densely_only_on_a_gpu():
+    from examples.bert import train
+
+    assert (train.embedding_lookup("gpu"), train.embedding_lookup("cpu")) == ("dense", "gather")
+    assert train.embedding_lookup("tpu") == "gather"
+
+
+@pytest.mark.parametrize("plugin", [None, "jax_cuda13_plugin"])
+def test_the_script_keeps_cudnn_out_of_cuda_graphs_where_jax_has_cuda(monkeypatch, plugin):
+    from examples.bert import train
+
+    monkeypatch.setattr(
+        train.importlib.util, "find_spec", lambda name: object() if name == plugin else None
+    )
+    environ = {"XLA_FLAGS": "--xla_gpu_autotune_level=0"}
+    train.keep_cudnn_out_of_cuda_graphs(environ)
+    want = "--xla_gpu_autotune_level=0 --xla_gpu_enable_command_buffer=-CUDNN"
+    assert environ == {"XLA_FLAGS": want if plugin else "--xla_gpu_autotune_level=0"}
+    mine = {"XLA_FLAGS": "--xla_gpu_enable_command_buffer="}  # the user's choice stands
+    train.keep_cudnn_out_of_cuda_graphs(mine)
+    assert mine == {"XLA_FLAGS": "--xla_gpu_enable_command_buffer="}
+    empty: dict[str, str] = {}
+    train.keep_cudnn_out_of_cuda_graphs(empty)
+    assert empty == ({"XLA_FLAGS": "--xla_gpu_enable_command_buffer=-CUDNN"} if plugin else {})
+
+
 def test_attention_is_cudnn_only_on_a_gpu():
     from examples.bert import train
 

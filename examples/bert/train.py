@@ -16,7 +16,7 @@ import importlib.util
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
 if __package__ in (None, ""):  # run as a script: make `examples` importable
@@ -522,6 +522,23 @@ def train(config: TrainConfig) -> Summary:
         raise
 
 
+# jax 0.11.2's XLA aborts the process ("Check failed: local_device_ordinal.has_value()" in
+# cuda_dnn.cc) when it records cuDNN's fused attention into a CUDA graph (an H200, 2026-11-30).
+CUDNN_OUT_OF_CUDA_GRAPHS = "--xla_gpu_enable_command_buffer=-CUDNN"
+
+
+def keep_cudnn_out_of_cuda_graphs(environ: MutableMapping[str, str]) -> None:
+    """Adds :data:`CUDNN_OUT_OF_CUDA_GRAPHS` to ``XLA_FLAGS`` where jax has a CUDA plugin and
+    the flags do not already say what XLA's command buffers hold. XLA reads its flags when
+    the backend starts, so the script calls this before anything touches a device."""
+    flags = environ.get("XLA_FLAGS", "")
+    plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin")
+    if "xla_gpu_enable_command_buffer" in flags:
+        return
+    if any(importlib.util.find_spec(name) is not None for name in plugins):
+        environ["XLA_FLAGS"] = f"{flags} {CUDNN_OUT_OF_CUDA_GRAPHS}".strip()
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the command line and returns the run's summary, as ``summary.json`` holds it.
 
@@ -544,5 +561,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    keep_cudnn_out_of_cuda_graphs(os.environ)
     summary = main()
     sys.exit(0 if summary["status"] == "completed" else 1)
