@@ -5,6 +5,7 @@ Timing is never asserted: the figures of a quick run on a shared machine mean no
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -105,6 +106,40 @@ def test_gpu_speed_report_writes_the_tables_and_the_headline(tmp_path):
         "GPU headline: 1.60x roll-to-train's loop at batch 128, 41% MFU at batch 256, NVIDIA H200"
     )
     assert gpu_speed.best_batch(str(tmp_path)) == 256
+
+
+def test_gpu_speed_report_adds_the_scatter_probe_and_the_lookup(tmp_path):
+    pair = {"before": _row(128, 78.0), gpu_speed.ONE_NORM: _row(128, 26.0)}
+    probe = {"batch": 128, "seq": 128, "scatter pad 0.00": 0.3, "one_hot pad 0.00": 4.2,
+             "scatter pad 0.75": 187.3, "one_hot pad 0.75": 4.5}  # fmt: skip
+    ours = {"machine": "m", "pair": pair, "sweep": {"128": pair[gpu_speed.ONE_NORM]},
+            "lookup": "dense", "scatter_probe": probe}  # fmt: skip
+    (tmp_path / "jax.json").write_text(json.dumps(ours))
+
+    text = gpu_speed.report(argparse.Namespace(out=str(tmp_path)))
+
+    assert "embedding lookup: dense" in text and "| 3.00x " in text  # 78 / 26
+    lines = text.splitlines()
+    assert lines[-4].split("|")[2:4] == [" 0.00 ", " 0.75  "]
+    assert lines[-2].split("|")[2:4] == [" 0.3  ", " 187.3 "]
+    assert lines[-1].split("|")[2:4] == [" 4.2  ", " 4.5   "]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--labels", "after"], "--labels must hold 'before'"),
+     (["--labels", "before;after", "--traces", "after, one norm"], "every --traces variant"),
+     (["--labels", "before;after, two norms"], "unknown variant 'after, two norms'")],
+)  # fmt: skip
+def test_gpu_speed_refuses_a_pair_without_its_baseline_or_an_unknown_variant(
+    argv, message, capsys, tmp_path
+):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_speed.main(["jax", "--out", str(tmp_path / "out"), *argv])
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_gpu_speed_headline_says_when_a_side_is_missing():
