@@ -232,6 +232,7 @@ def compile_side(side: str, args: argparse.Namespace, dump: str) -> dict[str, fl
         nbatches=1,
         abstract=True,
         log_grad_norm=not args.one_norm,
+        lookup=args.lookup,
     )
     state, batch = built.state, built.batches[0]
     randoms = random_values(jax.make_jaxpr(built.step)(state, batch).jaxpr)
@@ -286,6 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="today's step computing only the optimizer's gradient norm, not the metric's "
         "(the same work as PyTorch's loop: benchmarks/gpu_speed.py's 'after, one norm')",
+    )
+    parser.add_argument(
+        "--lookup",
+        choices=("dense", "gather"),
+        default="dense",
+        help="today's embedding_lookup (dense: as the training script picks on a GPU; gather: "
+        "its gradient a scatter-add per table, as on a CPU)",
     )
     parser.add_argument("--before", action="store_true", help="compile the step before too")
     parser.add_argument("--dump", default=None, help="keep XLA's dumps in this folder")

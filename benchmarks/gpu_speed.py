@@ -173,12 +173,15 @@ def run_jax(args: argparse.Namespace) -> dict:
 
     from benchmarks import _common, _pair, trace_summary
     from benchmarks.train_step import peak_flops, train_flops_per_token
+    from examples.bert.model import embedding_lookup_for
 
     config, seq = shape(args)
     gpu = jax.default_backend() == "gpu"
     attention = "cudnn" if gpu else None
-    # as examples.bert.train.embedding_lookup picks (not imported: it needs datasets)
-    lookup = ("dense" if gpu else "gather") if args.lookup == "auto" else args.lookup
+    if args.lookup == "auto":
+        lookup = embedding_lookup_for(jax.default_backend())
+    else:
+        lookup = args.lookup
     peak = peak_flops(None)
     flops = train_flops_per_token(config, seq)
     result: dict[str, Any] = {"machine": _common.machine_line(), "pair": {}, "sweep": {}}

@@ -164,7 +164,7 @@ def _train_state(
     from flax import nnx
 
     from examples.bert import optim, steps
-    from examples.bert.model import BertForSequenceClassification
+    from examples.bert.model import BertForSequenceClassification, embedding_lookup_for
     from examples.bert.train_config import TrainConfig
 
     _, mode, position, attention = variant
@@ -176,6 +176,7 @@ def _train_state(
     model = BertForSequenceClassification(variant_config, NUM_LABELS, dtype=dtype, rngs=nnx.Rngs(0))
     if attention is not None:
         model.set_attributes(attention_implementation=attention)
+    model.set_attributes(embedding_lookup=embedding_lookup_for(jax.default_backend()))
     run = TrainConfig(
         lr=5e-5,
         weight_decay=0.01,

@@ -159,7 +159,7 @@ def jax_runner(
 
     from examples.bert import optim, parallel, steps
     from examples.bert.config import BertConfig
-    from examples.bert.model import BertForSequenceClassification
+    from examples.bert.model import BertForSequenceClassification, embedding_lookup_for
     from examples.bert.train_config import TrainConfig
 
     model = BertForSequenceClassification(
@@ -168,6 +168,7 @@ def jax_runner(
         dtype=jnp.bfloat16 if bfloat16 else jnp.float32,
         rngs=nnx.Rngs(params=0, dropout=1),
     )
+    model.set_attributes(embedding_lookup=embedding_lookup_for(jax.default_backend()))
     run = TrainConfig(
         lr=LR,
         weight_decay=WEIGHT_DECAY,

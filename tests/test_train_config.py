@@ -127,10 +127,10 @@ def test_bad_game_flags_are_usage_errors(capsys):
 
 
 def test_the_embeddings_sum_densely_only_on_a_gpu():
-    from examples.bert import train
+    from examples.bert.model import embedding_lookup_for
 
-    assert (train.embedding_lookup("gpu"), train.embedding_lookup("cpu")) == ("dense", "gather")
-    assert train.embedding_lookup("tpu") == "gather"
+    assert (embedding_lookup_for("gpu"), embedding_lookup_for("cpu")) == ("dense", "gather")
+    assert embedding_lookup_for("tpu") == "gather"
 
 
 @pytest.mark.parametrize("plugin", [None, "jax_cuda13_plugin"])

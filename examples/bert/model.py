@@ -191,6 +191,18 @@ def _layer_norm(config: BertConfig, dtype: DTypeLike, rngs: nnx.Rngs) -> nnx.Lay
     )
 
 
+def embedding_lookup_for(backend: str) -> str:
+    """:class:`BertEmbeddings`' ``embedding_lookup`` for a JAX ``backend``: ``"dense"`` on a
+    GPU, whose scatter-adds serialise on repeated rows; ``"gather"`` elsewhere, the same values
+    summed as every CPU run so far summed them. The training script and the benchmarks set it.
+
+    Example:
+      >>> embedding_lookup_for("gpu"), embedding_lookup_for("cpu")
+      ('dense', 'gather')
+    """
+    return "dense" if backend == "gpu" else "gather"
+
+
 class BertEmbeddings(nnx.Module):
     """The sum of word, position and token type embeddings, normalised, with dropout.
 
@@ -206,7 +218,7 @@ class BertEmbeddings(nnx.Module):
     * ``"dense"``: the first ``seq_len`` position rows sliced (their gradient a sum over the
       batch) and the token types a one-hot product with their few rows (their gradient a
       matrix product): no scatter but the word embeddings'. The training script picks it on
-      a GPU (:func:`examples.bert.train.embedding_lookup`); on a CPU ``"gather"`` keeps
+      a GPU (:func:`embedding_lookup_for`); on a CPU ``"gather"`` keeps
       the bits of the runs trained so far.
     """
 

@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 import optax_dice
 from examples.bert import data, optim, parallel, perturb, plots, records, rundir, weights
 from examples.bert.config import BertConfig
+from examples.bert.model import embedding_lookup_for
 from examples.bert.records import Summary
 from examples.bert.run_loop import LoopEnd, TrainLog, allow_transfers, run_loop
 from examples.bert.train_config import DEFAULT_MODEL, TrainConfig, build_parser, typed_flags
@@ -130,18 +131,6 @@ def attention_implementation(choice: str, backend: str) -> str | None:
     return "cudnn" if choice == "cudnn" or (choice == "auto" and backend == "gpu") else None
 
 
-def embedding_lookup(backend: str) -> str:
-    """The model's ``embedding_lookup`` on a JAX ``backend``: ``dense`` on a GPU, whose
-    scatter-adds serialise on repeated rows (:class:`examples.bert.model.BertEmbeddings`);
-    ``gather`` elsewhere, the same values, summed as every CPU run so far summed them.
-
-    Example:
-      >>> embedding_lookup("gpu"), embedding_lookup("cpu")
-      ('dense', 'gather')
-    """
-    return "dense" if backend == "gpu" else "gather"
-
-
 def load(config: TrainConfig) -> Loaded:
     """Loads the model, the tokenizer and the data; builds the optimizer. Creates no file."""
     odds = ruleset_odds(config)
@@ -169,7 +158,7 @@ def load(config: TrainConfig) -> Loaded:
     implementation = attention_implementation(config.attention, jax.default_backend())
     if implementation is not None:
         model.set_attributes(attention_implementation=implementation)
-    model.set_attributes(embedding_lookup=embedding_lookup(jax.default_backend()))
+    model.set_attributes(embedding_lookup=embedding_lookup_for(jax.default_backend()))
     return Loaded(
         str(model_dir), dataset, batches, mesh, total_updates, tx, schedule, odds, model,
         load_report,
