@@ -42,8 +42,8 @@ if [ "$what" = speed ]; then
     python3 -c "import torch; print('torch', torch.__version__)"; python3 --version; } \
     > "$OUT/machine.txt" 2>&1
   tiny=${TINY:-}
-  # QUICK=1: a short call (about 4 minutes): the pair before / after (one norm), a trace of
-  # after, batch 384, the word embeddings' scatter probe, and the torch side.
+  # QUICK=1: a short call (about 4 minutes): before and after (one norm) at batch 128, a trace
+  # of the latter, batch 384 if time is left, the word embeddings' scatter probe, the torch side.
   jax_s=355 torch_s=95 quick=()
   if [ -n "${QUICK:-}" ]; then
     jax_s=170 torch_s=60

@@ -218,8 +218,8 @@ class BertEmbeddings(nnx.Module):
     * ``"dense"``: the first ``seq_len`` position rows sliced (their gradient a sum over the
       batch) and the token types a one-hot product with their few rows (their gradient a
       matrix product): no scatter but the word embeddings'. The training script picks it on
-      a GPU (:func:`embedding_lookup_for`); on a CPU ``"gather"`` keeps
-      the bits of the runs trained so far.
+      a GPU (:func:`embedding_lookup_for`); on a CPU ``"gather"`` keeps the bits of the runs
+      trained so far.
     """
 
     def __init__(self, config: BertConfig, *, dtype: DTypeLike, rngs: nnx.Rngs):
