@@ -33,6 +33,15 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 start=$(date +%s)
 deadline=$((start + ${BUDGET_S:-560}))  # the benchmarks end by then
 stamp() { echo "[device_check] $(($(date +%s) - start)) s: $*"; }
+# jax 0.11.2's XLA aborts (cuda_dnn.cc: "Check failed: local_device_ordinal.has_value()") when
+# it records cuDNN's fused attention into a CUDA graph (an H200, 2026-11-30), in the tests and
+# benchmarks as in training: keep cuDNN out of the command buffers, or, where XLA refuses that
+# form, use none.
+base_flags=${XLA_FLAGS:-}
+cb=--xla_gpu_enable_command_buffer=-CUDNN
+XLA_FLAGS="$base_flags $cb" python3 -c "import jax; jax.devices()" > /dev/null 2>&1 \
+  || cb=--xla_gpu_enable_command_buffer=
+export XLA_FLAGS="$base_flags $cb"
 
 if [ "$what" = speed ]; then
   # Each side alone on the GPU, in a process of its own: ours (before, after, the batch that
@@ -49,17 +58,12 @@ if [ "$what" = speed ]; then
     jax_s=170 torch_s=60
     quick=(--labels "before;after, one norm" --traces "after, one norm" --sweep 384 --scatter-probe)
   fi
-  # jax 0.11.2's XLA aborts (cuda_dnn.cc: "Check failed: local_device_ordinal.has_value()")
-  # when it records cuDNN's fused attention into a CUDA graph (an H200, 2026-11-30): keep
-  # cuDNN out of the command buffers, or, where XLA refuses that form or aborts all the same,
-  # run with none (the second try gets what is left of the jax side's time).
-  cb=--xla_gpu_enable_command_buffer=-CUDNN
-  XLA_FLAGS="${XLA_FLAGS:-} $cb" python3 -c "import jax; jax.devices()" > /dev/null 2>&1 \
-    || cb=--xla_gpu_enable_command_buffer=
+  # Should XLA abort all the same, a second try runs with no command buffers, in what is left
+  # of the jax side's time.
   for try in 1 2; do
     left=$((start + jax_s - $(date +%s)))
-    echo "jax side, try $try: XLA_FLAGS=${XLA_FLAGS:-} $cb" | tee -a "$OUT/machine.txt"
-    XLA_FLAGS="${XLA_FLAGS:-} $cb" timeout "$left" python3 -m benchmarks.gpu_speed jax $tiny \
+    echo "jax side, try $try: XLA_FLAGS=$base_flags $cb" | tee -a "$OUT/machine.txt"
+    XLA_FLAGS="$base_flags $cb" timeout "$left" python3 -m benchmarks.gpu_speed jax $tiny \
       --out "$OUT/speed" --deadline $((left - 25)) "${quick[@]}" >> "$OUT/speed-jax.log" 2>&1
     [ -f "$OUT/speed/jax.json" ] || [ "$cb" = --xla_gpu_enable_command_buffer= ] && break
     cb=--xla_gpu_enable_command_buffer=
@@ -88,6 +92,7 @@ export PYTHONPATH=/tmp/site:$PWD
   python3 -c "import jax; print(jax.devices())"
   python3 -m pip list 2>/dev/null | grep -iE "^(jax|jaxlib|jax-cuda|flax|optax|chex|orbax|transformers|tokenizers|datasets|torch|numpy|pyarrow) "
   python3 --version
+  echo "XLA_FLAGS=$XLA_FLAGS"
 } > "$OUT/machine.txt" 2>&1
 stamp "set up (pyarrow $pyarrow_major: $datasets)"
 
