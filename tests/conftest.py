@@ -26,6 +26,11 @@ if _OWN_CACHE:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# The GPU tests run cuDNN's attention in this process: the script's XLA flag, before jax.
+from examples.bert.xla_flags import keep_cudnn_out_of_cuda_graphs  # noqa: E402
+
+keep_cudnn_out_of_cuda_graphs(os.environ)
+
 import jax  # noqa: E402  (after the environment: jax reads it when imported)
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])

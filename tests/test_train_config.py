@@ -135,20 +135,20 @@ def test_the_embeddings_sum_densely_only_on_a_gpu():
 
 @pytest.mark.parametrize("plugin", [None, "jax_cuda13_plugin"])
 def test_the_script_keeps_cudnn_out_of_cuda_graphs_where_jax_has_cuda(monkeypatch, plugin):
-    from examples.bert import train
+    from examples.bert import xla_flags
 
     monkeypatch.setattr(
-        train.importlib.util, "find_spec", lambda name: object() if name == plugin else None
+        xla_flags.importlib.util, "find_spec", lambda name: object() if name == plugin else None
     )
     environ = {"XLA_FLAGS": "--xla_gpu_autotune_level=0"}
-    train.keep_cudnn_out_of_cuda_graphs(environ)
+    xla_flags.keep_cudnn_out_of_cuda_graphs(environ)
     want = "--xla_gpu_autotune_level=0 --xla_gpu_enable_command_buffer=-CUDNN"
     assert environ == {"XLA_FLAGS": want if plugin else "--xla_gpu_autotune_level=0"}
     mine = {"XLA_FLAGS": "--xla_gpu_enable_command_buffer="}  # the user's choice stands
-    train.keep_cudnn_out_of_cuda_graphs(mine)
+    xla_flags.keep_cudnn_out_of_cuda_graphs(mine)
     assert mine == {"XLA_FLAGS": "--xla_gpu_enable_command_buffer="}
     empty: dict[str, str] = {}
-    train.keep_cudnn_out_of_cuda_graphs(empty)
+    xla_flags.keep_cudnn_out_of_cuda_graphs(empty)
     assert empty == ({"XLA_FLAGS": "--xla_gpu_enable_command_buffer=-CUDNN"} if plugin else {})
 
 

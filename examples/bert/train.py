@@ -16,7 +16,7 @@ import importlib.util
 import os
 import sys
 import time
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 if __package__ in (None, ""):  # run as a script: make `examples` importable
@@ -36,6 +36,7 @@ from examples.bert.records import Summary
 from examples.bert.run_loop import LoopEnd, TrainLog, allow_transfers, run_loop
 from examples.bert.train_config import DEFAULT_MODEL, TrainConfig, build_parser, typed_flags
 from examples.bert.train_config import parse_args as parse_config
+from examples.bert.xla_flags import keep_cudnn_out_of_cuda_graphs
 
 RUNS_DIR = rundir.RUNS_DIR
 
@@ -509,23 +510,6 @@ def train(config: TrainConfig) -> Summary:
         if config.output_dir is None and os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)  # the default folder reserved for a run that never began
         raise
-
-
-# jax 0.11.2's XLA aborts the process ("Check failed: local_device_ordinal.has_value()" in
-# cuda_dnn.cc) when it records cuDNN's fused attention into a CUDA graph (an H200, 2026-11-30).
-CUDNN_OUT_OF_CUDA_GRAPHS = "--xla_gpu_enable_command_buffer=-CUDNN"
-
-
-def keep_cudnn_out_of_cuda_graphs(environ: MutableMapping[str, str]) -> None:
-    """Adds :data:`CUDNN_OUT_OF_CUDA_GRAPHS` to ``XLA_FLAGS`` where jax has a CUDA plugin and
-    the flags do not already say what XLA's command buffers hold. XLA reads its flags when
-    the backend starts, so the script calls this before anything touches a device."""
-    flags = environ.get("XLA_FLAGS", "")
-    plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin")
-    if "xla_gpu_enable_command_buffer" in flags:
-        return
-    if any(importlib.util.find_spec(name) is not None for name in plugins):
-        environ["XLA_FLAGS"] = f"{flags} {CUDNN_OUT_OF_CUDA_GRAPHS}".strip()
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
