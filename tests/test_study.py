@@ -298,6 +298,16 @@ def test_paired_uses_only_shared_finite_seeds():
     assert "over 2 paired seed(s) (1 more left out: a run without a final value" in runner.said(d)
     full = runner.paired(_rows("baseline", [0.5, 0.6]) + _rows("dice", [0.6, 0.7]), "dice",
                          "baseline", "accuracy")  # fmt: skip
+    # A probe made on one seed of two: the other seed is not paired, and not "left out" (its
+    # runs have their accuracy: nothing diverged).
+    both = _rows("baseline", [0.5, 0.6]) + _rows("dice", [0.6, 0.7])
+    flats = [0.25, math.nan, 0.3, math.nan]
+    probed = [{**r, "flat": f} for r, f in zip(both, flats, strict=True)]
+    one_probe = runner.paired(probed, "dice", "baseline", "flat")
+    assert (one_probe["n"], one_probe["left_out"]) == (1, 0)
+    assert "left out" not in runner.said(one_probe)
+    probed[3]["accuracy"] = math.nan  # dice seed 1 diverged: that seed is left out
+    assert runner.paired(probed, "dice", "baseline", "flat")["left_out"] == 1
     assert full["left_out"] == 0 and "left out" not in runner.said(full) + runner.cell(full)
     two = _rows("baseline", [0.5, 0.6]) + _rows("dice", [0.49, 0.59])
     d = runner.paired(two, "dice", "baseline", "accuracy")

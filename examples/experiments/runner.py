@@ -464,19 +464,20 @@ def paired(
     ref_rows: Sequence | None = None,
 ) -> dict[str, Any] | None:
     """:func:`difference` of ``arm - ref`` in ``key``, seed by seed (``ref`` in ``ref_rows``),
-    with ``left_out``: the seeds both have whose pair lacks a value (a diverged run); None
-    when no seed has both values."""
+    with ``left_out``: the seeds both have where a run has no final ``accuracy`` (it diverged
+    or failed). A seed whose runs lack only ``key`` (a probe not made on that seed yet) is not
+    paired and not counted. None when no seed has both values."""
     from scipy import stats
 
-    mine = {r["seed"]: r.get(key) for r in rows if r["arm"] == arm}
-    theirs = {r["seed"]: r.get(key) for r in (rows if ref_rows is None else ref_rows)
+    mine = {r["seed"]: r for r in rows if r["arm"] == arm}
+    theirs = {r["seed"]: r for r in (rows if ref_rows is None else ref_rows)
               if r["arm"] == ref}  # fmt: skip
     diffs, left_out = [], 0
     for s in sorted(set(mine) & set(theirs), key=str):
-        pair = finite([mine[s], theirs[s]])
+        pair = finite([mine[s].get(key), theirs[s].get(key)])
         if pair.size == 2:
             diffs.append(pair[0] - pair[1])
-        else:
+        elif finite([mine[s].get("accuracy"), theirs[s].get("accuracy")]).size < 2:
             left_out += 1
     d = difference(np.array(diffs, np.float64), stats)
     return d if d is None else {**d, "left_out": left_out}
