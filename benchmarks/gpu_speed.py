@@ -156,13 +156,12 @@ def scatter_probe(config: Any, seq: int, batch: int) -> dict:
     for pad in (0.0, 0.25, 0.75):
         ids = rng.integers(min(1000, vocab // 2), vocab, (batch, seq))
         ids = jnp.asarray(np.where(rng.random((batch, seq)) < pad, 0, ids), jnp.int32)
-        for name, fn in (("scatter", scatter), ("one_hot", one_hot)):
-            jax.block_until_ready(fn(ids))
-            ms = []
-            for _ in range(20):
-                start = time.perf_counter()
-                jax.block_until_ready(fn(ids))
-                ms.append((time.perf_counter() - start) * 1e3)
+        runners = {
+            name: lambda n, fn=fn, ids=ids: [fn(ids) for _ in range(n)][-1]
+            for name, fn in (("scatter", scatter), ("one_hot", one_hot))
+        }
+        times = interleave(runners, 20, 1, jax.block_until_ready)
+        for name, ms in times.items():
             out[f"{name} pad {pad:.2f}"] = round(float(np.median(ms)), 3)
     return out
 
@@ -178,10 +177,7 @@ def run_jax(args: argparse.Namespace) -> dict:
     config, seq = shape(args)
     gpu = jax.default_backend() == "gpu"
     attention = "cudnn" if gpu else None
-    if args.lookup == "auto":
-        lookup = embedding_lookup_for(jax.default_backend())
-    else:
-        lookup = args.lookup
+    lookup = embedding_lookup_for(jax.default_backend()) if args.lookup == "auto" else args.lookup
     peak = peak_flops(None)
     flops = train_flops_per_token(config, seq)
     result: dict[str, Any] = {"machine": _common.machine_line(), "pair": {}, "sweep": {}}
