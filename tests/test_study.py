@@ -559,7 +559,10 @@ def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(m
     # Trained again, it must end where the row did (the row's macro-F1 too, where it has one).
     assert study.probe_folder(cfg, {}, dict(rows[0], macro_f1=0.61), "line") == folder
     for other in ({"accuracy": rows[0]["accuracy"] + 0.001}, {"macro_f1": 0.61 + 1e-9}):
-        assert study.probe_folder(cfg, {}, {**rows[0], "macro_f1": 0.61, **other}, "line") is None
+        elsewhere = {**rows[0], "macro_f1": 0.61, **other}
+        assert study.probe_folder(cfg, {}, elsewhere, "line") is None
+        # Weight noise, a per-run measurement, measures it (the row then says where it ended).
+        assert study.probe_folder(cfg, {}, elsewhere, "weight-noise", retrained_ok=True) == folder
     assert len(trained) == 1
     # A folder whose run diverged is not trained again (it is final) nor probed as the row's.
     diverged = dict(rows[0], seed=7)
@@ -575,6 +578,52 @@ def test_the_probes_measure_the_probe_arms_seed_by_seed_and_train_what_is_gone(m
     no_line = dataclasses.replace(cfg, phases=["weight-noise"])
     assert study.probe_folder(no_line, {}, rows[0], "line") is None
     assert len(trained) == 1
+
+
+def test_weight_noise_on_a_run_trained_again_that_ended_elsewhere_says_so(tmp_path, monkeypatch):
+    cfg = _cfg(runs_dir=str(tmp_path), probe_seeds=1, weight_noise_sigmas=[0.1, 0.2],
+               weight_noise_draws=2)  # fmt: skip
+    rows = [_row(arm, 0, 0.7, macro_f1=0.6) for arm in design.PROBE_ARMS]
+    best = design.best_lrs(cfg, rows)
+    clip = design.job(cfg, {}, "baseline, clip 2.7", rows[2]["lr"], 0, 150, 0.0).workdir
+    status = {}
+
+    def train(jobs, **kw):
+        for j in jobs:
+            status[j.workdir] = "completed"
+            Path(j.workdir).mkdir(parents=True)
+
+    def summary(workdir):  # the clip row's run, trained again here, ends 0.01 lower
+        return {"eval_accuracy": 0.69 if workdir == clip else 0.7, "eval_macro_f1": 0.6}
+
+    def weight_noise(model, sigmas, draws, done=None, save=None):
+        result = {"sigmas": sigmas, "draws": draws, "clean": 0.72, "majority": 0.4,
+                  "accuracy": {"0.1": [0.72, 0.72], "0.2": [0.64, 0.56]}}  # fmt: skip
+        save(result)
+        return result
+
+    monkeypatch.setattr(runner, "run_jobs", train)
+    monkeypatch.setattr(runner, "run_status", lambda workdir: status.get(workdir, "missing"))
+    monkeypatch.setattr(runner, "read_summary", summary)
+    monkeypatch.setattr(flatness, "FinalModel", lambda folder: folder)
+    monkeypatch.setattr(flatness, "weight_noise", weight_noise)
+    out = {r["arm"]: r for r in study.with_flatness(cfg, {}, rows, best)}
+    assert set(status) == {design.job(cfg, {}, r["arm"], r["lr"], 0, 150, 0.0).workdir
+                           for r in rows}  # fmt: skip
+    assert [out[a]["weight_noise_run_accuracy"] for a in design.PROBE_ARMS] == [0.7, 0.7, 0.69]
+    assert all(r["flat_sigma"] == 0.1 for r in out.values())  # -0.2 / 0.32 at 0.2
+    assert out["baseline, clip 2.7"]["weight_noise_change_0.2"] == pytest.approx(-0.12 / 0.32)
+    said = " ".join(report.retrained_runs(list(out.values())))
+    assert "baseline, clip 2.7 seed 0 (the row 0.700, the run probed 0.690)" in said
+    assert "baseline seed" not in said and "dice before seed" not in said
+    assert report.retrained_runs(rows) == []  # nothing probed: nothing to say
+    # Read back from runs.csv, the column survives; a row probed before it was a column is
+    # the row's own run (only those were probed then).
+    runner.write_csv(str(tmp_path / "runs.csv"), list(out.values()))
+    back = {r["arm"]: design.complete(r) for r in runner.read_csv(str(tmp_path / "runs.csv"))}
+    assert back["baseline, clip 2.7"]["weight_noise_run_accuracy"] == 0.69
+    old = {k: v for k, v in out["baseline"].items() if k != "weight_noise_run_accuracy"}
+    assert design.complete(old)["weight_noise_run_accuracy"] == 0.7
 
 
 def test_phases_run_alone_on_the_committed_rows(tmp_path, monkeypatch):

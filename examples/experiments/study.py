@@ -96,12 +96,17 @@ def _say(text: str) -> None:
     print(f"[study] {text}", flush=True)
 
 
-def probe_folder(cfg: StudyConfig, extra: Mapping[str, Any], r: Row, phase: str) -> str | None:
+def probe_folder(
+    cfg: StudyConfig, extra: Mapping[str, Any], r: Row, phase: str, *, retrained_ok: bool = False
+) -> str | None:
     """The folder of a row's run, finished, for a probe: the plan's folder for its key, where
     the run is trained again when its final parameters are not on this machine (a committed
     row); None when it is not finished there and the probe's phase does not run, or when the
-    folder holds a run that ended otherwise (diverged: not the row's parameters) or that did
-    not end where the row did (trained again with another jax, XLA or CPU: other parameters)."""
+    folder holds a run that ended otherwise (diverged: not the row's parameters). A completed
+    run that did not end where the row did (trained again with another jax, XLA or CPU: the
+    same settings and seed, other rounding) is the folder only with ``retrained_ok``: the
+    weight-noise probe measures it and its row says what it ended at (a per-run measurement
+    whose own clean accuracy it takes); the line, between two rows' runs, leaves it out."""
     j = job(cfg, extra, r["arm"], r["lr"], int(r["seed"]), int(r["steps"]), r["label_noise"])
     if runner.run_status(j.workdir) != "completed":
         if not cfg.measures(phase):
@@ -115,11 +120,12 @@ def probe_folder(cfg: StudyConfig, extra: Mapping[str, Any], r: Row, phase: str)
     got = {k: ran.get(f"eval_{k}") for k in RUN_FINGERPRINT}
     if not all(_same(got[k], r.get(k, math.nan)) for k in RUN_FINGERPRINT):
         want = {k: r.get(k) for k in RUN_FINGERPRINT}
+        then = "measured by" if retrained_ok else "left out of"
         _say(
             f"{j.workdir}: ended at {got}, the row at {want}: not the row's run (trained "
-            f"again with another jax, XLA or CPU?), left out of the {phase} probe"
+            f"again with another jax, XLA or CPU?), {then} the {phase} probe"
         )
-        return None
+        return j.workdir if retrained_ok else None
     return j.workdir
 
 
@@ -151,9 +157,10 @@ def with_flatness(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row
 
     measured: dict[int, Row] = {}
     for r in probe_targets(cfg, rows, best):
-        folder = probe_folder(cfg, extra, r, "weight-noise")
+        folder = probe_folder(cfg, extra, r, "weight-noise", retrained_ok=True)
         if folder is None:
             continue
+        ended = runner.read_summary(folder).get("eval_accuracy", math.nan)
         path = os.path.join(folder, "weight_noise.json")
         cached = rundir.read_json(path) if os.path.isfile(path) else {}
         wanted = [cfg.weight_noise_sigmas, cfg.weight_noise_draws]
@@ -166,7 +173,7 @@ def with_flatness(cfg: StudyConfig, extra: Mapping[str, Any], rows: Sequence[Row
                 save=functools.partial(rundir.write_json, path),
             )  # fmt: skip
         if [cached.get("sigmas"), cached.get("draws")] == wanted:
-            measured[id(r)] = add_flatness(r, cached)
+            measured[id(r)] = add_flatness({**r, "weight_noise_run_accuracy": ended}, cached)
     return [measured.get(id(r), r) for r in rows]
 
 

@@ -219,6 +219,8 @@ def complete(r: Row) -> Row:
         if not is_nan(r.get("weight_noise_majority", math.nan)):  # the probe's, not the run's
             result["majority"] = r["weight_noise_majority"]
         r = add_flatness(r, result)
+        if is_nan(r.get("weight_noise_run_accuracy", math.nan)):  # probed before the column:
+            r["weight_noise_run_accuracy"] = r["accuracy"]  # only the row's own run was probed
     return r
 
 
@@ -226,7 +228,9 @@ def add_flatness(r: Row, result: Mapping[str, Any]) -> Row:
     """The row with ``weight_noise_clean``, ``weight_noise_<sigma>`` (mean over draws), its
     ``_change_<sigma>`` (over the headroom above the majority: -1 is down to it), ``flat_sigma``
     and how it was measured (``weight_noise_majority``: the probe's split's majority share,
-    ``weight_noise_draws``, ``weight_noise_examples``)."""
+    ``weight_noise_draws``, ``weight_noise_examples``). ``weight_noise_run_accuracy``, the final
+    accuracy of the run probed, the caller sets: the row's ``accuracy`` unless that run was
+    trained again on another machine and ended elsewhere."""
     clean, majority = result["clean"], result.get("majority", r["majority_accuracy"])
     r = {**r, "weight_noise_clean": clean, "weight_noise_majority": majority}
     r |= {f"weight_noise_{k}": result[k] for k in ("draws", "examples") if k in result}

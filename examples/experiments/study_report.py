@@ -473,12 +473,33 @@ def flatness_tables(v: View) -> list[str]:
         "over the draws, as a share of the model's headroom above the majority class (-1: "
         "down to the majority), mean ± std over seeds. Flat sigma: the largest sigma of the "
         f"grid up to which the arm's mean curve loses at most {FLAT_LOSS:.0%} of the headroom.\n",
+        *retrained_runs(rows),
         runner.markdown_table(["arm", "runs", "unperturbed", *cols, "flat sigma"], means),
         "",
         "Paired differences from the baseline in that normalised change (> 0: loses less of its "
         f'headroom; "no difference" within ±{runner.NO_DIFFERENCE:g} of the headroom):\n',
         runner.markdown_table(["arm", *cols], diffs),
         "",
+    ]
+
+
+def retrained_runs(rows: Sequence[Row]) -> list[str]:
+    """A sentence naming the probed runs that are not the rows' own: trained again here for
+    their final parameters (those rows were trained on another machine), they ended elsewhere."""
+    other = [r for r in rows
+             if not is_nan(r.get("weight_noise_run_accuracy", math.nan))
+             and r["weight_noise_run_accuracy"] != r["accuracy"]]  # fmt: skip
+    if not other:
+        return []
+    named = "; ".join(
+        f"{r['arm']} seed {int(r['seed'])} (the row {r['accuracy']:.3f}, the run probed "
+        f"{r['weight_noise_run_accuracy']:.3f})"
+        for r in sorted(other, key=lambda r: (int(r["seed"]), r["arm"]))
+    )
+    return [
+        f"Probed in a run trained again on the probe's machine (same settings and seed; the "
+        f"row's run, trained on another CPU, ended elsewhere by rounding): {named}. Its "
+        "unperturbed accuracy is its own, so its change is measured from where it ended.\n"
     ]
 
 
