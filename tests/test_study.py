@@ -714,6 +714,36 @@ def test_flatness_is_normalised_by_headroom_and_flat_sigma_is_of_the_mean_curve(
     assert again["flat_sigma"] == 0.1 and again["weight_noise_majority"] == 0.45
 
 
+def test_the_flatness_tables_pair_answer_8s_contrasts():
+    cfg = _cfg()
+
+    def probed(arm, seed, at_03):  # the unperturbed 0.8, majority 0.4: headroom 0.4
+        accuracy = {"0.1": [0.8, 0.8], "0.3": [at_03, at_03]}
+        result = {"sigmas": [0.1, 0.3], "clean": 0.8, "majority": 0.4, "draws": 2,
+                  "examples": 9, "accuracy": accuracy}  # fmt: skip
+        return design.add_flatness(_row(arm, seed, 0.75), result)
+
+    drops = {
+        "baseline": (0.70, 0.72),
+        "dice before": (0.76, 0.76),
+        "baseline, clip 2.7": (0.72, 0.72),
+    }
+    rows = [probed(arm, seed, d[seed]) for arm, d in drops.items() for seed in (0, 1)]
+    md = "\n".join(report.flatness_tables(report.View(cfg, rows, [], design.best_lrs(cfg, rows))))
+    # dice before - baseline at 0.3: (-0.04 + 0.10) / 0.4 and (-0.04 + 0.08) / 0.4
+    want = runner.cell(runner.paired(rows, "dice before", "baseline", "weight_noise_change_0.3"))
+    row = next(x for x in md.splitlines() if x.startswith("| dice before - baseline |"))
+    assert want.startswith("+0.125") and row.endswith(f"| {want} |"), row
+    assert "| baseline, clip 2.7 - baseline |" in md
+    row = next(x for x in md.splitlines() if x.startswith("| dice before - baseline, clip 2.7 |"))
+    assert "+0.100 [+0.100, +0.100] (n=2)" in row, row  # (-0.04 + 0.08) / 0.4 on both seeds
+    assert "| arm | runs | unperturbed | sigma 0.1 | sigma 0.3 | flat sigma |" in md
+    # The baseline alone: its curve, no table of differences.
+    alone = [r for r in rows if r["arm"] == "baseline"]
+    md = "\n".join(report.flatness_tables(report.View(cfg, alone, [], design.best_lrs(cfg, alone))))
+    assert "| baseline | 2 |" in md and "Paired differences" not in md
+
+
 def test_a_cached_line_is_kept_only_between_the_same_runs(tmp_path, monkeypatch):
     cfg = _cfg(runs_dir=str(tmp_path), alphas=3)
     rows = [_row(arm, 0, 0.7) for arm in ("baseline", "dice before")]
