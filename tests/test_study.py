@@ -778,6 +778,8 @@ def test_the_barrier_is_the_largest_loss_above_the_chord():
     assert "**a barrier**" in report.barrier_words([0.1, 0.12, 0.11])
     assert "on 1 of 3 seed(s)" in report.barrier_words([0.0, 0.05, 0.0])
     assert report.barrier_words([]) == "not measured yet"
+    # A barrier is never negative: the t-interval ([-0.033, 0.053] here) is cut at 0.
+    assert report.barrier_words([0.0, 0.0, 0.03]).startswith("mean 0.010 [0.000, 0.053], at most")
 
 
 def test_label_noise_robustness_is_the_paired_interaction():

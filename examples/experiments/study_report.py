@@ -210,7 +210,8 @@ def _sigma_text(x: float, missing: str) -> str:
 
 
 def barrier_words(barriers: Sequence[float]) -> str:
-    """The barriers of every seed in words: how high, and whether there is one."""
+    """The barriers of every seed in words: how high (the mean's t-interval cut at 0, below
+    which no barrier lies), and whether there is one."""
     b = runner.difference(np.array(barriers, np.float64))
     if b is None:
         return "not measured yet"
@@ -221,7 +222,7 @@ def barrier_words(barriers: Sequence[float]) -> str:
         word = f"no barrier (under {BARRIER} in loss on every seed)"
     else:
         word = f"a barrier above {BARRIER} on {over} of {b['n']} seed(s)"
-    ci = "" if math.isnan(b["lo"]) else f" [{b['lo']:.3f}, {b['hi']:.3f}]"
+    ci = "" if math.isnan(b["lo"]) else f" [{max(b['lo'], 0.0):.3f}, {b['hi']:.3f}]"
     return (
         f"mean {b['mean']:.3f}{ci}, at most {max(barriers):.3f} over {b['n']} seed(s): **{word}**"
     )
