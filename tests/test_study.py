@@ -614,7 +614,7 @@ def test_weight_noise_on_a_run_trained_again_that_ended_elsewhere_says_so(tmp_pa
     assert all(r["flat_sigma"] == 0.1 for r in out.values())  # -0.2 / 0.32 at 0.2
     assert out["baseline, clip 2.7"]["weight_noise_change_0.2"] == pytest.approx(-0.12 / 0.32)
     said = " ".join(report.retrained_runs(list(out.values())))
-    assert "baseline, clip 2.7 seed 0 (the row 0.700, the run probed 0.690)" in said
+    assert "clip 2.7 seed 0 (final evaluation: the row's run 0.700, the run probed 0.690)" in said
     assert "baseline seed" not in said and "dice before seed" not in said
     assert report.retrained_runs(rows) == []  # nothing probed: nothing to say
     # Read back from runs.csv, the column survives; a row probed before it was a column is

@@ -496,14 +496,15 @@ def retrained_runs(rows: Sequence[Row]) -> list[str]:
     if not other:
         return []
     named = "; ".join(
-        f"{r['arm']} seed {int(r['seed'])} (the row {r['accuracy']:.3f}, the run probed "
-        f"{r['weight_noise_run_accuracy']:.3f})"
+        f"{r['arm']} seed {int(r['seed'])} (final evaluation: the row's run "
+        f"{r['accuracy']:.3f}, the run probed {r['weight_noise_run_accuracy']:.3f})"
         for r in sorted(other, key=lambda r: (int(r["seed"]), r["arm"]))
     )
     return [
         f"Probed in a run trained again on the probe's machine (same settings and seed; the "
         f"row's run, trained on another CPU, ended elsewhere by rounding): {named}. Its "
-        "unperturbed accuracy is its own, so its change is measured from where it ended.\n"
+        "changes are measured from its own unperturbed accuracy (the table's, on every "
+        "validation example).\n"
     ]
 
 
