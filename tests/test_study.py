@@ -611,7 +611,7 @@ def test_weight_noise_on_a_run_trained_again_that_ended_elsewhere_says_so(tmp_pa
     assert set(status) == {design.job(cfg, {}, r["arm"], r["lr"], 0, 150, 0.0).workdir
                            for r in rows}  # fmt: skip
     assert [out[a]["weight_noise_run_accuracy"] for a in design.PROBE_ARMS] == [0.7, 0.7, 0.69]
-    assert all(r["flat_sigma"] == 0.1 for r in out.values())  # -0.2 / 0.32 at 0.2
+    assert all(r["flat_sigma"] == 0.1 for r in out.values())  # -0.12 / 0.32 at 0.2
     assert out["baseline, clip 2.7"]["weight_noise_change_0.2"] == pytest.approx(-0.12 / 0.32)
     said = " ".join(report.retrained_runs(list(out.values())))
     assert "clip 2.7 seed 0 (final evaluation: the row's run 0.700, the run probed 0.690)" in said
