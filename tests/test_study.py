@@ -931,6 +931,8 @@ def test_answers_are_worded_from_their_intervals():
     assert "Holm's adjustment keeps answers 1, 2 at 5% family-wise" in report.holm_sentence(v)
     empty = report.holm_sentence(report.View(cfg, [], [], {}))
     assert "over the 0 headline contrasts measured, Holm's adjustment keeps none of them" in empty
+    assert empty.endswith(" Answers 8 and 9 (weight noise, the barrier) are exploratory: outside "
+                          "the family, their intervals unadjusted.")  # fmt: skip
     # Two seeds at 2000 updates, far apart from 0 (p 0.004): no verdict yet, so not in the family.
     two = [dict(r, steps=2000, accuracy=r["accuracy"] + 0.001 * r["seed"]) for r in rows
            if r["seed"] < 2]  # fmt: skip
